@@ -7,6 +7,7 @@ build or FARE_CORE_NO_EXTENSIONS is set (to anything but "" or "0"), in which ca
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from types import ModuleType
@@ -64,11 +65,9 @@ def implementations() -> dict[str, tuple[ModuleType, ModuleType]]:
         "python": (importlib.import_module(f"{__name__}._core_py"),
                    importlib.import_module(f"{__name__}._denylist_py")),
     }
-    try:
+    with contextlib.suppress(ImportError):  # not built: only the twin is offered
         found["cython"] = (importlib.import_module(f"{__name__}._core"),
                            importlib.import_module(f"{__name__}._denylist"))
-    except ImportError:
-        pass
     return found
 
 

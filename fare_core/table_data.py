@@ -115,3 +115,7 @@ class TableData:
             value = getattr(self, name)
             if not (0 <= value <= 0xFFFFFFFF):
                 raise ValueError(f"{name}: {value} is outside 0..2^32-1")
+        if self.max_transfers > 254:
+            raise ValueError("max_transfers: a card counts at most 254 transfers")
+        if self.max_balance > 0x7FFFFFFF or self.min_entry_balance > 0x7FFFFFFF:
+            raise ValueError("max_balance and min_entry_balance must fit a signed 32-bit purse")

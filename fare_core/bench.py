@@ -1,0 +1,168 @@
+"""`faregate bench core`: decide() and the deny-list, each beside a baseline measured in the same run.
+
+Every figure is a median over many batches of calls timed with perf_counter_ns, so a noisy shared
+machine moves the tails, not the median. Baselines: the pure-Python twin for decide(), an empty call
+of a C builtin (the floor of any call from Python), and a Python set for deny-list lookups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+import tracemalloc
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import implementations
+from .reasons import Direction
+from .record import CardRecord
+from .table_data import TableData
+
+MASTER_KEY = bytes(range(16))
+CARD = 0x1122334455667788
+
+
+def per_call_ns(call: Callable[[], object], batch: int, batches: int) -> float:
+    """Median over `batches` of the mean time of one call in a batch of `batch` calls, in ns."""
+    samples = []
+    for _ in range(batches):
+        start = time.perf_counter_ns()
+        for _ in range(batch):
+            call()
+        samples.append((time.perf_counter_ns() - start) / batch)
+    return statistics.median(samples)
+
+
+def bench_table() -> TableData:
+    """A Guangzhou-sized table (300 stations, 4 categories, 2 bands) from the shipped example rules if
+    the compiler is there, else a synthetic one of the same size."""
+    from . import compiler, rules
+
+    example = Path(__file__).with_name("examples") / "guangzhou.toml"
+    return compiler.compile_rules(rules.load_rules(example), version=1, created_at=0)
+
+
+def _exit_tap_inputs(core: Any, table: TableData) -> tuple[bytes, Any, Any, Any]:
+    """A wallet with an open entry and the exit tap that closes it: the most work decide() does."""
+    sam = core.Sam(MASTER_KEY)
+    ids = list(table.station_ids)
+    origin, dest = ids[0], ids[len(ids) // 2]
+    when = 1795500000  # 2026-11-24 around 10:40 CST, a Tuesday
+    record = CardRecord(card_id=CARD, balance=50_000, counter=10, flags=1, entry_station=origin,
+                        entry_time=when - 1800, last_network=255, transfer_from=255)
+    wallet = core.new_wallet(record, sam)
+    return wallet, core.Tap(CARD, dest, Direction.EXIT, when), core.FareTable(table), sam
+
+
+def bench_decide(table: TableData, denylists: dict[str, Any]) -> dict[str, float]:
+    impls = implementations()
+    out: dict[str, float] = {}
+    for name, (core, _dl) in impls.items():
+        wallet, tap, fare_table, sam = _exit_tap_inputs(core, table)
+        dl = denylists[name]
+        decision = core.decide(wallet, tap, fare_table, dl, sam)
+        assert decision.allowed and decision.record is not None, decision
+
+        def call(core: Any = core, w: bytes = wallet, t: Any = tap, f: Any = fare_table, d: Any = dl,
+                 s: Any = sam) -> object:
+            return core.decide(w, t, f, d, s)
+
+        fast = name == "cython"
+        out[name] = per_call_ns(call, batch=2000 if fast else 20, batches=101 if fast else 31)
+        body = CardRecord(card_id=CARD).body()
+        out[f"mac_{name}"] = per_call_ns(lambda s=sam, b=body: s.mac(CARD, b),
+                                         batch=2000 if fast else 20, batches=51 if fast else 21)
+    empty = b""
+    out["call_floor"] = per_call_ns(lambda: len(empty), batch=2000, batches=101)
+    return out
+
+
+def bench_denylist(entries: int, workdir: Path) -> dict[str, Any]:
+    impls = implementations()
+    compiled = impls.get("cython", impls["python"])[1]
+    ids = array("Q")
+    ids.frombytes(os.urandom(8 * entries))
+    build_start = time.perf_counter()
+    dl = compiled.DenyList(ids, version=1)
+    build_s = time.perf_counter() - build_start
+    path = workdir / "denylist.snapshot"
+    dl.save(path)
+    del dl
+    load_times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        loaded = compiled.DenyList.load(path)
+        load_times.append(time.perf_counter() - start)
+        del loaded
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    dl = compiled.DenyList.load(path)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    probes = [ids[i] for i in range(0, min(entries, 5000))] + [
+        int.from_bytes(os.urandom(8), "little") for _ in range(5000)]
+    assert all(dl.contains(p) for p in probes[:min(entries, 5000)])
+    cycle = iter(probes * 1000)
+    lookup = per_call_ns(lambda: dl.contains(next(cycle)), batch=1000, batches=101)
+    sample = set(ids[: min(entries, 1_000_000)])
+    cycle_set = iter(probes * 1000)
+    set_lookup = per_call_ns(lambda: next(cycle_set) in sample, batch=1000, batches=101)
+    return {
+        "denylist_entries": entries,
+        "denylist_build_s": round(build_s, 3),
+        "denylist_load_s": round(statistics.median(load_times), 4),
+        "denylist_lookup_ns_median": round(lookup, 1),
+        "denylist_lookup_ns_median_python_set": round(set_lookup, 1),
+        "denylist_bytes_per_entry": round(held / entries, 2),
+        "denylist": dl,
+    }
+
+
+def run_core_bench(entries: int) -> dict[str, Any]:
+    table = bench_table()
+    with tempfile.TemporaryDirectory(prefix="faregate-bench-") as tmp:
+        dl_figures = bench_denylist(entries, Path(tmp))
+    big = dl_figures.pop("denylist")
+    impls = implementations()
+    twin_list = impls["python"][1].DenyList(range(1, 100_001), version=1)
+    denylists = {"python": twin_list, "cython": big}
+    decide = bench_decide(table, denylists)
+    compiled = decide.get("cython", decide["python"])
+    result = {
+        "implementation": "cython" if "cython" in decide else "python",
+        "decide_ns_median": round(compiled, 1),
+        "decide_ns_median_twin": round(decide["python"], 1),
+        "decide_speedup": round(decide["python"] / compiled, 1),
+        "mac_ns_median": round(decide.get("mac_cython", decide["mac_python"]), 1),
+        "mac_ns_median_twin": round(decide["mac_python"], 1),
+        "python_call_floor_ns": round(decide["call_floor"], 1),
+        "fare_table_stations": table.n_stations,
+        **dl_figures,
+        "targets": {"decide_ns_median": 5000, "decide_speedup": 20, "denylist_lookup_ns_median": 300,
+                    "denylist_load_s": 1.0, "denylist_bytes_per_entry": 12},
+    }
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--denylist-size", type=int, default=10_000_000, metavar="N",
+                        help="phones on the deny-list (default 10,000,000)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.denylist_size < 1:
+        raise SystemExit("--denylist-size must be at least 1")
+    result = run_core_bench(args.denylist_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:40} {value}")
+    return 0

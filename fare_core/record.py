@@ -1,0 +1,162 @@
+"""The wallet's card record: its fixed 64-byte slot layout and the two-slot wallet around it.
+
+This module is the readable, shared half of the codec (CardRecord, the struct layout, slot choice);
+the MAC comes from whichever core is selected, so the compiled and the twin codecs agree byte for byte.
+decide() does not go through CardRecord objects: the compiled core reads the same offsets in C.
+
+Slot layout (little-endian), see docs/fare_core.md for the meaning of each field:
+
+    0 layout  1 category  2 status  3 flags  4..11 card_id  12 balance(i32)  16 counter
+    20 expiry_day  22 entry_station  24 entry_time  28 transfer_from  29 transfers_used
+    30 last_station  32 last_time  36 last_network  37 -  38 day_number  40 day_spent
+    44 month_number  46 -  48 month_spent  52 -  56..63 MAC
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .errors import WalletError
+
+LAYOUT = 1
+SLOT_SIZE = 64
+WALLET_SIZE = 2 * SLOT_SIZE
+MAC_OFFSET = 56
+NO_NETWORK = 255
+
+STATUS_ACTIVE = 0
+STATUS_BLOCKED = 1
+FLAG_ENTRY_OPEN = 1
+
+_BODY = struct.Struct("<BBBBQiIHHIBBHIBxHIHxxI4x")
+assert _BODY.size == MAC_OFFSET
+
+#: mac(card_id, body_56_bytes) -> 64-bit tag
+MacFunction = Callable[[int, bytes], int]
+
+
+@dataclass(frozen=True, slots=True)
+class CardRecord:
+    """One wallet record, as the card holds it (minus the MAC)."""
+
+    card_id: int
+    category: int = 0
+    balance: int = 0
+    status: int = STATUS_ACTIVE
+    counter: int = 0
+    expiry_day: int = 0
+    flags: int = 0
+    entry_station: int = 0
+    entry_time: int = 0
+    transfer_from: int = NO_NETWORK
+    transfers_used: int = 0
+    last_station: int = 0
+    last_time: int = 0
+    last_network: int = NO_NETWORK
+    day_number: int = 0
+    day_spent: int = 0
+    month_number: int = 0
+    month_spent: int = 0
+
+    @property
+    def entry_open(self) -> bool:
+        return bool(self.flags & FLAG_ENTRY_OPEN)
+
+    @property
+    def blocked(self) -> bool:
+        return self.status == STATUS_BLOCKED
+
+    def replace(self, **changes: Any) -> CardRecord:
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def body(self) -> bytes:
+        """The 56 bytes the MAC covers; struct raises for any field out of its range."""
+        try:
+            return _BODY.pack(
+                LAYOUT, self.category, self.status, self.flags, self.card_id, self.balance,
+                self.counter, self.expiry_day, self.entry_station, self.entry_time,
+                self.transfer_from, self.transfers_used, self.last_station, self.last_time,
+                self.last_network, self.day_number, self.day_spent, self.month_number,
+                self.month_spent,
+            )
+        except struct.error as exc:
+            raise ValueError(f"card record field out of range: {exc}") from exc
+
+    @classmethod
+    def from_body(cls, body: bytes) -> CardRecord:
+        (_layout, category, status, flags, card_id, balance, counter, expiry_day, entry_station,
+         entry_time, transfer_from, transfers_used, last_station, last_time, last_network,
+         day_number, day_spent, month_number, month_spent) = _BODY.unpack_from(body)
+        return cls(card_id, category, balance, status, counter, expiry_day, flags, entry_station,
+                   entry_time, transfer_from, transfers_used, last_station, last_time, last_network,
+                   day_number, day_spent, month_number, month_spent)
+
+
+def encode_slot(record: CardRecord, mac: MacFunction) -> bytes:
+    body = record.body()
+    return body + mac(record.card_id, body).to_bytes(8, "little")
+
+
+def slot_valid(slot: bytes, card_id: int, mac: MacFunction) -> bool:
+    """A slot counts only with the current layout, the phone's own card id and a good MAC."""
+    return (
+        slot[0] == LAYOUT
+        and int.from_bytes(slot[4:12], "little") == card_id
+        and mac(card_id, slot[:MAC_OFFSET]) == int.from_bytes(slot[MAC_OFFSET:SLOT_SIZE], "little")
+    )
+
+
+def slot_counter(slot: bytes) -> int:
+    return int.from_bytes(slot[16:20], "little")
+
+
+def choose_slot(wallet: bytes, card_id: int, mac: MacFunction) -> int:
+    """Index of the valid slot with the higher counter (slot 0 on a tie), or -1 if neither is valid.
+
+    The slot claiming the higher counter is checked first; the other is only checked when it fails,
+    so a healthy wallet costs one MAC.
+    """
+    if len(wallet) != WALLET_SIZE:
+        raise WalletError(f"wallet must be {WALLET_SIZE} bytes, got {len(wallet)}")
+    first = 1 if slot_counter(wallet[SLOT_SIZE:]) > slot_counter(wallet[:SLOT_SIZE]) else 0
+    for index in (first, 1 - first):
+        if slot_valid(wallet[index * SLOT_SIZE:(index + 1) * SLOT_SIZE], card_id, mac):
+            return index
+    return -1
+
+
+def decode_slot(slot: bytes, card_id: int, mac: MacFunction) -> CardRecord:
+    if len(slot) != SLOT_SIZE:
+        raise WalletError(f"slot must be {SLOT_SIZE} bytes, got {len(slot)}")
+    if not slot_valid(slot, card_id, mac):
+        raise WalletError(f"slot is not a valid record of card {card_id:016x}")
+    return CardRecord.from_body(slot)
+
+
+def read_wallet(wallet: bytes, card_id: int, mac: MacFunction) -> tuple[CardRecord, int]:
+    """The record in force and its slot; WalletError when no slot is valid."""
+    index = choose_slot(wallet, card_id, mac)
+    if index < 0:
+        raise WalletError(f"no valid record for card {card_id:016x}")
+    return CardRecord.from_body(wallet[index * SLOT_SIZE:]), index
+
+
+def new_wallet(record: CardRecord, mac: MacFunction) -> bytes:
+    """A freshly issued wallet: the record in slot 0, slot 1 blank."""
+    return encode_slot(record, mac) + bytes(SLOT_SIZE)
+
+
+def apply_write(wallet: bytes, slot: int, record: bytes, torn_at: int | None = None) -> bytes:
+    """The wallet after writing `record` into `slot`; `torn_at=k` keeps only its first k bytes,
+    as when a phone leaves the field mid-write."""
+    if len(wallet) != WALLET_SIZE or len(record) != SLOT_SIZE or slot not in (0, 1):
+        raise WalletError("apply_write needs a 128-byte wallet, slot 0 or 1 and a 64-byte record")
+    written = SLOT_SIZE if torn_at is None else max(0, min(SLOT_SIZE, torn_at))
+    start = slot * SLOT_SIZE
+    return wallet[:start] + record[:written] + wallet[start + written:]
