@@ -1,0 +1,138 @@
+"""The gate's durable tap journal: every tap is here, fsynced, before the barrier opens.
+
+SQLite in WAL mode with synchronous=FULL: a commit has reached the disk when `append` returns, so a
+power cut or SIGKILL after it loses nothing. The per-gate sequence lives in the same transaction as
+the tap, so a seq is never used for two taps, even across crashes. Taps stay until the backend says
+"committed through seq N" (docs/mqtt.md); the journal is the only copy until then, since an MQTT
+client's queue is memory only.
+
+A small key/value table keeps the gate's other state that must survive a restart (mode, the last
+command id applied, the action ids applied): one file to back up, one fsync discipline.
+
+One connection, guarded by a lock, so the controller can commit from a worker thread (overlapping
+the fsync with the wallet write on the serial line) while the uplink reads from the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS taps (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class JournalError(RuntimeError):
+    """The journal refused an operation that would break its sequence."""
+
+
+class Journal:
+    """Append-only, durable, sequence-numbered taps of one gate, plus its persistent state."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._last_seq = int(self._meta("last_seq", "0"))
+        self._committed = int(self._meta("committed_through", "0"))
+
+    # ------------------------------------------------------------------------------------- taps
+    @property
+    def last_seq(self) -> int:
+        """Highest seq ever journaled (0 before the first tap)."""
+        return self._last_seq
+
+    @property
+    def committed_through(self) -> int:
+        """Highest seq the backend confirmed, with every lower seq confirmed too."""
+        return self._committed
+
+    def next_seq(self) -> int:
+        return self._last_seq + 1
+
+    def append(self, seq: int, payload: bytes) -> None:
+        """Store tap `seq` durably; it must be exactly the next seq."""
+        with self._lock:
+            if seq != self._last_seq + 1:
+                raise JournalError(f"seq {seq} is not the next one ({self._last_seq + 1})")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO taps (seq, payload) VALUES (?, ?)", (seq, payload))
+                self._set_meta("last_seq", str(seq))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._last_seq = seq
+
+    def pending(self, after: int = 0, limit: int = 1000,
+                through: int | None = None) -> list[tuple[int, bytes]]:
+        """Uncommitted taps with seq > after (and <= through), oldest first."""
+        upper = self._last_seq if through is None else through
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, payload FROM taps WHERE seq > ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (after, self._committed, upper, limit),
+            ).fetchall()
+        return [(int(seq), bytes(payload)) for seq, payload in rows]
+
+    def pending_count(self) -> int:
+        return self._last_seq - self._committed
+
+    def mark_committed(self, through: int) -> None:
+        """The backend holds every tap up to `through`: drop them. Never moves backwards, and never
+        past what was journaled (a bogus ack must not erase taps the backend has not seen)."""
+        through = min(through, self._last_seq)
+        if through <= self._committed:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM taps WHERE seq <= ?", (through,))
+                self._set_meta("committed_through", str(through))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._committed = through
+
+    # ------------------------------------------------------------------------------------ state
+    def get_state(self, key: str, default: Any = None) -> Any:
+        raw = self._meta(f"state:{key}", None)
+        return default if raw is None else json.loads(raw)
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._set_meta(f"state:{key}", json.dumps(value))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------- internal
+    def _meta(self, key: str, default: str | None) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
