@@ -1,0 +1,198 @@
+"""The fare table artefact: TableData as versioned, checksummed bytes that a gate loads in milliseconds.
+
+Byte layout (layout 1), every integer little-endian whatever the host:
+
+    offset  size  field
+    ------  ----  ------------------------------------------------------------------
+         0     4  magic b"FGFT"
+         4     2  u16 layout (1)
+         6     2  u16 header size (64)
+         8     4  u32 table version
+        12     8  i64 created_at (UTC seconds)
+        20     2  i16 utc_offset_min
+        22     2  u16 day_start_min
+        24     2  u16 S = n_stations
+        26     1  u8  N = n_networks
+        27     1  u8  C = n_categories
+        28     1  u8  B = n_bands
+        29     3  reserved, zero
+        32     4  u32 max_transfers
+        36     4  u32 max_inside_s
+        40     4  u32 overstay_surcharge
+        44     4  u32 same_station_window_s
+        48     4  u32 anti_passback_s
+        52     4  u32 min_entry_balance
+        56     4  u32 max_balance
+        60     4  u32 L = length of the labels block
+    ------  ----  ------------------------------------------------------------------
+        64        arrays, back to back, in this order (u16/u32 items little-endian):
+                  station_ids        u16 x S
+                  station_network    u8  x S
+                  network_flat       u8  x N
+                  band_of_minute     u8  x 10080
+                  fares              u32 x B*C*S*S
+                  flat_fares         u32 x B*C*N
+                  transfer_discount  u32 x N*N
+                  transfer_percent   u8  x N*N
+                  transfer_window_s  u32 x N*N
+                  daily_cap          u32 x C
+                  monthly_threshold  u32 x C
+                  monthly_percent    u8  x C
+                  same_station_fare  u32 x C
+                  missing_exit_fare  u32 x C*S
+                  labels             L bytes of UTF-8 JSON:
+                                     {"name", "networks", "categories", "bands", "extra"}
+    end-32    32  SHA-256 of every byte before it
+
+The file's size follows from the header, so a truncated or padded file is caught before its checksum is
+even computed; the SHA-256 then catches any changed byte; TableData.validate() catches a well-formed
+file with impossible contents. Arrays are loaded with array.frombytes (one memcpy each), never an
+element-by-element loop. checksum_of() is the SHA-256 of the whole file, the same as `sha256sum`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import sys
+from array import array
+
+from fare_core.errors import FareTableError
+from fare_core.table_data import MINUTES_PER_WEEK, TableData
+
+MAGIC = b"FGFT"
+LAYOUT = 1
+DIGEST_SIZE = 32
+_HEADER = struct.Struct("<4sHHIqhHHBBB3x8I")
+HEADER_SIZE = _HEADER.size
+_BIG_ENDIAN = sys.byteorder == "big"
+
+# (field, typecode or None for raw bytes, items as a function of (S, N, C, B))
+_ARRAYS: tuple[tuple[str, str | None, object], ...] = (
+    ("station_ids", "H", lambda s, n, c, b: s),
+    ("station_network", None, lambda s, n, c, b: s),
+    ("network_flat", None, lambda s, n, c, b: n),
+    ("band_of_minute", None, lambda s, n, c, b: MINUTES_PER_WEEK),
+    ("fares", "I", lambda s, n, c, b: b * c * s * s),
+    ("flat_fares", "I", lambda s, n, c, b: b * c * n),
+    ("transfer_discount", "I", lambda s, n, c, b: n * n),
+    ("transfer_percent", None, lambda s, n, c, b: n * n),
+    ("transfer_window_s", "I", lambda s, n, c, b: n * n),
+    ("daily_cap", "I", lambda s, n, c, b: c),
+    ("monthly_threshold", "I", lambda s, n, c, b: c),
+    ("monthly_percent", None, lambda s, n, c, b: c),
+    ("same_station_fare", "I", lambda s, n, c, b: c),
+    ("missing_exit_fare", "I", lambda s, n, c, b: c * s),
+)
+_ITEM_SIZE = {"H": 2, "I": 4, None: 1}
+assert HEADER_SIZE == 64
+assert array("H").itemsize == 2 and array("I").itemsize == 4, "this host's C int is not 32 bits"
+
+
+def checksum_of(blob: bytes) -> str:
+    """Hex SHA-256 of a whole artefact: its identity on the wire and in logs (equals `sha256sum`)."""
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _le_bytes(values: array[int]) -> bytes:
+    if _BIG_ENDIAN:
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def pack(table: TableData) -> bytes:
+    """Serialise a table (validated first) into artefact bytes; the same table always gives the same bytes."""
+    try:
+        table.validate()
+    except ValueError as exc:
+        raise FareTableError(f"cannot pack an inconsistent table: {exc}") from None
+    labels = json.dumps(
+        {"name": table.name, "networks": list(table.network_names), "categories": list(table.category_names),
+         "bands": list(table.band_names), "extra": dict(table.extra)},
+        ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+    ).encode("utf-8")
+    try:
+        header = _HEADER.pack(
+            MAGIC, LAYOUT, HEADER_SIZE, table.version, table.created_at, table.utc_offset_min,
+            table.day_start_min, table.n_stations, table.n_networks, table.n_categories, table.n_bands,
+            table.max_transfers, table.max_inside_s, table.overstay_surcharge, table.same_station_window_s,
+            table.anti_passback_s, table.min_entry_balance, table.max_balance, len(labels),
+        )
+    except struct.error as exc:
+        raise FareTableError(f"cannot pack table header: {exc}") from None
+    parts = [header]
+    for name, typecode, _ in _ARRAYS:
+        value = getattr(table, name)
+        if typecode is None:
+            parts.append(bytes(value))
+        else:
+            if not isinstance(value, array) or value.typecode != typecode:
+                value = array(typecode, value)
+            parts.append(_le_bytes(value))
+    parts.append(labels)
+    body = b"".join(parts)
+    return body + hashlib.sha256(body).digest()
+
+
+def _array(typecode: str, data: memoryview) -> array[int]:
+    values = array(typecode)
+    values.frombytes(data)
+    if _BIG_ENDIAN:
+        values.byteswap()
+    return values
+
+
+def unpack(blob: bytes) -> TableData:
+    """Load artefact bytes; raise FareTableError if they are truncated, corrupt, unknown or inconsistent."""
+    view = memoryview(blob)
+    if len(view) < HEADER_SIZE + DIGEST_SIZE:
+        raise FareTableError(f"fare table truncated: {len(view)} bytes, shorter than the "
+                             f"{HEADER_SIZE + DIGEST_SIZE}-byte minimum")
+    (magic, layout, header_size, version, created_at, utc_offset_min, day_start_min, s, n, c, b,
+     max_transfers, max_inside_s, overstay_surcharge, same_station_window_s, anti_passback_s,
+     min_entry_balance, max_balance, labels_size) = _HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise FareTableError(f"not a fare table: magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if layout != LAYOUT:
+        raise FareTableError(f"fare table layout {layout} is not supported (this build reads {LAYOUT})")
+    if header_size != HEADER_SIZE:
+        raise FareTableError(f"fare table header size {header_size}, expected {HEADER_SIZE}")
+    sizes = [count(s, n, c, b) * _ITEM_SIZE[typecode]  # type: ignore[operator]
+             for _, typecode, count in _ARRAYS]
+    expected = HEADER_SIZE + sum(sizes) + labels_size + DIGEST_SIZE
+    if len(view) != expected:
+        what = "truncated" if len(view) < expected else "has trailing bytes"
+        raise FareTableError(f"fare table {what}: {len(view)} bytes, its header describes {expected}")
+    body = view[:-DIGEST_SIZE]
+    if hashlib.sha256(body).digest() != view[-DIGEST_SIZE:]:
+        raise FareTableError("fare table checksum mismatch: the file is corrupt")
+
+    fields: dict[str, object] = {}
+    offset = HEADER_SIZE
+    for (name, typecode, _), size in zip(_ARRAYS, sizes, strict=True):
+        chunk = view[offset:offset + size]
+        fields[name] = bytes(chunk) if typecode is None else _array(typecode, chunk)
+        offset += size
+    try:
+        labels = json.loads(bytes(view[offset:offset + labels_size]).decode("utf-8"))
+        table = TableData(
+            version=version, created_at=created_at, name=str(labels["name"]),
+            utc_offset_min=utc_offset_min, day_start_min=day_start_min,
+            network_names=tuple(map(str, labels["networks"])),
+            category_names=tuple(map(str, labels["categories"])),
+            band_names=tuple(map(str, labels["bands"])),
+            extra={str(k): str(v) for k, v in labels["extra"].items()},
+            max_transfers=max_transfers, max_inside_s=max_inside_s, overstay_surcharge=overstay_surcharge,
+            same_station_window_s=same_station_window_s, anti_passback_s=anti_passback_s,
+            min_entry_balance=min_entry_balance, max_balance=max_balance,
+            **fields,  # type: ignore[arg-type]
+        )
+        if (table.n_networks, table.n_categories, table.n_bands) != (n, c, b):
+            raise ValueError(f"labels name {table.n_networks} networks, {table.n_categories} categories, "
+                             f"{table.n_bands} bands; the header says {n}, {c}, {b}")
+        table.validate()
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FareTableError(f"fare table inconsistent: {exc}") from None
+    return table

@@ -1,0 +1,266 @@
+"""Compile FareRules into a TableData: every fare computed once here, so a tap only looks prices up.
+
+Steps: stations get dense indices in operator-id order; track distances are shortest paths over each
+entry/exit network's segment graph (Dijkstra, integer metres; a path may change lines at an interchange
+station, inside the paid area); each (time band, OD pair) gets its adult fare from the leg rules (an
+explicit OD fare, else the band's own rule, else the rule for all bands); each rider category's price is
+derived from the adult fare by its discount, percentages rounded half up to the fen
+((fare * (100 - p) + 50) // 100), fixed discounts floored at 0.
+
+Table cells no trip uses are filled so that a lookup there can never undercharge: a pair of stations on
+different networks holds the origin's missing-exit fare, and a flat-network (bus) row holds that
+network's flat fare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import time
+from array import array
+from collections.abc import Iterable
+
+from fare_core.rules import (
+    DistanceLegRule,
+    FareRules,
+    FlatLegRule,
+    OdLegRule,
+    RiderCategory,
+    ZoneLegRule,
+    timeframe_minutes,
+)
+from fare_core.table_data import MINUTES_PER_WEEK, TableData
+
+UNREACHABLE = -1
+SECONDS_PER_MINUTE = 60
+# 1970-01-01 (UTC second 0) was a Thursday: day 3 of a Monday-based week.
+_EPOCH_MINUTE_OF_WEEK = 3 * 24 * 60
+
+
+def track_distances(stations: list[int], edges: Iterable[tuple[int, int, int]]) -> dict[int, dict[int, int]]:
+    """Shortest track distance in metres between every pair of `stations` (absent key: unreachable).
+
+    `edges` are undirected (a, b, metres). Dijkstra from each station: O(S * E log S), a few tens of
+    milliseconds for a 300-station network.
+    """
+    graph: dict[int, list[tuple[int, int]]] = {s: [] for s in stations}
+    for a, b, metres in edges:
+        graph[a].append((b, metres))
+        graph[b].append((a, metres))
+    result: dict[int, dict[int, int]] = {}
+    for source in stations:
+        best = {source: 0}
+        queue = [(0, source)]
+        while queue:
+            dist, node = heapq.heappop(queue)
+            if dist > best[node]:
+                continue
+            for neighbour, metres in graph[node]:
+                candidate = dist + metres
+                if candidate < best.get(neighbour, candidate + 1):
+                    best[neighbour] = candidate
+                    heapq.heappush(queue, (candidate, neighbour))
+        result[source] = best
+    return result
+
+
+def minute_of_week(utc_seconds: int, utc_offset_min: int) -> int:
+    """Local minute of the week (Monday 00:00 = 0) of a UTC time, as band_of_minute is indexed."""
+    return (utc_seconds // SECONDS_PER_MINUTE + utc_offset_min + _EPOCH_MINUTE_OF_WEEK) % MINUTES_PER_WEEK
+
+
+def band_at(table: TableData, utc_seconds: int) -> int:
+    """The time band index in force at a UTC time."""
+    return table.band_of_minute[minute_of_week(utc_seconds, table.utc_offset_min)]
+
+
+def fare_index(table: TableData, band: int, category: int, origin: int, dest: int) -> int:
+    """Position of a fare in table.fares (dense indices), per the layout in table_data.py."""
+    return ((band * table.n_categories + category) * table.n_stations + origin) * table.n_stations + dest
+
+
+def compile_band_of_minute(rules: FareRules) -> bytes:
+    bands = rules.band_names
+    out = bytearray(MINUTES_PER_WEEK)  # every uncovered minute is band 0, the default (if there is one)
+    for frame in rules.timeframes:
+        index = bands.index(frame.group)
+        for minute in timeframe_minutes(frame):
+            out[minute] = index
+    return bytes(out)
+
+
+def _rule_for(rules: FareRules, kinds: tuple[type, ...], network: str, band: str) -> object | None:
+    """The band's own rule of a kind for a network, else the one for all bands."""
+    general = None
+    for rule in rules.leg_rules:
+        if isinstance(rule, kinds) and rule.network == network:
+            if rule.timeframe == band:
+                return rule
+            if rule.timeframe is None:
+                general = rule
+    return general
+
+
+def _od_fares(rules: FareRules, network: str, band: str) -> dict[tuple[int, int], int]:
+    """Explicit OD fares for a band: rules for all bands first, the band's own rules override them."""
+    fares: dict[tuple[int, int], int] = {}
+    for wanted in (None, band):
+        for rule in rules.leg_rules:
+            if isinstance(rule, OdLegRule) and rule.network == network and rule.timeframe == wanted:
+                for pair in rule.pairs:
+                    fares[(pair.from_station, pair.to_station)] = pair.fare_fen
+                    if pair.both_ways:
+                        fares[(pair.to_station, pair.from_station)] = pair.fare_fen
+    return fares
+
+
+def _adult_matrix(rules: FareRules, band: str, ids: list[int], network_of: list[str],
+                  distances: dict[str, dict[int, dict[int, int]]]) -> list[int]:
+    """Adult fare for every (origin, dest) of one band; UNREACHABLE marks cells no trip uses."""
+    n = len(ids)
+    zone_of = {s.id: s.zone for s in rules.stations}
+    matrix = [UNREACHABLE] * (n * n)
+    by_network: dict[str, list[int]] = {}
+    for i, network in enumerate(network_of):
+        by_network.setdefault(network, []).append(i)
+    for network_id, members in by_network.items():
+        if rules.networks[network_id].fare_collection == "flat":
+            continue  # filled from the flat fare later
+        base = _rule_for(rules, (DistanceLegRule, ZoneLegRule), network_id, band)
+        explicit = _od_fares(rules, network_id, band)
+        dist = distances.get(network_id, {})
+        for i in members:
+            row = i * n
+            for j in members:
+                pair = (ids[i], ids[j])
+                if pair in explicit:
+                    fare = explicit[pair]
+                elif isinstance(base, DistanceLegRule):
+                    fare = base.fare(dist[ids[i]][ids[j]])  # reachability checked by the rules
+                elif isinstance(base, ZoneLegRule):
+                    zf, zt = base.zones.index(zone_of[ids[i]] or ""), base.zones.index(zone_of[ids[j]] or "")
+                    fare = base.matrix[zf][zt]
+                else:  # pragma: no cover - the rules' coverage check makes this impossible
+                    raise AssertionError(f"no fare for {pair} in {band}")
+                matrix[row + j] = fare
+    return matrix
+
+
+def _flat_fare(rules: FareRules, network: str, band: str) -> int:
+    rule = _rule_for(rules, (FlatLegRule,), network, band)
+    return rule.fare_fen if isinstance(rule, FlatLegRule) else 0
+
+
+def _priced(category: RiderCategory, values: list[int]) -> list[int]:
+    """Apply a category's discount to a list of adult fares (each distinct fare computed once)."""
+    cache = {v: category.discounted(v) if v >= 0 else v for v in set(values)}
+    return [cache[v] for v in values]
+
+
+def rules_digest(rules: FareRules) -> str:
+    """SHA-256 of the rules' canonical JSON: names the source of a table independently of formatting."""
+    data = rules.model_dump(mode="json", by_alias=True)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def compile_rules(rules: FareRules, version: int, created_at: int | None = None) -> TableData:
+    """Turn validated rules into the fare table a gate loads; ValueError if the result is inconsistent."""
+    if not 0 <= version <= 0xFFFFFFFF:
+        raise ValueError(f"version {version} is outside 0..2^32-1")
+    stations = sorted(rules.stations, key=lambda s: s.id)
+    ids = [s.id for s in stations]
+    network_names = list(rules.networks)
+    network_of = [s.network for s in stations]
+    categories = list(rules.rider_categories.values())
+    bands = rules.band_names
+    n = len(ids)
+
+    distances = {
+        network_id: track_distances([s.id for s in stations if s.network == network_id],
+                                    ((e.from_station, e.to_station, e.distance_m) for e in network.edges))
+        for network_id, network in rules.networks.items() if network.fare_collection == "entry_exit"
+    }
+    adult = [_adult_matrix(rules, band, ids, network_of, distances) for band in bands]
+    flat_adult = [[_flat_fare(rules, network, band) for network in network_names] for band in bands]
+
+    # Missing exit: a fixed fare if the operator set one, else the highest fare from the origin in any band.
+    missing: list[int] = []
+    fixed_missing = rules.paid_area.missing_exit_fare_fen
+    per_category = [[_priced(c, m) for m in adult] for c in categories]
+    for c, category in enumerate(categories):
+        for i in range(n):
+            if rules.networks[network_of[i]].fare_collection == "flat":
+                missing.append(0)  # a bus leg is paid on boarding; nothing is left open
+            elif fixed_missing is not None:
+                missing.append(category.discounted(fixed_missing))
+            else:
+                missing.append(max(max(m[i * n:(i + 1) * n]) for m in per_category[c]))
+
+    fares = array("I")
+    for b in range(len(bands)):
+        for c, category in enumerate(categories):
+            matrix = per_category[c][b]
+            flat_row = [category.discounted(f) for f in flat_adult[b]]
+            for i in range(n):
+                row = matrix[i * n:(i + 1) * n]
+                if rules.networks[network_of[i]].fare_collection == "flat":
+                    row = [flat_row[network_names.index(network_of[i])]] * n
+                elif UNREACHABLE in row:
+                    filler = missing[c * n + i]
+                    row = [filler if v == UNREACHABLE else v for v in row]
+                fares.extend(row)
+
+    flat_fares = array("I", (categories[c].discounted(flat_adult[b][k])
+                             for b in range(len(bands)) for c in range(len(categories))
+                             for k in range(len(network_names))))
+
+    size = len(network_names) ** 2
+    transfer_discount, transfer_window = array("I", [0] * size), array("I", [0] * size)
+    transfer_percent = bytearray(size)
+    for rule in rules.transfer_rules:
+        k = network_names.index(rule.from_network) * len(network_names) + network_names.index(rule.to_network)
+        transfer_discount[k] = rule.discount_fen
+        transfer_percent[k] = rule.discount_percent
+        transfer_window[k] = rule.window_min * SECONDS_PER_MINUTE
+
+    paid = rules.paid_area
+    table = TableData(
+        version=version,
+        created_at=int(time.time()) if created_at is None else created_at,
+        name=rules.name,
+        utc_offset_min=rules.utc_offset_min,
+        day_start_min=rules.day_start_min,
+        station_ids=array("H", ids),
+        station_network=bytes(network_names.index(x) for x in network_of),
+        network_names=tuple(network_names),
+        network_flat=bytes(int(rules.networks[x].fare_collection == "flat") for x in network_names),
+        category_names=tuple(rules.rider_categories),
+        band_names=tuple(bands),
+        band_of_minute=compile_band_of_minute(rules),
+        fares=fares,
+        flat_fares=flat_fares,
+        transfer_discount=transfer_discount,
+        transfer_percent=bytes(transfer_percent),
+        transfer_window_s=transfer_window,
+        max_transfers=rules.max_transfers,
+        daily_cap=array("I", (c.daily_cap_fen for c in categories)),
+        monthly_threshold=array("I", (c.monthly_threshold_fen for c in categories)),
+        monthly_percent=bytes(c.monthly_percent_off for c in categories),
+        max_inside_s=paid.max_inside_min * SECONDS_PER_MINUTE,
+        overstay_surcharge=paid.overstay_surcharge_fen,
+        same_station_window_s=paid.same_station_window_min * SECONDS_PER_MINUTE,
+        same_station_fare=array("I", (c.discounted(paid.same_station_fare_fen) for c in categories)),
+        missing_exit_fare=array("I", missing),
+        anti_passback_s=paid.anti_passback_min * SECONDS_PER_MINUTE,
+        min_entry_balance=rules.min_entry_balance_fen,
+        max_balance=rules.max_balance_fen,
+        extra={
+            "rules_sha256": rules_digest(rules),
+            "station_names": json.dumps({str(s.id): s.name for s in stations}, ensure_ascii=False,
+                                        separators=(",", ":")),
+        },
+    )
+    table.validate()
+    return table

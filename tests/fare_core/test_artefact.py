@@ -1,0 +1,242 @@
+"""The fare table artefact: exact round trips, and every corrupt, truncated or foreign blob refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import struct
+from array import array
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fare_core
+from fare_core import artefact
+from fare_core.artefact import HEADER_SIZE, LAYOUT, MAGIC, checksum_of, pack, unpack
+from fare_core.compiler import compile_rules
+from fare_core.errors import FareTableError
+from fare_core.rules import load_rules
+from fare_core.table_data import MINUTES_PER_WEEK, TableData
+
+EXAMPLES = Path(fare_core.__file__).parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TableData:
+    return compile_rules(load_rules(EXAMPLES / "tiny.toml"), 42, created_at=1_700_000_000)
+
+
+@pytest.fixture(scope="module")
+def tiny_blob(tiny: TableData) -> bytes:
+    return pack(tiny)
+
+
+def rehash(body: bytes) -> bytes:
+    """A blob whose checksum is right for `body`, to reach the checks behind the checksum."""
+    return body + hashlib.sha256(body).digest()
+
+
+def test_round_trip_tiny(tiny: TableData, tiny_blob: bytes) -> None:
+    assert unpack(tiny_blob) == tiny
+    assert pack(unpack(tiny_blob)) == tiny_blob  # deterministic
+
+
+def test_round_trip_guangzhou() -> None:
+    table = compile_rules(load_rules(EXAMPLES / "guangzhou.toml"), 3, created_at=0)
+    blob = pack(table)
+    back = unpack(blob)
+    assert back == table
+    assert back.fares.typecode == "I" and back.station_ids.typecode == "H"
+    assert json.loads(back.extra["station_names"])["114"].startswith("Tiyu Xilu")
+
+
+def test_header_fields(tiny: TableData, tiny_blob: bytes) -> None:
+    assert tiny_blob[:4] == MAGIC
+    assert struct.unpack_from("<HHIq", tiny_blob, 4) == (LAYOUT, HEADER_SIZE, 42, 1_700_000_000)
+    s, n, c, b = tiny.n_stations, tiny.n_networks, tiny.n_categories, tiny.n_bands
+    assert struct.unpack_from("<HBBB", tiny_blob, 24) == (s, n, c, b)
+    # the fares dominate: 4 bytes each, after station ids, their networks, networks' kinds and the week
+    arrays = (2 * s + s + n + MINUTES_PER_WEEK + 4 * b * c * s * s + 4 * b * c * n + 9 * n * n + 13 * c
+              + 4 * c * s)
+    labels = struct.unpack_from("<I", tiny_blob, 60)[0]
+    assert len(tiny_blob) == HEADER_SIZE + arrays + labels + 32
+    # little-endian on the wire: station id 50 is the fifth u16 after the header
+    assert tiny_blob[HEADER_SIZE + 8:HEADER_SIZE + 10] == (50).to_bytes(2, "little")
+
+
+def test_checksum_is_sha256_of_the_file(tiny_blob: bytes) -> None:
+    assert checksum_of(tiny_blob) == hashlib.sha256(tiny_blob).hexdigest()
+    assert tiny_blob[-32:] == hashlib.sha256(tiny_blob[:-32]).digest()
+
+
+def test_fare_table_loads_the_artefact(tiny_blob: bytes) -> None:
+    table = fare_core.FareTable.from_bytes(tiny_blob)
+    assert table.version == 42
+    assert table.checksum == checksum_of(tiny_blob)
+
+
+def test_every_truncation_is_refused(tiny_blob: bytes) -> None:
+    for length in range(len(tiny_blob)):
+        with pytest.raises(FareTableError):
+            unpack(tiny_blob[:length])
+
+
+def test_truncation_message(tiny_blob: bytes) -> None:
+    with pytest.raises(FareTableError, match="truncated"):
+        unpack(tiny_blob[:-1])
+    with pytest.raises(FareTableError, match="truncated"):
+        unpack(tiny_blob[:10])
+    with pytest.raises(FareTableError, match="trailing bytes"):
+        unpack(tiny_blob + b"\0")
+
+
+def test_every_flipped_byte_is_refused(tiny_blob: bytes) -> None:
+    blob = bytearray(tiny_blob)
+    for i in range(len(blob)):
+        for mask in (0x01, 0x80):
+            blob[i] ^= mask
+            with pytest.raises(FareTableError):
+                unpack(bytes(blob))
+            blob[i] ^= mask
+    assert bytes(blob) == tiny_blob
+
+
+def test_checksum_mismatch_message(tiny_blob: bytes) -> None:
+    blob = bytearray(tiny_blob)
+    blob[HEADER_SIZE + 500] ^= 1  # inside the week of time bands
+    with pytest.raises(FareTableError, match="checksum mismatch"):
+        unpack(bytes(blob))
+
+
+def test_wrong_magic(tiny_blob: bytes) -> None:
+    with pytest.raises(FareTableError, match="not a fare table"):
+        unpack(rehash(b"PK\x03\x04" + tiny_blob[4:-32]))
+
+
+def test_wrong_layout(tiny_blob: bytes) -> None:
+    body = bytearray(tiny_blob[:-32])
+    struct.pack_into("<H", body, 4, LAYOUT + 1)
+    with pytest.raises(FareTableError, match=f"layout {LAYOUT + 1} is not supported"):
+        unpack(rehash(bytes(body)))
+
+
+def test_wrong_header_size(tiny_blob: bytes) -> None:
+    body = bytearray(tiny_blob[:-32])
+    struct.pack_into("<H", body, 6, 80)
+    with pytest.raises(FareTableError, match="header size"):
+        unpack(rehash(bytes(body)))
+
+
+def test_inconsistent_contents_behind_a_good_checksum(tiny: TableData, tiny_blob: bytes) -> None:
+    s = tiny.n_stations
+    body = bytearray(tiny_blob[:-32])
+    body[HEADER_SIZE + 3 * s + tiny.n_networks] = 9  # Monday 00:00 in band 9 of 2
+    with pytest.raises(FareTableError, match="inconsistent: band_of_minute"):
+        unpack(rehash(bytes(body)))
+
+    body = bytearray(tiny_blob[:-32])
+    body[HEADER_SIZE + 2 * s] = 200  # the first station on network 200
+    with pytest.raises(FareTableError, match="inconsistent: station_network"):
+        unpack(rehash(bytes(body)))
+
+    body = bytearray(tiny_blob[:-32])
+    struct.pack_into("<H", body, HEADER_SIZE + 2, 1)  # two stations with id 1
+    with pytest.raises(FareTableError, match="duplicate station id"):
+        unpack(rehash(bytes(body)))
+
+
+def _relabel(tiny_blob: bytes, labels: bytes) -> bytes:
+    old = struct.unpack_from("<I", tiny_blob, 60)[0]
+    body = bytearray(tiny_blob[:-32 - old] + labels)
+    struct.pack_into("<I", body, 60, len(labels))
+    return rehash(bytes(body))
+
+
+def test_bad_labels_behind_a_good_checksum(tiny_blob: bytes) -> None:
+    labels = json.loads(tiny_blob[-32 - struct.unpack_from("<I", tiny_blob, 60)[0]:-32])
+    assert _relabel(tiny_blob, json.dumps(labels).encode()) != tiny_blob  # the helper itself works
+    unpack(_relabel(tiny_blob, json.dumps(labels).encode()))
+    with pytest.raises(FareTableError, match="inconsistent"):
+        unpack(_relabel(tiny_blob, b"{not json"))
+    with pytest.raises(FareTableError, match="inconsistent"):
+        unpack(_relabel(tiny_blob, b"\xff\xfe"))
+    with pytest.raises(FareTableError, match="inconsistent"):
+        unpack(_relabel(tiny_blob, json.dumps({**labels, "categories": ["adult"]}).encode()))
+    with pytest.raises(FareTableError, match="inconsistent"):
+        unpack(_relabel(tiny_blob, json.dumps({k: v for k, v in labels.items() if k != "bands"}).encode()))
+    with pytest.raises(FareTableError, match="inconsistent"):
+        unpack(_relabel(tiny_blob, b"[]"))
+
+
+def test_pack_refuses_an_inconsistent_table(tiny: TableData) -> None:
+    with pytest.raises(FareTableError, match="fares"):
+        pack(dataclasses.replace(tiny, fares=array("I", [1, 2, 3])))
+    with pytest.raises(FareTableError, match="header"):
+        pack(dataclasses.replace(tiny, created_at=2**70))
+
+
+def test_big_endian_host_swaps(monkeypatch: pytest.MonkeyPatch, tiny: TableData, tiny_blob: bytes) -> None:
+    """Pretend the host is big-endian: native arrays are swapped on the way out and back in."""
+    monkeypatch.setattr(artefact, "_BIG_ENDIAN", True)
+    swapped = pack(tiny)
+    assert swapped != tiny_blob
+    assert swapped[HEADER_SIZE + 8:HEADER_SIZE + 10] == (50).to_bytes(2, "big")
+    assert unpack(swapped) == tiny
+
+
+# --- property: any small consistent table survives the round trip ---
+
+@st.composite
+def tables(draw: st.DrawFn) -> TableData:
+    s = draw(st.integers(1, 4))
+    n = draw(st.integers(1, 3))
+    c = draw(st.integers(1, 3))
+    b = draw(st.integers(1, 3))
+    u32 = st.integers(0, 0xFFFFFFFF)
+
+    def u32s(count: int) -> array[int]:
+        return array("I", draw(st.lists(u32, min_size=count, max_size=count)))
+
+    def small(count: int, below: int) -> bytes:
+        return bytes(draw(st.lists(st.integers(0, below - 1), min_size=count, max_size=count)))
+
+    name = st.text(min_size=1, max_size=8)
+    band_values = draw(st.lists(st.integers(0, b - 1), min_size=1, max_size=4))
+    return TableData(
+        version=draw(u32), created_at=draw(st.integers(-(2**40), 2**40)), name=draw(name),
+        utc_offset_min=draw(st.integers(-1439, 1439)), day_start_min=draw(st.integers(0, 1439)),
+        station_ids=array("H", draw(st.lists(st.integers(1, 0xFFFF), min_size=s, max_size=s, unique=True))),
+        station_network=small(s, n), network_names=tuple(draw(st.lists(name, min_size=n, max_size=n))),
+        network_flat=small(n, 2), category_names=tuple(draw(st.lists(name, min_size=c, max_size=c))),
+        band_names=tuple(draw(st.lists(name, min_size=b, max_size=b))),
+        band_of_minute=bytes(band_values[i % len(band_values)] for i in range(MINUTES_PER_WEEK)),
+        fares=u32s(b * c * s * s), flat_fares=u32s(b * c * n), transfer_discount=u32s(n * n),
+        transfer_percent=small(n * n, 101), transfer_window_s=u32s(n * n),
+        max_transfers=draw(st.integers(0, 254)),
+        daily_cap=u32s(c), monthly_threshold=u32s(c), monthly_percent=small(c, 101),
+        max_inside_s=draw(u32), overstay_surcharge=draw(u32), same_station_window_s=draw(u32),
+        same_station_fare=u32s(c), missing_exit_fare=u32s(c * s), anti_passback_s=draw(u32),
+        min_entry_balance=draw(st.integers(0, 0x7FFFFFFF)), max_balance=draw(st.integers(0, 0x7FFFFFFF)),
+        extra=draw(st.dictionaries(name, st.text(max_size=20), max_size=3)),
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(tables())
+def test_round_trip_property(table: TableData) -> None:
+    blob = pack(table)
+    assert unpack(blob) == table
+    assert pack(unpack(blob)) == blob
+
+
+@settings(max_examples=60, deadline=None)
+@given(tables(), st.data())
+def test_random_corruption_property(table: TableData, data: st.DataObject) -> None:
+    blob = bytearray(pack(table))
+    position = data.draw(st.integers(0, len(blob) - 1))
+    blob[position] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(FareTableError):
+        unpack(bytes(blob))
