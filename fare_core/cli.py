@@ -1,0 +1,193 @@
+"""`faregate fares`: check fare rules, compile them into a table artefact, and inspect an artefact.
+
+    faregate fares check RULES.toml
+    faregate fares compile RULES.toml --version 7 -o table.fgt
+    faregate fares show table.fgt [--from 101 --to 116 --category adult --at 2026-11-23T08:00]
+
+Exit status 0 on success, 1 when the rules or the artefact are bad (the reasons go to stderr), so a
+publishing script can stop before a broken table reaches a gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+from fare_core.artefact import checksum_of, pack, unpack
+from fare_core.compiler import band_at, compile_rules, fare_index
+from fare_core.errors import FareTableError
+from fare_core.rules import FareRules, RulesError, load_rules
+from fare_core.table_data import TableData
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="fares_command", required=True, metavar="ACTION")
+    check = sub.add_parser("check", help="validate a rules file and list every problem")
+    check.add_argument("rules", type=Path, help="rules file (.toml or .json)")
+    comp = sub.add_parser("compile", help="compile a rules file into a fare table artefact")
+    comp.add_argument("rules", type=Path, help="rules file (.toml or .json)")
+    comp.add_argument("--version", type=int, required=True, help="table version (u32, higher wins)")
+    comp.add_argument("-o", "--output", type=Path, required=True, help="artefact file to write (.fgt)")
+    comp.add_argument("--created-at", type=int, default=None, help="UTC seconds to stamp (default: now)")
+    show = sub.add_parser("show", help="summarise a fare table artefact, or print one fare")
+    show.add_argument("table", type=Path, help="artefact file (.fgt)")
+    show.add_argument("--from", dest="origin", help="entry station: operator id or exact name")
+    show.add_argument("--to", dest="dest", help="exit station: operator id or exact name")
+    show.add_argument("--category", default=None, help="rider category (default: the first one)")
+    show.add_argument("--at", default=None,
+                      help="entry time, ISO 8601; without a UTC offset it is the table's local time "
+                           "(default: now)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.fares_command == "check":
+            return _check(args)
+        if args.fares_command == "compile":
+            return _compile(args)
+        return _show(args)
+    except RulesError as exc:
+        print(f"{getattr(args, 'rules', '')}: invalid fare rules:", file=sys.stderr)
+        for where, why in exc.problems:
+            print(f"  {where}: {why}" if where else f"  {why}", file=sys.stderr)
+        return 1
+    except (FareTableError, _UsageError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _summary(rules: FareRules) -> str:
+    return (f"{rules.name}: {len(rules.stations)} stations, {len(rules.networks)} networks, "
+            f"{len(rules.rider_categories)} categories, {len(rules.band_names)} time bands, "
+            f"{len(rules.leg_rules)} leg rules, {len(rules.transfer_rules)} transfer rules")
+
+
+def _check(args: argparse.Namespace) -> int:
+    rules = load_rules(args.rules)
+    print(f"ok: {_summary(rules)}")
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    rules = load_rules(args.rules)
+    try:
+        table = compile_rules(rules, args.version, args.created_at)
+    except (ValueError, OverflowError) as exc:
+        raise _UsageError(f"cannot compile {args.rules}: {exc}") from None
+    blob = pack(table)
+    _write_atomically(args.output, blob)
+    print(f"wrote {args.output}")
+    print(f"version   {table.version}")
+    print(f"checksum  sha256:{checksum_of(blob)}")
+    print(f"size      {len(blob)} bytes")
+    print(_dimensions(table))
+    print("sample (adult, first band, fen):")
+    print(_sample(table))
+    return 0
+
+
+def _write_atomically(path: Path, blob: bytes) -> None:
+    """Write next to the target and rename, so a gate never reads half a table."""
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(blob)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _dimensions(table: TableData) -> str:
+    return (f"stations  {table.n_stations}  networks {', '.join(table.network_names)}\n"
+            f"categories {', '.join(table.category_names)}\n"
+            f"bands     {', '.join(table.band_names)}")
+
+
+def _station_names(table: TableData) -> dict[int, str]:
+    try:
+        names = json.loads(table.extra.get("station_names", "{}"))
+        return {int(k): str(v) for k, v in names.items()}
+    except (ValueError, AttributeError):
+        return {}
+
+
+def _sample(table: TableData, size: int = 5) -> str:
+    """A small OD matrix: the first stations of the first entry/exit network."""
+    flat = set(i for i, f in enumerate(table.network_flat) if f)
+    picks = [i for i in range(table.n_stations) if table.station_network[i] not in flat][:size]
+    width = max([6, *(len(str(table.station_ids[i])) + 1 for i in picks)])
+    lines = [" " * width + "".join(f"{table.station_ids[j]:>{width}}" for j in picks)]
+    for i in picks:
+        cells = "".join(f"{table.fares[fare_index(table, 0, 0, i, j)]:>{width}}" for j in picks)
+        lines.append(f"{table.station_ids[i]:>{width}}{cells}")
+    return "\n".join(lines)
+
+
+def _station_index(table: TableData, text: str) -> int:
+    ids = list(table.station_ids)
+    if text.isdigit() and int(text) in ids:
+        return ids.index(int(text))
+    for station_id, name in _station_names(table).items():
+        if name == text or name.split(" ")[0] == text:
+            return ids.index(station_id)
+    raise _UsageError(f"no station {text!r} in this table")
+
+
+def _utc_seconds(text: str | None, table: TableData) -> int:
+    if text is None:
+        return int(datetime.now(UTC).timestamp())
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise _UsageError(f"--at {text!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone(timedelta(minutes=table.utc_offset_min)))
+    return int(moment.timestamp())
+
+
+def _show(args: argparse.Namespace) -> int:
+    blob = args.table.read_bytes()
+    table = unpack(blob)
+    if args.origin is None and args.dest is None:
+        print(f"{table.name}: version {table.version}, created {table.created_at} "
+              f"({datetime.fromtimestamp(table.created_at, UTC).isoformat()})")
+        print(f"checksum  sha256:{checksum_of(blob)}")
+        print(f"size      {len(blob)} bytes")
+        print(_dimensions(table))
+        print(f"utc offset {table.utc_offset_min} min, service day from {table.day_start_min // 60:02d}:"
+              f"{table.day_start_min % 60:02d}; max balance {table.max_balance} fen, min to enter "
+              f"{table.min_entry_balance} fen")
+        print("sample (adult, first band, fen):")
+        print(_sample(table))
+        return 0
+    if args.origin is None:
+        raise _UsageError("--to needs --from")
+    origin = _station_index(table, args.origin)
+    dest = origin if args.dest is None else _station_index(table, args.dest)
+    category_name = args.category or table.category_names[0]
+    if category_name not in table.category_names:
+        raise _UsageError(f"no category {category_name!r} (known: {', '.join(table.category_names)})")
+    category = table.category_names.index(category_name)
+    band = band_at(table, _utc_seconds(args.at, table))
+    network = table.station_network[origin]
+    if table.network_flat[network]:
+        fare = table.flat_fares[(band * table.n_categories + category) * table.n_networks + network]
+        trip = f"boarding {table.station_ids[origin]} ({table.network_names[network]})"
+    else:
+        fare = table.fares[fare_index(table, band, category, origin, dest)]
+        trip = f"{table.station_ids[origin]} -> {table.station_ids[dest]}"
+    print(f"{trip}  {category_name}  {table.band_names[band]}  {fare} fen (¥{fare // 100}.{fare % 100:02d})")
+    return 0
