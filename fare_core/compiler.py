@@ -5,7 +5,10 @@ entry/exit network's segment graph (Dijkstra, integer metres; a path may change 
 station, inside the paid area); each (time band, OD pair) gets its adult fare from the leg rules (an
 explicit OD fare, else the band's own rule, else the rule for all bands); each rider category's price is
 derived from the adult fare by its discount, percentages rounded half up to the fen
-((fare * (100 - p) + 50) // 100), fixed discounts floored at 0.
+((fare * (100 - p) + 50) // 100), fixed discounts floored at 0 — except where a leg rule names the
+category (`rider_category`): those fares are the category's as written. Precedence for one category,
+band and pair: the category's own OD fare, its own distance/zone rule, then the adult OD fare, the
+adult distance/zone rule (discounted); within each, a band's own rule beats a rule for all bands.
 
 Table cells no trip uses are filled so that a lookup there can never undercharge: a pair of stations on
 different networks holds the origin's missing-exit fare, and a flat-network (bus) row holds that
@@ -32,7 +35,7 @@ from fare_core.rules import (
 )
 from fare_core.table_data import MINUTES_PER_WEEK, TableData
 
-UNREACHABLE = -1
+UNPRICED = -1  # a matrix cell no rule of the layer prices
 SECONDS_PER_MINUTE = 60
 # 1970-01-01 (UTC second 0) was a Thursday: day 3 of a Monday-based week.
 _EPOCH_MINUTE_OF_WEEK = 3 * 24 * 60
@@ -90,11 +93,12 @@ def compile_band_of_minute(rules: FareRules) -> bytes:
     return bytes(out)
 
 
-def _rule_for(rules: FareRules, kinds: tuple[type, ...], network: str, band: str) -> object | None:
-    """The band's own rule of a kind for a network, else the one for all bands."""
+def _rule_for(rules: FareRules, kinds: tuple[type, ...], network: str, band: str,
+              category: str | None) -> object | None:
+    """The band's own rule of a kind for a network and category layer, else the one for all bands."""
     general = None
     for rule in rules.leg_rules:
-        if isinstance(rule, kinds) and rule.network == network:
+        if isinstance(rule, kinds) and rule.network == network and rule.rider_category == category:
             if rule.timeframe == band:
                 return rule
             if rule.timeframe is None:
@@ -102,12 +106,13 @@ def _rule_for(rules: FareRules, kinds: tuple[type, ...], network: str, band: str
     return general
 
 
-def _od_fares(rules: FareRules, network: str, band: str) -> dict[tuple[int, int], int]:
+def _od_fares(rules: FareRules, network: str, band: str, category: str | None) -> dict[tuple[int, int], int]:
     """Explicit OD fares for a band: rules for all bands first, the band's own rules override them."""
     fares: dict[tuple[int, int], int] = {}
     for wanted in (None, band):
         for rule in rules.leg_rules:
-            if isinstance(rule, OdLegRule) and rule.network == network and rule.timeframe == wanted:
+            if (isinstance(rule, OdLegRule) and rule.network == network and rule.timeframe == wanted
+                    and rule.rider_category == category):
                 for pair in rule.pairs:
                     fares[(pair.from_station, pair.to_station)] = pair.fare_fen
                     if pair.both_ways:
@@ -115,46 +120,76 @@ def _od_fares(rules: FareRules, network: str, band: str) -> dict[tuple[int, int]
     return fares
 
 
-def _adult_matrix(rules: FareRules, band: str, ids: list[int], network_of: list[str],
+def _layer_matrix(rules: FareRules, band: str, category: str | None, ids: list[int], network_of: list[str],
                   distances: dict[str, dict[int, dict[int, int]]]) -> list[int]:
-    """Adult fare for every (origin, dest) of one band; UNREACHABLE marks cells no trip uses."""
+    """Fares one layer of rules sets for every (origin, dest) of one band; UNPRICED where it sets none.
+
+    Layer None holds the adult price and, the rules guarantee, prices every pair within an entry/exit
+    network; a category's own layer may price only some pairs.
+    """
     n = len(ids)
     zone_of = {s.id: s.zone for s in rules.stations}
-    matrix = [UNREACHABLE] * (n * n)
+    matrix = [UNPRICED] * (n * n)
     by_network: dict[str, list[int]] = {}
     for i, network in enumerate(network_of):
         by_network.setdefault(network, []).append(i)
     for network_id, members in by_network.items():
         if rules.networks[network_id].fare_collection == "flat":
             continue  # filled from the flat fare later
-        base = _rule_for(rules, (DistanceLegRule, ZoneLegRule), network_id, band)
-        explicit = _od_fares(rules, network_id, band)
+        base = _rule_for(rules, (DistanceLegRule, ZoneLegRule), network_id, band, category)
+        explicit = _od_fares(rules, network_id, band, category)
+        if base is None and not explicit:
+            continue
         dist = distances.get(network_id, {})
         for i in members:
             row = i * n
+            reach = dist.get(ids[i], {})
             for j in members:
                 pair = (ids[i], ids[j])
                 if pair in explicit:
-                    fare = explicit[pair]
+                    matrix[row + j] = explicit[pair]
                 elif isinstance(base, DistanceLegRule):
-                    fare = base.fare(dist[ids[i]][ids[j]])  # reachability checked by the rules
+                    if ids[j] in reach:  # the rules make every pair of the adult layer reachable or explicit
+                        matrix[row + j] = base.fare(reach[ids[j]])
                 elif isinstance(base, ZoneLegRule):
                     zf, zt = base.zones.index(zone_of[ids[i]] or ""), base.zones.index(zone_of[ids[j]] or "")
-                    fare = base.matrix[zf][zt]
-                else:  # pragma: no cover - the rules' coverage check makes this impossible
-                    raise AssertionError(f"no fare for {pair} in {band}")
-                matrix[row + j] = fare
+                    matrix[row + j] = base.matrix[zf][zt]
     return matrix
 
 
-def _flat_fare(rules: FareRules, network: str, band: str) -> int:
-    rule = _rule_for(rules, (FlatLegRule,), network, band)
-    return rule.fare_fen if isinstance(rule, FlatLegRule) else 0
+def _flat_price(rules: FareRules, network: str, band: str, category_id: str) -> int:
+    """A category's own flat fare as written, else the adult flat fare with its discount."""
+    own = _rule_for(rules, (FlatLegRule,), network, band, category_id)
+    if isinstance(own, FlatLegRule):
+        return own.fare_fen
+    adult = _rule_for(rules, (FlatLegRule,), network, band, None)
+    if not isinstance(adult, FlatLegRule):
+        return 0  # not a flat network
+    return rules.rider_categories[category_id].discounted(adult.fare_fen)
+
+
+def _category_matrices(rules: FareRules, bands: list[str], adult: list[list[int]], ids: list[int],
+                       network_of: list[str], distances: dict[str, dict[int, dict[int, int]]]
+                       ) -> list[list[list[int]]]:
+    """[category][band] -> fares: the category's own rules where they price a pair, else the discounted
+    adult fare."""
+    result = []
+    for category_id, category in rules.rider_categories.items():
+        has_own = any(rule.rider_category == category_id for rule in rules.leg_rules)
+        matrices = []
+        for b, band in enumerate(bands):
+            derived = _priced(category, adult[b])
+            if has_own:
+                own = _layer_matrix(rules, band, category_id, ids, network_of, distances)
+                derived = [o if o != UNPRICED else d for o, d in zip(own, derived, strict=True)]
+            matrices.append(derived)
+        result.append(matrices)
+    return result
 
 
 def _priced(category: RiderCategory, values: list[int]) -> list[int]:
     """Apply a category's discount to a list of adult fares (each distinct fare computed once)."""
-    cache = {v: category.discounted(v) if v >= 0 else v for v in set(values)}
+    cache = {v: category.discounted(v) if v != UNPRICED else v for v in set(values)}
     return [cache[v] for v in values]
 
 
@@ -182,13 +217,15 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
                                     ((e.from_station, e.to_station, e.distance_m) for e in network.edges))
         for network_id, network in rules.networks.items() if network.fare_collection == "entry_exit"
     }
-    adult = [_adult_matrix(rules, band, ids, network_of, distances) for band in bands]
-    flat_adult = [[_flat_fare(rules, network, band) for network in network_names] for band in bands]
+    adult = [_layer_matrix(rules, band, None, ids, network_of, distances) for band in bands]
+    per_category = _category_matrices(rules, bands, adult, ids, network_of, distances)
+    category_ids = list(rules.rider_categories)
+    flat = [[[_flat_price(rules, network, band, category_id) for network in network_names]
+             for category_id in category_ids] for band in bands]  # [band][category][network]
 
     # Missing exit: a fixed fare if the operator set one, else the highest fare from the origin in any band.
     missing: list[int] = []
     fixed_missing = rules.paid_area.missing_exit_fare_fen
-    per_category = [[_priced(c, m) for m in adult] for c in categories]
     for c, category in enumerate(categories):
         for i in range(n):
             if rules.networks[network_of[i]].fare_collection == "flat":
@@ -200,20 +237,18 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
 
     fares = array("I")
     for b in range(len(bands)):
-        for c, category in enumerate(categories):
+        for c in range(len(categories)):
             matrix = per_category[c][b]
-            flat_row = [category.discounted(f) for f in flat_adult[b]]
             for i in range(n):
                 row = matrix[i * n:(i + 1) * n]
                 if rules.networks[network_of[i]].fare_collection == "flat":
-                    row = [flat_row[network_names.index(network_of[i])]] * n
-                elif UNREACHABLE in row:
+                    row = [flat[b][c][network_names.index(network_of[i])]] * n
+                elif UNPRICED in row:
                     filler = missing[c * n + i]
-                    row = [filler if v == UNREACHABLE else v for v in row]
+                    row = [filler if v == UNPRICED else v for v in row]
                 fares.extend(row)
 
-    flat_fares = array("I", (categories[c].discounted(flat_adult[b][k])
-                             for b in range(len(bands)) for c in range(len(categories))
+    flat_fares = array("I", (flat[b][c][k] for b in range(len(bands)) for c in range(len(categories))
                              for k in range(len(network_names))))
 
     size = len(network_names) ** 2

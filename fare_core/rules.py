@@ -159,6 +159,10 @@ class DistanceStep(_Model):
 class _LegRule(_Model):
     network: str
     timeframe: str | None = None  # None: every time band without a rule of its own
+    # None: the adult price, from which each category's discount derives its own. A category named
+    # here pays this rule's fares as written (no discount), like a GTFS fare product with a
+    # rider_category_id; pairs its own rules leave unpriced fall back to the discounted adult price.
+    rider_category: str | None = None
 
 
 class DistanceLegRule(_LegRule):
@@ -427,8 +431,8 @@ class _Checker:
     def check_leg_rules(self) -> None:
         r = self.rules
         bands = r.band_names
-        base: dict[tuple[str, str | None], int] = {}  # (network, timeframe) -> leg rule index
-        od: dict[tuple[str, str | None], dict[tuple[int, int], int]] = defaultdict(dict)
+        base: dict[tuple[str, str | None, str | None], int] = {}  # (network, timeframe, category) -> index
+        od: dict[tuple[str, str | None, str | None], dict[tuple[int, int], int]] = defaultdict(dict)
         for i, rule in enumerate(r.leg_rules):
             where = f"leg_rules[{i}]"
             network = r.networks.get(rule.network)
@@ -439,25 +443,32 @@ class _Checker:
                 self.add(f"{where}.timeframe",
                          f"unknown timeframe {rule.timeframe!r} (known: {', '.join(bands)})")
                 continue
+            if rule.rider_category is not None and rule.rider_category not in r.rider_categories:
+                self.add(f"{where}.rider_category", f"unknown rider category {rule.rider_category!r} "
+                                                    f"(known: {', '.join(r.rider_categories)})")
+                continue
             flat = network.fare_collection == "flat"
             if flat != isinstance(rule, FlatLegRule):
                 self.add(f"{where}.kind", f"a {rule.kind!r} rule cannot price {network.fare_collection} "
                                           f"network {rule.network!r}")
                 continue
-            key = (rule.network, rule.timeframe)
+            key = (rule.network, rule.timeframe, rule.rider_category)
             if isinstance(rule, OdLegRule):
                 self.check_od(where, rule, od[key])
                 continue
             if key in base:
                 self.add(where, f"duplicates leg_rules[{base[key]}] (network {rule.network!r}, "
-                                f"timeframe {rule.timeframe or 'all'})")
+                                f"timeframe {rule.timeframe or 'all'}, rider category "
+                                f"{rule.rider_category or 'all'})")
                 continue
             base[key] = i
             if isinstance(rule, DistanceLegRule):
                 self.check_distance(where, rule)
             elif isinstance(rule, ZoneLegRule):
                 self.check_zones(where, rule)
-        self.check_coverage(base, od)
+        # The adult price (rules without a rider category) must cover everything; category rules refine it.
+        self.check_coverage({k[:2]: v for k, v in base.items() if k[2] is None},
+                            {k[:2]: v for k, v in od.items() if k[2] is None})
 
     def check_distance(self, where: str, rule: DistanceLegRule) -> None:
         lower = rule.base_up_to_m

@@ -198,6 +198,30 @@ def test_peak_flat_fare() -> None:
     assert table.flat_fares[(PEAK * table.n_categories + STUDENT) * table.n_networks + bus] == 150
 
 
+def test_category_rules_are_taken_as_written() -> None:
+    data = tiny_data()
+    data["leg_rules"] += [
+        # students: their own bus fare, an OD fare A<->B, and their own peak distance rule
+        {"kind": "flat", "network": "bus", "rider_category": "student", "fare_fen": 80},
+        {"kind": "od", "network": "metro", "rider_category": "student",
+         "pairs": [{"from": 1, "to": 2, "fare_fen": 90}]},
+        {"kind": "distance", "network": "metro", "rider_category": "student", "timeframe": "peak",
+         "base_fen": 110, "base_up_to_m": 4000, "steps": [{"every_m": 1000, "add_fen": 10}]},
+    ]
+    table = compile_data(data)
+    bus = table.network_names.index("bus")
+    for band in (OFFPEAK, PEAK):
+        flat = [table.flat_fares[(band * table.n_categories + c) * table.n_networks + bus] for c in range(4)]
+        assert flat == [200, 80, 0, 50]  # the student fare is not halved again; others keep their discount
+        assert fare(table, 1, 2, STUDENT, band) == 90 and fare(table, 2, 1, STUDENT, band) == 90
+    assert fare(table, 2, 3, STUDENT) == 100  # no student rule off-peak: half of 200
+    assert fare(table, 1, 4, STUDENT) == 200  # half of the adult OD fare 400
+    assert fare(table, 1, 4, STUDENT, PEAK) == 110 + 5 * 10  # own rule: 8.5 km is 4.5 km over 4 km
+    assert fare(table, 1, 4, ADULT, PEAK) == 550
+    n = table.n_stations
+    assert table.missing_exit_fare[STUDENT * n + 0] == 200  # A's dearest student trip: A-D off-peak
+
+
 def _local_minute(day: int, hour: int, minute: int) -> int:
     return day * 1440 + hour * 60 + minute
 
