@@ -376,3 +376,37 @@ def test_guangzhou_table_dimensions(guangzhou: TableData) -> None:
     assert guangzhou.n_categories == 4 and guangzhou.n_bands == 2 and guangzhou.n_networks == 2
     assert guangzhou.n_stations == 79
     assert min(guangzhou.fares[:guangzhou.n_stations]) >= 200  # adult fares from the first station
+
+
+def test_compiled_artefact_drives_decide(impl: Any) -> None:
+    """End to end: rules -> compiler -> artefact -> FareTable -> decide(), on each core implementation."""
+    from fare_core import Direction
+    from fare_core.artefact import pack
+    from fare_core.record import CardRecord
+
+    core = impl.core
+    table = core.FareTable.from_bytes(pack(compile_rules(load_rules(EXAMPLES / "tiny.toml"), 1, 0)))
+    sam = core.Sam(bytes(range(16)))
+    denylist = impl.denylist.DenyList((), version=1)
+
+    def ride(category: int, taps: list[tuple[int, int, datetime]]) -> list[int]:
+        card = 0x1234 + category
+        wallet = core.new_wallet(CardRecord(card_id=card, category=category, balance=5000), sam)
+        fares = []
+        for station, direction, moment in taps:
+            decision = core.decide(wallet, core.Tap(card, station, direction, int(moment.timestamp())),
+                                   table, denylist, sam)
+            assert decision.allowed, decision
+            wallet = core.apply_write(wallet, decision.slot, decision.record)
+            fares.append(decision.fare)
+        return fares
+
+    def tue(hour: int, minute: int = 0) -> datetime:
+        return datetime(2026, 11, 24, hour, minute, tzinfo=CST)
+
+    entry, exit_ = Direction.ENTRY, Direction.EXIT
+    assert ride(ADULT, [(1, entry, tue(10)), (4, exit_, tue(10, 30))]) == [0, 400]  # the OD fare
+    assert ride(ADULT, [(1, entry, tue(8)), (4, exit_, tue(8, 30))]) == [0, 550]  # peak distance fare
+    assert ride(STUDENT, [(1, entry, tue(10)), (3, exit_, tue(10, 30))]) == [0, 150]
+    # metro then bus within 90 minutes: the bus's 200 less the 100 fen transfer discount
+    assert ride(ADULT, [(1, entry, tue(10)), (2, exit_, tue(10, 20)), (50, entry, tue(11))]) == [0, 200, 100]
