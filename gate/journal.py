@@ -74,6 +74,14 @@ class Journal:
                 raise
             self._last_seq = seq
 
+    def replace(self, seq: int, payload: bytes) -> None:
+        """Rewrite a tap whose outcome changed before it was published (a wallet write that did not
+        land); a tap the backend already committed can never be rewritten."""
+        with self._lock:
+            if not self._committed < seq <= self._last_seq:
+                raise JournalError(f"seq {seq} is not an uncommitted tap")
+            self._db.execute("UPDATE taps SET payload = ? WHERE seq = ?", (payload, seq))
+
     def pending(self, after: int = 0, limit: int = 1000,
                 through: int | None = None) -> list[tuple[int, bytes]]:
         """Uncommitted taps with seq > after (and <= through), oldest first."""

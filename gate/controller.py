@@ -1,0 +1,307 @@
+"""The tap state machine of one gate: phone in field → read → decide → write + journal → open.
+
+    idle ──FieldChanged(1 phone, new)──► read wallet ──► decide (fare_core)
+      ▲                                                    │
+      │      ┌─────────── write slot (RF) ◄────────────────┤ (the journal fsync runs meanwhile
+      │      ▼                                             │  in a worker thread)
+      └── display ◄── open barrier ◄── both done ◄─────────┘
+
+Why the journal and the wallet write overlap: the fsync costs 0.4 ms typically and several ms at
+the tail on a shared disk, while the wallet write keeps the line and the phone busy for longer; done
+in series the fsync would be the gate's own latency. The barrier opens only when the tap is durable
+in the journal *and* the wallet write is verified.
+
+If the write fails or its answer is lost, the wallet is read back: the two-slot record tells exactly
+whether the new record landed (its counter). If it did, the tap stands; if not, the journal row is
+rewritten, before anyone sees it, as a tap that charged nothing (reason READ_FAILED), and the commuter
+is asked to tap again. A row is published only once its outcome is final (`final_seq`).
+
+Two phones in the field: "one phone at a time", nothing read, nothing charged. A phone that stays in
+the field after its tap is not charged again until it has left. A phone weaker than the distance
+threshold is ignored (the reader already filters; the gate checks again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import fare_core
+from fare_core import Direction, Flag, GateMode, Reason, WalletError
+from fare_core.reasons import WELCOME, display_text
+from firmware_sim.protocol import (
+    Alarm,
+    BarrierClose,
+    BarrierOpen,
+    Buzzer,
+    BuzzerPattern,
+    Display,
+    DisplayStyle,
+    FieldChanged,
+    Light,
+    Lights,
+    Message,
+    Passage,
+    PhoneSignal,
+    PollField,
+    ReadWallet,
+    RfStatus,
+    Wallet,
+    WriteOutcome,
+    WriteResult,
+    WriteSlot,
+)
+from firmware_sim.protocol import Direction as WireDirection
+from firmware_sim.protocol import Field as FieldReport
+from firmware_sim.protocol.messages import Ack
+
+from .journal import Journal
+from .messages import TapMessage, encode, tap_id
+from .metrics import GateMetrics
+from .serial_link import LinkError, ReaderLink
+from .state import LocalState
+
+log = logging.getLogger(__name__)
+
+_STYLE_OK, _STYLE_DENY = DisplayStyle.OK, DisplayStyle.DENY
+_ACTION_FLAGS = Flag.TOPUP_APPLIED | Flag.UNBLOCKED
+_NO_TABLE = ("设备未就绪 请走其他闸机", "No fare table - use another gate")
+
+
+@dataclass
+class TapOutcome:
+    """What one tap came to, for tests, the bench and the metrics."""
+
+    seq: int
+    card_id: int
+    reason: int
+    allowed: bool
+    fare: int
+    opened: bool
+    decision_us: int
+    tap_to_open_us: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class GateController:
+    """Drives one reader + gate mechanism; journals every tap; hands them to the uplink."""
+
+    def __init__(self, *, station_id: int, gate_no: int, direction: Direction, link: ReaderLink,
+                 journal: Journal, state: LocalState, sam: fare_core.Sam, metrics: GateMetrics,
+                 rssi_min_dbm: int = -60, hold_ms: int = 5000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.station_id = station_id
+        self.gate_no = gate_no
+        self.direction = Direction(direction)
+        self.link = link
+        self.journal = journal
+        self.state = state
+        self.sam = sam
+        self.metrics = metrics
+        self.rssi_min_dbm = rssi_min_dbm
+        self.hold_ms = hold_ms
+        self.clock = clock
+        self.final_seq = journal.last_seq  # rows up to here have their final outcome
+        self.on_tap: Callable[[TapOutcome], None] | None = None
+        self.on_final: Callable[[int], None] | None = None
+        self.on_alarm: Callable[[Alarm], None] | None = None
+        self._in_field: set[int] = set()
+        self._done_in_field: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------------------- running
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"gate {self.gate_id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @property
+    def gate_id(self) -> str:
+        return f"{self.station_id}-{self.gate_no}"
+
+    async def _run(self) -> None:
+        while True:
+            event = await self.link.events.get()
+            try:
+                await self.handle_event(event)
+            except LinkError as exc:
+                log.warning("gate %s: link error during a tap: %s", self.gate_id, exc)
+            except Exception:  # a bug must not stop the gate: log it and serve the next phone
+                log.exception("gate %s: error handling %r", self.gate_id, event)
+
+    async def link_up(self) -> None:
+        """After the port (re)opened: learn who is in the field, restore the barrier for the mode."""
+        await self.apply_mode()
+        try:
+            report = await self.link.request(PollField(), FieldReport)
+        except LinkError:
+            return
+        await self._field(report.phones)
+
+    async def apply_mode(self) -> None:
+        mode = self.state.mode
+        if mode == GateMode.FREE_EXIT:
+            await self.link.request(BarrierOpen(WireDirection.EXIT, 0, 0), Ack)
+            await self._show(DisplayStyle.ALARM, "紧急放行 请出站", "Emergency - free exit", 0)
+        elif mode in (GateMode.CLOSED, GateMode.MAINTENANCE):
+            await self.link.request(BarrierClose(), Ack)
+            await self._show(DisplayStyle.INFO, "暂停服务", "Gate closed", 0)
+        else:
+            await self.link.request(BarrierClose(), Ack)
+            await self._show(DisplayStyle.INFO, WELCOME[0], WELCOME[1], 0)
+
+    async def handle_event(self, event: Message) -> None:
+        if isinstance(event, FieldChanged):
+            await self._field(event.phones)
+        elif isinstance(event, Passage):
+            self.metrics.passages.inc()
+        elif isinstance(event, Alarm):
+            self.metrics.alarms.labels(kind=event.alarm.name.lower()).inc()
+            if self.on_alarm:
+                self.on_alarm(event)
+
+    async def _field(self, phones: tuple[PhoneSignal, ...]) -> None:
+        near = [p for p in phones if p.rssi_dbm >= self.rssi_min_dbm]
+        present = {p.card_id for p in near}
+        self._done_in_field &= present  # a phone that left may tap again
+        arrived = present - self._in_field
+        self._in_field = present
+        if len(near) > 1:
+            if arrived:
+                self.metrics.taps.labels(outcome="two_phones").inc()
+                zh, en = display_text(Reason.TWO_CARDS, 0, 0)
+                await self._show(_STYLE_DENY, zh, en, 2000)
+                await self.link.request(Buzzer(BuzzerPattern.DOUBLE), Ack)
+            return
+        if len(near) == 1 and near[0].card_id not in self._done_in_field:
+            await self.tap(near[0].card_id, time.perf_counter_ns())
+
+    # -------------------------------------------------------------------------------- a tap
+    async def tap(self, card_id: int, t_field_ns: int) -> TapOutcome | None:
+        """Serve one phone that just came into the field; None if its wallet could not be read."""
+        wallet = await self.link.request(ReadWallet(card_id), Wallet)
+        if wallet.status != RfStatus.OK:
+            self.metrics.taps.labels(outcome="read_failed").inc()
+            zh, en = display_text(Reason.READ_FAILED, 0, 0)
+            await self._show(_STYLE_DENY, zh, en, 2000)
+            return None
+        now = self.clock()
+        table = self.state.table_at(datetime.fromtimestamp(now, UTC))
+        if table is None:
+            await self._show(DisplayStyle.ALARM, *_NO_TABLE, 2000)
+            return None
+        when = int(now)
+        action = self.state.action_for(card_id)
+        min_counter = self.state.min_counter(card_id)
+        tap = fare_core.Tap(card_id, self.station_id, self.direction, when, gate_no=self.gate_no,
+                            mode=self.state.mode, min_counter=min_counter,
+                            topup=action.topup if action else 0, unblock=bool(action and action.unblock))
+        decision = fare_core.decide(wallet.wallet, tap, table, self.state.denylist, self.sam)
+        decision_us = (time.perf_counter_ns() - t_field_ns) // 1000
+        self.metrics.decision_seconds.observe(decision_us / 1e6)
+        self._done_in_field.add(card_id)
+
+        seq = self.journal.next_seq()
+        counter_before = self._counter_of(wallet.wallet, card_id, decision)
+        message = self._tap_message(seq, tap, decision, wallet.wallet, table.version, counter_before,
+                                    action, decision_us)
+        if decision.record is None:
+            await asyncio.to_thread(self.journal.append, seq, encode(message))
+        else:
+            journaled = asyncio.ensure_future(asyncio.to_thread(self.journal.append, seq, encode(message)))
+            try:
+                landed = await self._write(card_id, decision)
+            finally:
+                await journaled
+            if not landed:
+                failed = message.model_copy(update={
+                    "allowed": False, "reason": Reason.READ_FAILED, "flags": 0, "fare": 0,
+                    "balance_after": message.balance_before, "counter_after": message.counter_before,
+                    "action_id": None, "topup_applied": 0})
+                await asyncio.to_thread(self.journal.replace, seq, encode(failed))
+                self._done_in_field.discard(card_id)
+                self._finalise(seq)
+                self.metrics.taps.labels(outcome="write_failed").inc()
+                zh, en = display_text(Reason.READ_FAILED, 0, 0)
+                await self._show(_STYLE_DENY, zh, en, 2000)
+                return TapOutcome(seq, card_id, Reason.READ_FAILED, False, 0, False, decision_us)
+            self.state.remember_counter(card_id, decision.counter)
+            if action is not None and decision.flags & _ACTION_FLAGS:
+                self.state.action_applied(action)
+
+        opened_us = None
+        if decision.allowed:
+            await self.link.request(BarrierOpen(WireDirection(int(self.direction)), 1, self.hold_ms), Ack)
+            opened_us = (time.perf_counter_ns() - t_field_ns) // 1000
+            self.metrics.observe_open(opened_us / 1e6)
+        self._finalise(seq)
+        self.metrics.taps.labels(outcome=Reason(decision.reason).name.lower()).inc()
+        outcome = TapOutcome(seq, card_id, decision.reason, decision.allowed, decision.fare,
+                             decision.allowed, decision_us, opened_us)
+        if self.on_tap:
+            self.on_tap(outcome)
+        await self._show(_STYLE_OK if decision.allowed else _STYLE_DENY, decision.display_zh,
+                         decision.display_en, 3000)
+        await self.link.request(Lights(Light.GREEN if decision.allowed else Light.RED), Ack)
+        await self.link.request(Buzzer(BuzzerPattern.BEEP if decision.allowed else BuzzerPattern.DOUBLE), Ack)
+        return outcome
+
+    async def _write(self, card_id: int, decision: fare_core.Decision) -> bool:
+        """Write the new record; True only when the wallet is known to hold it."""
+        try:
+            result = await self.link.request(WriteSlot(card_id, decision.slot, decision.record), WriteResult)
+            if result.outcome == WriteOutcome.OK:
+                return True
+        except LinkError as exc:
+            log.warning("gate %s: write to %016x unconfirmed: %s", self.gate_id, card_id, exc)
+        # Torn, failed or unanswered: the wallet itself says whether the new record is there.
+        try:
+            again = await self.link.request(ReadWallet(card_id), Wallet)
+            if again.status == RfStatus.OK:
+                record, _slot = fare_core.read_wallet(again.wallet, card_id, self.sam)
+                return record.counter == decision.counter
+        except (LinkError, WalletError) as exc:
+            log.warning("gate %s: cannot confirm write to %016x: %s", self.gate_id, card_id, exc)
+        return False
+
+    def _finalise(self, seq: int) -> None:
+        self.final_seq = seq
+        if self.on_final:
+            self.on_final(seq)
+
+    async def _show(self, style: DisplayStyle, zh: str, en: str, timeout_ms: int) -> None:
+        await self.link.request(Display(style, timeout_ms, zh, en), Ack)
+
+    def _counter_of(self, wallet: bytes, card_id: int, decision: fare_core.Decision) -> int:
+        if decision.record is not None:
+            return int(decision.counter) - 1
+        try:
+            return fare_core.read_wallet(wallet, card_id, self.sam)[0].counter
+        except WalletError:
+            return 0
+
+    def _tap_message(self, seq: int, tap: fare_core.Tap, d: fare_core.Decision, wallet: bytes,
+                     table_version: int, counter_before: int, action: object, decision_us: int) -> TapMessage:
+        applied = d.record is not None and d.flags & _ACTION_FLAGS
+        return TapMessage(
+            tap_id=tap_id(self.station_id, self.gate_no, seq), station_id=self.station_id,
+            gate_no=self.gate_no, seq=seq, card_id=tap.card_id,
+            time=datetime.fromtimestamp(tap.time, UTC), direction=Direction(tap.direction),
+            mode=GateMode(tap.mode), allowed=bool(d.allowed), reason=Reason(d.reason), flags=int(d.flags), fare=int(d.fare),
+            balance_before=max(0, int(d.balance_before)), balance_after=max(0, int(d.balance_after)),
+            counter_before=counter_before, counter_after=int(d.counter),
+            wallet_before=bytes(wallet).hex(), fare_table_version=table_version,
+            denylist_version=self.state.denylist.version, min_counter=tap.min_counter,
+            action_id=getattr(action, "action_id", None) if applied else None,
+            topup_applied=int(d.topup), latency_us=decision_us,
+        )

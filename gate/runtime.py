@@ -1,0 +1,103 @@
+"""One gate, wired: serial link, journal, local state, controller, MQTT uplink, metrics endpoint.
+
+`faregate gate` runs one GateRuntime per process; the demo and the loop benchmark run several in one
+event loop with the same class, so what they measure is what a gate runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import fare_core
+
+from .config import GateConfig
+from .controller import GateController
+from .journal import Journal
+from .metrics import GateMetrics
+from .serial_link import ReaderLink
+from .state import LocalState
+from .uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+class GateRuntime:
+    def __init__(self, config: GateConfig, serial_url: str | None = None) -> None:
+        url = serial_url or config.serial
+        if not url:
+            raise ValueError("no serial port: give --serial or `serial` in the gate configuration")
+        self.config = config
+        self.journal = Journal(config.data_dir / "journal.db")
+        self.state = LocalState(config.data_dir, self.journal)
+        self.metrics = GateMetrics(config.gate_id, backlog=lambda: float(self.journal.pending_count()))
+        self.link = ReaderLink(url, config.baud, on_state=self._link_state)
+        self.controller = GateController(
+            station_id=config.station_id, gate_no=config.gate_no, direction=config.fare_direction,
+            link=self.link, journal=self.journal, state=self.state, sam=fare_core.Sam(config.sam_key),
+            metrics=self.metrics, rssi_min_dbm=config.rssi_min_dbm, hold_ms=config.hold_ms)
+        self.uplink: Uplink | None = None
+        if config.mqtt.url:
+            host, port = config.mqtt.host_port
+            self.uplink = Uplink(
+                gate_id=config.gate_id, host=host, port=port, prefix=config.mqtt.prefix,
+                journal=self.journal, state=self.state, final_seq=lambda: self.controller.final_seq,
+                window=config.mqtt.window, heartbeat_s=config.mqtt.heartbeat_s,
+                stall_s=config.mqtt.stall_s, on_mode=self.controller.apply_mode,
+                extra_status=self.metrics.percentiles, username=config.mqtt.username,
+                password=config.mqtt.password)
+            self.controller.on_final = self.uplink.tap_journaled
+        self._metrics_server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _link_state(self, up: bool) -> None:
+        if up:  # learn the field and restore the barrier for the mode, off the reader's callback
+            task = asyncio.get_running_loop().create_task(self._after_link_up())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _after_link_up(self) -> None:
+        try:
+            await self.controller.link_up()
+        except Exception as exc:  # the next reopen tries again
+            log.warning("gate %s: link setup failed: %s", self.config.gate_id, exc)
+
+    async def start(self) -> None:
+        await self.controller.start()
+        await self.link.open()
+        if self.uplink is not None:
+            await self.uplink.start()
+        if self.config.metrics_port:
+            self._metrics_server = await asyncio.start_server(self._serve_metrics, "127.0.0.1",
+                                                              self.config.metrics_port)
+
+    async def stop(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            await self._metrics_server.wait_closed()
+        if self.uplink is not None:
+            await self.uplink.stop()
+        await self.controller.stop()
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.link.close()
+        self.journal.close()
+
+    async def _serve_metrics(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """GET /metrics in Prometheus text format; a few lines beat a web framework on a gate."""
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            ok = request.split(b" ")[1:2] == [b"/metrics"]
+            body = self.metrics.exposition() if ok else b"not found\n"
+            status = b"200 OK" if ok else b"404 Not Found"
+            head = (b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n")
+            writer.write(head + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()

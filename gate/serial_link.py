@@ -1,0 +1,251 @@
+"""The gate's serial link to its reader and gate mechanism: requests answered or timed out, events
+queued, the port reopened after an unplug.
+
+The port is opened with pyserial's `serial_for_url`, so a pseudo-terminal, /dev/ttyUSB0 or socket://
+all work, and it is read from the event loop with `add_reader` on its file descriptor: no reader
+thread, so a byte costs no thread hand-off on the tap path (gates run Linux; POSIX only).
+
+A request goes out with a fresh SEQ; if its answer does not come within the protocol's
+`response_timeout` the same frame is resent with the same SEQ (the device answers a repeat from its
+cache rather than acting twice), at most `RETRIES` times. Bytes are fed to a FrameDecoder that only
+ever returns whole frames with a good CRC, and is reset when the port is reopened: half a frame is
+never acted on. An unplug (pyserial raises SerialException / OSError) fails every pending request
+with LinkDown and starts reopening with back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import serial
+
+from firmware_sim.protocol import Frame, FrameDecoder, Message, Nak, NakReason, UnknownCommand, parse
+from firmware_sim.protocol.messages import PayloadError
+from firmware_sim.protocol.timing import DEFAULT_BAUD, FRAME_GAP_S, RETRIES, response_timeout
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+
+
+class LinkError(Exception):
+    """A request to the device did not succeed."""
+
+
+class LinkDown(LinkError):
+    """The port is closed (unplugged, or not yet reopened)."""
+
+
+class LinkTimeout(LinkError):
+    """No answer after every retry."""
+
+
+class LinkNak(LinkError):
+    """The device refused the request."""
+
+    def __init__(self, reason: NakReason, command: int) -> None:
+        super().__init__(f"device refused command 0x{command:02x}: {reason.name}")
+        self.reason = reason
+
+
+class ReaderLink:
+    """One serial port to one device; `events` receives every event frame the device sends."""
+
+    def __init__(self, url: str, baud: int = DEFAULT_BAUD, retries: int = RETRIES,
+                 on_state: Callable[[bool], None] | None = None) -> None:
+        self.url = url
+        self.baud = baud
+        self.retries = retries
+        self.events: asyncio.Queue[Message] = asyncio.Queue(maxsize=1024)
+        self.decoder = FrameDecoder()
+        self._on_state = on_state
+        self._port: Any = None
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._seq = 0
+        self._last_rx = 0.0
+        self._up = asyncio.Event()
+        self._closing = False
+        self._reopen_task: asyncio.Task[None] | None = None
+        self._expire_handle: asyncio.TimerHandle | None = None
+        self.reopens = 0
+        self.timeouts = 0
+        self.bad_frames = 0
+
+    # --------------------------------------------------------------------------- lifecycle
+    @property
+    def is_up(self) -> bool:
+        return self._up.is_set()
+
+    async def open(self) -> None:
+        """Open now if the port is there, else keep trying in the background."""
+        self._closing = False
+        try:
+            self._open_port()
+        except (serial.SerialException, OSError) as exc:
+            log.warning("serial %s not available (%s); retrying", self.url, exc)
+            self._schedule_reopen()
+
+    async def wait_up(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._up.wait(), timeout)
+        return self.is_up
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reopen_task is not None:
+            self._reopen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reopen_task
+        self._drop_port(LinkDown("link closed"))
+
+    def _open_port(self) -> None:
+        port = serial.serial_for_url(self.url, baudrate=self.baud, timeout=0, write_timeout=1.0)
+        self._port = port
+        self.decoder.reset()
+        asyncio.get_running_loop().add_reader(port.fileno(), self._on_readable)
+        self._up.set()
+        log.info("serial %s open", self.url)
+        if self._on_state:
+            self._on_state(True)
+
+    def _drop_port(self, error: LinkError) -> None:
+        port, self._port = self._port, None
+        was_up = self.is_up
+        self._up.clear()
+        if self._expire_handle is not None:
+            self._expire_handle.cancel()
+            self._expire_handle = None
+        if port is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(port.fileno())
+            with contextlib.suppress(Exception):
+                port.close()
+        self.decoder.reset()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        if was_up and self._on_state:
+            self._on_state(False)
+
+    def _port_failed(self, exc: BaseException) -> None:
+        log.warning("serial %s failed: %s; reopening", self.url, exc)
+        self._drop_port(LinkDown(f"serial port failed: {exc}"))
+        self._schedule_reopen()
+
+    def _schedule_reopen(self) -> None:
+        if self._closing or (self._reopen_task is not None and not self._reopen_task.done()):
+            return
+        self._reopen_task = asyncio.get_running_loop().create_task(self._reopen_loop())
+
+    async def _reopen_loop(self) -> None:
+        delay = 0.05
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                self._open_port()
+            except (serial.SerialException, OSError):
+                delay = min(delay * 2, 2.0)
+                continue
+            self.reopens += 1
+            return
+
+    # ------------------------------------------------------------------------------ receive
+    def _on_readable(self) -> None:
+        port = self._port
+        if port is None:
+            return
+        try:
+            data = port.read(max(1, port.in_waiting))
+        except (serial.SerialException, OSError) as exc:
+            self._port_failed(exc)
+            return
+        if not data:
+            return
+        self._last_rx = time.monotonic()
+        for frame in self.decoder.feed(data):
+            self._dispatch(frame)
+        self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        """A partial frame left pending after the line goes quiet is a false START: drop it."""
+        if self._expire_handle is not None:
+            self._expire_handle.cancel()
+            self._expire_handle = None
+        if self.decoder.pending:
+            self._expire_handle = asyncio.get_running_loop().call_later(FRAME_GAP_S, self._expire)
+
+    def _expire(self) -> None:
+        self._expire_handle = None
+        if time.monotonic() - self._last_rx >= FRAME_GAP_S:
+            for frame in self.decoder.expire():
+                self._dispatch(frame)
+        self._arm_expiry()
+
+    def _dispatch(self, frame: Frame) -> None:
+        try:
+            message = parse(frame)
+        except (UnknownCommand, PayloadError) as exc:
+            self.bad_frames += 1
+            log.warning("ignoring frame 0x%02x from device: %s", frame.command, exc)
+            return
+        if message.kind.value == "event":
+            try:
+                self.events.put_nowait(message)
+            except asyncio.QueueFull:
+                log.error("event queue full; dropping %r", message)
+            return
+        future = self._pending.get(frame.seq)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    # ------------------------------------------------------------------------------ request
+    def _next_seq(self) -> int:
+        for _ in range(255):
+            self._seq = self._seq % 255 + 1  # 1..255; a SEQ in flight is never reused
+            if self._seq not in self._pending:
+                return self._seq
+        raise LinkError("255 requests in flight")
+
+    async def request(self, message: Message, expect: type[M], timeout: float | None = None) -> M:
+        """Send `message`, return its `expect` answer; LinkNak, LinkTimeout or LinkDown otherwise."""
+        if self._port is None:
+            raise LinkDown(f"serial {self.url} is down")
+        seq = self._next_seq()
+        data = message.to_bytes(seq)
+        wait = response_timeout(message, self.baud) if timeout is None else timeout
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        try:
+            for _attempt in range(self.retries + 1):
+                self._write(data)
+                try:
+                    answer = await asyncio.wait_for(asyncio.shield(future), wait)
+                except TimeoutError:
+                    self.timeouts += 1
+                    continue
+                if isinstance(answer, Nak):
+                    raise LinkNak(answer.reason, answer.command)
+                if not isinstance(answer, expect):
+                    raise LinkError(f"expected {expect.__name__}, got {type(answer).__name__}")
+                return answer
+            raise LinkTimeout(f"no answer to {type(message).__name__} after {self.retries + 1} tries")
+        finally:
+            if self._pending.get(seq) is future:
+                del self._pending[seq]
+            if not future.done():
+                future.cancel()
+
+    def _write(self, data: bytes) -> None:
+        port = self._port
+        if port is None:
+            raise LinkDown(f"serial {self.url} is down")
+        try:
+            port.write(data)
+        except (serial.SerialException, OSError) as exc:
+            self._port_failed(exc)
+            raise LinkDown(f"write failed: {exc}") from exc
