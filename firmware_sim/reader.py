@@ -1,0 +1,181 @@
+"""The RF-SIM reader: which phones are in the field, how strong they are, and the RF operations.
+
+Distance control: a phone's signal strength follows from its distance (config.ReaderConfig.rssi);
+phones weaker than the threshold are neither reported nor transacted, so a phone in a neighbour's
+pocket at 40 cm is never charged even though 2.4 GHz reaches it. Only the set of phones within the
+threshold triggers a FieldChanged event (RSSI drifting alone does not, to keep the line quiet).
+
+RF operations take time (read_ms, write_ms + verify_ms, times the phone's slowness) and one runs at
+a time. A phone leaving the field during an operation ends it at once: a read is LOST, a write is
+TORN with the bytes that had landed (linear in the elapsed write time) applied byte-exactly to the
+true wallet. Every method runs under the sim lock (the device's receive thread or the scheduler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ReaderConfig
+from .protocol.messages import (
+    SLOT_SIZE,
+    FieldChanged,
+    Message,
+    PhoneSignal,
+    RfStatus,
+    TornWrite,
+    Wallet,
+    WriteOutcome,
+    WriteResult,
+)
+from .scheduler import Scheduler, Timer
+from .wallets import WalletStore
+
+Respond = Callable[[Message], None]
+
+
+@dataclass(slots=True)
+class Presence:
+    """A phone near the antenna."""
+
+    card_id: int
+    distance_cm: float
+    slowness: float = 1.0
+    flaky_write: bool = False  # its writes land corrupted (verify fails)
+
+
+@dataclass(slots=True)
+class RfOperation:
+    kind: str  # "read" or "write"
+    card_id: int
+    started: float
+    duration: float  # read time, or write time without the verify
+    respond: Respond
+    slot: int = 0
+    record: bytes = b""
+    verify: float = 0.0
+    written: bool = False  # the write finished; only the verify is left
+    timers: list[Timer] = field(default_factory=list)
+
+
+class Reader:
+    def __init__(self, config: ReaderConfig, wallets: WalletStore, scheduler: Scheduler,
+                 emit: Callable[[Message], None], log: Callable[[str, dict[str, Any]], None]) -> None:
+        self.config = config
+        self.wallets = wallets
+        self.scheduler = scheduler
+        self._emit = emit
+        self._log = log
+        self.field: dict[int, Presence] = {}
+        self.busy: RfOperation | None = None
+        self._reported: tuple[int, ...] = ()
+
+    # ------------------------------------------------------------ the field
+
+    def in_range(self) -> tuple[PhoneSignal, ...]:
+        """Phones within the distance-control threshold, strongest first."""
+        threshold = self.config.rssi_threshold_dbm
+        heard = [PhoneSignal(p.card_id, self.config.rssi(p.distance_cm)) for p in self.field.values()]
+        return tuple(sorted((s for s in heard if s.rssi_dbm >= threshold),
+                            key=lambda s: (-s.rssi_dbm, s.card_id)))
+
+    def within_threshold(self, card_id: int) -> bool:
+        presence = self.field.get(card_id)
+        if presence is None:
+            return False
+        return self.config.rssi(presence.distance_cm) >= self.config.rssi_threshold_dbm
+
+    def place(self, presence: Presence) -> None:
+        """A phone comes into the field, or moves within it."""
+        self.field[presence.card_id] = presence
+        self._log("phone", {"card_id": presence.card_id, "distance_cm": presence.distance_cm,
+                            "rssi_dbm": self.config.rssi(presence.distance_cm)})
+        self._after_move(presence.card_id)
+
+    def remove(self, card_id: int) -> None:
+        """A phone leaves the field (pulled away, or walked off)."""
+        if self.field.pop(card_id, None) is not None:
+            self._log("phone", {"card_id": card_id, "distance_cm": None, "rssi_dbm": None})
+            self._after_move(card_id)
+
+    def _after_move(self, card_id: int) -> None:
+        op = self.busy
+        if op is not None and op.card_id == card_id and not self.within_threshold(card_id):
+            self._break_off(op)
+        phones = self.in_range()
+        ids = tuple(sorted(p.card_id for p in phones))
+        if ids != self._reported:
+            self._reported = ids
+            self._emit(FieldChanged(phones))
+
+    # ------------------------------------------------------------ RF operations
+
+    def read(self, card_id: int, respond: Respond) -> None:
+        """Start reading the wallet; `respond` gets the Wallet message when it ends."""
+        presence = self._presence(card_id)
+        if presence is None:
+            respond(Wallet(card_id, RfStatus.NO_PHONE))
+            return
+        duration = self.config.read_ms / 1000 * presence.slowness
+        op = RfOperation("read", card_id, self.scheduler.clock(), duration, respond)
+        op.timers.append(self.scheduler.call_later(duration, self._read_done, op))
+        self.busy = op
+
+    def write(self, card_id: int, slot: int, record: bytes, respond: Respond) -> None:
+        """Start writing `record` into `slot` and verifying it; `respond` gets the WriteResult."""
+        presence = self._presence(card_id)
+        if presence is None:
+            respond(WriteResult(card_id, slot, WriteOutcome.NO_PHONE, 0))
+            return
+        duration = self.config.write_ms / 1000 * presence.slowness
+        verify = self.config.verify_ms / 1000 * presence.slowness
+        op = RfOperation("write", card_id, self.scheduler.clock(), duration, respond, slot, record, verify)
+        op.timers.append(self.scheduler.call_later(duration, self._write_landed, op, presence.flaky_write))
+        op.timers.append(self.scheduler.call_later(duration + verify, self._write_verified, op))
+        self.busy = op
+
+    def _presence(self, card_id: int) -> Presence | None:
+        if not self.within_threshold(card_id) or card_id not in self.wallets:
+            return None
+        return self.field[card_id]
+
+    def _finish(self, op: RfOperation, message: Message) -> None:
+        for timer in op.timers:
+            timer.cancel()
+        if self.busy is op:
+            self.busy = None
+        op.respond(message)
+
+    def _read_done(self, op: RfOperation) -> None:
+        self._finish(op, Wallet(op.card_id, RfStatus.OK, self.wallets.wallet(op.card_id)))
+
+    def _write_landed(self, op: RfOperation, flaky: bool) -> None:
+        record = op.record
+        if flaky:  # the phone's flash stored one byte wrong
+            record = record[:10] + bytes([record[10] ^ 0x40]) + record[11:]
+        self.wallets.write(op.card_id, op.slot, record)
+        op.written = True
+
+    def _write_verified(self, op: RfOperation) -> None:
+        same = self.wallets.slot(op.card_id, op.slot) == op.record
+        outcome = WriteOutcome.OK if same else WriteOutcome.FAILED
+        self._log("write", {"card_id": op.card_id, "slot": op.slot, "outcome": outcome.name,
+                            "bytes_written": SLOT_SIZE})
+        self._finish(op, WriteResult(op.card_id, op.slot, outcome, SLOT_SIZE))
+
+    def _break_off(self, op: RfOperation) -> None:
+        """The phone left during `op`: end it now, tearing a write where it stood."""
+        if op.kind == "read":
+            self._finish(op, Wallet(op.card_id, RfStatus.LOST))
+            return
+        if op.written:
+            landed = SLOT_SIZE  # written but never verified: the controller must treat it as unknown
+        else:
+            elapsed = self.scheduler.clock() - op.started
+            landed = min(SLOT_SIZE - 1, int(SLOT_SIZE * elapsed / op.duration)) if op.duration > 0 else 0
+            self.wallets.write(op.card_id, op.slot, op.record, torn_at=landed)
+        self._log("write", {"card_id": op.card_id, "slot": op.slot, "outcome": "TORN",
+                            "bytes_written": landed})
+        self._finish(op, WriteResult(op.card_id, op.slot, WriteOutcome.TORN, landed))
+        self._emit(TornWrite(op.card_id, op.slot, landed))
