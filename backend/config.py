@@ -1,0 +1,82 @@
+"""Backend configuration from the environment (FAREGATE_*; DATABASE_URL also accepted unprefixed).
+
+Secrets have development defaults so that `faregate backend` runs out of the box; outside
+development those defaults are refused at start, so a production deployment cannot run on a key
+that is printed in this file.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "changethis"
+DEV_SAM_KEY = "00112233445566778899aabbccddeeff"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FAREGATE_", env_file=None, extra="forbid",
+                                      populate_by_name=True)
+
+    environment: Literal["development", "test", "production"] = "development"
+
+    # database
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./faregate.db",
+        validation_alias=AliasChoices("FAREGATE_DATABASE_URL", "DATABASE_URL"),
+    )
+    database_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")  # PostgreSQL
+
+    # MQTT
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_version: Literal["5", "3.1.1"] = "5"
+    mqtt_prefix: str = Field(default="faregate", pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+
+    # ingest
+    ingest: bool = True  # run the MQTT ingest inside `faregate backend`
+    ingest_group: str = "faregate"  # shared subscription group; "" = plain subscription (amqtt)
+    ingest_client_id: str = "faregate-ingest-1"  # fixed, so the broker keeps the session across restarts
+    ingest_batch_size: int = Field(default=1000, ge=1, le=20_000)
+    ingest_batch_wait_ms: int = Field(default=20, ge=0, le=60_000)  # longest a tap waits for its batch
+    ingest_receive_maximum: int = Field(default=10_000, ge=1, le=65_535)  # unacked taps in flight
+    reconcile: bool = True  # re-run fare_core on every tap after it is stored
+    auto_denylist: bool = False  # deny-list a phone caught cloned or replayed
+
+    # fare core
+    sam_master_key: str = Field(default=DEV_SAM_KEY, pattern=r"^[0-9a-fA-F]{32}$")
+
+    # API and security
+    admin_username: str = "admin"
+    admin_password: str = DEV_SECRET  # the first admin account, created when none exists
+    token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    max_page_size: int = Field(default=500, ge=1, le=10_000)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    login_attempts_per_minute: int = Field(default=10, ge=1)
+    cors_origins: list[str] = []
+
+    @model_validator(mode="after")
+    def _no_default_secrets(self) -> Settings:
+        if self.environment != "development":
+            for name, default in (("admin_password", DEV_SECRET), ("sam_master_key", DEV_SAM_KEY)):
+                if getattr(self, name) == default:
+                    raise ValueError(
+                        f"FAREGATE_{name.upper()} still has its development default; "
+                        f"set a secret for environment={self.environment!r}"
+                    )
+            if len(self.admin_password) < 12:
+                raise ValueError("FAREGATE_ADMIN_PASSWORD must have at least 12 characters")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""MQTT tap ingest: shared subscription, batched idempotent insert, ack after commit, gap detection."""

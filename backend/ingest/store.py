@@ -1,0 +1,194 @@
+"""Store a batch of raw MQTT tap payloads in one transaction: valid taps by tap id, the rest dead-lettered.
+
+Idempotence is the primary key: `INSERT ... ON CONFLICT (tap_id) DO NOTHING RETURNING tap_id` tells
+new taps from duplicates on SQLite and PostgreSQL alike. In the same transaction each touched gate's
+`committed_seq` advances to the highest seq with nothing missing at or below it, so a Committed message
+published after the commit never promises a tap the database does not hold.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gate.messages import TapMessage, Topics
+
+from ..tables import DeadLetterRow, GateRow, TapRow
+
+MAX_REASON = 2000
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """One message as it came off the broker (the MQTT message id is needed for the late ack)."""
+
+    topic: str
+    payload: bytes
+    mid: int = 0
+    qos: int = 1
+
+
+@dataclass
+class GateProgress:
+    gate_id: str
+    committed_seq: int
+    highest_seq: int
+    missing: list[tuple[int, int]]  # gaps above committed_seq, inclusive ranges
+
+
+@dataclass
+class BatchResult:
+    received: int = 0
+    inserted: list[str] = field(default_factory=list)  # tap ids new in the database
+    duplicates: int = 0
+    dead_lettered: int = 0
+    gates: dict[str, GateProgress] = field(default_factory=dict)
+
+
+def _insert(session: AsyncSession, entity: Any) -> Any:
+    """A Core (not ORM-bulk) INSERT in the session's dialect, which has ON CONFLICT DO NOTHING."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(entity.__table__)
+
+
+def tap_row(tap: TapMessage, received_at: datetime) -> dict[str, Any]:
+    return {
+        "tap_id": tap.tap_id, "gate_id": tap.gate_id, "station_id": tap.station_id,
+        "gate_no": tap.gate_no, "seq": tap.seq, "card_id": f"{tap.card_id:016x}", "time": tap.time,
+        "direction": int(tap.direction), "mode": int(tap.mode), "allowed": tap.allowed,
+        "reason": int(tap.reason), "flags": tap.flags, "fare": tap.fare,
+        "balance_before": tap.balance_before, "balance_after": tap.balance_after,
+        "counter_before": tap.counter_before, "counter_after": tap.counter_after,
+        "wallet_before": tap.wallet_bytes(), "fare_table_version": tap.fare_table_version,
+        "denylist_version": tap.denylist_version, "min_counter": tap.min_counter,
+        "action_id": tap.action_id, "topup_applied": tap.topup_applied, "latency_us": tap.latency_us,
+        "received_at": received_at, "reconciled": None, "trip_id": None,
+    }
+
+
+def parse(message: RawMessage) -> TapMessage | str:
+    """The validated tap, or the reason it is not one (for the dead-letter table)."""
+    try:
+        tap = TapMessage.model_validate_json(message.payload)
+    except ValidationError as error:
+        return f"invalid tap: {error}"[:MAX_REASON]
+    except (UnicodeDecodeError, ValueError) as error:  # pragma: no cover - pydantic wraps these
+        return f"undecodable payload: {error}"[:MAX_REASON]
+    try:
+        topic_gate = Topics.gate_of(message.topic)
+    except ValueError as error:
+        return str(error)
+    if topic_gate != tap.gate_id:
+        return f"tap of gate {tap.gate_id} published on the topic of gate {topic_gate}"
+    return tap
+
+
+class TapStore:
+    """Writes batches; one instance per ingest worker (stateless apart from the session factory)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    async def store(self, messages: Sequence[RawMessage]) -> BatchResult:
+        now = datetime.now(UTC)
+        result = BatchResult(received=len(messages))
+        taps: dict[str, dict[str, Any]] = {}
+        dead: list[dict[str, Any]] = []
+        for message in messages:
+            parsed = parse(message)
+            if isinstance(parsed, str):
+                dead.append({"received_at": now, "topic": message.topic[:300],
+                             "payload": bytes(message.payload), "reason": parsed})
+            else:
+                taps.setdefault(parsed.tap_id, tap_row(parsed, now))  # same tap twice in one batch
+        result.duplicates = len(messages) - len(dead) - len(taps)
+        async with self.sessions.begin() as session:
+            if taps:
+                statement = (_insert(session, TapRow).on_conflict_do_nothing(index_elements=["tap_id"])
+                             .returning(TapRow.__table__.c.tap_id))
+                inserted = (await session.execute(statement, list(taps.values()))).scalars().all()
+                result.inserted = list(inserted)
+                result.duplicates += len(taps) - len(inserted)
+            if dead:
+                await session.execute(_insert(session, DeadLetterRow), dead)
+                result.dead_lettered = len(dead)
+            if taps:
+                touched = {row["gate_id"]: row for row in taps.values()}
+                await session.execute(
+                    _insert(session, GateRow).on_conflict_do_nothing(index_elements=["gate_id"]),
+                    [{"gate_id": g, "station_id": r["station_id"], "gate_no": r["gate_no"],
+                      "committed_seq": 0, "highest_seq": 0, "state": "unknown", "command_id": 0}
+                     for g, r in touched.items()])
+                result.gates = await advance_gates(session, list(touched))
+        return result
+
+    async def dead_letter(self, message: RawMessage, reason: str) -> BatchResult:
+        """Keep a message the database refused as a tap, with the reason."""
+        async with self.sessions.begin() as session:
+            await session.execute(_insert(session, DeadLetterRow), [{
+                "received_at": datetime.now(UTC), "topic": message.topic[:300],
+                "payload": bytes(message.payload), "reason": reason[:MAX_REASON]}])
+        return BatchResult(received=1, dead_lettered=1)
+
+    async def progress(self, gate_ids: Sequence[str]) -> dict[str, GateProgress]:
+        """Re-evaluate gates' committed_seq and gaps (taps may have arrived through another worker)."""
+        async with self.sessions.begin() as session:
+            return await advance_gates(session, gate_ids)
+
+
+async def advance_gates(session: AsyncSession, gate_ids: Sequence[str]) -> dict[str, GateProgress]:
+    """Move each gate's committed_seq over every contiguous stored seq; report the gaps above it."""
+    ids = list(gate_ids)
+    committed = dict((await session.execute(
+        select(GateRow.gate_id, GateRow.committed_seq).where(GateRow.gate_id.in_(ids)))).all())
+    rows = (await session.execute(
+        select(TapRow.gate_id, TapRow.seq)
+        .join(GateRow, GateRow.gate_id == TapRow.gate_id)
+        .where(TapRow.gate_id.in_(ids), TapRow.seq > GateRow.committed_seq)
+        .order_by(TapRow.gate_id, TapRow.seq))).all()
+    above: dict[str, list[int]] = defaultdict(list)
+    for gate, seq in rows:
+        above[gate].append(seq)
+    progress: dict[str, GateProgress] = {}
+    updates = []
+    for gate in ids:
+        through = committed.get(gate, 0)
+        seqs = above.get(gate, [])
+        for seq in seqs:
+            if seq != through + 1:
+                break
+            through = seq
+        highest = max([through, *seqs])
+        missing = _gaps(through, seqs)
+        progress[gate] = GateProgress(gate, through, highest, missing)
+        updates.append({"g": gate, "c": through, "h": highest})
+    gates = GateRow.__table__
+    await session.execute(
+        update(gates)
+        .where(gates.c.gate_id == bindparam("g"), gates.c.committed_seq <= bindparam("c"))
+        .values(committed_seq=bindparam("c"), highest_seq=bindparam("h")),
+        updates,
+    )
+    return progress
+
+
+def _gaps(through: int, seqs: Sequence[int]) -> list[tuple[int, int]]:
+    """Inclusive ranges missing between `through` and the highest of `seqs` (sorted, all > through)."""
+    gaps: list[tuple[int, int]] = []
+    expected = through + 1
+    for seq in seqs:
+        if seq < expected:
+            continue
+        if seq > expected:
+            gaps.append((expected, seq - 1))
+        expected = seq + 1
+    return gaps

@@ -1,0 +1,386 @@
+"""MQTT payloads shared by the gate and the backend: one definition, validated strictly on both ends.
+
+docs/mqtt.md is the prose contract (topics, QoS, retained or not, the ack protocol); this module is the
+schema. Every payload is UTF-8 JSON. Validation is strict on purpose: an unknown field, a float where
+fen are expected or a non-UTC time is an error, so a gate with a bug is caught at the first message
+instead of corrupting the ledger. Parse with `Model.model_validate_json(payload)`, build the wire bytes
+with `encode(model)`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+
+from fare_core.reasons import Direction, GateMode, Reason
+
+U64_MAX = (1 << 64) - 1
+U32_MAX = (1 << 32) - 1
+WALLET_BYTES = 128  # two 64-byte record slots, see docs/fare_core.md
+MAX_LIST_ITEMS = 1_000_000  # deny-list items in one MQTT message; larger lists go over HTTP
+
+_HEX16 = re.compile(r"[0-9a-fA-F]{16}")
+_GATE_ID = re.compile(r"(\d{1,5})-(\d{1,3})")
+
+
+def _card_id_from_wire(value: Any, info: ValidationInfo) -> Any:
+    """16 hex digits on the wire -> int in Python; ints are accepted only from Python code."""
+    if isinstance(value, str):
+        if not _HEX16.fullmatch(value):
+            raise ValueError("card_id must be exactly 16 hex digits")
+        return int(value, 16)
+    if info.mode == "json":
+        raise ValueError("card_id must be a string of exactly 16 hex digits")
+    return value
+
+
+def _utc_only(value: datetime) -> datetime:
+    offset = value.utcoffset()
+    if offset is None or offset.total_seconds() != 0:
+        raise ValueError("timestamps must be UTC (suffix Z or +00:00)")
+    return value.astimezone(UTC)
+
+
+def _whole_second(value: datetime) -> datetime:
+    if value.microsecond:
+        raise ValueError("tap time is whole UTC seconds (the value fare_core.decide was given)")
+    return value
+
+
+def _utc_wire(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if value.microsecond else "%Y-%m-%dT%H:%M:%SZ")
+
+
+#: A phone's card id: u64 in Python, exactly 16 hex digits on the wire (lower case when sent).
+CardId = Annotated[
+    int,
+    BeforeValidator(_card_id_from_wire),
+    Field(ge=0, le=U64_MAX),
+    PlainSerializer(lambda v: f"{v:016x}", return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{16}$"}),
+]
+#: A UTC timestamp, ISO 8601 with Z on the wire; other offsets are refused.
+UtcTime = Annotated[
+    datetime,
+    AfterValidator(_utc_only),
+    PlainSerializer(_utc_wire, return_type=str, when_used="json"),
+]
+#: Money in fen (1/100 yuan): an integer, never negative, never a float.
+Fen = Annotated[int, Field(ge=0, le=U32_MAX)]
+#: A checksum or hash as lower-case hex (as fare_core computes it for deny-lists and fare tables).
+Checksum = Annotated[str, Field(pattern=r"^[0-9a-f]{8,128}$")]
+#: A version number of the deny-list, fare table or action list: u32, only ever grows.
+Version = Annotated[int, Field(ge=0, le=U32_MAX)]
+StationId = Annotated[int, Field(ge=0, le=0xFFFF)]
+GateNo = Annotated[int, Field(ge=0, le=0xFF)]
+Seq = Annotated[int, Field(ge=1, le=(1 << 63) - 1)]
+GateIdStr = Annotated[str, Field(pattern=r"^\d{1,5}-\d{1,3}$")]
+
+
+def gate_id(station_id: int, gate_no: int) -> str:
+    """The gate's id on the wire and in topics: decimal station id, dash, decimal gate number."""
+    return f"{station_id}-{gate_no}"
+
+
+def parse_gate_id(value: str) -> tuple[int, int]:
+    """Inverse of gate_id(); raises ValueError on anything else."""
+    match = _GATE_ID.fullmatch(value)
+    if not match or int(match[1]) > 0xFFFF or int(match[2]) > 0xFF:
+        raise ValueError(f"not a gate id: {value!r}")
+    return int(match[1]), int(match[2])
+
+
+def tap_id(station_id: int, gate_no: int, seq: int) -> str:
+    """`{gate_id}:{seq}`: one id per tap forever (seq is persisted and monotonic per gate)."""
+    return f"{gate_id(station_id, gate_no)}:{seq}"
+
+
+class Topics:
+    """Every topic under one configurable prefix (no leading or trailing slash, e.g. "faregate")."""
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix or prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "#+$"):
+            raise ValueError(f"bad MQTT topic prefix: {prefix!r}")
+        self.prefix = prefix
+
+    def gate(self, gate: str, leaf: str) -> str:
+        return f"{self.prefix}/gates/{gate}/{leaf}"
+
+    def taps(self, gate: str) -> str:  # gate -> backend, QoS 1, not retained
+        return self.gate(gate, "taps")
+
+    def status(self, gate: str) -> str:  # gate -> all, QoS 1, retained, last will "offline"
+        return self.gate(gate, "status")
+
+    def request(self, gate: str) -> str:  # gate -> backend, QoS 1, not retained
+        return self.gate(gate, "request")
+
+    def committed(self, gate: str) -> str:  # backend -> gate, QoS 1, retained
+        return self.gate(gate, "committed")
+
+    def resend(self, gate: str) -> str:  # backend -> gate, QoS 1, not retained
+        return self.gate(gate, "resend")
+
+    def command(self, gate: str) -> str:  # backend -> gate, QoS 1, retained
+        return self.gate(gate, "command")
+
+    @property
+    def all_taps(self) -> str:
+        return f"{self.prefix}/gates/+/taps"
+
+    @property
+    def all_status(self) -> str:
+        return f"{self.prefix}/gates/+/status"
+
+    @property
+    def all_requests(self) -> str:
+        return f"{self.prefix}/gates/+/request"
+
+    @property
+    def denylist_delta(self) -> str:  # backend -> gates, QoS 1, not retained
+        return f"{self.prefix}/denylist/delta"
+
+    @property
+    def denylist_snapshot(self) -> str:  # backend -> gates, QoS 1, retained
+        return f"{self.prefix}/denylist/snapshot"
+
+    @property
+    def fare_table(self) -> str:  # backend -> gates, QoS 1, retained
+        return f"{self.prefix}/faretable/current"
+
+    @property
+    def actions(self) -> str:  # backend -> gates, QoS 1, retained
+        return f"{self.prefix}/actions"
+
+    @staticmethod
+    def gate_of(topic: str) -> str:
+        """The gate id inside a per-gate topic ("<prefix>/gates/<gate>/<leaf>")."""
+        parts = topic.split("/")
+        if len(parts) < 4 or parts[-3] != "gates":
+            raise ValueError(f"not a per-gate topic: {topic!r}")
+        return parts[-2]
+
+
+class Message(BaseModel):
+    """Base of every payload: unknown fields refused, no coercion, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def encode(message: Message) -> bytes:
+    """The wire bytes of a payload (compact JSON)."""
+    return message.model_dump_json().encode()
+
+
+# --- gate -> backend ---------------------------------------------------------------------------------
+
+
+class TapMessage(Message):
+    """One tap as the gate decided it: enough to re-run fare_core.decide and to keep the ledger."""
+
+    schema_version: Literal[1] = 1  # bumps only for an incompatible change
+    tap_id: str  # "{station_id}-{gate_no}:{seq}", checked against the three fields below
+    station_id: StationId  # operator station id of the gate (u16)
+    gate_no: GateNo  # gate number inside the station (u8)
+    seq: Seq  # per-gate sequence, starts at 1, +1 per tap, persisted in the gate journal
+    card_id: CardId  # the phone's card id
+    time: Annotated[UtcTime, AfterValidator(_whole_second)]  # the UTC second passed to decide()
+    direction: Direction  # 0 entry (or boarding), 1 exit
+    mode: GateMode  # the gate's mode when it decided
+    allowed: bool  # barrier opened
+    reason: Reason  # fare_core reason code (reasons.py)
+    flags: Annotated[int, Field(ge=0, le=U32_MAX)]  # fare_core.Flag bits
+    fare: Fen  # fen charged by this tap
+    balance_before: Fen  # wallet balance read (fen)
+    balance_after: Fen  # wallet balance after the tap (fen; = before when nothing was written)
+    counter_before: Annotated[int, Field(ge=0, le=U32_MAX)]  # wallet transaction counter read
+    counter_after: Annotated[int, Field(ge=0, le=U32_MAX)]  # counter written (= before when no write)
+    wallet_before: Annotated[str, Field(pattern=r"^[0-9a-f]{256}$")]  # 128 wallet bytes read, hex
+    fare_table_version: Version  # fare table the gate used
+    denylist_version: Version  # deny-list version the gate used
+    min_counter: Annotated[int, Field(ge=0, le=U32_MAX)]  # lowest counter the gate accepted (0 = any)
+    action_id: Annotated[int, Field(ge=1, le=(1 << 63) - 1)] | None = None  # action applied, if any
+    topup_applied: Fen = 0  # fen added by that action on this tap
+    latency_us: Annotated[int, Field(ge=0, le=U32_MAX)]  # card-in-field to decision, microseconds
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TapMessage:
+        expected = tap_id(self.station_id, self.gate_no, self.seq)
+        if self.tap_id != expected:
+            raise ValueError(f"tap_id {self.tap_id!r} does not match station/gate/seq ({expected!r})")
+        if self.counter_after < self.counter_before:
+            raise ValueError("counter_after below counter_before")
+        if self.topup_applied and self.action_id is None:
+            raise ValueError("topup_applied without an action_id")
+        return self
+
+    @property
+    def gate_id(self) -> str:
+        return gate_id(self.station_id, self.gate_no)
+
+    def wallet_bytes(self) -> bytes:
+        return bytes.fromhex(self.wallet_before)
+
+
+class GateState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"  # also the last will, published by the broker when the gate vanishes
+
+
+class GateStatus(Message):
+    """A gate's retained status; its last will is the same model with state "offline"."""
+
+    gate_id: GateIdStr  # "{station_id}-{gate_no}"
+    state: GateState  # online / offline
+    time: UtcTime | None = None  # when the gate published it (None in the last will)
+    mode: GateMode | None = None  # mode in force
+    fare_table_version: Version | None = None  # fare table in use
+    denylist_version: Version | None = None  # deny-list in use
+    actions_version: Version | None = None  # action list in use
+    last_seq: Annotated[int, Field(ge=0)] | None = None  # highest seq journaled
+    journal_pending: Annotated[int, Field(ge=0)] | None = None  # taps not yet committed by the backend
+    software: Annotated[str, Field(max_length=64)] | None = None  # gate software version
+
+
+class UpdateKind(StrEnum):
+    DENYLIST = "denylist"
+    FARE_TABLE = "fare_table"
+    ACTIONS = "actions"
+
+
+class SnapshotRequest(Message):
+    """A gate that cannot apply an update (wrong base, bad checksum) asks for the full state again."""
+
+    gate_id: GateIdStr  # who asks
+    kind: UpdateKind  # what it needs
+    have_version: Version  # the version it holds
+    time: UtcTime  # when it asked
+
+
+# --- backend -> gate ---------------------------------------------------------------------------------
+
+
+class Committed(Message):
+    """Every tap of this gate with seq <= through_seq is in the database: the journal may drop them."""
+
+    gate_id: GateIdStr  # the gate addressed
+    through_seq: Annotated[int, Field(ge=0)]  # highest seq with no gap below it that is committed
+    time: UtcTime  # when the backend committed
+
+
+class ResendRequest(Message):
+    """The backend saw a gap in this gate's sequence: publish taps from_seq..to_seq again."""
+
+    gate_id: GateIdStr  # the gate addressed
+    from_seq: Seq  # first missing seq
+    to_seq: Seq  # last missing seq (inclusive)
+    time: UtcTime  # when the gap was seen
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ResendRequest:
+        if self.to_seq < self.from_seq:
+            raise ValueError("to_seq below from_seq")
+        return self
+
+
+class GateCommand(Message):
+    """The mode a gate must run in (retained: a gate that reconnects applies the latest command)."""
+
+    gate_id: GateIdStr  # the gate addressed
+    command_id: Annotated[int, Field(ge=1)]  # grows per command; a gate ignores an older one
+    mode: GateMode  # normal, free exit (emergency), closed, maintenance
+    reason: Annotated[str, Field(max_length=200)] = ""  # why, for the gate log and display
+    issued_at: UtcTime  # when the operator issued it
+
+
+CardIdList = Annotated[list[CardId], Field(max_length=MAX_LIST_ITEMS)]
+
+
+class DenyListDeltaMessage(Message):
+    """Cards added to / removed from the deny-list, applying only on base_version (else ask snapshot)."""
+
+    version: Version  # the version after applying
+    base_version: Version  # the version it applies to
+    add: CardIdList  # card ids now denied
+    remove: CardIdList  # card ids no longer denied
+    checksum: Checksum  # fare_core.DenyList checksum of the whole list after applying
+    time: UtcTime  # when published
+
+    @model_validator(mode="after")
+    def _newer(self) -> DenyListDeltaMessage:
+        if self.version <= self.base_version:
+            raise ValueError("version must be above base_version")
+        return self
+
+
+class DenyListSnapshotMessage(Message):
+    """The whole deny-list at a version (retained): what a new or confused gate starts from."""
+
+    version: Version  # deny-list version
+    card_ids: CardIdList  # every denied card id
+    checksum: Checksum  # fare_core.DenyList checksum of exactly these ids
+    time: UtcTime  # when published
+
+
+class FareTableMessage(Message):
+    """A compiled fare table artefact (retained) and when gates must start using it."""
+
+    version: Version  # FareTable.version inside the artefact
+    checksum: Checksum  # FareTable.checksum inside the artefact
+    activate_at: UtcTime  # gates load it now and switch at this time (already past = at once)
+    artefact: Annotated[str, Field(max_length=64 * 1024 * 1024)]  # fare_core.artefact bytes, base64
+
+
+class Action(Message):
+    """A pending over-the-air action, applied by any gate at the phone's next tap."""
+
+    action_id: Annotated[int, Field(ge=1)]  # reported back in TapMessage.action_id when applied
+    card_id: CardId  # the phone it applies to
+    topup: Fen = 0  # fen to add to the wallet
+    unblock: bool = False  # clear the wallet's blocked status
+
+
+class ActionListMessage(Message):
+    """Every pending action (retained); an applied action disappears from the next version."""
+
+    version: Version  # grows with every change
+    actions: Annotated[list[Action], Field(max_length=MAX_LIST_ITEMS)]  # pending actions
+    time: UtcTime  # when published
+
+
+__all__ = [
+    "Action",
+    "ActionListMessage",
+    "CardId",
+    "Committed",
+    "DenyListDeltaMessage",
+    "DenyListSnapshotMessage",
+    "FareTableMessage",
+    "GateCommand",
+    "GateState",
+    "GateStatus",
+    "Message",
+    "ResendRequest",
+    "SnapshotRequest",
+    "TapMessage",
+    "Topics",
+    "UpdateKind",
+    "encode",
+    "gate_id",
+    "parse_gate_id",
+    "tap_id",
+]

@@ -1,0 +1,138 @@
+"""Ingest end to end through a real broker into a real database: idempotence, dead letters, gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from backend.db import make_engine, make_sessionmaker
+from backend.ingest.worker import IngestWorker
+from backend.migrate import upgrade
+from backend.tables import DeadLetterRow, GateRow, TapRow
+from gate.messages import Committed, ResendRequest, Topics, encode
+from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
+from tests.backend.gate_client import GateClient
+
+
+class Running:
+    def __init__(self, settings: Any, sessions: Any, worker: IngestWorker) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.worker = worker
+        self.topics = Topics(settings.mqtt_prefix)
+
+    async def count(self, table: Any) -> int:
+        async with self.sessions() as session:
+            return int((await session.execute(select(func.count()).select_from(table))).scalar_one())
+
+
+@pytest.fixture
+async def ingest(database: Database, broker: BrokerInfo) -> AsyncIterator[Running]:
+    settings = make_settings(database, broker)
+    engine = make_engine(settings)
+    await upgrade(engine, settings)
+    sessions = make_sessionmaker(engine)
+    worker = IngestWorker(settings, sessions)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(worker.connected.wait(), 10)
+        await asyncio.sleep(0.2)  # SUBACK
+        yield Running(settings, sessions, worker)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await engine.dispose()
+
+
+async def gate_for(run: Running, broker: BrokerInfo, gate: str = "12-3") -> GateClient:
+    client = GateClient(broker.url, broker.version,
+                        [run.topics.committed(gate), run.topics.resend(gate)])
+    await asyncio.to_thread(client.wait_ready)
+    return client
+
+
+def committed_through(client: GateClient, run: Running, gate: str = "12-3") -> int:
+    messages = client.messages(run.topics.committed(gate))
+    return max((Committed.model_validate_json(m).through_seq for m in messages), default=-1)
+
+
+async def test_same_tap_twice_and_replayed_journal_store_once(ingest: Running, broker: BrokerInfo) -> None:
+    gate = await gate_for(ingest, broker)
+    try:
+        taps = [make_tap(seq) for seq in range(1, 21)]
+        topic = ingest.topics.taps("12-3")
+        await asyncio.to_thread(gate.publish, topic, encode(taps[0]))
+        await asyncio.to_thread(gate.publish, topic, encode(taps[0]))  # the same tap twice
+        for tap in taps:  # then the whole journal...
+            await asyncio.to_thread(gate.publish, topic, encode(tap))
+        for tap in taps:  # ...replayed after a reconnect
+            await asyncio.to_thread(gate.publish, topic, encode(tap))
+        await wait_for(lambda: committed_through(gate, ingest) == 20)
+        await wait_for(lambda: ingest.worker.stats["stored"] + ingest.worker.stats["duplicates"] == 42)
+        assert await ingest.count(TapRow) == 20
+        assert ingest.worker.stats["stored"] == 20
+        assert ingest.worker.stats["duplicates"] == 22
+        async with ingest.sessions() as session:
+            row = (await session.execute(select(GateRow))).scalar_one()
+        assert (row.gate_id, row.committed_seq, row.highest_seq) == ("12-3", 20, 20)
+    finally:
+        gate.close()
+
+
+MALFORMED: list[tuple[str, bytes, str]] = [
+    ("12-3", b"\xff\xfe not json", "invalid"),
+    ("12-3", b"{}", "invalid"),
+    ("12-3", json.dumps({**json.loads(encode(make_tap(5))), "fare": 2.5}).encode(), "fare"),
+    ("12-3", json.dumps({**json.loads(encode(make_tap(5))), "extra": 1}).encode(), "extra"),
+    ("12-3", json.dumps({**json.loads(encode(make_tap(5))), "card_id": "12"}).encode(), "card_id"),
+    ("12-3", json.dumps({**json.loads(encode(make_tap(5))), "time": "2026-11-22T08:00:00+08:00"}).encode(),
+     "UTC"),
+    ("99-1", encode(make_tap(5)), "topic of gate 99-1"),
+]
+
+
+async def test_malformed_payloads_are_dead_lettered_and_the_worker_keeps_going(
+        ingest: Running, broker: BrokerInfo) -> None:
+    gate = await gate_for(ingest, broker)
+    try:
+        for gate_id, payload, _ in MALFORMED:
+            await asyncio.to_thread(gate.publish, ingest.topics.taps(gate_id), payload)
+        await asyncio.to_thread(gate.publish, ingest.topics.taps("12-3"), encode(make_tap(1)))
+        await wait_for(lambda: committed_through(gate, ingest) == 1)
+        await wait_for(lambda: ingest.count(DeadLetterRow), timeout=5)
+        await wait_for(lambda: ingest.worker.stats["dead_lettered"] == len(MALFORMED))
+        async with ingest.sessions() as session:
+            dead = (await session.execute(select(DeadLetterRow).order_by(DeadLetterRow.id))).scalars().all()
+        assert len(dead) == len(MALFORMED)
+        by_payload = {row.payload: row for row in dead}
+        for gate_id, payload, needle in MALFORMED:
+            row = by_payload[payload]
+            assert needle in row.reason
+            assert row.topic == ingest.topics.taps(gate_id)
+        assert await ingest.count(TapRow) == 1
+    finally:
+        gate.close()
+
+
+async def test_a_gap_in_the_sequence_asks_the_gate_to_resend(ingest: Running, broker: BrokerInfo) -> None:
+    gate = await gate_for(ingest, broker)
+    try:
+        topic = ingest.topics.taps("12-3")
+        for seq in (1, 2, 5, 6):
+            await asyncio.to_thread(gate.publish, topic, encode(make_tap(seq)))
+        await wait_for(lambda: committed_through(gate, ingest) == 2)
+        requests = await wait_for(lambda: gate.messages(ingest.topics.resend("12-3")))
+        request = ResendRequest.model_validate_json(requests[0])
+        assert (request.gate_id, request.from_seq, request.to_seq) == ("12-3", 3, 4)
+        for seq in (3, 4):
+            await asyncio.to_thread(gate.publish, topic, encode(make_tap(seq)))
+        await wait_for(lambda: committed_through(gate, ingest) == 6)
+        assert await ingest.count(TapRow) == 6
+    finally:
+        gate.close()
