@@ -3,6 +3,7 @@
     faregate fares check RULES.toml
     faregate fares compile RULES.toml --version 7 -o table.fgt
     faregate fares show table.fgt [--from 101 --to 116 --category adult --at 2026-11-23T08:00]
+    faregate fares schema            (the rules' JSON Schema, for an editor or another validator)
 
 Exit status 0 on success, 1 when the rules or the artefact are bad (the reasons go to stderr), so a
 publishing script can stop before a broken table reaches a gate.
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     comp.add_argument("--version", type=int, required=True, help="table version (u32, higher wins)")
     comp.add_argument("-o", "--output", type=Path, required=True, help="artefact file to write (.fgt)")
     comp.add_argument("--created-at", type=int, default=None, help="UTC seconds to stamp (default: now)")
+    sub.add_parser("schema", help="print the JSON Schema of the rules (for editors and validators)")
     show = sub.add_parser("show", help="summarise a fare table artefact, or print one fare")
     show.add_argument("table", type=Path, help="artefact file (.fgt)")
     show.add_argument("--from", dest="origin", help="entry station: operator id or exact name")
@@ -50,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
             return _check(args)
         if args.fares_command == "compile":
             return _compile(args)
+        if args.fares_command == "schema":
+            print(json.dumps(FareRules.model_json_schema(by_alias=True), indent=2, ensure_ascii=False))
+            return 0
         return _show(args)
     except RulesError as exc:
         print(f"{getattr(args, 'rules', '')}: invalid fare rules:", file=sys.stderr)

@@ -246,7 +246,11 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
                 elif UNPRICED in row:
                     filler = missing[c * n + i]
                     row = [filler if v == UNPRICED else v for v in row]
-                fares.extend(row)
+                try:
+                    fares.extend(row)
+                except OverflowError:
+                    raise ValueError(f"a fare from station {ids[i]} ({max(row)} fen) does not fit 32 bits; "
+                                     f"cap it with max_fen") from None
 
     flat_fares = array("I", (flat[b][c][k] for b in range(len(bands)) for c in range(len(categories))
                              for k in range(len(network_names))))

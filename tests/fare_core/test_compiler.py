@@ -365,6 +365,13 @@ def test_created_at_defaults_to_now() -> None:
     assert before <= table.created_at <= before + 60
 
 
+def test_fare_beyond_32_bits_is_refused() -> None:
+    data = tiny_data()
+    data["leg_rules"][0]["steps"] = [{"every_m": 1, "add_fen": 0xFFFFFFFF}]
+    with pytest.raises(ValueError, match="does not fit 32 bits"):
+        compile_data(data)
+
+
 @pytest.mark.parametrize("version", [-1, 2**32])
 def test_version_out_of_range(version: int) -> None:
     with pytest.raises(ValueError, match="version"):

@@ -159,3 +159,14 @@ def test_action_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["fares"])
     assert info.value.code == 2
+
+
+def test_schema_validates_the_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    import jsonschema
+
+    assert main(["fares", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    with open(EXAMPLES / "guangzhou.toml", "rb") as file:
+        jsonschema.validate(tomllib.load(file), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "x"}, schema)  # no networks, stations, categories or leg rules
