@@ -47,7 +47,7 @@ Byte layout (layout 1), every integer little-endian whatever the host:
 The file's size follows from the header, so a truncated or padded file is caught before its checksum is
 even computed; the SHA-256 then catches any changed byte; TableData.validate() catches a well-formed
 file with impossible contents. Arrays are loaded with array.frombytes (one memcpy each), never an
-element-by-element loop. checksum_of() is the SHA-256 of the whole file, the same as `sha256sum`.
+element-by-element loop. checksum_of() is the stored SHA-256 (`head -c -32 FILE | sha256sum` by hand).
 """
 
 from __future__ import annotations
@@ -91,8 +91,14 @@ assert array("H").itemsize == 2 and array("I").itemsize == 4, "this host's C int
 
 
 def checksum_of(blob: bytes) -> str:
-    """Hex SHA-256 of a whole artefact: its identity on the wire and in logs (equals `sha256sum`)."""
-    return hashlib.sha256(blob).hexdigest()
+    """The artefact's identity on the wire and in logs: the hex SHA-256 it carries in its last 32 bytes.
+
+    Reading the stored digest costs nothing, where hashing a 300-station table again would double its
+    load time; unpack() is what proves the digest right, so check a received blob with unpack() first.
+    """
+    if len(blob) < DIGEST_SIZE:
+        raise FareTableError(f"fare table truncated: {len(blob)} bytes hold no checksum")
+    return bytes(blob[-DIGEST_SIZE:]).hex()
 
 
 def _le_bytes(values: array[int]) -> bytes:

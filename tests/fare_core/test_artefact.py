@@ -67,9 +67,13 @@ def test_header_fields(tiny: TableData, tiny_blob: bytes) -> None:
     assert tiny_blob[HEADER_SIZE + 8:HEADER_SIZE + 10] == (50).to_bytes(2, "little")
 
 
-def test_checksum_is_sha256_of_the_file(tiny_blob: bytes) -> None:
-    assert checksum_of(tiny_blob) == hashlib.sha256(tiny_blob).hexdigest()
+def test_checksum_is_the_stored_sha256(tiny: TableData, tiny_blob: bytes) -> None:
+    assert checksum_of(tiny_blob) == hashlib.sha256(tiny_blob[:-32]).hexdigest()
     assert tiny_blob[-32:] == hashlib.sha256(tiny_blob[:-32]).digest()
+    other = pack(dataclasses.replace(tiny, version=tiny.version + 1))
+    assert checksum_of(other) != checksum_of(tiny_blob)
+    with pytest.raises(FareTableError, match="no checksum"):
+        checksum_of(b"short")
 
 
 def test_fare_table_loads_the_artefact(tiny_blob: bytes) -> None:

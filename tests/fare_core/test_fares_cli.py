@@ -58,7 +58,7 @@ def test_compile_writes_the_artefact(tmp_path: Path, capsys: pytest.CaptureFixtu
     blob = out.read_bytes()
     table = unpack(blob)
     assert table.version == 12
-    assert f"checksum  sha256:{hashlib.sha256(blob).hexdigest()}" in printed
+    assert f"checksum  sha256:{hashlib.sha256(blob[:-32]).hexdigest()}" in printed
     assert f"size      {len(blob)} bytes" in printed
     assert "stations  79" in printed and "adult, student, senior, staff" in printed
     # the OD sample: Xilang (101) -> Huangsha (105) is 5,670 m -> 300 fen
@@ -94,7 +94,7 @@ def test_show_summary(compiled: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["fares", "show", str(compiled)]) == 0
     out = capsys.readouterr().out
     assert "tiny: version 5, created 1700000000 (2023-11-14T22:13:20+00:00)" in out
-    assert f"sha256:{hashlib.sha256(compiled.read_bytes()).hexdigest()}" in out
+    assert f"sha256:{hashlib.sha256(compiled.read_bytes()[:-32]).hexdigest()}" in out
     assert "bands     offpeak, peak" in out
 
 
