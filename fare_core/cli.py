@@ -192,6 +192,9 @@ def _show(args: argparse.Namespace) -> int:
         fare = table.flat_fares[(band * table.n_categories + category) * table.n_networks + network]
         trip = f"boarding {table.station_ids[origin]} ({table.network_names[network]})"
     else:
+        if table.station_network[dest] != network:
+            raise _UsageError(f"stations {table.station_ids[origin]} and {table.station_ids[dest]} are on "
+                              f"different networks: no trip between them")
         fare = table.fares[fare_index(table, band, category, origin, dest)]
         trip = f"{table.station_ids[origin]} -> {table.station_ids[dest]}"
     print(f"{trip}  {category_name}  {table.band_names[band]}  {fare} fen (¥{fare // 100}.{fare % 100:02d})")

@@ -620,6 +620,9 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 def _why(error: Any) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        found = f"{ctx['tag']!r} is not a known kind" if "tag" in ctx else "kind is required"
+        return f"{found}: kind = \"distance\", \"zones\", \"flat\" or \"od\""
     if kind in _READABLE:
         return _READABLE[kind]
     for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):

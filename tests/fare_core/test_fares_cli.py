@@ -129,6 +129,7 @@ def test_show_now_by_default(compiled: Path, capsys: pytest.CaptureFixture[str])
     (["--from", "99", "--to", "1"], "no station '99'"),
     (["--from", "1", "--to", "Nowhere"], "no station 'Nowhere'"),
     (["--to", "1"], "--to needs --from"),
+    (["--from", "1", "--to", "50"], "stations 1 and 50 are on different networks"),
     (["--from", "1", "--category", "child"], "no category 'child' (known: adult, student, senior, staff)"),
     (["--from", "1", "--at", "yesterday"], "is not an ISO 8601 time"),
 ])
