@@ -141,6 +141,7 @@ def _layer_matrix(rules: FareRules, band: str, category: str | None, ids: list[i
         if base is None and not explicit:
             continue
         dist = distances.get(network_id, {})
+        by_distance: dict[int, int] = {}  # many pairs share a distance; price each distance once
         for i in members:
             row = i * n
             reach = dist.get(ids[i], {})
@@ -149,8 +150,12 @@ def _layer_matrix(rules: FareRules, band: str, category: str | None, ids: list[i
                 if pair in explicit:
                     matrix[row + j] = explicit[pair]
                 elif isinstance(base, DistanceLegRule):
-                    if ids[j] in reach:  # the rules make every pair of the adult layer reachable or explicit
-                        matrix[row + j] = base.fare(reach[ids[j]])
+                    metres = reach.get(ids[j])  # the rules make each adult pair reachable or explicit
+                    if metres is not None:
+                        fare = by_distance.get(metres)
+                        if fare is None:
+                            fare = by_distance[metres] = base.fare(metres)
+                        matrix[row + j] = fare
                 elif isinstance(base, ZoneLegRule):
                     zf, zt = base.zones.index(zone_of[ids[i]] or ""), base.zones.index(zone_of[ids[j]] or "")
                     matrix[row + j] = base.matrix[zf][zt]
