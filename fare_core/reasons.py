@@ -63,6 +63,9 @@ class Flag(IntFlag):
     UNBLOCKED = 128
     SAME_STATION = 256
     BLOCKED_NOW = 512  # a deny-listed phone's wallet was marked blocked
+    UNCONFIRMED = 1024  # set by the gate: the wallet write's outcome is unknown (answer lost, phone
+    # gone before a read-back); fare and counters are what the write would have made, the barrier
+    # stayed shut, and the phone's next tap anywhere tells whether its counter moved
 
 
 # (Chinese, English); "{fare}" and "{balance}" are yuan with two decimals.

@@ -110,7 +110,10 @@ class GateController:
         self.on_tap: Callable[[TapOutcome], None] | None = None
         self.on_final: Callable[[int], None] | None = None
         self.on_alarm: Callable[[Alarm], None] | None = None
-        self._in_field: set[int] = set()
+        self._in_field: set[int] = set()  # as the event loop has processed it
+        self._field_now: set[int] = set()  # as the line reports it this instant (see _observe)
+        self._unconfirmed: dict[int, tuple[int, bool]] = {}  # card -> (counter written, allowed)
+        link.on_event = self._observe
         self._done_in_field: set[int] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -170,6 +173,10 @@ class GateController:
             if self.on_alarm:
                 self.on_alarm(event)
 
+    def _observe(self, event: Message) -> None:
+        if isinstance(event, FieldChanged):
+            self._field_now = {p.card_id for p in event.phones if p.rssi_dbm >= self.rssi_min_dbm}
+
     async def _field(self, phones: tuple[PhoneSignal, ...]) -> None:
         near = [p for p in phones if p.rssi_dbm >= self.rssi_min_dbm]
         present = {p.card_id for p in near}
@@ -195,6 +202,10 @@ class GateController:
             zh, en = display_text(Reason.READ_FAILED, 0, 0)
             await self._show(_STYLE_DENY, zh, en, 2000)
             return None
+        if card_id in self._unconfirmed:
+            recovered = await self._recover(card_id, wallet.wallet)
+            if recovered is not None:
+                return recovered
         now = self.clock()
         table = self.state.table_at(datetime.fromtimestamp(now, UTC))
         if table is None:
@@ -208,6 +219,9 @@ class GateController:
                             topup=action.topup if action else 0, unblock=bool(action and action.unblock))
         decision = fare_core.decide(wallet.wallet, tap, table, self.state.denylist, self.sam)
         decision_us = (time.perf_counter_ns() - t_field_ns) // 1000
+        if len(self._field_now) > 1:  # a second phone came in while reading: charge nobody
+            self._done_in_field.discard(card_id)
+            return None
         self.metrics.decision_seconds.observe(decision_us / 1e6)
         self._done_in_field.add(card_id)
 
@@ -223,12 +237,16 @@ class GateController:
                 landed = await self._write(card_id, decision)
             finally:
                 await journaled
-            if not landed:
-                failed = message.model_copy(update={
-                    "allowed": False, "reason": Reason.READ_FAILED, "flags": 0, "fare": 0,
-                    "balance_after": message.balance_before, "counter_after": message.counter_before,
-                    "action_id": None, "topup_applied": 0})
-                await asyncio.to_thread(self.journal.replace, seq, encode(failed))
+            if landed is not True:
+                if landed is None:  # unknown: keep what the write would have made, say so
+                    self._unconfirmed[card_id] = (int(decision.counter), bool(decision.allowed))
+                    update = {"allowed": False, "reason": Reason.READ_FAILED,
+                              "flags": message.flags | Flag.UNCONFIRMED}
+                else:  # known not to have landed: nothing was charged
+                    update = {"allowed": False, "reason": Reason.READ_FAILED, "flags": 0, "fare": 0,
+                              "balance_after": message.balance_before,
+                              "counter_after": message.counter_before, "action_id": None, "topup_applied": 0}
+                await asyncio.to_thread(self.journal.replace, seq, encode(message.model_copy(update=update)))
                 self._done_in_field.discard(card_id)
                 self._finalise(seq)
                 self.metrics.taps.labels(outcome="write_failed").inc()
@@ -238,13 +256,13 @@ class GateController:
             self.state.remember_counter(card_id, decision.counter)
             if action is not None and decision.flags & _ACTION_FLAGS:
                 self.state.action_applied(action)
+        self._finalise(seq)  # the row is final: the barrier is not part of it
 
         opened_us = None
         if decision.allowed:
             await self.link.request(BarrierOpen(WireDirection(int(self.direction)), 1, self.hold_ms), Ack)
             opened_us = (time.perf_counter_ns() - t_field_ns) // 1000
             self.metrics.observe_open(opened_us / 1e6)
-        self._finalise(seq)
         self.metrics.taps.labels(outcome=Reason(decision.reason).name.lower()).inc()
         outcome = TapOutcome(seq, card_id, decision.reason, decision.allowed, decision.fare,
                              decision.allowed, decision_us, opened_us)
@@ -256,23 +274,49 @@ class GateController:
         await self.link.request(Buzzer(BuzzerPattern.BEEP if decision.allowed else BuzzerPattern.DOUBLE), Ack)
         return outcome
 
-    async def _write(self, card_id: int, decision: fare_core.Decision) -> bool:
-        """Write the new record; True only when the wallet is known to hold it."""
+    async def _write(self, card_id: int, decision: fare_core.Decision) -> bool | None:
+        """Write the new record: True when the wallet holds it, False when it does not, None when
+        that cannot be known (the answer was lost and the phone could not be read back)."""
+        assert decision.record is not None
         try:
             result = await self.link.request(WriteSlot(card_id, decision.slot, decision.record), WriteResult)
             if result.outcome == WriteOutcome.OK:
                 return True
         except LinkError as exc:
-            log.warning("gate %s: write to %016x unconfirmed: %s", self.gate_id, card_id, exc)
+            log.warning("gate %s: write to %016x unanswered: %s", self.gate_id, card_id, exc)
         # Torn, failed or unanswered: the wallet itself says whether the new record is there.
-        try:
-            again = await self.link.request(ReadWallet(card_id), Wallet)
-            if again.status == RfStatus.OK:
+        for _attempt in range(3):
+            try:
+                again = await self.link.request(ReadWallet(card_id), Wallet)
+            except LinkError as exc:
+                log.warning("gate %s: read-back of %016x failed: %s", self.gate_id, card_id, exc)
+                continue
+            if again.status != RfStatus.OK:
+                break  # the phone has gone
+            try:
                 record, _slot = fare_core.read_wallet(again.wallet, card_id, self.sam)
-                return record.counter == decision.counter
-        except (LinkError, WalletError) as exc:
-            log.warning("gate %s: cannot confirm write to %016x: %s", self.gate_id, card_id, exc)
-        return False
+            except WalletError:
+                return False  # no valid slot at all cannot be our complete write
+            return record.counter >= decision.counter
+        return None
+
+    async def _recover(self, card_id: int, wallet: bytes) -> TapOutcome | None:
+        """A phone whose last write here was unconfirmed taps again: if the write did land, let the
+        commuter through on it (no second charge); if not, forget it and decide afresh."""
+        expected, allowed = self._unconfirmed.pop(card_id)
+        try:
+            record, _slot = fare_core.read_wallet(wallet, card_id, self.sam)
+        except WalletError:
+            return None
+        if record.counter != expected:
+            return None
+        self._done_in_field.add(card_id)
+        if allowed:
+            await self.link.request(BarrierOpen(WireDirection(int(self.direction)), 1, self.hold_ms), Ack)
+        self.metrics.taps.labels(outcome="recovered").inc()
+        zh, en = ("请通行", "Please pass") if allowed else display_text(Reason.READ_FAILED, 0, 0)
+        await self._show(_STYLE_OK if allowed else _STYLE_DENY, zh, en, 3000)
+        return TapOutcome(0, card_id, Reason.OK, allowed, 0, allowed, 0, extra={"recovered": True})
 
     def _finalise(self, seq: int) -> None:
         self.final_seq = seq
@@ -297,7 +341,8 @@ class GateController:
             tap_id=tap_id(self.station_id, self.gate_no, seq), station_id=self.station_id,
             gate_no=self.gate_no, seq=seq, card_id=tap.card_id,
             time=datetime.fromtimestamp(tap.time, UTC), direction=Direction(tap.direction),
-            mode=GateMode(tap.mode), allowed=bool(d.allowed), reason=Reason(d.reason), flags=int(d.flags), fare=int(d.fare),
+            mode=GateMode(tap.mode), allowed=bool(d.allowed), reason=Reason(d.reason), flags=int(d.flags),
+            fare=int(d.fare),
             balance_before=max(0, int(d.balance_before)), balance_after=max(0, int(d.balance_after)),
             counter_before=counter_before, counter_after=int(d.counter),
             wallet_before=bytes(wallet).hex(), fare_table_version=table_version,

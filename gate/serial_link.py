@@ -31,6 +31,9 @@ from firmware_sim.protocol.timing import DEFAULT_BAUD, FRAME_GAP_S, RETRIES, res
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
+#: Resends triggered by a corrupt frame (cheap: they cost wire time only, never a timeout).
+FAST_RETRIES = 12
+
 
 class LinkError(Exception):
     """A request to the device did not succeed."""
@@ -63,6 +66,9 @@ class ReaderLink:
         self.events: asyncio.Queue[Message] = asyncio.Queue(maxsize=1024)
         self.decoder = FrameDecoder()
         self._on_state = on_state
+        #: Called with every event as it is decoded, before it is queued (for state that must be
+        #: current while a request is still in flight, such as which phones are in the field).
+        self.on_event: Callable[[Message], None] | None = None
         self._port: Any = None
         self._pending: dict[int, asyncio.Future[Message]] = {}
         self._seq = 0
@@ -71,6 +77,7 @@ class ReaderLink:
         self._closing = False
         self._reopen_task: asyncio.Task[None] | None = None
         self._expire_handle: asyncio.TimerHandle | None = None
+        self._corruption: asyncio.Future[None] | None = None
         self.reopens = 0
         self.timeouts = 0
         self.bad_frames = 0
@@ -167,9 +174,16 @@ class ReaderLink:
         if not data:
             return
         self._last_rx = time.monotonic()
+        errors = self.decoder.bad_crc + self.decoder.length_errors
         for frame in self.decoder.feed(data):
             self._dispatch(frame)
+        if self.decoder.bad_crc + self.decoder.length_errors != errors:
+            self._signal_corruption()
         self._arm_expiry()
+
+    def _signal_corruption(self) -> None:
+        if self._corruption is not None and not self._corruption.done():
+            self._corruption.set_result(None)
 
     def _arm_expiry(self) -> None:
         """A partial frame left pending after the line goes quiet is a false START: drop it."""
@@ -184,6 +198,7 @@ class ReaderLink:
         if time.monotonic() - self._last_rx >= FRAME_GAP_S:
             for frame in self.decoder.expire():
                 self._dispatch(frame)
+            self._signal_corruption()  # a frame was cut short: it may have been an answer
         self._arm_expiry()
 
     def _dispatch(self, frame: Frame) -> None:
@@ -194,6 +209,8 @@ class ReaderLink:
             log.warning("ignoring frame 0x%02x from device: %s", frame.command, exc)
             return
         if message.kind.value == "event":
+            if self.on_event is not None:
+                self.on_event(message)
             try:
                 self.events.put_nowait(message)
             except asyncio.QueueFull:
@@ -212,7 +229,13 @@ class ReaderLink:
         raise LinkError("255 requests in flight")
 
     async def request(self, message: Message, expect: type[M], timeout: float | None = None) -> M:
-        """Send `message`, return its `expect` answer; LinkNak, LinkTimeout or LinkDown otherwise."""
+        """Send `message`, return its `expect` answer; LinkNak, LinkTimeout or LinkDown otherwise.
+
+        Resent with the same SEQ after a silent `response_timeout`, at most `retries` times, and also
+        at once whenever a corrupt frame arrives while waiting (it may have been the answer): the
+        device ignores a repeat it is still working on and answers a finished one from its cache,
+        so a resend never makes it act twice.
+        """
         if self._port is None:
             raise LinkDown(f"serial {self.url} is down")
         seq = self._next_seq()
@@ -220,25 +243,37 @@ class ReaderLink:
         wait = response_timeout(message, self.baud) if timeout is None else timeout
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[seq] = future
+        silent, corrupt = 0, 0
         try:
-            for _attempt in range(self.retries + 1):
+            while True:
                 self._write(data)
-                try:
-                    answer = await asyncio.wait_for(asyncio.shield(future), wait)
-                except TimeoutError:
+                corruption = self._corruption_signal()
+                await asyncio.wait({future, corruption}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if future.done():
+                    answer = future.result()
+                    if isinstance(answer, Nak):
+                        raise LinkNak(answer.reason, answer.command)
+                    if not isinstance(answer, expect):
+                        raise LinkError(f"expected {expect.__name__}, got {type(answer).__name__}")
+                    return answer
+                if corruption.done():
+                    corrupt += 1
+                else:
+                    silent += 1
                     self.timeouts += 1
-                    continue
-                if isinstance(answer, Nak):
-                    raise LinkNak(answer.reason, answer.command)
-                if not isinstance(answer, expect):
-                    raise LinkError(f"expected {expect.__name__}, got {type(answer).__name__}")
-                return answer
-            raise LinkTimeout(f"no answer to {type(message).__name__} after {self.retries + 1} tries")
+                if silent > self.retries or corrupt > FAST_RETRIES:
+                    tries = silent + corrupt + 1
+                    raise LinkTimeout(f"no answer to {type(message).__name__} after {tries} tries")
         finally:
             if self._pending.get(seq) is future:
                 del self._pending[seq]
             if not future.done():
                 future.cancel()
+
+    def _corruption_signal(self) -> asyncio.Future[None]:
+        if self._corruption is None or self._corruption.done():
+            self._corruption = asyncio.get_running_loop().create_future()
+        return self._corruption
 
     def _write(self, data: bytes) -> None:
         port = self._port
