@@ -161,7 +161,7 @@ class Reader:
         same = self.wallets.slot(op.card_id, op.slot) == op.record
         outcome = WriteOutcome.OK if same else WriteOutcome.FAILED
         self._log("write", {"card_id": op.card_id, "slot": op.slot, "outcome": outcome.name,
-                            "bytes_written": SLOT_SIZE})
+                            "bytes_written": SLOT_SIZE, "rf_s": op.duration + op.verify})
         self._finish(op, WriteResult(op.card_id, op.slot, outcome, SLOT_SIZE))
 
     def _break_off(self, op: RfOperation) -> None:

@@ -30,11 +30,12 @@ from typing import Any
 
 import fare_core
 
+from .barrier import UNLIMITED
 from .config import DeviceConfig
 from .device import GateDevice, Record
 from .faults import FaultKind
 from .population import Phone, Population
-from .protocol.messages import Direction
+from .protocol.messages import BarrierPosition, Direction
 from .reader import Presence
 from .scheduler import Scheduler, Timer
 from .transport import Link, PtyLink, TcpLink
@@ -191,6 +192,32 @@ class Sim:
         return self.present(card_id, gate, at, distance_cm=distance_cm, dwell_s=dwell_s, walk=False,
                             patience_s=dwell_s)
 
+    def withdraw(self, card_id: int, gate: int = 0, at: float | None = None) -> None:
+        """Pull phone `card_id` away from `gate`'s reader (mid-write: a torn write)."""
+        self._check_gate(gate)
+        when = self.now() if at is None else at
+
+        def pull() -> None:
+            for p in list(self._active[gate]):
+                if p.card_id == card_id:
+                    self._withdraw(p)
+            self.gates[gate].reader.remove(card_id)
+
+        self.scheduler.call_at(self.t0 + when, pull)
+
+    def move(self, card_id: int, distance_cm: float, gate: int = 0, at: float | None = None) -> None:
+        """Move a phone that is in `gate`'s field to `distance_cm` (out of range ends an RF operation)."""
+        self._check_gate(gate)
+        when = self.now() if at is None else at
+
+        def shift() -> None:
+            presence = self.gates[gate].reader.field.get(card_id)
+            if presence is not None:
+                presence.distance_cm = distance_cm
+                self.gates[gate].reader.place(presence)
+
+        self.scheduler.call_at(self.t0 + when, shift)
+
     def force_door(self, gate: int = 0, direction: Direction = Direction.ENTRY,
                    at: float | None = None) -> None:
         """Someone pushes through without tapping (forced door if closed, tailgating if open)."""
@@ -245,6 +272,11 @@ class Sim:
         self._active[p.gate].append(p)
         slowness, flaky = (phone.slowness, phone.flaky_write) if phone else (1.0, False)
         self.gates[p.gate].reader.place(Presence(p.card_id, p.distance_cm, slowness, flaky))
+        barrier = self.gates[p.gate].barrier
+        if p.walk and barrier.authorised == UNLIMITED and barrier.direction == p.direction:
+            p.authorised_at = p.presented_at  # free passage (emergency exit): just walk through
+            if barrier.position is BarrierPosition.OPEN:
+                self._start_walk(p)
         if p.dwell_s is not None:
             p._timers.append(self.scheduler.call_later(p.dwell_s, self._withdraw, p))
         p._timers.append(self.scheduler.call_later(p.patience_s, self._give_up, p))
@@ -298,7 +330,7 @@ class Sim:
             waiting = [p for p in active if p.walk and p.authorised_at is None and p.direction == direction]
             for p in waiting if passages == 0 else waiting[:passages]:
                 p.authorised_at = now
-                if self.gates[gate].barrier.position.name == "OPEN":
+                if self.gates[gate].barrier.position is BarrierPosition.OPEN:
                     self._start_walk(p)
         elif record.kind == "barrier" and record.data["position"] == "OPEN":
             for p in active:
@@ -313,6 +345,9 @@ class Sim:
     def _start_walk(self, p: Presentation) -> None:
         p._walking = True
         p.barrier_opened_at = self.now()
+        if p.dwell_s is None and not p._reacting:  # the open barrier is feedback enough
+            p._reacting = True
+            p._timers.append(self.scheduler.call_later(p.react_s, self._withdraw, p))
         walk_delay = 0.2
         p._timers.append(self.scheduler.call_later(walk_delay, self._step_in, p))
         if p.tailgater:
