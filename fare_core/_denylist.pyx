@@ -213,14 +213,29 @@ cdef Py_ssize_t _verify_and_hash(const uint64_t* keys, Py_ssize_t n, uint64_t* l
     return 0
 
 
+cdef inline Py_ssize_t _lower_bound(const uint64_t* keys, Py_ssize_t low, Py_ssize_t high,
+                                    uint64_t key) noexcept nogil:
+    """First position in keys[low:high] whose key is >= `key` (high if none)."""
+    cdef Py_ssize_t middle
+    while low < high:
+        middle = low + ((high - low) >> 1)
+        if keys[middle] < key:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
 cdef void _fill_index(const uint64_t* keys, Py_ssize_t n, uint32_t* index, int bits) noexcept nogil:
+    """index[b] = first position whose key's top `bits` bits are >= b: one binary search a bucket,
+    O(buckets * log n), so rebuilding the index never walks the whole key array."""
     cdef int shift = 64 - bits
     cdef uint64_t bucket, buckets = (<uint64_t>1) << bits
-    cdef Py_ssize_t j = 0
-    for bucket in range(buckets):
-        while j < n and (keys[j] >> shift) < bucket:
-            j += 1
-        index[bucket] = <uint32_t>j
+    cdef Py_ssize_t position = 0
+    index[0] = 0
+    for bucket in range(1, buckets):
+        position = _lower_bound(keys, position, n, bucket << shift)
+        index[bucket] = <uint32_t>position
     index[buckets] = <uint32_t>n
 
 
@@ -438,7 +453,9 @@ cdef class DenyList:
         cdef uint64_t base = delta.base_version
         cdef tuple added = delta.add
         cdef tuple removed = delta.remove
-        cdef Py_ssize_t n_add = len(added), n_remove = len(removed), i, j, r, out, count
+        cdef Py_ssize_t n_add = len(added), n_remove = len(removed), i, j, r, count
+        cdef Py_ssize_t source, target, position
+        cdef bint removing, listed
         cdef uint64_t lane1 = self._lane1, lane2 = self._lane2, card_id, key
         cdef uint64_t* add_keys = NULL
         cdef uint64_t* remove_keys = NULL
@@ -494,27 +511,36 @@ cdef class DenyList:
             if new_keys == NULL or new_index == NULL:
                 raise MemoryError("no memory to apply a deny-list delta")
             with nogil:
-                # Merge: old keys minus the removed ones, plus the added ones, all sorted.
-                j = r = out = 0
-                for i in range(old_count):
-                    key = old_keys[i]
-                    if r < n_remove and remove_keys[r] == key:
+                # Old keys minus the removed ones plus the added ones, copied run by run (memcpy)
+                # between the few change points, so a small delta costs one pass of memory bandwidth.
+                source = target = j = r = 0
+                while not failed and (j < n_add or r < n_remove):
+                    removing = r < n_remove and (j >= n_add or remove_keys[r] < add_keys[j])
+                    if removing:
+                        key = remove_keys[r]
                         r += 1
-                        continue
-                    while j < n_add and add_keys[j] < key:
-                        new_keys[out] = add_keys[j]
-                        out += 1
+                    else:
+                        key = add_keys[j]
                         j += 1
-                    new_keys[out] = key
-                    out += 1
-                while j < n_add:
-                    new_keys[out] = add_keys[j]
-                    out += 1
-                    j += 1
-                if out == count and r == n_remove:
-                    _fill_index(new_keys, count, new_index, bits)
-                else:
-                    failed = 1
+                    position = _lower_bound(old_keys, source, old_count, key)
+                    memcpy(new_keys + target, old_keys + source, <size_t>(position - source) * 8)
+                    target += position - source
+                    source = position
+                    listed = position < old_count and old_keys[position] == key
+                    if removing != listed:  # excluded by the checks above; never install such a list
+                        failed = 1
+                    elif removing:
+                        source += 1
+                    else:
+                        new_keys[target] = key
+                        target += 1
+                if not failed:
+                    memcpy(new_keys + target, old_keys + source, <size_t>(old_count - source) * 8)
+                    target += old_count - source
+                    if target == count:
+                        _fill_index(new_keys, count, new_index, bits)
+                    else:
+                        failed = 1
             if failed:  # unreachable after the membership checks above; refuse rather than install
                 raise DenyListCorrupt("deny-list delta does not fit the list held")
             self._install(new_keys, count, new_index, bits, version, lane1, lane2)
