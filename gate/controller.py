@@ -113,6 +113,8 @@ class GateController:
         self._in_field: set[int] = set()  # as the event loop has processed it
         self._field_now: set[int] = set()  # as the line reports it this instant (see _observe)
         self._unconfirmed: dict[int, tuple[int, bool]] = {}  # card -> (counter written, allowed)
+        self._field_seen_ns = 0
+        self._write_sent_ns = 0
         link.on_event = self._observe
         self._done_in_field: set[int] = set()
         self._task: asyncio.Task[None] | None = None
@@ -176,6 +178,7 @@ class GateController:
     def _observe(self, event: Message) -> None:
         if isinstance(event, FieldChanged):
             self._field_now = {p.card_id for p in event.phones if p.rssi_dbm >= self.rssi_min_dbm}
+            self._field_seen_ns = time.perf_counter_ns()  # the tap's clock starts as the event is read
 
     async def _field(self, phones: tuple[PhoneSignal, ...]) -> None:
         near = [p for p in phones if p.rssi_dbm >= self.rssi_min_dbm]
@@ -191,12 +194,15 @@ class GateController:
                 await self.link.request(Buzzer(BuzzerPattern.DOUBLE), Ack)
             return
         if len(near) == 1 and near[0].card_id not in self._done_in_field:
-            await self.tap(near[0].card_id, time.perf_counter_ns())
+            await self.tap(near[0].card_id, self._field_seen_ns or time.perf_counter_ns())
 
     # -------------------------------------------------------------------------------- a tap
     async def tap(self, card_id: int, t_field_ns: int) -> TapOutcome | None:
         """Serve one phone that just came into the field; None if its wallet could not be read."""
         wallet = await self.link.request(ReadWallet(card_id), Wallet)
+        # The gate's own time on this tap: from each frame read to the next request sent.
+        host_ns = self.link.last_sent_ns - t_field_ns
+        wallet_rx_ns = self.link.last_answer_ns
         if wallet.status != RfStatus.OK:
             self.metrics.taps.labels(outcome="read_failed").inc()
             zh, en = display_text(Reason.READ_FAILED, 0, 0)
@@ -226,15 +232,19 @@ class GateController:
         self._done_in_field.add(card_id)
 
         seq = self.journal.next_seq()
-        counter_before = self._counter_of(wallet.wallet, card_id, decision)
-        message = self._tap_message(seq, tap, decision, wallet.wallet, table.version, counter_before,
-                                    action, decision_us)
         if decision.record is None:
+            message = self._tap_message(seq, tap, decision, wallet.wallet, table.version, action, decision_us)
             await asyncio.to_thread(self.journal.append, seq, encode(message))
         else:
+            # The write goes on the wire first; the tap is built and fsynced while the phone writes.
+            writing = asyncio.ensure_future(self._write(card_id, decision))
+            await asyncio.sleep(0)  # let the write task send its frame before the work below
+            message = self._tap_message(seq, tap, decision, wallet.wallet, table.version, action, decision_us)
             journaled = asyncio.ensure_future(asyncio.to_thread(self.journal.append, seq, encode(message)))
             try:
-                landed = await self._write(card_id, decision)
+                landed = await writing
+                host_ns += self._write_sent_ns - wallet_rx_ns
+                wallet_rx_ns = self.link.last_answer_ns  # the write's answer, for the next gap
             finally:
                 await journaled
             if landed is not True:
@@ -261,8 +271,9 @@ class GateController:
         opened_us = None
         if decision.allowed:
             await self.link.request(BarrierOpen(WireDirection(int(self.direction)), 1, self.hold_ms), Ack)
+            host_ns += self.link.last_sent_ns - wallet_rx_ns
             opened_us = (time.perf_counter_ns() - t_field_ns) // 1000
-            self.metrics.observe_open(opened_us / 1e6)
+            self.metrics.observe_open(opened_us / 1e6, host_ns / 1e9)
         self.metrics.taps.labels(outcome=Reason(decision.reason).name.lower()).inc()
         outcome = TapOutcome(seq, card_id, decision.reason, decision.allowed, decision.fare,
                              decision.allowed, decision_us, opened_us)
@@ -279,7 +290,9 @@ class GateController:
         that cannot be known (the answer was lost and the phone could not be read back)."""
         assert decision.record is not None
         try:
-            result = await self.link.request(WriteSlot(card_id, decision.slot, decision.record), WriteResult)
+            write = self.link.request(WriteSlot(card_id, decision.slot, decision.record), WriteResult)
+            self._write_sent_ns = time.perf_counter_ns()
+            result = await write
             if result.outcome == WriteOutcome.OK:
                 return True
         except LinkError as exc:
@@ -335,7 +348,8 @@ class GateController:
             return 0
 
     def _tap_message(self, seq: int, tap: fare_core.Tap, d: fare_core.Decision, wallet: bytes,
-                     table_version: int, counter_before: int, action: object, decision_us: int) -> TapMessage:
+                     table_version: int, action: object, decision_us: int) -> TapMessage:
+        counter_before = self._counter_of(wallet, tap.card_id, d)
         applied = d.record is not None and d.flags & _ACTION_FLAGS
         return TapMessage(
             tap_id=tap_id(self.station_id, self.gate_no, seq), station_id=self.station_id,

@@ -37,6 +37,13 @@ class GateMetrics:
             backlog_gauge.set_function(backlog)
         self.gate_id = gate_id
         self.recent_open_ms: deque[float] = deque(maxlen=1000)
+        self.recent_host_ms: deque[float] = deque(maxlen=1000)
+        recent = Gauge("faregate_recent_ms", "tap-to-open and the gate's own processing time over the "
+                       "latest 1000 taps", ["gate", "what", "quantile"], registry=self.registry)
+        for what, window in (("tap_to_open", self.recent_open_ms), ("host", self.recent_host_ms)):
+            for q in (0.5, 0.99):
+                recent.labels(gate=gate_id, what=what, quantile=str(q)).set_function(
+                    lambda w=window, q=q: _quantile(w, q))
 
     @property
     def taps(self) -> _Labelled:
@@ -46,17 +53,20 @@ class GateMetrics:
     def alarms(self) -> _Labelled:
         return _Labelled(self._alarms, self.gate_id)
 
-    def observe_open(self, seconds: float) -> None:
+    def observe_open(self, seconds: float, host_seconds: float) -> None:
+        """A barrier opened `seconds` after the phone was seen, `host_seconds` of it the gate's own
+        work (frame read to next request sent); the rest is the wire and the device."""
         self.tap_to_open_seconds.observe(seconds)
         self.recent_open_ms.append(seconds * 1000)
+        self.recent_host_ms.append(host_seconds * 1000)
 
     def percentiles(self) -> dict[str, float]:
         """p50 / p99 / max tap-to-open of the recent taps, in ms (empty before the first tap)."""
-        values = sorted(self.recent_open_ms)
-        if not values:
+        if not self.recent_open_ms:
             return {}
-        pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
-        return {"p50_ms": round(pick(0.5), 3), "p99_ms": round(pick(0.99), 3), "max_ms": round(values[-1], 3)}
+        return {"p50_ms": round(_quantile(self.recent_open_ms, 0.5), 3),
+                "p99_ms": round(_quantile(self.recent_open_ms, 0.99), 3),
+                "max_ms": round(max(self.recent_open_ms), 3)}
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -71,3 +81,10 @@ class _Labelled:
 
     def labels(self, **labels: str) -> Counter:
         return self._counter.labels(gate=self._gate, **labels)
+
+
+def _quantile(values: deque[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

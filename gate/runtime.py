@@ -45,7 +45,7 @@ class GateRuntime:
                 journal=self.journal, state=self.state, final_seq=lambda: self.controller.final_seq,
                 window=config.mqtt.window, heartbeat_s=config.mqtt.heartbeat_s,
                 stall_s=config.mqtt.stall_s, on_mode=self.controller.apply_mode,
-                extra_status=self.metrics.percentiles, username=config.mqtt.username,
+                username=config.mqtt.username,
                 password=config.mqtt.password)
             self.controller.on_final = self.uplink.tap_journaled
         self._metrics_server: asyncio.Server | None = None

@@ -78,7 +78,10 @@ class ReaderLink:
         self._reopen_task: asyncio.Task[None] | None = None
         self._expire_handle: asyncio.TimerHandle | None = None
         self._corruption: asyncio.Future[None] | None = None
+        self._rx_ns = 0
         self.reopens = 0
+        self.last_sent_ns = 0  # when the latest request first went out (perf_counter_ns)
+        self.last_answer_ns = 0  # when the latest answer's bytes were read
         self.timeouts = 0
         self.bad_frames = 0
 
@@ -173,6 +176,7 @@ class ReaderLink:
             return
         if not data:
             return
+        self._rx_ns = time.perf_counter_ns()
         self._last_rx = time.monotonic()
         errors = self.decoder.bad_crc + self.decoder.length_errors
         for frame in self.decoder.feed(data):
@@ -218,6 +222,7 @@ class ReaderLink:
             return
         future = self._pending.get(frame.seq)
         if future is not None and not future.done():
+            self.last_answer_ns = self._rx_ns
             future.set_result(message)
 
     # ------------------------------------------------------------------------------ request
@@ -244,9 +249,12 @@ class ReaderLink:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[seq] = future
         silent, corrupt = 0, 0
+        first = True
         try:
             while True:
                 self._write(data)
+                if first:
+                    self.last_sent_ns, first = time.perf_counter_ns(), False
                 corruption = self._corruption_signal()
                 await asyncio.wait({future, corruption}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if future.done():
