@@ -552,3 +552,41 @@ def test_both_modules_refuse_with_the_same_errors() -> None:
             with pytest.raises(error) as raised:
                 held.apply_delta(delta)
             assert type(raised.value) is error
+
+
+def test_lookups_during_updates_on_another_thread_see_a_whole_list(impl: Any) -> None:
+    """The compiled module applies deltas without the GIL: readers must never see a torn list."""
+    import threading
+
+    rng = random.Random(4)
+    ids = {rng.getrandbits(64) for _ in range(20_000)}
+    stable = sorted(ids)[:100]
+    denylist = impl.denylist.DenyList(ids, version=1)
+    current, deltas = set(ids), []
+    for version in range(2, 12):
+        changed = (current - set(stable)) and {min(current - set(stable))}
+        newer = (current - changed) | {rng.getrandbits(64)}
+        deltas.append(delta_between(impl.denylist, current, newer, base=version - 1, version=version))
+        current = newer
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def update() -> None:
+        try:
+            for delta in deltas:
+                denylist.apply_delta(delta)
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=update)
+    worker.start()
+    try:
+        while not done.is_set():
+            assert all(denylist.contains(card_id) for card_id in stable)
+            assert len(denylist) == len(ids)
+    finally:
+        worker.join(timeout=60)
+    assert not errors and not worker.is_alive()
+    assert denylist.version == 11 and list(denylist.ids()) == sorted(current)
