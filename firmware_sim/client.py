@@ -115,7 +115,9 @@ class SerialClient:
 
     def _pump(self, budget: float) -> None:
         """Read once (at most `budget` seconds) and sort whatever frames completed."""
-        self.port.timeout = max(0.001, min(budget, FRAME_GAP_S))
+        wait = FRAME_GAP_S / 2 if budget >= FRAME_GAP_S / 2 else max(0.001, round(budget, 3))
+        if self.port.timeout != wait:  # setting it reconfigures the port (a tcsetattr): only on change
+            self.port.timeout = wait
         data = self.port.read(max(1, self.port.in_waiting))
         now = time.monotonic()
         if data:

@@ -65,7 +65,7 @@ from .protocol.messages import (
 from .protocol.timing import FRAME_GAP_S
 from .reader import Reader
 from .scheduler import Scheduler
-from .transport import Link, Pacer
+from .transport import Link, Pacer, sleep_until
 from .wallets import WalletStore
 
 RequestKey = tuple[int, int, bytes]  # (seq, command, payload) of a request
@@ -364,9 +364,7 @@ class GateDevice:
     def _dispatch(self, frames: list[Frame], arrived: float) -> None:
         if not frames:
             return
-        delay = arrived - self.clock()
-        if delay > 0:  # honest timing: act only once the last byte could have arrived
-            time.sleep(delay)
+        sleep_until(arrived, self.clock)  # honest timing: act only once the last byte could have arrived
         with self.lock:
             for frame in frames:
                 self._handle(frame)

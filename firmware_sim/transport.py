@@ -35,6 +35,21 @@ from .protocol.timing import BITS_PER_BYTE, DEFAULT_BAUD
 PACING_SLICE_S = 0.001
 
 
+#: The last stretch before a frame's final slice is due is spun rather than slept: Linux oversleeps
+#: by 50-100 µs, which would add to every response's latency (earlier slices may be late, harmlessly).
+SPIN_S = 0.0002
+
+
+def sleep_until(deadline: float, clock: Callable[[], float] = time.monotonic,
+                sleep: Callable[[float], object] = time.sleep, spin_s: float = SPIN_S) -> None:
+    """Return at `deadline` or just after, never before: sleep most of the way, spin the rest."""
+    delay = deadline - clock()
+    if delay > spin_s:
+        sleep(delay - spin_s)
+    while clock() < deadline:
+        sleep(0)  # yields the GIL while spinning
+
+
 class Pacer:
     """Delivers bytes no faster than the line could: a frame of n bytes takes n x 10 / baud.
 
@@ -68,11 +83,15 @@ class Pacer:
     def send(self, data: bytes, write: Callable[[bytes], object],
              clock: Callable[[], float] = time.monotonic,
              sleep: Callable[[float], object] = time.sleep) -> None:
-        """Write `data` through `write`, each slice at its due time."""
-        for due, start, end in self.plan(len(data), clock()):
-            delay = due - clock()
-            if delay > 0:
-                sleep(delay)
+        """Write `data` through `write`, each slice at its due time (the last one precisely)."""
+        slices = self.plan(len(data), clock())
+        for index, (due, start, end) in enumerate(slices):
+            if index == len(slices) - 1:
+                sleep_until(due, clock, sleep)
+            else:
+                delay = due - clock()
+                if delay > 0:
+                    sleep(delay)
             write(data[start:end])
 
     def arrival(self, n_bytes: int, read_at: float) -> float:

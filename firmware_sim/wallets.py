@@ -46,7 +46,7 @@ class WalletStore:
 
     def issue(self, record: fare_core.CardRecord) -> bytes:
         """Put a fresh wallet holding `record` on the phone `record.card_id` (replacing any)."""
-        wallet = fare_core.new_wallet(record, self.sam)
+        wallet = bytes(fare_core.new_wallet(record, self.sam))
         with self._lock:
             self._wallets[record.card_id] = wallet
         return wallet
@@ -65,12 +65,13 @@ class WalletStore:
 
     def record(self, card_id: int) -> tuple[fare_core.CardRecord, int]:
         """The record in force and its slot, as a SAM reads it (fare_core.WalletError if none)."""
-        return fare_core.read_wallet(self.wallet(card_id), card_id, self.sam)
+        record, slot = fare_core.read_wallet(self.wallet(card_id), card_id, self.sam)
+        return record, int(slot)
 
     def write(self, card_id: int, slot: int, record: bytes, torn_at: int | None = None) -> bytes:
         """Write `record` into `slot`; `torn_at=k` lands only its first k bytes. Returns the wallet."""
         with self._lock:
-            wallet = fare_core.apply_write(self._wallets[card_id], slot, record, torn_at)
+            wallet = bytes(fare_core.apply_write(self._wallets[card_id], slot, record, torn_at))
             self._wallets[card_id] = wallet
             landed = SLOT_SIZE if torn_at is None else max(0, min(SLOT_SIZE, torn_at))
             self.writes.append(WriteRecord(card_id, slot, landed))

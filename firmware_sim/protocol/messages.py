@@ -687,6 +687,6 @@ def parse(frame: Frame) -> Message:
         raise PayloadError(NakReason.BAD_PAYLOAD, str(error)) from None
 
 
-def message_fields(message: Message) -> dict[str, Any]:
+def message_fields(message: Message | PhoneSignal) -> dict[str, Any]:
     """The message's fields as a dict (for logs and the simulator's history)."""
     return {f.name: getattr(message, f.name) for f in fields(message)}  # type: ignore[arg-type]

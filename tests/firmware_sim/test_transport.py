@@ -39,7 +39,11 @@ def test_pacer_send_sleeps_until_each_due_time() -> None:
     def sleep(seconds: float) -> None:
         clock[0] += seconds
 
-    pacer.send(bytes(20), lambda data: written.append((clock[0], data)), clock=lambda: clock[0], sleep=sleep)
+    def tick() -> float:  # a fake clock that moves a microsecond per reading (so spinning ends)
+        clock[0] += 1e-6
+        return clock[0]
+
+    pacer.send(bytes(20), lambda data: written.append((clock[0], data)), clock=tick, sleep=sleep)
     assert b"".join(d for _, d in written) == bytes(20)
     for (at, _), (due, _, _) in zip(written, Pacer(9600, slice_s=0.005).plan(20, 0.0), strict=True):
         assert at >= due - 1e-12
