@@ -18,8 +18,9 @@ DEV_SAM_KEY = "00112233445566778899aabbccddeeff"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FAREGATE_", env_file=None, extra="forbid",
-                                      populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="FAREGATE_", env_file=None, extra="forbid", populate_by_name=True
+    )
 
     environment: Literal["development", "test", "production"] = "development"
 
@@ -49,6 +50,10 @@ class Settings(BaseSettings):
 
     # fare core
     sam_master_key: str = Field(default=DEV_SAM_KEY, pattern=r"^[0-9a-fA-F]{32}$")
+
+    # reports and exports
+    service_utc_offset_min: int = Field(default=480, ge=-1439, le=1439)  # local time of the network
+    service_day_start_min: int = Field(default=240, ge=0, le=1439)  # the service day starts at 04:00
 
     # API and security
     admin_username: str = "admin"

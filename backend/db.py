@@ -21,6 +21,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
         kwargs["connect_args"] = {"server_settings": {"search_path": settings.database_schema}}
     engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):
+
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
@@ -28,6 +29,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
             cursor.execute("PRAGMA synchronous=FULL")  # a commit acked to a gate survives a power cut
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
     return engine
 
 

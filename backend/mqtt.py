@@ -34,20 +34,33 @@ class BrokerAddress:
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
             raise ValueError(f"unsupported MQTT URL {url!r} (expected mqtt://host:port)")
-        return cls(parts.hostname, parts.port or 1883,
-                   unquote(parts.username) if parts.username else None,
-                   unquote(parts.password) if parts.password else None)
+        return cls(
+            parts.hostname,
+            parts.port or 1883,
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None,
+        )
 
 
-def make_client(settings: Settings, client_id: str, *, manual_ack: bool = False,
-                persistent: bool = False, url: str | None = None,
-                version: str | None = None) -> tuple[mqtt.Client, dict[str, Any]]:
+def make_client(
+    settings: Settings,
+    client_id: str,
+    *,
+    manual_ack: bool = False,
+    persistent: bool = False,
+    url: str | None = None,
+    version: str | None = None,
+) -> tuple[mqtt.Client, dict[str, Any]]:
     """A configured client and the keyword arguments for its connect()/connect_async()."""
     address = BrokerAddress.parse(url or settings.mqtt_url)
     v5 = (version or settings.mqtt_version) == "5"
     protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-    kwargs: dict[str, Any] = {"callback_api_version": CallbackAPIVersion.VERSION2,
-                              "client_id": client_id, "protocol": protocol, "manual_ack": manual_ack}
+    kwargs: dict[str, Any] = {
+        "callback_api_version": CallbackAPIVersion.VERSION2,
+        "client_id": client_id,
+        "protocol": protocol,
+        "manual_ack": manual_ack,
+    }
     if not v5:
         kwargs["clean_session"] = not persistent
     client = mqtt.Client(**kwargs)
@@ -75,8 +88,9 @@ class Connected:
         self.event = threading.Event()
         self.reason: str = ""
 
-    def on_connect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
-                   _properties: Any = None) -> None:
+    def on_connect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any = None
+    ) -> None:
         self.reason = str(reason_code)
         if not getattr(reason_code, "is_failure", False):
             self.event.set()

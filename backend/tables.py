@@ -34,7 +34,6 @@ NAMING = {
 }
 
 
-
 class UtcDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in and out, on SQLite too (which stores it naive)."""
 
@@ -53,6 +52,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 CardIdCol = String(16)
 

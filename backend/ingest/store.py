@@ -62,16 +62,33 @@ def _insert(session: AsyncSession, entity: Any) -> Any:
 
 def tap_row(tap: TapMessage, received_at: datetime) -> dict[str, Any]:
     return {
-        "tap_id": tap.tap_id, "gate_id": tap.gate_id, "station_id": tap.station_id,
-        "gate_no": tap.gate_no, "seq": tap.seq, "card_id": f"{tap.card_id:016x}", "time": tap.time,
-        "direction": int(tap.direction), "mode": int(tap.mode), "allowed": tap.allowed,
-        "reason": int(tap.reason), "flags": tap.flags, "fare": tap.fare,
-        "balance_before": tap.balance_before, "balance_after": tap.balance_after,
-        "counter_before": tap.counter_before, "counter_after": tap.counter_after,
-        "wallet_before": tap.wallet_bytes(), "fare_table_version": tap.fare_table_version,
-        "denylist_version": tap.denylist_version, "min_counter": tap.min_counter,
-        "action_id": tap.action_id, "topup_applied": tap.topup_applied, "latency_us": tap.latency_us,
-        "received_at": received_at, "reconciled": None, "trip_id": None,
+        "tap_id": tap.tap_id,
+        "gate_id": tap.gate_id,
+        "station_id": tap.station_id,
+        "gate_no": tap.gate_no,
+        "seq": tap.seq,
+        "card_id": f"{tap.card_id:016x}",
+        "time": tap.time,
+        "direction": int(tap.direction),
+        "mode": int(tap.mode),
+        "allowed": tap.allowed,
+        "reason": int(tap.reason),
+        "flags": tap.flags,
+        "fare": tap.fare,
+        "balance_before": tap.balance_before,
+        "balance_after": tap.balance_after,
+        "counter_before": tap.counter_before,
+        "counter_after": tap.counter_after,
+        "wallet_before": tap.wallet_bytes(),
+        "fare_table_version": tap.fare_table_version,
+        "denylist_version": tap.denylist_version,
+        "min_counter": tap.min_counter,
+        "action_id": tap.action_id,
+        "topup_applied": tap.topup_applied,
+        "latency_us": tap.latency_us,
+        "received_at": received_at,
+        "reconciled": None,
+        "trip_id": None,
     }
 
 
@@ -106,15 +123,24 @@ class TapStore:
         for message in messages:
             parsed = parse(message)
             if isinstance(parsed, str):
-                dead.append({"received_at": now, "topic": message.topic[:300],
-                             "payload": bytes(message.payload), "reason": parsed})
+                dead.append(
+                    {
+                        "received_at": now,
+                        "topic": message.topic[:300],
+                        "payload": bytes(message.payload),
+                        "reason": parsed,
+                    }
+                )
             else:
                 taps.setdefault(parsed.tap_id, tap_row(parsed, now))  # same tap twice in one batch
         result.duplicates = len(messages) - len(dead) - len(taps)
         async with self.sessions.begin() as session:
             if taps:
-                statement = (_insert(session, TapRow).on_conflict_do_nothing(index_elements=["tap_id"])
-                             .returning(TapRow.__table__.c.tap_id))
+                statement = (
+                    _insert(session, TapRow)
+                    .on_conflict_do_nothing(index_elements=["tap_id"])
+                    .returning(TapRow.__table__.c.tap_id)
+                )
                 inserted = (await session.execute(statement, list(taps.values()))).scalars().all()
                 result.inserted = list(inserted)
                 result.duplicates += len(taps) - len(inserted)
@@ -125,18 +151,36 @@ class TapStore:
                 touched = {row["gate_id"]: row for row in taps.values()}
                 await session.execute(
                     _insert(session, GateRow).on_conflict_do_nothing(index_elements=["gate_id"]),
-                    [{"gate_id": g, "station_id": r["station_id"], "gate_no": r["gate_no"],
-                      "committed_seq": 0, "highest_seq": 0, "state": "unknown", "command_id": 0}
-                     for g, r in touched.items()])
+                    [
+                        {
+                            "gate_id": g,
+                            "station_id": r["station_id"],
+                            "gate_no": r["gate_no"],
+                            "committed_seq": 0,
+                            "highest_seq": 0,
+                            "state": "unknown",
+                            "command_id": 0,
+                        }
+                        for g, r in touched.items()
+                    ],
+                )
                 result.gates = await advance_gates(session, list(touched))
         return result
 
     async def dead_letter(self, message: RawMessage, reason: str) -> BatchResult:
         """Keep a message the database refused as a tap, with the reason."""
         async with self.sessions.begin() as session:
-            await session.execute(_insert(session, DeadLetterRow), [{
-                "received_at": datetime.now(UTC), "topic": message.topic[:300],
-                "payload": bytes(message.payload), "reason": reason[:MAX_REASON]}])
+            await session.execute(
+                _insert(session, DeadLetterRow),
+                [
+                    {
+                        "received_at": datetime.now(UTC),
+                        "topic": message.topic[:300],
+                        "payload": bytes(message.payload),
+                        "reason": reason[:MAX_REASON],
+                    }
+                ],
+            )
         return BatchResult(received=1, dead_lettered=1)
 
     async def progress(self, gate_ids: Sequence[str]) -> dict[str, GateProgress]:
@@ -148,13 +192,21 @@ class TapStore:
 async def advance_gates(session: AsyncSession, gate_ids: Sequence[str]) -> dict[str, GateProgress]:
     """Move each gate's committed_seq over every contiguous stored seq; report the gaps above it."""
     ids = list(gate_ids)
-    committed = dict((await session.execute(
-        select(GateRow.gate_id, GateRow.committed_seq).where(GateRow.gate_id.in_(ids)))).all())
-    rows = (await session.execute(
-        select(TapRow.gate_id, TapRow.seq)
-        .join(GateRow, GateRow.gate_id == TapRow.gate_id)
-        .where(TapRow.gate_id.in_(ids), TapRow.seq > GateRow.committed_seq)
-        .order_by(TapRow.gate_id, TapRow.seq))).all()
+    committed = dict(
+        (
+            await session.execute(
+                select(GateRow.gate_id, GateRow.committed_seq).where(GateRow.gate_id.in_(ids))
+            )
+        ).all()
+    )
+    rows = (
+        await session.execute(
+            select(TapRow.gate_id, TapRow.seq)
+            .join(GateRow, GateRow.gate_id == TapRow.gate_id)
+            .where(TapRow.gate_id.in_(ids), TapRow.seq > GateRow.committed_seq)
+            .order_by(TapRow.gate_id, TapRow.seq)
+        )
+    ).all()
     above: dict[str, list[int]] = defaultdict(list)
     for gate, seq in rows:
         above[gate].append(seq)

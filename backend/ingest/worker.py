@@ -38,17 +38,23 @@ RETRY_DELAY_S = 1.0  # the database refused a batch: wait, keep the messages, re
 class IngestWorker:
     """One ingest worker; run several (processes or hosts) on one shared subscription to scale."""
 
-    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], *,
-                 client_id: str | None = None,
-                 on_other: Callable[[RawMessage], Awaitable[None]] | None = None,
-                 on_stored: Callable[[BatchResult], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        client_id: str | None = None,
+        on_other: Callable[[RawMessage], Awaitable[None]] | None = None,
+        on_stored: Callable[[BatchResult], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.topics = Topics(settings.mqtt_prefix)
         self.store = TapStore(sessions)
         self.on_other = on_other  # status and request messages (control plane)
         self.on_stored = on_stored
-        self.client, self._connect = make_client(settings, client_id or settings.ingest_client_id,
-                                                 manual_ack=True, persistent=True)
+        self.client, self._connect = make_client(
+            settings, client_id or settings.ingest_client_id, manual_ack=True, persistent=True
+        )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self._incoming: deque[RawMessage] = deque()
@@ -65,13 +71,15 @@ class IngestWorker:
         group = self.settings.ingest_group
         return f"$share/{group}/{self.topics.all_taps}" if group else self.topics.all_taps
 
-    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
-                    _properties: Any = None) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any = None
+    ) -> None:
         if getattr(reason_code, "is_failure", False):
             log.error("broker refused the ingest connection: %s", reason_code)
             return
-        client.subscribe([(self.tap_subscription, 1), (self.topics.all_status, 1),
-                          (self.topics.all_requests, 1)])
+        client.subscribe(
+            [(self.tap_subscription, 1), (self.topics.all_status, 1), (self.topics.all_requests, 1)]
+        )
         log.info("ingest connected, subscribed to %s", self.tap_subscription)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.connected.set)
@@ -167,8 +175,9 @@ class IngestWorker:
                     merged.gates.update(one.gates)
                 return merged
             except Exception as error:
-                log.warning("storing %d tap(s) failed (%s); retrying in %.0f s", len(taps), error,
-                            RETRY_DELAY_S)
+                log.warning(
+                    "storing %d tap(s) failed (%s); retrying in %.0f s", len(taps), error, RETRY_DELAY_S
+                )
                 await asyncio.sleep(RETRY_DELAY_S)
 
     async def _dead_letter_until_done(self, message: RawMessage, reason: str) -> BatchResult:

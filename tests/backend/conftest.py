@@ -110,8 +110,9 @@ def make_settings(database: Database, broker: BrokerInfo | None = None, **overri
 
 
 @pytest.fixture
-async def migrated(database: Database) -> AsyncIterator[tuple[Database, AsyncEngine,
-                                                              async_sessionmaker[AsyncSession]]]:
+async def migrated(
+    database: Database,
+) -> AsyncIterator[tuple[Database, AsyncEngine, async_sessionmaker[AsyncSession]]]:
     settings = make_settings(database)
     engine = make_engine(settings)
     await upgrade(engine, settings)
@@ -121,16 +122,31 @@ async def migrated(database: Database) -> AsyncIterator[tuple[Database, AsyncEng
         await engine.dispose()
 
 
-def make_tap(seq: int = 1, *, station_id: int = 12, gate_no: int = 3, card_id: int = 0xDEADBEEF,
-             **fields: Any) -> TapMessage:
+def make_tap(
+    seq: int = 1, *, station_id: int = 12, gate_no: int = 3, card_id: int = 0xDEADBEEF, **fields: Any
+) -> TapMessage:
     """A valid tap with plausible numbers; any field can be overridden."""
     values: dict[str, Any] = {
-        "tap_id": tap_id(station_id, gate_no, seq), "station_id": station_id, "gate_no": gate_no,
-        "seq": seq, "card_id": card_id, "time": datetime(2026, 11, 22, 8, 0, seq % 60, tzinfo=UTC),
-        "direction": Direction.ENTRY, "mode": GateMode.NORMAL, "allowed": True,
-        "reason": Reason.OK, "flags": 0, "fare": 0,
-        "balance_before": 1000, "balance_after": 1000, "counter_before": seq, "counter_after": seq + 1,
-        "wallet_before": "00" * 128, "fare_table_version": 1, "denylist_version": 0, "min_counter": 0,
+        "tap_id": tap_id(station_id, gate_no, seq),
+        "station_id": station_id,
+        "gate_no": gate_no,
+        "seq": seq,
+        "card_id": card_id,
+        "time": datetime(2026, 11, 22, 8, 0, seq % 60, tzinfo=UTC),
+        "direction": Direction.ENTRY,
+        "mode": GateMode.NORMAL,
+        "allowed": True,
+        "reason": Reason.OK,
+        "flags": 0,
+        "fare": 0,
+        "balance_before": 1000,
+        "balance_after": 1000,
+        "counter_before": seq,
+        "counter_after": seq + 1,
+        "wallet_before": "00" * 128,
+        "fare_table_version": 1,
+        "denylist_version": 0,
+        "min_counter": 0,
         "latency_us": 150,
     }
     values.update(fields)

@@ -13,13 +13,22 @@ from backend.mqtt import BrokerAddress
 
 
 class GateClient:
-    def __init__(self, url: str, version: str, subscriptions: list[str],
-                 username: str | None = None, password: str | None = None,
-                 client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        version: str,
+        subscriptions: list[str],
+        username: str | None = None,
+        password: str | None = None,
+        client_id: str | None = None,
+    ) -> None:
         address = BrokerAddress.parse(url)
         protocol = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol,
-                                  client_id=client_id or f"gate-{uuid.uuid4().hex[:8]}")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            protocol=protocol,
+            client_id=client_id or f"gate-{uuid.uuid4().hex[:8]}",
+        )
         if username:
             self.client.username_pw_set(username, password)
         self.received: list[tuple[str, bytes, bool]] = []

@@ -51,8 +51,7 @@ async def ingest(database: Database, broker: BrokerInfo) -> AsyncIterator[Runnin
 
 
 async def gate_for(run: Running, broker: BrokerInfo, gate: str = "12-3") -> GateClient:
-    client = GateClient(broker.url, broker.version,
-                        [run.topics.committed(gate), run.topics.resend(gate)])
+    client = GateClient(broker.url, broker.version, [run.topics.committed(gate), run.topics.resend(gate)])
     await asyncio.to_thread(client.wait_ready)
     return client
 
@@ -91,14 +90,18 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("12-3", json.dumps({**json.loads(encode(make_tap(5))), "fare": 2.5}).encode(), "fare"),
     ("12-3", json.dumps({**json.loads(encode(make_tap(5))), "extra": 1}).encode(), "extra"),
     ("12-3", json.dumps({**json.loads(encode(make_tap(5))), "card_id": "12"}).encode(), "card_id"),
-    ("12-3", json.dumps({**json.loads(encode(make_tap(5))), "time": "2026-11-22T08:00:00+08:00"}).encode(),
-     "UTC"),
+    (
+        "12-3",
+        json.dumps({**json.loads(encode(make_tap(5))), "time": "2026-11-22T08:00:00+08:00"}).encode(),
+        "UTC",
+    ),
     ("99-1", encode(make_tap(5)), "topic of gate 99-1"),
 ]
 
 
 async def test_malformed_payloads_are_dead_lettered_and_the_worker_keeps_going(
-        ingest: Running, broker: BrokerInfo) -> None:
+    ingest: Running, broker: BrokerInfo
+) -> None:
     gate = await gate_for(ingest, broker)
     try:
         for gate_id, payload, _ in MALFORMED:

@@ -1,0 +1,92 @@
+"""The FastAPI application: routers under /api/v1, shared engine, MQTT publisher, first admin account."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from ..config import Settings
+from ..db import make_engine, make_sessionmaker
+from ..distribution import Distributor
+from ..migrate import upgrade
+from ..publisher import Publisher
+from ..tables import OperatorRow
+from .routes import actions, alarms, auth, commuter, denylist, fares, gates, operators, phones, reports, taps
+from .security import RateLimiter, Role, hash_password
+
+API = "/api/v1"
+
+
+async def ensure_admin(sessions: async_sessionmaker, settings: Settings) -> None:  # type: ignore[type-arg]
+    """Create the first admin account from the settings when there is no account at all."""
+    async with sessions.begin() as session:
+        if (await session.execute(select(OperatorRow.id).limit(1))).scalar() is None:
+            session.add(
+                OperatorRow(
+                    username=settings.admin_username,
+                    role=Role.ADMIN.value,
+                    active=True,
+                    password_hash=hash_password(settings.admin_password),
+                )
+            )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: AsyncEngine | None = None,
+    publisher: Publisher | None = None,
+    migrate: bool = True,
+) -> FastAPI:
+    settings = settings or Settings()
+    owns_engine = engine is None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal engine
+        engine = engine or make_engine(settings)
+        if migrate:
+            await upgrade(engine, settings)
+        sessions = make_sessionmaker(engine)
+        pub = publisher or Publisher(settings)
+        app.state.settings = settings
+        app.state.sessions = sessions
+        app.state.distributor = Distributor(sessions, pub)
+        app.state.login_limiter = RateLimiter(settings.login_attempts_per_minute)
+        await ensure_admin(sessions, settings)
+        try:
+            yield
+        finally:
+            if publisher is None:
+                pub.stop()
+            if owns_engine:
+                await engine.dispose()
+
+    app = FastAPI(
+        title="faregate backend",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Operator and commuter API of the faregate fare-gate system. Money is integer fen.",
+    )
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return JSONResponse(
+                {"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413
+            )
+        return await call_next(request)
+
+    @app.get(f"{API}/health", tags=["health"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for module in (auth, operators, gates, taps, phones, denylist, fares, actions, reports, alarms, commuter):
+        app.include_router(module.router, prefix=API)
+    return app

@@ -1,0 +1,89 @@
+"""The action list: over-the-air top-ups and unblocks, pending until a gate applies them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy import select
+
+from ...tables import ActionRow
+from ..deps import DistributorDep, OperatorDep, PageDep, SessionDep, ViewerDep, audit
+from ..schemas import ActionCreate, ActionPublic, CardIdStr
+
+router = APIRouter(prefix="/actions", tags=["actions"])
+
+
+@router.get("", response_model=list[ActionPublic])
+async def list_actions(
+    _: ViewerDep,
+    session: SessionDep,
+    page: PageDep,
+    state: str | None = None,
+    card_id: CardIdStr | None = None,
+) -> list[ActionRow]:
+    query = select(ActionRow).order_by(ActionRow.id.desc())
+    if state is not None:
+        query = query.where(ActionRow.state == state)
+    if card_id is not None:
+        query = query.where(ActionRow.card_id == card_id)
+    return list((await session.execute(query.limit(page.limit).offset(page.offset))).scalars())
+
+
+async def create_action(
+    session: SessionDep,
+    distributor: DistributorDep,
+    card_id: str,
+    topup: int,
+    unblock: bool,
+    reason: str,
+    actor: str,
+) -> ActionRow:
+    row = ActionRow(
+        card_id=card_id,
+        topup=topup,
+        unblock=unblock,
+        state="pending",
+        created_at=datetime.now(UTC),
+        created_by=actor,
+        reason=reason,
+    )
+    session.add(row)
+    await session.flush()
+    await audit(session, actor, "action.create", card_id, f"action {row.id}: topup={topup} unblock={unblock}")
+    await session.commit()
+    try:
+        await distributor.publish_actions()
+    except TimeoutError as error:
+        raise HTTPException(503, f"saved as action {row.id}, but not published: {error}") from error
+    return row
+
+
+@router.post("", response_model=ActionPublic, status_code=201, responses={422: {}, 503: {}})
+async def create(
+    body: ActionCreate, operator: OperatorDep, session: SessionDep, distributor: DistributorDep
+) -> ActionRow:
+    if not body.topup and not body.unblock:
+        raise HTTPException(422, "an action tops up, unblocks, or both")
+    return await create_action(
+        session, distributor, body.card_id, body.topup, body.unblock, body.reason, operator.username
+    )
+
+
+@router.post("/{action_id}/cancel", response_model=ActionPublic, responses={404: {}, 409: {}})
+async def cancel(
+    action_id: int, operator: OperatorDep, session: SessionDep, distributor: DistributorDep
+) -> ActionRow:
+    row = await session.get(ActionRow, action_id)
+    if row is None:
+        raise HTTPException(404, "no such action")
+    if row.state != "pending":
+        raise HTTPException(409, f"action is {row.state}, not pending")
+    row.state = "cancelled"
+    await audit(session, operator.username, "action.cancel", row.card_id, str(action_id))
+    await session.commit()
+    try:
+        await distributor.publish_actions()
+    except TimeoutError as error:
+        raise HTTPException(503, f"cancelled, but the list was not published: {error}") from error
+    return row

@@ -1,0 +1,137 @@
+"""Phones: status, balance history, trips; block / unblock (deny-list delta published); commuter tokens."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy import select
+
+from ...distribution import Conflict
+from ...tables import LedgerRow, PhoneRow, TripRow
+from ..deps import DistributorDep, OperatorDep, PageDep, SessionDep, ViewerDep, audit
+from ..schemas import (
+    BlockRequest,
+    CardIdStr,
+    CommuterTokenPublic,
+    DenyListVersionPublic,
+    LedgerPublic,
+    PhonePublic,
+    TripPublic,
+)
+from ..security import new_token
+
+router = APIRouter(prefix="/phones", tags=["phones"])
+
+
+async def _phone(session: SessionDep, card_id: str) -> PhoneRow:
+    row = await session.get(PhoneRow, card_id)
+    if row is None:
+        raise HTTPException(404, "no such phone")
+    return row
+
+
+@router.get("", response_model=list[PhonePublic])
+async def list_phones(
+    _: ViewerDep, session: SessionDep, page: PageDep, status: str | None = None
+) -> list[PhoneRow]:
+    query = select(PhoneRow).order_by(PhoneRow.card_id)
+    if status is not None:
+        query = query.where(PhoneRow.status == status)
+    return list((await session.execute(query.limit(page.limit).offset(page.offset))).scalars())
+
+
+@router.get("/{card_id}", response_model=PhonePublic, responses={404: {}})
+async def get_phone(card_id: CardIdStr, _: ViewerDep, session: SessionDep) -> PhoneRow:
+    return await _phone(session, card_id)
+
+
+@router.get("/{card_id}/ledger", response_model=list[LedgerPublic], responses={404: {}})
+async def phone_ledger(
+    card_id: CardIdStr, _: ViewerDep, session: SessionDep, page: PageDep
+) -> list[LedgerRow]:
+    await _phone(session, card_id)
+    rows = await session.execute(
+        select(LedgerRow)
+        .where(LedgerRow.card_id == card_id)
+        .order_by(LedgerRow.time.desc(), LedgerRow.id.desc())
+        .limit(page.limit)
+        .offset(page.offset)
+    )
+    return list(rows.scalars())
+
+
+@router.get("/{card_id}/trips", response_model=list[TripPublic], responses={404: {}})
+async def phone_trips(card_id: CardIdStr, _: ViewerDep, session: SessionDep, page: PageDep) -> list[TripRow]:
+    await _phone(session, card_id)
+    rows = await session.execute(
+        select(TripRow)
+        .where(TripRow.card_id == card_id)
+        .order_by(TripRow.id.desc())
+        .limit(page.limit)
+        .offset(page.offset)
+    )
+    return list(rows.scalars())
+
+
+@router.post("/{card_id}/block", response_model=DenyListVersionPublic, responses={409: {}, 503: {}})
+async def block_phone(
+    card_id: CardIdStr,
+    body: BlockRequest,
+    operator: OperatorDep,
+    session: SessionDep,
+    distributor: DistributorDep,
+) -> DenyListVersionPublic:
+    """Add the phone to the deny-list: a new version, its delta published to every gate."""
+    return await _change(
+        card_id, body.reason, operator.username, "phone.block", session, distributor, add=[card_id]
+    )
+
+
+@router.post("/{card_id}/unblock", response_model=DenyListVersionPublic, responses={409: {}, 503: {}})
+async def unblock_phone(
+    card_id: CardIdStr,
+    body: BlockRequest,
+    operator: OperatorDep,
+    session: SessionDep,
+    distributor: DistributorDep,
+) -> DenyListVersionPublic:
+    """Remove the phone from the deny-list (its wallet, if marked blocked, needs an unblock action too)."""
+    return await _change(
+        card_id, body.reason, operator.username, "phone.unblock", session, distributor, remove=[card_id]
+    )
+
+
+async def _change(
+    card_id: str,
+    reason: str,
+    actor: str,
+    action: str,
+    session: SessionDep,
+    distributor: DistributorDep,
+    add: list[str] | None = None,
+    remove: list[str] | None = None,
+) -> DenyListVersionPublic:
+    try:
+        row = await distributor.change_denylist(add or [], remove or [], reason, status="blocked")
+    except Conflict as error:
+        raise HTTPException(409, str(error)) from error
+    except TimeoutError as error:
+        raise HTTPException(503, f"saved, but not published: {error}") from error
+    await audit(session, actor, action, card_id, f"deny-list version {row.version}: {reason}")
+    await session.commit()
+    return DenyListVersionPublic.model_validate(row)
+
+
+@router.post("/{card_id}/commuter-token", response_model=CommuterTokenPublic, status_code=201)
+async def issue_commuter_token(
+    card_id: CardIdStr, operator: OperatorDep, session: SessionDep
+) -> CommuterTokenPublic:
+    """A self-service token for this phone (replaces any earlier one); shown once."""
+    row = await session.get(PhoneRow, card_id)
+    if row is None:
+        row = PhoneRow(card_id=card_id, status="active", status_reason="", balance=0, counter=0)
+        session.add(row)
+    token, hashed = new_token()
+    row.commuter_token_hash = hashed
+    await audit(session, operator.username, "phone.commuter_token", card_id)
+    await session.commit()
+    return CommuterTokenPublic(card_id=card_id, token=token)

@@ -1,0 +1,444 @@
+"""`faregate bench ingest`: taps per second from simulated gates through a real broker into the database.
+
+The simulated gates behave like real ones: each keeps at most `--window` taps not yet confirmed by the
+backend's "committed through seq N" message (the end-to-end ack; PUBACKs alone would let a broker
+queue limit drop taps), answers resend requests, and republishes after a stall. The ingest runs in its
+own process (as in production). At the end the database is counted: stored, lost (sent but not
+stored), duplicated (stored more than once). A baseline measured in the same run — raw paho QoS 1
+publish -> subscribe through the same broker, no database — says how much of the broker's speed the
+ingest keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gate.messages import Topics, tap_id
+
+from .config import Settings
+from .mqtt import BrokerAddress
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--taps", type=int, default=100_000, help="taps to send (default 100000)")
+    parser.add_argument("--gates", type=int, default=50, help="simulated gates (default 50)")
+    parser.add_argument(
+        "--window", type=int, default=200, help="uncommitted taps a gate may have in flight (default 200)"
+    )
+    parser.add_argument(
+        "--mqtt",
+        help="broker URL (default: Mosquitto on 127.0.0.1:1883 if it runs, else the embedded amqtt broker)",
+    )
+    parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="default: 5, 3.1.1 for amqtt")
+    parser.add_argument("--database", help="database URL (default: a new SQLite file in a temp dir)")
+    parser.add_argument("--batch", type=int, default=2000, help="ingest batch size (default 2000)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the raw broker baseline")
+    parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _client(url: str, version: str, client_id: str) -> tuple[mqtt.Client, BrokerAddress]:
+    address = BrokerAddress.parse(url)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311,
+    )
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    return client, address
+
+
+# --- processes ---------------------------------------------------------------------------------------
+
+
+def _ingest_process(settings_values: dict[str, Any], stop: Any, ready: Any) -> None:
+    """Child process: one ingest worker, until `stop` is set."""
+    from .db import make_engine, make_sessionmaker
+    from .ingest.worker import IngestWorker
+
+    settings = Settings(**settings_values)
+
+    async def main() -> None:
+        engine = make_engine(settings)
+        worker = IngestWorker(settings, make_sessionmaker(engine))
+        stopped = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+            stopped.set()
+
+        watcher = asyncio.create_task(watch())
+        runner = asyncio.create_task(worker.run(stopped))
+        await worker.connected.wait()
+        await asyncio.sleep(0.3)
+        ready.set()
+        await runner
+        watcher.cancel()
+        await engine.dispose()
+
+    asyncio.run(main())
+
+
+def _baseline_subscriber(url: str, version: str, topic: str, count: Any, ready: Any, stop: Any) -> None:
+    client, address = _client(url, version, f"bench-sub-{uuid.uuid4().hex[:8]}")
+
+    def on_connect(c: mqtt.Client, *_: Any) -> None:
+        c.subscribe(topic, qos=1)
+
+    def on_message(*_: Any) -> None:
+        with count.get_lock():
+            count.value += 1
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *_: ready.set()
+    client.on_message = on_message
+    client.connect(address.host, address.port)
+    client.loop_start()
+    stop.wait()
+    client.disconnect()
+    client.loop_stop()
+
+
+def _embedded_broker_process(port: int, ready: Any, stop: Any) -> None:
+    from .broker import embedded_broker
+
+    async def main() -> None:
+        async with embedded_broker(port):
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+
+
+# --- measurements ------------------------------------------------------------------------------------
+
+
+def measure_baseline(url: str, version: str, messages: int, window: int) -> float:
+    """Raw QoS 1 publish -> subscribe messages/s through the broker, no database (same-run baseline)."""
+    ctx = multiprocessing.get_context("spawn")
+    topic = f"bench{uuid.uuid4().hex[:8]}/baseline"
+    count, ready, stop = ctx.Value("q", 0), ctx.Event(), ctx.Event()
+    subscriber = ctx.Process(target=_baseline_subscriber, args=(url, version, topic, count, ready, stop))
+    subscriber.start()
+    try:
+        if not ready.wait(15):
+            raise RuntimeError("baseline subscriber did not subscribe")
+        client, address = _client(url, version, f"bench-pub-{uuid.uuid4().hex[:8]}")
+        client.max_inflight_messages_set(window)
+        client.connect(address.host, address.port)
+        client.loop(0.05)
+        payload = b"x" * 600  # about the size of a tap
+        start = time.perf_counter()
+        sent = 0
+        while sent < messages:
+            # keep the subscriber's backlog bounded too (brokers drop past their queue limits)
+            if sent - count.value < window:
+                client.publish(topic, payload, qos=1)
+                sent += 1
+                if sent % 64 == 0:
+                    client.loop(0)
+            else:
+                client.loop(0.0005)
+        deadline = time.monotonic() + 60
+        while count.value < messages and time.monotonic() < deadline:
+            client.loop(0.001)
+        elapsed = time.perf_counter() - start
+        client.disconnect()
+        return count.value / elapsed
+    finally:
+        stop.set()
+        subscriber.join(10)
+
+
+class SimulatedGates:
+    """Many gates on one client: bounded window per gate, committed acks, resend requests, stall replay."""
+
+    def __init__(
+        self, url: str, version: str, topics: Topics, gates: int, per_gate: int, window: int
+    ) -> None:
+        self.topics = topics
+        self.ids = [f"{1000 + g // 8}-{g % 8}" for g in range(gates)]
+        self.per_gate = per_gate
+        self.window = window
+        self.committed = dict.fromkeys(self.ids, 0)
+        self.next_seq = dict.fromkeys(self.ids, 1)
+        self.resend: list[tuple[str, int, int]] = []
+        self.publishes = 0
+        self.cond = threading.Condition()
+        self.client, self.address = _client(url, version, f"bench-gates-{uuid.uuid4().hex[:8]}")
+        self.client.max_inflight_messages_set(min(65_000, gates * window))
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(
+            [(topics.committed("+"), 1), (topics.resend("+"), 1)]
+        )
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.payloads = {gate: self._payloads(gate) for gate in self.ids}
+
+    def _payloads(self, gate: str) -> list[bytes]:
+        station, gate_no = (int(x) for x in gate.split("-"))
+        card = 0x1000_0000_0000_0000 + station * 256 + gate_no
+        out = []
+        for seq in range(1, self.per_gate + 1):
+            out.append(
+                json.dumps(
+                    {
+                        "schema_version": 1,
+                        "tap_id": tap_id(station, gate_no, seq),
+                        "station_id": station,
+                        "gate_no": gate_no,
+                        "seq": seq,
+                        "card_id": f"{card:016x}",
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_795_000_000 + seq)),
+                        "direction": seq % 2,
+                        "mode": 0,
+                        "allowed": True,
+                        "reason": 0,
+                        "flags": 0,
+                        "fare": 200,
+                        "balance_before": 100_000,
+                        "balance_after": 99_800,
+                        "counter_before": seq,
+                        "counter_after": seq + 1,
+                        "wallet_before": "00" * 128,
+                        "fare_table_version": 1,
+                        "denylist_version": 0,
+                        "min_counter": 0,
+                        "action_id": None,
+                        "topup_applied": 0,
+                        "latency_us": 180,
+                    },
+                    separators=(",", ":"),
+                ).encode()
+            )
+        return out
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        gate = Topics.gate_of(message.topic)
+        body = json.loads(message.payload)
+        with self.cond:
+            if message.topic.endswith("/committed"):
+                if body["through_seq"] > self.committed.get(gate, 0):
+                    self.committed[gate] = body["through_seq"]
+            else:
+                self.resend.append((gate, body["from_seq"], body["to_seq"]))
+            self.cond.notify()
+
+    def connect(self) -> None:
+        # paho is driven from this one thread (client.loop), not loop_start(): handing every publish
+        # to a network thread costs about two thirds of the throughput in GIL hand-offs.
+        self.client.connect(self.address.host, self.address.port)
+        deadline = time.monotonic() + 15
+        while not self.subscribed.is_set():
+            self.client.loop(0.05)
+            if time.monotonic() > deadline:
+                raise RuntimeError("simulated gates could not subscribe")
+
+    def _send(self, gate: str, seq: int) -> None:
+        self.client.publish(self.topics.taps(gate), self.payloads[gate][seq - 1], qos=1)
+        self.publishes += 1
+        if self.publishes % 64 == 0:
+            self.client.loop(0)
+
+    def run(self, timeout: float) -> float:
+        start = time.perf_counter()
+        last_progress, last_total = time.monotonic(), 0
+        while True:
+            sent_any = False
+            for gate in self.ids:
+                while (
+                    self.next_seq[gate] <= self.per_gate
+                    and self.next_seq[gate] - self.committed[gate] <= self.window
+                ):
+                    self._send(gate, self.next_seq[gate])
+                    self.next_seq[gate] += 1
+                    sent_any = True
+            with self.cond:
+                requests, self.resend = self.resend, []
+                total = sum(self.committed.values())
+            for gate, first, last in requests:
+                for seq in range(first, min(last, self.next_seq[gate] - 1) + 1):
+                    self._send(gate, seq)
+            if total >= self.per_gate * len(self.ids):
+                return time.perf_counter() - start
+            now = time.monotonic()
+            if total > last_total:
+                last_progress, last_total = now, total
+            elif now - last_progress > 5:  # a gate's stall timer: replay what is not committed
+                for gate in self.ids:
+                    self.next_seq[gate] = self.committed[gate] + 1
+                last_progress = now
+            if now - start > timeout:
+                return time.perf_counter() - start
+            self.client.loop(0 if sent_any else 0.005)
+
+    def close(self) -> None:
+        self.client.disconnect()
+
+
+async def _prepare_database(settings: Settings) -> None:
+    from .db import make_engine
+    from .migrate import upgrade
+
+    if settings.database_schema:
+        import asyncpg
+
+        dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+        connection = await asyncpg.connect(dsn)
+        await connection.execute(f"CREATE SCHEMA {settings.database_schema}")
+        await connection.close()
+    engine = make_engine(settings)
+    await upgrade(engine, settings)
+    await engine.dispose()
+
+
+async def _count(settings: Settings, expected_prefixes: list[str]) -> tuple[int, int]:
+    from sqlalchemy import distinct, func, select
+
+    from .db import make_engine
+    from .tables import TapRow
+
+    engine = make_engine(settings)
+    async with engine.connect() as connection:
+        rows, unique = (
+            await connection.execute(
+                select(
+                    func.count(),
+                    func.count(distinct(TapRow.gate_id + ":" + func.cast(TapRow.seq, TapRow.tap_id.type))),
+                ).where(TapRow.gate_id.in_(expected_prefixes))
+            )
+        ).one()
+    await engine.dispose()
+    return int(rows), int(unique)
+
+
+async def _drop_schema(settings: Settings) -> None:
+    if settings.database_schema:
+        import asyncpg
+
+        dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+        connection = await asyncpg.connect(dsn)
+        await connection.execute(f"DROP SCHEMA IF EXISTS {settings.database_schema} CASCADE")
+        await connection.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    result = bench(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+    return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    stop_broker = ctx.Event()
+    broker_process = None
+    if args.mqtt:
+        url, broker_name = args.mqtt, "given"
+        version = args.mqtt_version or "5"
+    elif _port_open("127.0.0.1", 1883):
+        url, broker_name, version = "mqtt://127.0.0.1:1883", "mosquitto", args.mqtt_version or "5"
+    else:
+        from .broker import free_port
+
+        port = free_port()
+        ready = ctx.Event()
+        broker_process = ctx.Process(target=_embedded_broker_process, args=(port, ready, stop_broker))
+        broker_process.start()
+        ready.wait(15)
+        url, broker_name, version = f"mqtt://127.0.0.1:{port}", "amqtt", "3.1.1"
+    tmp = tempfile.TemporaryDirectory(prefix="faregate-bench-")
+    database = args.database or f"sqlite+aiosqlite:///{os.path.join(tmp.name, 'bench.db')}"
+    schema = f"bench_{uuid.uuid4().hex[:10]}" if database.startswith("postgresql") else None
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    values: dict[str, Any] = {
+        "database_url": database,
+        "database_schema": schema,
+        "mqtt_url": url,
+        "mqtt_version": version,
+        "mqtt_prefix": prefix,
+        "ingest_group": "" if version == "3.1.1" else "bench",
+        "ingest_client_id": f"bench-ingest-{uuid.uuid4().hex[:8]}",
+        "ingest_batch_size": args.batch,
+        "ingest_batch_wait_ms": 20,
+        "reconcile": False,
+    }
+    settings = Settings(**values)
+    per_gate = max(1, args.taps // args.gates)
+    sent = per_gate * args.gates
+    result: dict[str, Any] = {
+        "broker": broker_name,
+        "mqtt_version": version,
+        "database": "postgresql" if schema else "sqlite",
+        "gates": args.gates,
+        "window": args.window,
+    }
+    try:
+        if not args.no_baseline:
+            result["baseline_broker_msgs_per_s"] = round(
+                measure_baseline(url, version, min(sent, 50_000), 500)
+            )
+        asyncio.run(_prepare_database(settings))
+        stop, ready = ctx.Event(), ctx.Event()
+        ingest = ctx.Process(target=_ingest_process, args=(values, stop, ready))
+        ingest.start()
+        try:
+            if not ready.wait(30):
+                raise RuntimeError("ingest worker did not start")
+            gates = SimulatedGates(url, version, Topics(prefix), args.gates, per_gate, args.window)
+            gates.connect()
+            elapsed = gates.run(args.timeout)
+            gates.close()
+        finally:
+            stop.set()
+            ingest.join(30)
+            if ingest.is_alive():
+                ingest.kill()
+        rows, unique = asyncio.run(_count(settings, gates.ids))
+        result.update(
+            {
+                "taps_per_s": round(sent / elapsed),
+                "seconds": round(elapsed, 3),
+                "sent": sent,
+                "publishes": gates.publishes,
+                "stored": unique,
+                "lost": sent - unique,
+                "duplicated": rows - unique,
+            }
+        )
+        if "baseline_broker_msgs_per_s" in result:
+            result["ratio_to_baseline"] = round(
+                result["taps_per_s"] / result["baseline_broker_msgs_per_s"], 3
+            )
+    finally:
+        asyncio.run(_drop_schema(settings))
+        tmp.cleanup()
+        if broker_process is not None:
+            stop_broker.set()
+            broker_process.join(10)
+    return result

@@ -1,0 +1,94 @@
+"""`faregate backend`: the REST API, the MQTT ingest and the ledger processor in one process.
+
+Each part can be switched off, so a city runs several `--no-api` ingest workers on one shared
+subscription beside API-only processes, while a station or a demo runs everything in one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from typing import Any
+
+from .config import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="API listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    parser.add_argument("--no-api", action="store_true", help="run without the REST API")
+    parser.add_argument("--no-ingest", action="store_true", help="run without the MQTT ingest")
+    parser.add_argument(
+        "--no-processor",
+        action="store_true",
+        help="do not build trips/ledger nor reconcile here (another process does)",
+    )
+    parser.add_argument("--database", help="database URL (else FAREGATE_DATABASE_URL / DATABASE_URL)")
+    parser.add_argument("--mqtt", help="broker URL mqtt://[user:pass@]host:port (else FAREGATE_MQTT_URL)")
+    parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="MQTT protocol version")
+    parser.add_argument("--prefix", help="MQTT topic prefix (else FAREGATE_MQTT_PREFIX)")
+    parser.add_argument(
+        "--embedded-broker",
+        type=int,
+        metavar="PORT",
+        help="also run the embedded amqtt broker on 127.0.0.1:PORT and use it (MQTT 3.1.1)",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if args.database:
+        overrides["database_url"] = args.database
+    if args.mqtt:
+        overrides["mqtt_url"] = args.mqtt
+    if args.mqtt_version:
+        overrides["mqtt_version"] = args.mqtt_version
+    if args.prefix:
+        overrides["mqtt_prefix"] = args.prefix
+    if args.embedded_broker:
+        overrides.update(
+            mqtt_url=f"mqtt://127.0.0.1:{args.embedded_broker}", mqtt_version="3.1.1", ingest_group=""
+        )
+    return Settings(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        print(f"faregate backend: configuration error: {error}")
+        return 2
+    from .runtime import serve
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            serve(
+                settings,
+                api=not args.no_api,
+                ingest=not args.no_ingest and settings.ingest,
+                processor=not args.no_processor,
+                host=args.host,
+                port=args.port,
+                embedded_broker_port=args.embedded_broker,
+            )
+        )
+    return 0
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
+            loop.add_signal_handler(sig, stop.set)
+
+
+if __name__ == "__main__":  # python -m backend.cli ...
+    parser = argparse.ArgumentParser(prog="faregate backend")
+    add_arguments(parser)
+    raise SystemExit(run(parser.parse_args()) if os.environ.get("FAREGATE_NO_RUN") is None else 0)

@@ -1,0 +1,230 @@
+"""What the backend sends to gates: deny-list versions, fare tables, the action list, gate commands.
+
+Each change is committed to the database first, then published; a publication that fails can be
+repeated from the database at any time (`resend`), and gates treat repeats as no-ops (versions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+import fare_core
+from gate.messages import (
+    Action,
+    ActionListMessage,
+    DenyListDeltaMessage,
+    DenyListSnapshotMessage,
+    FareTableMessage,
+    GateCommand,
+    UpdateKind,
+)
+
+from .publisher import Publisher
+from .tables import (
+    ActionRow,
+    CounterRow,
+    DenyListEntryRow,
+    DenyListVersionRow,
+    FareTableRow,
+    GateRow,
+    PhoneRow,
+)
+
+
+class Conflict(ValueError):
+    """The request contradicts the current state (e.g. blocking a phone that is already blocked)."""
+
+
+def _ids(text: str) -> list[int]:
+    return [int(x, 16) for x in text.split(",") if x]
+
+
+async def current_denylist(session: AsyncSession) -> tuple[int, list[int]]:
+    version = (await session.execute(select(func.max(DenyListVersionRow.version)))).scalar() or 0
+    ids = (
+        (
+            await session.execute(
+                select(DenyListEntryRow.card_id).where(DenyListEntryRow.removed_version.is_(None))
+            )
+        )
+        .scalars()
+        .all()
+    )
+    return int(version), sorted(int(x, 16) for x in ids)
+
+
+async def next_counter(session: AsyncSession, name: str) -> int:
+    row = await session.get(CounterRow, name, with_for_update=True)
+    if row is None:
+        row = CounterRow(name=name, value=0)
+        session.add(row)
+    row.value += 1
+    await session.flush()
+    return row.value
+
+
+class Distributor:
+    _lock = asyncio.Lock()  # one deny-list version at a time in this process
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher) -> None:
+        self.sessions = sessions
+        self.publisher = publisher
+        self.topics = publisher.topics
+
+    # --- deny-list -------------------------------------------------------------------------------
+
+    async def change_denylist(
+        self, add: list[str], remove: list[str], reason: str, status: str | None = None
+    ) -> DenyListVersionRow:
+        """Commit a new deny-list version (add/remove card ids, 16 hex) and publish its delta."""
+        async with self._lock:
+            async with self.sessions.begin() as session:
+                base, ids = await current_denylist(session)
+                listed = set(ids)
+                add_ids = sorted({int(c, 16) for c in add} - listed)
+                remove_ids = sorted({int(c, 16) for c in remove} & listed)
+                if not add_ids and not remove_ids:
+                    raise Conflict("nothing to change: already in that state")
+                version = base + 1
+                new_list = fare_core.DenyList((listed | set(add_ids)) - set(remove_ids), version=version)
+                for card in add_ids:
+                    session.add(
+                        DenyListEntryRow(card_id=f"{card:016x}", added_version=version, reason=reason)
+                    )
+                if remove_ids:
+                    rows = (
+                        (
+                            await session.execute(
+                                select(DenyListEntryRow).where(
+                                    DenyListEntryRow.card_id.in_([f"{c:016x}" for c in remove_ids]),
+                                    DenyListEntryRow.removed_version.is_(None),
+                                )
+                            )
+                        )
+                        .scalars()
+                        .all()
+                    )
+                    for row in rows:
+                        row.removed_version = version
+                row = DenyListVersionRow(
+                    version=version,
+                    base_version=base,
+                    added=",".join(f"{c:016x}" for c in add_ids),
+                    removed=",".join(f"{c:016x}" for c in remove_ids),
+                    checksum=new_list.checksum,
+                    size=len(new_list),
+                    created_at=datetime.now(UTC),
+                    reason=reason[:200],
+                )
+                session.add(row)
+                if status is not None:
+                    for card in add_ids + remove_ids:
+                        phone = await session.get(PhoneRow, f"{card:016x}")
+                        if phone is None:
+                            phone = PhoneRow(card_id=f"{card:016x}", balance=0, counter=0)
+                            session.add(phone)
+                        phone.status = status if card in add_ids else "active"
+                        phone.status_reason = reason[:200]
+            await self.publish_denylist_delta(row, add_ids, remove_ids)
+            await self.publish_denylist_snapshot()
+            return row
+
+    async def publish_denylist_delta(
+        self, row: DenyListVersionRow, add: list[int], remove: list[int]
+    ) -> None:
+        message = DenyListDeltaMessage(
+            version=row.version,
+            base_version=row.base_version,
+            add=add,
+            remove=remove,
+            checksum=row.checksum,
+            time=datetime.now(UTC),
+        )
+        await self.publisher.publish(self.topics.denylist_delta, message)
+
+    async def snapshot(self) -> fare_core.DenyList:
+        async with self.sessions() as session:
+            version, ids = await current_denylist(session)
+        return fare_core.DenyList(ids, version=version)
+
+    async def publish_denylist_snapshot(self) -> None:
+        denylist = await self.snapshot()
+        message = DenyListSnapshotMessage(
+            version=denylist.version,
+            card_ids=list(denylist.ids()),
+            checksum=denylist.checksum,
+            time=datetime.now(UTC),
+        )
+        await self.publisher.publish(self.topics.denylist_snapshot, message, retain=True)
+
+    # --- fare tables -----------------------------------------------------------------------------
+
+    async def publish_fare_table(self, row: FareTableRow) -> None:
+        message = FareTableMessage(
+            version=row.version,
+            checksum=row.checksum,
+            activate_at=row.activate_at,
+            artefact=base64.b64encode(row.artefact).decode(),
+        )
+        await self.publisher.publish(self.topics.fare_table, message, retain=True)
+
+    async def republish_current_fare_table(self) -> None:
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(FareTableRow)
+                    .where(FareTableRow.state == "published")
+                    .order_by(FareTableRow.version.desc())
+                    .limit(1)
+                )
+            ).scalar()
+        if row is not None:
+            await self.publish_fare_table(row)
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    async def publish_actions(self) -> int:
+        async with self.sessions.begin() as session:
+            version = await next_counter(session, "actions_version")
+            rows = (
+                (
+                    await session.execute(
+                        select(ActionRow).where(ActionRow.state == "pending").order_by(ActionRow.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            actions = [
+                Action(action_id=r.id, card_id=int(r.card_id, 16), topup=r.topup, unblock=r.unblock)
+                for r in rows
+            ]
+        message = ActionListMessage(version=version, actions=actions, time=datetime.now(UTC))
+        await self.publisher.publish(self.topics.actions, message, retain=True)
+        return version
+
+    # --- gate commands ---------------------------------------------------------------------------
+
+    async def command_gate(self, gate: GateRow, mode: int, reason: str) -> GateCommand:
+        message = GateCommand(
+            gate_id=gate.gate_id,
+            command_id=gate.command_id,
+            mode=fare_core.GateMode(mode),
+            reason=reason,
+            issued_at=datetime.now(UTC),
+        )
+        await self.publisher.publish(self.topics.command(gate.gate_id), message, retain=True)
+        return message
+
+    async def resend(self, kind: UpdateKind) -> None:
+        if kind == UpdateKind.DENYLIST:
+            await self.publish_denylist_snapshot()
+        elif kind == UpdateKind.FARE_TABLE:
+            await self.republish_current_fare_table()
+        else:
+            await self.publish_actions()

@@ -1,0 +1,87 @@
+"""Start and stop the backend's parts together: database, broker client, ingest, processor, API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from .config import Settings
+from .db import make_engine, make_sessionmaker
+from .migrate import upgrade
+
+log = logging.getLogger("faregate.backend")
+
+
+async def serve(
+    settings: Settings,
+    *,
+    api: bool,
+    ingest: bool,
+    processor: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    embedded_broker_port: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    from .cli import install_stop_signals
+
+    stop = stop or asyncio.Event()
+    install_stop_signals(stop)
+    async with contextlib.AsyncExitStack() as stack:
+        if embedded_broker_port:
+            from .broker import embedded_broker
+
+            await stack.enter_async_context(embedded_broker(embedded_broker_port))
+        engine = make_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        await upgrade(engine, settings)
+        sessions = make_sessionmaker(engine)
+        tasks: list[asyncio.Task[Any]] = []
+        wake_processor = asyncio.Event()
+        if ingest:
+            from .control import handle_control_message
+            from .ingest.worker import IngestWorker
+
+            async def on_other(message: Any) -> None:
+                await handle_control_message(settings, sessions, message)
+
+            worker = IngestWorker(
+                settings, sessions, on_other=on_other, on_stored=lambda result: wake_processor.set()
+            )
+            tasks.append(asyncio.create_task(worker.run(stop), name="ingest"))
+        if processor:
+            from .processor import run_processor
+
+            tasks.append(
+                asyncio.create_task(run_processor(settings, sessions, stop, wake_processor), name="processor")
+            )
+        if api:
+            import uvicorn
+
+            from .api.main import create_app
+
+            app = create_app(settings, engine=engine)
+            server = uvicorn.Server(
+                uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+            )
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+            async def api_task() -> None:
+                serve_task = asyncio.create_task(server.serve())
+                await stop.wait()
+                server.should_exit = True
+                await serve_task
+
+            tasks.append(asyncio.create_task(api_task(), name="api"))
+            log.info("API on http://%s:%d", host, port)
+        log.info("backend running (ingest=%s processor=%s api=%s)", ingest, processor, api)
+        if not tasks:
+            return
+        _done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result

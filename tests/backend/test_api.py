@@ -1,0 +1,238 @@
+"""The REST API in-process (httpx over ASGI) on a real database and a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+import fare_core
+from backend.api.main import create_app
+from backend.ingest.store import RawMessage, TapStore
+from backend.processor import Processor
+from gate.messages import DenyListDeltaMessage, DenyListSnapshotMessage, Topics, encode
+from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
+from tests.backend.gate_client import GateClient
+from tests.backend.simgate import TINY
+
+ADMIN = {"username": "admin", "password": "changethis"}
+CARD = "00000000deadbeef"
+
+
+class Api:
+    def __init__(self, client: httpx.AsyncClient, app: Any, settings: Any) -> None:
+        self.client = client
+        self.app = app
+        self.settings = settings
+        self.topics = Topics(settings.mqtt_prefix)
+
+    async def login(self, username: str, password: str) -> dict[str, str]:
+        response = await self.client.post("/api/v1/login", json={"username": username, "password": password})
+        assert response.status_code == 200, response.text
+        return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+    async def account(self, admin: dict[str, str], username: str, role: str) -> dict[str, str]:
+        password = f"{username}-password-long"
+        response = await self.client.post(
+            "/api/v1/operators",
+            headers=admin,
+            json={"username": username, "password": password, "role": role},
+        )
+        assert response.status_code == 201, response.text
+        return await self.login(username, password)
+
+
+@pytest.fixture
+async def api(database: Database, broker: BrokerInfo) -> AsyncIterator[Api]:
+    settings = make_settings(database, broker, login_attempts_per_minute=5)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield Api(client, app, settings)
+
+
+async def test_a_block_reaches_a_gate_subscribed_to_the_deny_list(api: Api, broker: BrokerInfo) -> None:
+    gate = GateClient(broker.url, broker.version, [api.topics.denylist_delta, api.topics.denylist_snapshot])
+    try:
+        await asyncio.to_thread(gate.wait_ready)
+        admin = await api.login(**ADMIN)
+        response = await api.client.post(
+            f"/api/v1/phones/{CARD}/block", headers=admin, json={"reason": "stolen"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["version"] == 1
+        payloads = await wait_for(lambda: gate.messages(api.topics.denylist_delta), timeout=5)
+        delta = DenyListDeltaMessage.model_validate_json(payloads[0])
+        assert (delta.version, delta.base_version, delta.add, delta.remove) == (1, 0, [0xDEADBEEF], [])
+        snapshot = DenyListSnapshotMessage.model_validate_json(
+            (await wait_for(lambda: gate.messages(api.topics.denylist_snapshot), timeout=5))[-1]
+        )
+        assert snapshot.card_ids == [0xDEADBEEF] and snapshot.checksum == delta.checksum
+        again = await api.client.post(f"/api/v1/phones/{CARD}/block", headers=admin, json={"reason": "x"})
+        assert again.status_code == 409
+        phone = (await api.client.get(f"/api/v1/phones/{CARD}", headers=admin)).json()
+        assert phone["status"] == "blocked"
+        audit = (await api.client.get("/api/v1/audit", headers=admin)).json()
+        assert any(row["action"] == "phone.block" and row["target"] == CARD for row in audit)
+    finally:
+        gate.close()
+
+
+async def test_roles_see_and_do_only_what_they_should(api: Api) -> None:
+    admin = await api.login(**ADMIN)
+    viewer = await api.account(admin, "vera", "viewer")
+    operator = await api.account(admin, "otto", "operator")
+    c = api.client
+    assert (await c.get("/api/v1/gates")).status_code == 401
+    assert (await c.get("/api/v1/gates", headers={"Authorization": "Bearer nonsense"})).status_code == 401
+    assert (await c.get("/api/v1/gates", headers=viewer)).status_code == 200
+    assert (await c.get("/api/v1/taps", headers=viewer)).status_code == 200
+    # writes need the operator role
+    body = {"card_id": CARD, "topup": 500}
+    assert (await c.post("/api/v1/actions", headers=viewer, json=body)).status_code == 403
+    assert (
+        await c.post(f"/api/v1/phones/{CARD}/block", headers=viewer, json={"reason": "x"})
+    ).status_code == 403
+    created = await c.post("/api/v1/actions", headers=operator, json=body)
+    assert created.status_code == 201 and created.json()["state"] == "pending"
+    # accounts and the audit log need admin
+    assert (await c.get("/api/v1/operators", headers=operator)).status_code == 403
+    assert (await c.get("/api/v1/audit", headers=operator)).status_code == 403
+    new = {"username": "eve", "password": "a-long-password", "role": "admin"}
+    assert (await c.post("/api/v1/operators", headers=operator, json=new)).status_code == 403
+    assert (await c.get("/api/v1/audit", headers=admin)).status_code == 200
+    # a commuter sees their own phone only, and no operator endpoint
+    token = (await c.post(f"/api/v1/phones/{CARD}/commuter-token", headers=operator)).json()["token"]
+    commuter = {"Authorization": f"Bearer {token}"}
+    assert (await c.get("/api/v1/me", headers=commuter)).json()["card_id"] == CARD
+    assert (await c.get("/api/v1/gates", headers=commuter)).status_code == 401
+    assert (await c.get("/api/v1/me", headers=viewer)).status_code == 401
+
+
+async def test_login_is_rate_limited(api: Api) -> None:
+    codes = [
+        (await api.client.post("/api/v1/login", json={"username": "admin", "password": "wrong"})).status_code
+        for _ in range(6)
+    ]
+    assert codes == [401] * 5 + [429]
+
+
+async def test_commuter_reports_a_lost_phone(api: Api) -> None:
+    admin = await api.login(**ADMIN)
+    store = TapStore(api.app.state.sessions)
+    await store.store(
+        [RawMessage(api.topics.taps("12-3"), encode(make_tap(1, card_id=0xDEADBEEF, balance_after=1000)))]
+    )
+    processor = Processor(api.settings.model_copy(update={"reconcile": False}), api.app.state.sessions)
+    await processor.run_once()
+    token = (await api.client.post(f"/api/v1/phones/{CARD}/commuter-token", headers=admin)).json()["token"]
+    me = {"Authorization": f"Bearer {token}"}
+    assert (await api.client.get("/api/v1/me", headers=me)).json()["balance"] == 1000
+    new_card = "00000000cafef00d"
+    response = await api.client.post("/api/v1/me/report-lost", headers=me, json={"new_card_id": new_card})
+    assert response.status_code == 200, response.text
+    assert response.json()["card_id"] == new_card
+    # the same token now follows the new phone; the old one is on the deny-list
+    assert (await api.client.get("/api/v1/me", headers=me)).json()["card_id"] == new_card
+    old = (await api.client.get(f"/api/v1/phones/{CARD}", headers=admin)).json()
+    assert old["status"] == "lost" and old["replaced_by"] == new_card
+    actions = (await api.client.get("/api/v1/actions", headers=admin, params={"card_id": new_card})).json()
+    assert [(a["topup"], a["state"]) for a in actions] == [(1000, "pending")]
+    snapshot = (await api.client.get("/api/v1/denylist/snapshot", headers=admin)).json()
+    assert snapshot["card_ids"] == [CARD]
+
+
+async def test_fare_table_publish_list_and_roll_back(api: Api) -> None:
+    admin = await api.login(**ADMIN)
+    rules = TINY.read_text()
+    first = await api.client.post("/api/v1/fare-tables", headers=admin, json={"rules": rules})
+    assert first.status_code == 201, first.text
+    second = await api.client.post("/api/v1/fare-tables", headers=admin, json={"rules": rules})
+    bad = await api.client.post("/api/v1/fare-tables", headers=admin, json={"rules": "name = 3"})
+    assert bad.status_code == 422
+    back = await api.client.post("/api/v1/fare-tables/1/rollback", headers=admin, json={})
+    assert back.status_code == 201
+    versions = (await api.client.get("/api/v1/fare-tables", headers=admin)).json()
+    assert [(v["version"], v["state"], v["rolled_back_from"]) for v in versions] == [
+        (3, "published", 1),
+        (2, "superseded", None),
+        (1, "superseded", None),
+    ]
+    assert second.json()["version"] == 2
+    blob = (await api.client.get("/api/v1/fare-tables/3/artefact", headers=admin)).content
+    assert fare_core.FareTable.from_bytes(blob).version == 3
+
+
+def _tides_row_schema() -> dict[str, Any]:
+    """The TIDES fare_transactions table schema (Frictionless) as a JSON Schema for one CSV row."""
+    candidates = [
+        Path(__file__).parents[3] / "shared" / "tides",
+        Path(__file__).parents[2] / "shared" / "tides",
+    ]
+    path = next(
+        (
+            p / "fare_transactions.schema.json"
+            for p in candidates
+            if (p / "fare_transactions.schema.json").exists()
+        ),
+        None,
+    )
+    if path is None:
+        pytest.fail("TIDES schema not found in ../shared/tides (beside the clone)")
+    table = json.loads(path.read_text())
+    patterns = {
+        "date": r"^\d{4}-\d{2}-\d{2}$",
+        "datetime": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$",
+        "number": r"^-?\d+(\.\d+)?$",
+        "integer": r"^-?\d+$",
+        "boolean": r"^(true|false)$",
+    }
+    properties: dict[str, Any] = {}
+    required = []
+    for field in table["fields"]:
+        prop: dict[str, Any] = {"type": "string"}
+        if field["type"] in patterns:
+            prop["pattern"] = patterns[field["type"]]
+        constraints = field.get("constraints", {})
+        if "enum" in constraints:
+            prop["enum"] = constraints["enum"]
+        if constraints.get("required"):
+            required.append(field["name"])
+            prop["minLength"] = 1
+        properties[field["name"]] = prop
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+async def test_exports_csv_and_tides(api: Api) -> None:
+    admin = await api.login(**ADMIN)
+    store = TapStore(api.app.state.sessions)
+    taps = [
+        make_tap(1, fare=0),
+        make_tap(2, direction=fare_core.Direction.EXIT, fare=300, balance_after=700),
+        make_tap(3, allowed=False, reason=fare_core.Reason.INSUFFICIENT_BALANCE, counter_after=3),
+    ]
+    await store.store([RawMessage(api.topics.taps("12-3"), encode(t)) for t in taps])
+    plain = await api.client.get("/api/v1/taps/export.csv", headers=admin)
+    assert plain.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(plain.text)))
+    assert [r["tap_id"] for r in rows] == ["12-3:1", "12-3:2", "12-3:3"]
+    tides = await api.client.get("/api/v1/taps/export/tides.csv", headers=admin)
+    rows = list(csv.DictReader(io.StringIO(tides.text)))
+    assert [(r["transaction_id"], r["fare_action"], r["amount"]) for r in rows] == [
+        ("12-3:1", "Enter", "0.00"),
+        ("12-3:2", "Exit", "3.00"),
+    ]
+    schema = _tides_row_schema()
+    for row in rows:
+        jsonschema.validate({k: v for k, v in row.items() if v != ""}, schema)
+    with pytest.raises(jsonschema.ValidationError):  # the check can fail: a wrong action is caught
+        jsonschema.validate({**rows[0], "fare_action": "Board"}, schema)
