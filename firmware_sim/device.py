@@ -116,7 +116,7 @@ class GateDevice:
         self.to_gate = LineFaults(config.faults.to_gate.rates(), seed)
         self.to_device = LineFaults(config.faults.to_device.rates(), seed + 1)
         self.decoder = FrameDecoder()
-        self._tx: queue.Queue[tuple[bytes, bool] | None] = queue.Queue()  # (bytes, raw noise?)
+        self._tx: queue.SimpleQueue[tuple[bytes, bool] | None] = queue.SimpleQueue()  # (bytes, raw noise?)
         self._tx_pacer = Pacer(config.link.baud)
         self._rx_pacer = Pacer(config.link.baud)
         self._recent: collections.OrderedDict[RequestKey, bytes | None] = collections.OrderedDict()
@@ -279,13 +279,13 @@ class GateDevice:
         self.reader.write(message.card_id, message.slot, message.record, self._respond_later(seq, key))
 
     def _on_open(self, message: BarrierOpen, seq: int, key: RequestKey) -> None:
+        self._respond_later(seq, key)(Ack(message.CODE))  # acknowledge first, then start the motor
         self._log("authorise", {"direction": message.direction.name, "passages": message.passages})
         self.barrier.open(message.direction, message.passages, message.hold_ms)
-        self._respond_later(seq, key)(Ack(message.CODE))
 
     def _on_close(self, message: BarrierClose, seq: int, key: RequestKey) -> None:
-        self.barrier.close()
         self._respond_later(seq, key)(Ack(message.CODE))
+        self.barrier.close()
 
     def _on_display(self, message: Display, seq: int, key: RequestKey) -> None:
         panel = self.panel

@@ -64,12 +64,12 @@ class Presentation:
     gave_up: bool = False
     denied: bool = False  # the gate showed a refusal (DENY style)
     displays: list[tuple[float, str, str, str]] = field(default_factory=list)  # (t, style, zh, en)
-    wallet_before: bytes | None = None
-    wallet_after: bytes | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    _reacting: bool = False
-    _walking: bool = False
-    _timers: list[Timer] = field(default_factory=list)
+    wallet_before: bytes | None = field(default=None, repr=False)
+    wallet_after: bytes | None = field(default=None, repr=False)
+    done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    _reacting: bool = field(default=False, repr=False)
+    _walking: bool = field(default=False, repr=False)
+    _timers: list[Timer] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def display(self) -> tuple[str, str] | None:
