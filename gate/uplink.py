@@ -130,11 +130,24 @@ class Uplink:
             self._cursor = self.journal.committed_through  # resend everything not yet committed
             self._last_progress = time.monotonic()
             await self.publish_status()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._publisher(client))
-                group.create_task(self._heartbeat())
-                async for message in client.messages:
-                    await self._on_message(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+            # Not a TaskGroup: it would wrap a lost broker's MqttError in an ExceptionGroup, and the
+            # reconnect loop must see the MqttError itself.
+            tasks = {asyncio.create_task(self._publisher(client)), asyncio.create_task(self._heartbeat()),
+                     asyncio.create_task(self._receiver(client))}
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()  # raises what ended the session
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await task
+
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self._on_message(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
 
     # --------------------------------------------------------------------------- publishing
     async def _publisher(self, client: aiomqtt.Client) -> None:
@@ -145,6 +158,8 @@ class Uplink:
             try:
                 await client.publish(self.topics.taps(self.gate_id), payload, qos=1)
                 self.published += 1
+            except aiomqtt.MqttError:
+                pass  # the connection is going; the journal still has the tap for the next one
             finally:
                 in_flight.release()
 
