@@ -52,6 +52,19 @@ class Barrier:
         self.alarms: dict[AlarmKind, int] = dict.fromkeys(AlarmKind, 0)
         self._motion: Timer | None = None
         self._hold: Timer | None = None
+        self._generation = 0  # bumped by reset(): passages timed before a power cut are forgotten
+
+    def reset(self) -> None:
+        """Power-up state: closed, no authorisation, counters zero (the motor homes while off)."""
+        self._cancel(self._motion)
+        self._cancel(self._hold)
+        self._generation += 1
+        self.position = BarrierPosition.CLOSED
+        self.direction = Direction.ENTRY
+        self.authorised = 0
+        self.in_passage = 0
+        self.entries = self.exits = 0
+        self.alarms = dict.fromkeys(AlarmKind, 0)
 
     @property
     def passages_pending(self) -> int:
@@ -90,9 +103,12 @@ class Barrier:
             self._log("alarm", {"alarm": kind.name, "direction": direction.name})
             self._emit(Alarm(kind, direction, self.alarms[kind]))
         self.in_passage += 1
-        self.scheduler.call_later(self.config.passage_ms / 1000, self._person_cleared, direction, authorised)
+        self.scheduler.call_later(self.config.passage_ms / 1000, self._person_cleared, direction, authorised,
+                                  self._generation)
 
-    def _person_cleared(self, direction: Direction, authorised: bool) -> None:
+    def _person_cleared(self, direction: Direction, authorised: bool, generation: int) -> None:
+        if generation != self._generation:
+            return  # the device was power-cycled while this person was in the passage
         self.in_passage -= 1
         if direction is Direction.ENTRY:
             self.entries = (self.entries + 1) & 0xFFFFFFFF

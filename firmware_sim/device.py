@@ -13,7 +13,8 @@ executed twice: a retried BarrierOpen does not let two people through, a retried
 write again. A repeat of a request still in progress (an RF read) is ignored; its answer is coming.
 
 Device faults: `hang(seconds)` - the firmware stops (input ignored, nothing sent, state kept);
-`unplug(down_s)` - the port disappears (the controller gets SerialException) and comes back.
+`unplug(down_s)` - the port disappears (the controller gets SerialException) and comes back;
+`power_cycle(down_s)` - the same, and the device reboots (a write in progress is torn).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class GateDevice:
         self._event_seq = 0
         self._hung_until = 0.0
         self._unplug_for: float | None = None
+        self._reboot = False
         self._stopping = threading.Event()
         self._threads = [
             threading.Thread(target=self._receive_loop, name=f"gate{gate}-rx", daemon=True),
@@ -177,6 +179,14 @@ class GateDevice:
         """Pull the cable: the port closes now and comes back after `down_s` (new pty, same link)."""
         with self.lock:
             self._log("fault", {"fault": "unplug", "seconds": down_s})
+        self._unplug_for = down_s
+
+    def power_cycle(self, down_s: float) -> None:
+        """Cut the power: the port goes away, an RF write in progress is torn, and after `down_s` the
+        device boots afresh (new boot_id, barrier closed, display blank, counters zero, Boot event)."""
+        with self.lock:
+            self._log("fault", {"fault": "power_cycle", "seconds": down_s})
+        self._reboot = True
         self._unplug_for = down_s
 
     def inject(self, kind: FaultKind, direction: str = "to_gate", count: int = 1) -> None:
@@ -371,9 +381,15 @@ class GateDevice:
 
     def _do_unplug(self) -> None:
         down_s, self._unplug_for = self._unplug_for or 0.0, None
+        reboot, self._reboot = self._reboot, False
         self.link.close()
         with self.lock:
             self._log("link", {"state": "unplugged"})
+            if reboot:
+                self.reader.power_off()
+                self.barrier.reset()
+                self.panel = Panel()
+                self._hung_until = 0.0
         self._stopping.wait(down_s)
         if self._stopping.is_set():
             return
@@ -381,6 +397,15 @@ class GateDevice:
         self.decoder.reset()
         with self.lock:
             self._log("link", {"state": "plugged", "url": self.link.name})
+            if reboot:
+                self.decoder = FrameDecoder()
+                self._recent.clear()
+                self._event_seq = 0
+                self.boot_id = (self.boot_id + 1) & 0xFFFF or 1
+                self.started_at = self.clock()
+                major, minor, patch = self.config.firmware
+                self._emit(Boot(self.boot_id, major, minor, patch, PROTOCOL_VERSION))
+                self.reader.power_on()
 
     def _transmit_loop(self) -> None:
         while True:

@@ -6,8 +6,10 @@ pocket at 40 cm is never charged even though 2.4 GHz reaches it. Only the set of
 threshold triggers a FieldChanged event (RSSI drifting alone does not, to keep the line quiet).
 
 RF operations take time (read_ms, write_ms + verify_ms, times the phone's slowness) and one runs at
-a time. A phone leaving the field during an operation ends it at once: a read is LOST, a write is
-TORN with the bytes that had landed (linear in the elapsed write time) applied byte-exactly to the
+a time; one longer than the protocol's RF limits (timing.RF_READ_MAX_S / RF_WRITE_MAX_S) is cut off
+there by the reader's RF timeout, as if the phone had left, so every request is answered in time.
+A phone leaving the field during an operation ends it at once: a read is LOST, a write is TORN,
+with the bytes that had landed (linear in the elapsed write time) applied byte-exactly to the
 true wallet. Every method runs under the sim lock (the device's receive thread or the scheduler).
 """
 
@@ -29,6 +31,7 @@ from .protocol.messages import (
     WriteOutcome,
     WriteResult,
 )
+from .protocol.timing import RF_READ_MAX_S, RF_WRITE_MAX_S
 from .scheduler import Scheduler, Timer
 from .wallets import WalletStore
 
@@ -119,7 +122,10 @@ class Reader:
             return
         duration = self.config.read_ms / 1000 * presence.slowness
         op = RfOperation("read", card_id, self.scheduler.clock(), duration, respond)
-        op.timers.append(self.scheduler.call_later(duration, self._read_done, op))
+        if duration <= RF_READ_MAX_S:
+            op.timers.append(self.scheduler.call_later(duration, self._read_done, op))
+        else:  # too slow a phone: the reader's RF timeout ends the read
+            op.timers.append(self.scheduler.call_later(RF_READ_MAX_S, self._break_off, op))
         self.busy = op
 
     def write(self, card_id: int, slot: int, record: bytes, respond: Respond) -> None:
@@ -131,8 +137,12 @@ class Reader:
         duration = self.config.write_ms / 1000 * presence.slowness
         verify = self.config.verify_ms / 1000 * presence.slowness
         op = RfOperation("write", card_id, self.scheduler.clock(), duration, respond, slot, record, verify)
-        op.timers.append(self.scheduler.call_later(duration, self._write_landed, op, presence.flaky_write))
-        op.timers.append(self.scheduler.call_later(duration + verify, self._write_verified, op))
+        if duration + verify <= RF_WRITE_MAX_S:
+            flaky = presence.flaky_write
+            op.timers.append(self.scheduler.call_later(duration, self._write_landed, op, flaky))
+            op.timers.append(self.scheduler.call_later(duration + verify, self._write_verified, op))
+        else:  # too slow a phone: the RF timeout cuts the write off where it stands (a torn write)
+            op.timers.append(self.scheduler.call_later(RF_WRITE_MAX_S, self._break_off, op))
         self.busy = op
 
     def _presence(self, card_id: int) -> Presence | None:
@@ -163,6 +173,29 @@ class Reader:
         self._log("write", {"card_id": op.card_id, "slot": op.slot, "outcome": outcome.name,
                             "bytes_written": SLOT_SIZE, "rf_s": op.duration + op.verify})
         self._finish(op, WriteResult(op.card_id, op.slot, outcome, SLOT_SIZE))
+
+    def power_off(self) -> None:
+        """The reader loses power: an RF operation stops where it stands, with no answer (a write in
+        progress is torn exactly like a pulled phone's), and the field report starts afresh."""
+        op, self.busy = self.busy, None
+        self._reported = ()
+        if op is None:
+            return
+        for timer in op.timers:
+            timer.cancel()
+        if op.kind == "write" and not op.written:
+            elapsed = self.scheduler.clock() - op.started
+            landed = min(SLOT_SIZE - 1, int(SLOT_SIZE * elapsed / op.duration)) if op.duration > 0 else 0
+            self.wallets.write(op.card_id, op.slot, op.record, torn_at=landed)
+            self._log("write", {"card_id": op.card_id, "slot": op.slot, "outcome": "POWER_LOST",
+                                "bytes_written": landed})
+
+    def power_on(self) -> None:
+        """Report the phones already in the field, as a fresh reader would."""
+        phones = self.in_range()
+        self._reported = tuple(sorted(p.card_id for p in phones))
+        if phones:
+            self._emit(FieldChanged(phones))
 
     def _break_off(self, op: RfOperation) -> None:
         """The phone left during `op`: end it now, tearing a write where it stood."""

@@ -259,6 +259,10 @@ class Sim:
         self._check_gate(gate)
         self.gates[gate].unplug(down_s)
 
+    def power_cycle(self, gate: int, down_s: float) -> None:
+        self._check_gate(gate)
+        self.gates[gate].power_cycle(down_s)
+
     def _check_gate(self, gate: int) -> None:
         if not 0 <= gate < len(self.gates):
             raise IndexError(f"no gate {gate}; this station has {len(self.gates)}")

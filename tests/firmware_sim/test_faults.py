@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import serial
 
+import fare_core
 from firmware_sim.client import RequestTimeout, SerialClient
-from firmware_sim.config import DeviceConfig, FaultsConfig, RatesConfig
+from firmware_sim.config import DeviceConfig, FaultsConfig, RatesConfig, ReaderConfig
 from firmware_sim.faults import FaultKind, FaultRates, LineFaults
-from firmware_sim.protocol import GetStatus, Heartbeat, HeartbeatReply, ReadWallet, Status
+from firmware_sim.protocol import GetStatus, Heartbeat, HeartbeatReply, ReadWallet, Status, WriteSlot
 from firmware_sim.protocol.framer import Frame, encode
 from firmware_sim.sim import Sim
 
@@ -159,3 +160,34 @@ def test_fault_parameters_are_checked() -> None:
             sim.hang(3, 1.0)
     finally:
         sim.close()
+
+
+def test_power_cycle_reboots_and_tears_a_write_in_progress(make_sim: Callable[..., Sim],
+                                                           tmp_path: Path) -> None:
+    link = tmp_path / "reader0"
+    sim = make_sim(DeviceConfig(reader=ReaderConfig(write_ms=200)), links=[link])
+    with serial.serial_for_url(str(link), timeout=0.05) as port:
+        client = SerialClient(port)
+        first = client.request(Heartbeat())
+        assert isinstance(first, HeartbeatReply)
+        sim.present(ALICE, walk=False, dwell_s=10)
+        sim.wait_for(lambda: ALICE in sim.gate(0).reader.field)
+        before = sim.wallet(ALICE)
+        record, slot = sim.wallets.record(ALICE)
+        new = fare_core.encode_slot(record.replace(balance=1, counter=record.counter + 1), sim.wallets.sam)
+        port.write(WriteSlot(ALICE, 1 - slot, new).to_bytes(90))
+        sim.wait_for(lambda: sim.gate(0).reader.busy is not None)
+        sim.power_cycle(0, 0.2)
+        assert isinstance(_read_until_error(port), serial.SerialException)
+    sim.wait_for(lambda: sim.gate(0).link.is_open, timeout=3)
+    assert sim.record(ALICE) == record  # torn by the power cut: the old record is in force
+    landed = sim.wallets.writes[-1].bytes_written
+    start = 64 * (1 - slot)
+    assert sim.wallet(ALICE)[start:start + 64] == new[:landed] + before[start + landed:start + 64]
+    with serial.serial_for_url(str(link), timeout=0.05) as port:
+        client = SerialClient(port)
+        reply = client.request(Heartbeat())
+        assert isinstance(reply, HeartbeatReply) and reply.boot_id != first.boot_id
+        status = client.request(GetStatus())
+        assert isinstance(status, Status) and status.rx_frames == 2 and status.entries_total == 0
+        assert client.request(ReadWallet(ALICE)).wallet == sim.wallet(ALICE)  # type: ignore[attr-defined]

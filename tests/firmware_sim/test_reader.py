@@ -10,6 +10,7 @@ import serial
 import fare_core
 from firmware_sim.client import SerialClient
 from firmware_sim.config import DeviceConfig, ReaderConfig
+from firmware_sim.population import Phone, Population
 from firmware_sim.protocol import (
     Field,
     FieldChanged,
@@ -22,6 +23,7 @@ from firmware_sim.protocol import (
     WriteResult,
     WriteSlot,
 )
+from firmware_sim.protocol.timing import RF_WRITE_MAX_S
 from firmware_sim.sim import Sim
 
 from .conftest import ALICE, BOB, CAROL, DAVE
@@ -133,3 +135,18 @@ def test_flaky_write_fails_verify_and_the_old_record_stays(sim: Sim, client: Ser
     result = client.request(WriteSlot(DAVE, slot, new))
     assert result == WriteResult(DAVE, slot, WriteOutcome.FAILED, 64)
     assert sim.record(DAVE) == old
+
+
+def test_too_slow_a_phone_is_cut_off_by_the_rf_timeout(make_sim: Callable[..., Sim]) -> None:
+    sim = make_sim(DeviceConfig(reader=ReaderConfig(read_ms=100, write_ms=100)),
+                   population=Population([Phone(ALICE, balance=700, slowness=5.0)]))
+    with serial.serial_for_url(sim.url(0), timeout=0.05) as port:
+        client = SerialClient(port)
+        sim.present(ALICE, walk=False, dwell_s=5.0)
+        client.next_event(FieldChanged)
+        assert client.request(ReadWallet(ALICE)) == Wallet(ALICE, RfStatus.LOST)  # 500 ms > 300 ms
+        new, slot, old = _next_record(sim, ALICE)
+        result = client.request(WriteSlot(ALICE, slot, new))
+    assert isinstance(result, WriteResult) and result.outcome is WriteOutcome.TORN
+    assert result.bytes_written == int(64 * RF_WRITE_MAX_S / 0.5)
+    assert sim.record(ALICE) == old
