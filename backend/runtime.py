@@ -9,7 +9,9 @@ from typing import Any
 
 from .config import Settings
 from .db import make_engine, make_sessionmaker
+from .distribution import Conflict, Distributor
 from .migrate import upgrade
+from .publisher import Publisher
 
 log = logging.getLogger("faregate.backend")
 
@@ -40,29 +42,39 @@ async def serve(
         sessions = make_sessionmaker(engine)
         tasks: list[asyncio.Task[Any]] = []
         wake_processor = asyncio.Event()
+        publisher = Publisher(settings)
+        stack.callback(publisher.stop)
+        distributor = Distributor(sessions, publisher)
         if ingest:
             from .control import handle_control_message
             from .ingest.worker import IngestWorker
 
             async def on_other(message: Any) -> None:
-                await handle_control_message(settings, sessions, message)
+                await handle_control_message(settings, sessions, message, distributor)
 
             worker = IngestWorker(
                 settings, sessions, on_other=on_other, on_stored=lambda result: wake_processor.set()
             )
             tasks.append(asyncio.create_task(worker.run(stop), name="ingest"))
         if processor:
-            from .processor import run_processor
+            from .processor import Processor, run_processor
 
-            tasks.append(
-                asyncio.create_task(run_processor(settings, sessions, stop, wake_processor), name="processor")
-            )
+            async def block(cards: list[str], reason: str) -> None:
+                with contextlib.suppress(Conflict):  # already listed
+                    await distributor.change_denylist(cards, [], reason, status="blocked")
+
+            async def actions_changed() -> None:
+                await distributor.publish_actions()
+
+            pending = Processor(settings, sessions, on_block=block, on_action_applied=actions_changed)
+            loop = run_processor(settings, sessions, stop, wake_processor, pending)
+            tasks.append(asyncio.create_task(loop, name="processor"))
         if api:
             import uvicorn
 
             from .api.main import create_app
 
-            app = create_app(settings, engine=engine)
+            app = create_app(settings, engine=engine, publisher=publisher, migrate=False)
             server = uvicorn.Server(
                 uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .security import Role
@@ -14,6 +15,10 @@ CardIdStr = Annotated[
 ]
 Reason = Annotated[str, Field(min_length=1, max_length=200)]
 FenAmount = Annotated[int, Field(ge=1, le=100_000_00)]
+#: Path and query integers, bounded to what the database columns hold.
+VersionPath = Annotated[int, Path(ge=0, le=2**32 - 1)]
+IdPath = Annotated[int, Path(ge=1, le=2**31 - 1)]
+StationQuery = Annotated[int | None, Query(ge=0, le=0xFFFF)]
 
 
 class Body(BaseModel):

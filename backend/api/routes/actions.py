@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from ...tables import ActionRow
 from ..deps import DistributorDep, OperatorDep, PageDep, SessionDep, ViewerDep, audit
-from ..schemas import ActionCreate, ActionPublic, CardIdStr
+from ..schemas import ActionCreate, ActionPublic, CardIdStr, IdPath
 
 router = APIRouter(prefix="/actions", tags=["actions"])
 
@@ -72,7 +72,7 @@ async def create(
 
 @router.post("/{action_id}/cancel", response_model=ActionPublic, responses={404: {}, 409: {}})
 async def cancel(
-    action_id: int, operator: OperatorDep, session: SessionDep, distributor: DistributorDep
+    action_id: IdPath, operator: OperatorDep, session: SessionDep, distributor: DistributorDep
 ) -> ActionRow:
     row = await session.get(ActionRow, action_id)
     if row is None:

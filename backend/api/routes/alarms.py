@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from ...tables import AlarmRow, AuditRow
 from ..deps import AdminDep, OperatorDep, PageDep, SessionDep, ViewerDep, audit
-from ..schemas import AlarmPublic, AuditPublic
+from ..schemas import AlarmPublic, AuditPublic, IdPath
 
 router = APIRouter(tags=["alarms"])
 
@@ -25,7 +25,7 @@ async def list_alarms(
 
 
 @router.post("/alarms/{alarm_id}/acknowledge", response_model=AlarmPublic, responses={404: {}})
-async def acknowledge(alarm_id: int, operator: OperatorDep, session: SessionDep) -> AlarmRow:
+async def acknowledge(alarm_id: IdPath, operator: OperatorDep, session: SessionDep) -> AlarmRow:
     row = await session.get(AlarmRow, alarm_id)
     if row is None:
         raise HTTPException(404, "no such alarm")

@@ -14,7 +14,7 @@ from fare_core.rules import RulesError, parse_rules
 
 from ...tables import FareTableRow
 from ..deps import DistributorDep, OperatorDep, PageDep, SessionDep, ViewerDep, audit
-from ..schemas import FareTableCreate, FareTablePublic, FareTableRollback
+from ..schemas import FareTableCreate, FareTablePublic, FareTableRollback, VersionPath
 
 router = APIRouter(prefix="/fare-tables", tags=["fare tables"])
 
@@ -89,7 +89,7 @@ async def publish(
 
 
 @router.get("/{version}", response_model=FareTablePublic, responses={404: {}})
-async def get_table(version: int, _: ViewerDep, session: SessionDep) -> FareTableRow:
+async def get_table(version: VersionPath, _: ViewerDep, session: SessionDep) -> FareTableRow:
     row = await session.get(FareTableRow, version)
     if row is None:
         raise HTTPException(404, "no such fare table version")
@@ -101,7 +101,7 @@ async def get_table(version: int, _: ViewerDep, session: SessionDep) -> FareTabl
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
 )
-async def get_artefact(version: int, _: ViewerDep, session: SessionDep) -> Response:
+async def get_artefact(version: VersionPath, _: ViewerDep, session: SessionDep) -> Response:
     row = await session.get(FareTableRow, version)
     if row is None:
         raise HTTPException(404, "no such fare table version")
@@ -112,7 +112,7 @@ async def get_artefact(version: int, _: ViewerDep, session: SessionDep) -> Respo
     "/{version}/rollback", response_model=FareTablePublic, status_code=201, responses={404: {}, 503: {}}
 )
 async def rollback(
-    version: int,
+    version: VersionPath,
     body: FareTableRollback,
     operator: OperatorDep,
     session: SessionDep,

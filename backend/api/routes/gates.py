@@ -7,14 +7,18 @@ from sqlalchemy import select
 
 from ...tables import GateRow
 from ..deps import DistributorDep, OperatorDep, PageDep, SessionDep, ViewerDep, audit
-from ..schemas import GateModeCommand, GatePublic
+from ..schemas import GateModeCommand, GatePublic, StationQuery
 
 router = APIRouter(prefix="/gates", tags=["gates"])
 
 
 @router.get("", response_model=list[GatePublic])
 async def list_gates(
-    _: ViewerDep, session: SessionDep, page: PageDep, station_id: int | None = None, state: str | None = None
+    _: ViewerDep,
+    session: SessionDep,
+    page: PageDep,
+    station_id: StationQuery = None,
+    state: str | None = None,
 ) -> list[GateRow]:
     query = select(GateRow).order_by(GateRow.station_id, GateRow.gate_no)
     if station_id is not None:

@@ -7,7 +7,7 @@ from sqlalchemy import delete, select
 
 from ...tables import OperatorRow, TokenRow
 from ..deps import AdminDep, PageDep, SessionDep, audit
-from ..schemas import OperatorCreate, OperatorPublic, OperatorUpdate
+from ..schemas import IdPath, OperatorCreate, OperatorPublic, OperatorUpdate
 from ..security import hash_password
 
 router = APIRouter(prefix="/operators", tags=["operators"])
@@ -36,7 +36,7 @@ async def create_operator(body: OperatorCreate, admin: AdminDep, session: Sessio
 
 @router.patch("/{operator_id}", response_model=OperatorPublic, responses={404: {}})
 async def update_operator(
-    operator_id: int, body: OperatorUpdate, admin: AdminDep, session: SessionDep
+    operator_id: IdPath, body: OperatorUpdate, admin: AdminDep, session: SessionDep
 ) -> OperatorRow:
     row = await session.get(OperatorRow, operator_id)
     if row is None:

@@ -17,7 +17,7 @@ from fare_core.reasons import Direction, Flag
 
 from ...tables import DeadLetterRow, TapRow, TripRow
 from ..deps import PageDep, SessionDep, SettingsDep, ViewerDep
-from ..schemas import CardIdStr, DeadLetterPublic, TapPublic, TripPublic
+from ..schemas import CardIdStr, DeadLetterPublic, StationQuery, TapPublic, TripPublic
 
 router = APIRouter(tags=["taps"])
 EXPORT_MAX = 1_000_000
@@ -104,7 +104,7 @@ async def list_taps(
     session: SessionDep,
     page: PageDep,
     gate_id: str | None = None,
-    station_id: int | None = None,
+    station_id: StationQuery = None,
     card_id: CardQuery = None,
     since: Since = None,
     until: Until = None,
@@ -123,7 +123,7 @@ async def export_taps_csv(
     _: ViewerDep,
     session: SessionDep,
     gate_id: str | None = None,
-    station_id: int | None = None,
+    station_id: StationQuery = None,
     card_id: CardQuery = None,
     since: Since = None,
     until: Until = None,
@@ -146,7 +146,7 @@ async def export_tides(
     session: SessionDep,
     settings: SettingsDep,
     gate_id: str | None = None,
-    station_id: int | None = None,
+    station_id: StationQuery = None,
     since: Since = None,
     until: Until = None,
 ) -> StreamingResponse:

@@ -1,0 +1,271 @@
+"""`faregate demo`: a whole network on one machine — broker, backend, stations of gates, commuters.
+
+Everything is the real thing: the embedded amqtt broker (or --mqtt), the backend (ingest, processor,
+REST API) on SQLite (or --database), one firmware_sim device per gate on its own pseudo-terminal,
+each driven by a real gate controller with its own journal. The operator's side goes through the
+REST API as an operator would: log in, publish the Guangzhou example fare rules (the gates adopt the
+table over MQTT), block a few phones (the gates receive the deny-list delta).
+
+Traffic is a morning rush: commuters enter at one station, ride, and leave at another; a share are
+blocked phones, low balances, phones pulled away mid-write and two phones held together. At the end
+(--duration, or Ctrl-C) the gates' journals drain to the backend, and the summary counts what the
+database holds against what the gates journaled: lost must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import signal
+import socket
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from fare_core import Reason
+from fare_core import rules as fare_rules
+from firmware_sim.config import BarrierConfig, DeviceConfig
+from firmware_sim.population import Population
+from firmware_sim.protocol import Direction
+from gate.simstation import GateSpec, SimStation
+
+from .config import Settings
+from .db import make_engine
+from .runtime import serve
+from .tables import TapRow, TripRow
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "fare_core" / "examples" / "guangzhou.toml"
+API = "/api/v1"
+log = logging.getLogger("faregate.demo")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.add_argument("--mqtt", help="use this broker (mqtt://host:port) instead of the embedded one")
+    parser.add_argument("--database", help="database URL (default: SQLite in the data directory)")
+    parser.add_argument("--stations", type=int, default=3, help="stations (default 3)")
+    parser.add_argument("--gates", type=int, default=2, help="entry gates and as many exit gates per station")
+    parser.add_argument("--riders", type=int, default=300, help="commuters (default 300)")
+    parser.add_argument("--rate", type=float, default=4.0, help="entries per second, network-wide")
+    parser.add_argument("--port", type=int, default=8000, help="API port (a free one if taken)")
+    parser.add_argument("--data-dir", type=Path, help="where the database and gate journals go")
+    parser.add_argument("--seed", type=int, default=1)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.duration <= 0 or args.stations < 2 or args.gates < 1 or args.riders < 1 or args.rate <= 0:
+        raise SystemExit("need --duration > 0, --stations >= 2, --gates >= 1, --riders >= 1, --rate > 0")
+    summary = asyncio.run(Demo(args).run())
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print("\nsummary")
+        for key, value in summary.items():
+            print(f"  {key:22} {value}")
+    return 0 if summary["lost"] == 0 else 1
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.stop = asyncio.Event()
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop.set)
+        with contextlib.ExitStack() as cleanup:
+            data_dir = args.data_dir
+            if data_dir is None:
+                data_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="faregate-demo-")))
+            data_dir.mkdir(parents=True, exist_ok=True)
+            async with contextlib.AsyncExitStack() as stack:
+                return await self._run(stack, data_dir)
+
+    async def _run(self, stack: contextlib.AsyncExitStack, data_dir: Path) -> dict[str, Any]:
+        args = self.args
+        if args.mqtt:
+            mqtt_url, version, group = args.mqtt, "5", f"demo{uuid.uuid4().hex[:6]}"
+        else:
+            from .broker import embedded_broker
+
+            mqtt_url = await stack.enter_async_context(embedded_broker())
+            version, group = "3.1.1", ""
+        database = args.database or f"sqlite+aiosqlite:///{data_dir / 'faregate.db'}"
+        prefix = f"demo{uuid.uuid4().hex[:6]}"
+        settings = Settings(environment="development", database_url=database, mqtt_url=mqtt_url,
+                            mqtt_version=version, ingest_group=group, mqtt_prefix=prefix,  # type: ignore[arg-type]
+                            ingest_client_id=f"demo-ingest-{uuid.uuid4().hex[:6]}", ingest_batch_wait_ms=20)
+        port = args.port if port_free(args.port) else free_port()
+        backend_stop = asyncio.Event()
+        backend = asyncio.create_task(serve(settings, api=True, ingest=True, port=port, stop=backend_stop))
+
+        async def stop_backend() -> None:
+            backend_stop.set()
+            await asyncio.wait_for(backend, 30)
+
+        stack.push_async_callback(stop_backend)
+        base = f"http://127.0.0.1:{port}"
+        client = await stack.enter_async_context(httpx.AsyncClient(base_url=base + API, timeout=30))
+        token = await self._login(client, settings)
+        client.headers["Authorization"] = f"Bearer {token}"
+        rules_text = EXAMPLE.read_text(encoding="utf-8")
+        published = await client.post("/fare-tables", json={"rules": rules_text, "format": "toml"})
+        published.raise_for_status()
+        stations = self._stations(fare_rules.parse_rules(rules_text, "toml"))
+        specs = [GateSpec(s, g, "entry") for s in stations for g in range(1, args.gates + 1)] + [
+            GateSpec(s, g, "exit") for s in stations for g in range(args.gates + 1, 2 * args.gates + 1)]
+        population = Population.generate(args.riders, seed=args.seed, blocked_share=0.0)
+        blocked = self.rng.sample([p.card_id for p in population], max(1, args.riders // 50))
+        device = DeviceConfig(barrier=BarrierConfig(travel_ms=300, passage_ms=600))
+        station = SimStation(data_dir / "gates", specs, population, None, device=device, mqtt_url=mqtt_url,
+                             prefix=prefix)
+        await stack.enter_async_context(station)
+        print(f"faregate demo: {len(stations)} stations, {len(specs)} gates, {args.riders} commuters, "
+              f"broker {mqtt_url}, database {database.split('://')[0]}")
+        print(f"API and OpenAPI docs: {base}/docs  (operator login: {settings.admin_username} / "
+              f"{settings.admin_password})")
+        await self._wait_for_tables(station)
+        for card in blocked:
+            (await client.post(f"/phones/{card:016x}/block", json={"reason": "reported lost (demo)"})
+             ).raise_for_status()
+        started = time.monotonic()
+        traffic = asyncio.create_task(self._traffic(station, specs, population, blocked))
+        while not self.stop.is_set() and time.monotonic() - started < args.duration:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 2.0)
+            print(await self._progress(settings, station, time.monotonic() - started), flush=True)
+        traffic.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await traffic
+        await self._drain(station)
+        return await self._summary(settings, station)
+
+    async def _login(self, client: httpx.AsyncClient, settings: Settings) -> str:
+        for _ in range(200):
+            with contextlib.suppress(httpx.TransportError):
+                response = await client.post("/login", json={"username": settings.admin_username,
+                                                                  "password": settings.admin_password})
+                response.raise_for_status()
+                return str(response.json()["access_token"])
+            await asyncio.sleep(0.1)
+        raise RuntimeError("the backend API did not come up")
+
+    def _stations(self, rules: Any) -> list[int]:
+        """Interchange stations first (the busiest), as many as asked."""
+        metro = [s for s in rules.stations if s.network == "metro"]
+        metro.sort(key=lambda s: -len(s.lines))
+        return [s.id for s in metro[: self.args.stations]]
+
+    async def _wait_for_tables(self, station: SimStation) -> None:
+        for _ in range(300):
+            if all(g.state.fare_table is not None for g in station.gates):
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError("the gates did not receive the fare table")
+
+    async def _traffic(self, station: SimStation, specs: list[GateSpec], population: Population,
+                       blocked: list[int]) -> None:
+        """Entries at a Poisson rate; each commuter rides a while, then leaves at another station."""
+        assert station.sim is not None
+        sim = station.sim
+        entries = [i for i, s in enumerate(specs) if s.direction == "entry"]
+        exits = [i for i, s in enumerate(specs) if s.direction == "exit"]
+        waiting = [p.card_id for p in population]
+        self.rng.shuffle(waiting)
+        riding: list[tuple[float, int, int]] = []  # (leave at, card, entry station)
+        while True:
+            await asyncio.sleep(self.rng.expovariate(self.args.rate))
+            now = sim.now()
+            for leave_at, card, origin in [r for r in riding if r[0] <= now]:
+                riding.remove((leave_at, card, origin))
+                gate = self.rng.choice([i for i in exits if specs[i].station_id != origin] or exits)
+                sim.present(card, gate, direction=Direction.EXIT, patience_s=4.0)
+                waiting.insert(0, card)  # rides again later in the rush
+            if not waiting:
+                continue
+            card = waiting.pop()
+            gate = self.rng.choice(entries)
+            roll = self.rng.random()
+            if roll < 0.03:  # pulled away at once: a read or write cut short
+                sim.present(card, gate, dwell_s=0.03, patience_s=2.0)
+            elif roll < 0.05 and waiting:  # two phones held to the reader together
+                other = waiting.pop()
+                sim.present(card, gate, walk=False, dwell_s=1.0)
+                sim.present(other, gate, walk=False, dwell_s=1.0)
+                waiting.insert(0, other)
+            else:
+                sim.present(card, gate, patience_s=4.0)
+            if card not in blocked:
+                riding.append((now + self.rng.uniform(8, 25), card, specs[gate].station_id))
+
+    async def _progress(self, settings: Settings, station: SimStation, elapsed: float) -> str:
+        stored, revenue, _ = await self._counts(settings)
+        backlog = sum(g.journal.pending_count() for g in station.gates)
+        journaled = sum(g.journal.last_seq for g in station.gates)
+        return (f"[{elapsed:5.0f} s] taps journaled {journaled:6d}  stored {stored:6d}  "
+                f"revenue ¥{revenue // 100}.{revenue % 100:02d}  backlog {backlog}")
+
+    async def _counts(self, settings: Settings) -> tuple[int, int, dict[str, int]]:
+        engine = make_engine(settings)
+        try:
+            async with engine.connect() as db:
+                stored = int((await db.execute(select(func.count()).select_from(TapRow))).scalar() or 0)
+                total = select(func.coalesce(func.sum(TapRow.fare), 0))
+                revenue = int((await db.execute(total)).scalar() or 0)
+                rows = await db.execute(select(TapRow.reason, func.count()).where(TapRow.allowed.is_(False))
+                                        .group_by(TapRow.reason))
+                denials = {Reason(r).name.lower(): int(n) for r, n in rows.all()}
+        finally:
+            await engine.dispose()
+        return stored, revenue, denials
+
+    async def _drain(self, station: SimStation, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(g.journal.pending_count() for g in station.gates):
+            await asyncio.sleep(0.2)
+
+    async def _summary(self, settings: Settings, station: SimStation) -> dict[str, Any]:
+        stored, revenue, denials = await self._counts(settings)
+        engine = make_engine(settings)
+        try:
+            async with engine.connect() as db:
+                trips = int((await db.execute(select(func.count()).select_from(TripRow))).scalar() or 0)
+        finally:
+            await engine.dispose()
+        journaled = sum(g.journal.last_seq for g in station.gates)
+        outcomes: Counter[str] = Counter()
+        for gate in station.gates:
+            for sample in gate.metrics.registry.collect():
+                if sample.name == "faregate_taps":
+                    for s in sample.samples:
+                        if s.name.endswith("_total"):
+                            outcomes[s.labels["outcome"]] += int(s.value)
+        return {"taps": stored, "journaled": journaled, "trips": trips, "revenue_fen": revenue,
+                "denials": denials, "gate_outcomes": dict(outcomes), "lost": max(0, journaled - stored),
+                "gates": len(station.gates)}

@@ -1,0 +1,1 @@
+"""Deployment files: the Mosquitto configuration gates and the backend authenticate against."""
