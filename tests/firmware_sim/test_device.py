@@ -59,7 +59,7 @@ def test_heartbeat_status_version(sim: Sim, client: SerialClient) -> None:
     assert version == Version(*sim.config.firmware, 1, sim.config.model)
 
 
-def test_boot_event_reaches_a_controller_that_is_already_listening(make_sim: object) -> None:
+def test_boot_event_reaches_a_controller_that_is_already_listening() -> None:
     sim = Sim()  # not started: open the port first, then power the device up
     try:
         with serial.serial_for_url(sim.url(0), timeout=0.05) as port:
