@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 import fare_core
 from fare_core import Direction, Flag, GateMode, Reason, WalletError
 from fare_core.reasons import WELCOME, display_text
+from fare_core.record import SLOT_SIZE
 from firmware_sim.protocol import (
     Alarm,
     BarrierClose,
@@ -295,6 +296,10 @@ class GateController:
             result = await write
             if result.outcome == WriteOutcome.OK:
                 return True
+            if result.outcome == WriteOutcome.NO_PHONE:
+                return False  # nothing was written
+            if result.outcome == WriteOutcome.TORN:  # the device counted what landed: a partial slot
+                return result.bytes_written >= SLOT_SIZE  # is invalid, so the old record is in force
         except LinkError as exc:
             log.warning("gate %s: write to %016x unanswered: %s", self.gate_id, card_id, exc)
         # Torn, failed or unanswered: the wallet itself says whether the new record is there.
