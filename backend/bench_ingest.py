@@ -114,10 +114,9 @@ def _baseline_subscriber(url: str, version: str, topic: str, count: Any, ready: 
     client.on_subscribe = lambda *_: ready.set()
     client.on_message = on_message
     client.connect(address.host, address.port)
-    client.loop_start()
-    stop.wait()
+    while not stop.is_set():  # one thread: paho's loop here, not in a second thread
+        client.loop(0.05)
     client.disconnect()
-    client.loop_stop()
 
 
 def _embedded_broker_process(port: int, ready: Any, stop: Any) -> None:
