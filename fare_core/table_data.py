@@ -34,27 +34,27 @@ class TableData:
     name: str
     utc_offset_min: int  # local time = UTC + offset (China Standard Time: 480)
     day_start_min: int  # the service day starts at this local minute (04:00 = 240)
-    station_ids: array  # 'H', n_stations: dense index -> operator station id
+    station_ids: array[int]  # 'H', n_stations: dense index -> operator station id
     station_network: bytes  # n_stations: network index of each station
     network_names: tuple[str, ...]  # e.g. ("metro", "bus")
     network_flat: bytes  # n_networks: 1 = flat fare, tap on only (bus); 0 = entry/exit matrix
     category_names: tuple[str, ...]  # e.g. ("adult", "student", "senior", "staff")
     band_names: tuple[str, ...]  # e.g. ("offpeak", "peak")
     band_of_minute: bytes  # MINUTES_PER_WEEK entries
-    fares: array  # 'I', n_bands * n_categories * n_stations * n_stations
-    flat_fares: array  # 'I', n_bands * n_categories * n_networks
-    transfer_discount: array  # 'I', n_networks * n_networks: fen off the next leg
+    fares: array[int]  # 'I', n_bands * n_categories * n_stations * n_stations
+    flat_fares: array[int]  # 'I', n_bands * n_categories * n_networks
+    transfer_discount: array[int]  # 'I', n_networks * n_networks: fen off the next leg
     transfer_percent: bytes  # n_networks * n_networks: percent off the next leg (after the fen discount)
-    transfer_window_s: array  # 'I', n_networks * n_networks: 0 = no transfer
+    transfer_window_s: array[int]  # 'I', n_networks * n_networks: 0 = no transfer
     max_transfers: int  # transfers allowed in one journey
-    daily_cap: array  # 'I', n_categories: 0 = no cap
-    monthly_threshold: array  # 'I', n_categories: fen spent this month before the discount starts; 0 = none
+    daily_cap: array[int]  # 'I', n_categories: 0 = no cap
+    monthly_threshold: array[int]  # 'I', n_categories: fen spent in the month before the discount; 0 = none
     monthly_percent: bytes  # n_categories: percent off once the threshold is reached
     max_inside_s: int  # longest stay in the paid area without surcharge; 0 = unlimited
     overstay_surcharge: int  # fen added when max_inside_s is exceeded
     same_station_window_s: int  # exit at the entry station within this many seconds...
-    same_station_fare: array  # 'I', n_categories: ...costs this
-    missing_exit_fare: array  # 'I', n_categories * n_stations
+    same_station_fare: array[int]  # 'I', n_categories: ...costs this
+    missing_exit_fare: array[int]  # 'I', n_categories * n_stations
     anti_passback_s: int  # a second entry at the same station within this window is refused
     min_entry_balance: int  # fen a wallet must hold to enter
     max_balance: int  # fen a wallet may hold (top-ups beyond it are refused)

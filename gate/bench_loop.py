@@ -38,6 +38,7 @@ from firmware_sim.protocol import (
     FieldChanged,
     PhoneSignal,
     ReadWallet,
+    RfStatus,
     Wallet,
     WriteOutcome,
     WriteResult,
@@ -54,7 +55,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "fare_core" / "examples" / "tiny
 def tap_bytes() -> int:
     """Bytes on the line for one entry tap, from the protocol's own encoders."""
     frames = [
-        FieldChanged((PhoneSignal(1, -40),)), ReadWallet(1), Wallet(1, 0, bytes(128)),
+        FieldChanged((PhoneSignal(1, -40),)), ReadWallet(1), Wallet(1, RfStatus.OK, bytes(128)),
         WriteSlot(1, 1, bytes(64)), WriteResult(1, 1, WriteOutcome.OK, 64), BarrierOpen(Direction.ENTRY),
     ]
     return sum(len(f.to_bytes(0)) for f in frames)

@@ -27,8 +27,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-def _add_lazy(subparsers: argparse._SubParsersAction, name: str, module: str, help_text: str,
-              argv: Sequence[str]) -> None:
+def _add_lazy(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, module: str,
+              help_text: str, argv: Sequence[str]) -> None:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     parser.set_defaults(_module=module)
     # Import the module only when this subcommand is the one being run (keeps --help cheap).

@@ -251,7 +251,7 @@ class GateController:
             if landed is not True:
                 if landed is None:  # unknown: keep what the write would have made, say so
                     self._unconfirmed[card_id] = (int(decision.counter), bool(decision.allowed))
-                    update = {"allowed": False, "reason": Reason.READ_FAILED,
+                    update: dict[str, object] = {"allowed": False, "reason": Reason.READ_FAILED,
                               "flags": message.flags | Flag.UNCONFIRMED}
                 else:  # known not to have landed: nothing was charged
                     update = {"allowed": False, "reason": Reason.READ_FAILED, "flags": 0, "fare": 0,
@@ -315,7 +315,7 @@ class GateController:
                 record, _slot = fare_core.read_wallet(again.wallet, card_id, self.sam)
             except WalletError:
                 return False  # no valid slot at all cannot be our complete write
-            return record.counter >= decision.counter
+            return bool(record.counter >= decision.counter)
         return None
 
     async def _recover(self, card_id: int, wallet: bytes) -> TapOutcome | None:
@@ -348,7 +348,7 @@ class GateController:
         if decision.record is not None:
             return int(decision.counter) - 1
         try:
-            return fare_core.read_wallet(wallet, card_id, self.sam)[0].counter
+            return int(fare_core.read_wallet(wallet, card_id, self.sam)[0].counter)
         except WalletError:
             return 0
 

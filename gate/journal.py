@@ -42,8 +42,8 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._last_seq = int(self._meta("last_seq", "0"))
-        self._committed = int(self._meta("committed_through", "0"))
+        self._last_seq = int(self._meta("last_seq", "0") or 0)
+        self._committed = int(self._meta("committed_through", "0") or 0)
 
     # ------------------------------------------------------------------------------------- taps
     @property

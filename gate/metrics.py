@@ -8,6 +8,7 @@ of the latest taps instead.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
 
@@ -43,7 +44,7 @@ class GateMetrics:
         for what, window in (("tap_to_open", self.recent_open_ms), ("host", self.recent_host_ms)):
             for q in (0.5, 0.99):
                 recent.labels(gate=gate_id, what=what, quantile=str(q)).set_function(
-                    lambda w=window, q=q: _quantile(w, q))
+                    functools.partial(_quantile, window, q))
 
     @property
     def taps(self) -> _Labelled:

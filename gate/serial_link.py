@@ -256,7 +256,8 @@ class ReaderLink:
                 if first:
                     self.last_sent_ns, first = time.perf_counter_ns(), False
                 corruption = self._corruption_signal()
-                await asyncio.wait({future, corruption}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {future, corruption}
+                await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if future.done():
                     answer = future.result()
                     if isinstance(answer, Nak):

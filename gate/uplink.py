@@ -147,7 +147,7 @@ class Uplink:
 
     async def _receiver(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            await self._on_message(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+            await self._on_message(str(message.topic), bytes(message.payload))
 
     # --------------------------------------------------------------------------- publishing
     async def _publisher(self, client: aiomqtt.Client) -> None:
