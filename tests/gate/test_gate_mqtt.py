@@ -31,7 +31,7 @@ from gate.journal import Journal
 from gate.messages import DenyListDeltaMessage, SnapshotRequest, Topics, encode
 from gate.simstation import GateSpec, SimStation
 
-from .brokers import MOSQUITTO, Amqtt, Broker, PrivateMosquitto, port_open, require
+from .brokers import MOSQUITTO, Amqtt, Broker, PrivateMosquitto, require
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "fare_core" / "examples"
 SPECS = [GateSpec(1, 1, "entry"), GateSpec(3, 2, "exit")]
@@ -152,67 +152,66 @@ async def test_broker_down_30_s_during_traffic_loses_and_doubles_nothing(
         assert len(ids) == len(set(ids)) == 12
 
 
-async def test_gate_sigkilled_mid_traffic_restarts_with_its_journal(tmp_path: Path, table: TableData) -> None:
-    chosen = Amqtt()
-    await chosen.start()
-    try:
-        async with backend(chosen, tmp_path) as settings:
-            with Sim(DEVICE, riders(16), gates=1) as sim:
-                station = SimStation(tmp_path, SPECS[:1], riders(16), table, device=DEVICE,
-                                     mqtt_url=chosen.url, prefix=settings.mqtt_prefix)
-                config = station.prepare(0)
-                toml = tmp_path / "gate.toml"
-                toml.write_text(
-                    f'station_id = 1\ngate_no = 1\ndirection = "entry"\ndata_dir = "{config.data_dir}"\n'
-                    f'sam_key_hex = "{config.sam_key_hex}"\n[mqtt]\nurl = "{chosen.url}"\n'
-                    f'prefix = "{settings.mqtt_prefix}"\nstall_s = 2.0\n', encoding="utf-8")
-                command = [sys.executable, "-m", "gate.cli", "gate", "--config", str(toml), "--serial",
-                           sim.url(0), "--log-level", "WARNING"]
-                served = []
-                for round_ in range(2):
-                    proc = subprocess.Popen(command)
-                    try:
-                        await asyncio.to_thread(
-                            sim.wait_for, lambda: bool(sim.gate(0).records("rx")), 30)
-                        for i in range(8 * round_, 8 * round_ + 8):
-                            p = sim.present(0x7000 + i, 0, patience_s=2.0)
-                            await asyncio.to_thread(sim.wait, p, 10)
-                            served.append(p)
-                    finally:
-                        proc.send_signal(signal.SIGKILL)  # mid-traffic: no goodbye, no flush
-                        await asyncio.to_thread(proc.wait, 10)
-                with Journal(config.data_dir / "journal.db") as journal:
-                    last = journal.last_seq
-                    kept = journal.pending(limit=1000)
-                assert all(p.passed_at is not None for p in served)
-                assert last == 16  # one seq per tap, none reused across the kill
-                # restart once more so the gate can hand over what the kill left unpublished
+async def test_gate_sigkilled_mid_traffic_restarts_with_its_journal(broker: Broker, tmp_path: Path,
+                                                                    table: TableData) -> None:
+    chosen = broker
+    async with backend(chosen, tmp_path) as settings:
+        with Sim(DEVICE, riders(16), gates=1) as sim:
+            station = SimStation(tmp_path, SPECS[:1], riders(16), table, device=DEVICE,
+                                 mqtt_url=chosen.url, prefix=settings.mqtt_prefix)
+            config = station.prepare(0)
+            toml = tmp_path / "gate.toml"
+            toml.write_text(
+                f'station_id = 1\ngate_no = 1\ndirection = "entry"\ndata_dir = "{config.data_dir}"\n'
+                f'sam_key_hex = "{config.sam_key_hex}"\n[mqtt]\nurl = "{chosen.url}"\n'
+                f'prefix = "{settings.mqtt_prefix}"\nstall_s = 2.0\n', encoding="utf-8")
+            command = [sys.executable, "-m", "gate.cli", "gate", "--config", str(toml), "--serial",
+                       sim.url(0), "--log-level", "WARNING"]
+            served = []
+            for round_ in range(2):
                 proc = subprocess.Popen(command)
                 try:
-                    async def all_stored() -> bool:
-                        return set(await stored_tap_ids(settings)) == {f"1-1:{s}" for s in range(1, 17)}
-
-                    await wait_until(all_stored, 30)
+                    await asyncio.to_thread(
+                        sim.wait_for, lambda: bool(sim.gate(0).records("rx")), 30)
+                    for i in range(8 * round_, 8 * round_ + 8):
+                        p = sim.present(0x7000 + i, 0, patience_s=2.0)
+                        await asyncio.to_thread(sim.wait, p, 10)
+                        served.append(p)
                 finally:
-                    proc.terminate()
+                    proc.send_signal(signal.SIGKILL)  # mid-traffic: no goodbye, no flush
                     await asyncio.to_thread(proc.wait, 10)
-                ids = await stored_tap_ids(settings)
-                assert len(ids) == len(set(ids)) == 16
-                assert all(seq <= 16 for seq, _ in kept)
-    finally:
-        await chosen.stop()
+            with Journal(config.data_dir / "journal.db") as journal:
+                last = journal.last_seq
+                kept = journal.pending(limit=1000)
+            assert all(p.passed_at is not None for p in served)
+            assert last == 16  # one seq per tap, none reused across the kill
+            # restart once more so the gate can hand over what the kill left unpublished
+            proc = subprocess.Popen(command)
+            try:
+                async def all_stored() -> bool:
+                    return set(await stored_tap_ids(settings)) == {f"1-1:{s}" for s in range(1, 17)}
+
+                await wait_until(all_stored, 30)
+            finally:
+                proc.terminate()
+                await asyncio.to_thread(proc.wait, 10)
+            ids = await stored_tap_ids(settings)
+            assert len(ids) == len(set(ids)) == 16
+            assert all(seq <= 16 for seq, _ in kept)
 
 
-async def test_denylist_delta_with_bad_checksum_is_refused(tmp_path: Path, table: TableData) -> None:
-    require("mosquitto on 127.0.0.1:1883", port_open(1883))
+async def test_denylist_delta_with_bad_checksum_is_refused(broker: Broker, tmp_path: Path,
+                                                          table: TableData) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}"
     topics = Topics(prefix)
+    host, port = broker.url.removeprefix("mqtt://").split(":")
     async with SimStation(tmp_path, SPECS[:1], riders(1), table, device=DEVICE,
-                          mqtt_url="mqtt://127.0.0.1:1883", prefix=prefix) as st:
+                          mqtt_url=broker.url, prefix=prefix) as st:
         gate = st.gates[0]
         assert gate.uplink is not None
         await asyncio.wait_for(gate.uplink.connected.wait(), 10)
-        async with aiomqtt.Client("127.0.0.1", 1883, identifier=f"op-{prefix}") as operator:
+        async with aiomqtt.Client(host, int(port), identifier=f"op-{prefix}",
+                                  protocol=aiomqtt.ProtocolVersion.V311) as operator:
             await operator.subscribe(topics.request(gate.config.gate_id), qos=1)
             bad = DenyListDeltaMessage(version=1, base_version=0, add=[0x7000], remove=[],
                                        checksum="00" * 24, time=datetime.now(UTC))
