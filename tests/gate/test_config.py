@@ -1,0 +1,44 @@
+"""Gate configuration: the shipped example loads; every bad value is refused with its name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gate.cli import main
+from gate.config import TEST_SAM_KEY, ConfigError, load_config, parse_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "gate" / "examples" / "gate.toml"
+
+
+def test_shipped_example_loads() -> None:
+    config = load_config(EXAMPLE)
+    assert (config.gate_id, config.direction) == ("109-1", "entry")
+    assert config.mqtt.host_port == ("127.0.0.1", 1883)
+
+
+@pytest.mark.parametrize(("raw", "named"), [
+    ({"gate_no": 1}, "station_id"),
+    ({"station_id": 70000, "gate_no": 1}, "station_id"),
+    ({"station_id": 1, "gate_no": 1, "direction": "sideways"}, "direction"),
+    ({"station_id": 1, "gate_no": 1, "sam_key_hex": "abc"}, "sam_key_hex"),
+    ({"station_id": 1, "gate_no": 1, "mqtt": {"url": "http://x"}}, "mqtt.url"),
+    ({"station_id": 1, "gate_no": 1, "mqtt": {"window": 0}}, "mqtt.window"),
+    ({"station_id": 1, "gate_no": 1, "colour": "red"}, "colour"),
+    ({"station_id": 1, "gate_no": 1, "environment": "production", "sam_key_hex": TEST_SAM_KEY},
+     "sam_key_hex"),
+])
+def test_bad_values_are_named(raw: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        parse_config(raw)
+
+
+def test_cli_refuses_a_broken_file(tmp_path: Path) -> None:
+    bad = tmp_path / "gate.toml"
+    bad.write_text("station_id = 'one'\ngate_no = 1\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="station_id"):
+        main(["gate", "--config", str(bad), "--serial", "/dev/null"])
+    unreadable = tmp_path / "nope.toml"
+    with pytest.raises(SystemExit, match=r"nope\.toml"):
+        main(["gate", "--config", str(unreadable)])
