@@ -45,6 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="default: 5, 3.1.1 for amqtt")
     parser.add_argument("--database", help="database URL (default: a new SQLite file in a temp dir)")
     parser.add_argument("--batch", type=int, default=2000, help="ingest batch size (default 2000)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="ingest worker processes on the shared subscription (default 1)",
+    )
+    parser.add_argument(
+        "--publishers", type=int, default=1, help="processes simulating the gates (default 1)"
+    )
     parser.add_argument("--no-baseline", action="store_true", help="skip the raw broker baseline")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -119,6 +128,30 @@ def _baseline_subscriber(url: str, version: str, topic: str, count: Any, ready: 
     client.disconnect()
 
 
+def _publisher_process(
+    url: str,
+    version: str,
+    prefix: str,
+    first: int,
+    gates: int,
+    per_gate: int,
+    window: int,
+    timeout: float,
+    ready: Any,
+    go: Any,
+    results: Any,
+) -> None:
+    """Child process: some of the simulated gates (payloads built before the clock starts)."""
+    sim = SimulatedGates(url, version, Topics(prefix), gates, per_gate, window, first=first)
+    sim.connect()
+    ready.set()
+    go.wait()
+    start = time.perf_counter()  # CLOCK_MONOTONIC: comparable between processes
+    elapsed = sim.run(timeout)
+    sim.close()
+    results.put((start, start + elapsed, sim.publishes, sim.ids))
+
+
 def _embedded_broker_process(port: int, ready: Any, stop: Any) -> None:
     from .broker import embedded_broker
 
@@ -175,10 +208,10 @@ class SimulatedGates:
     """Many gates on one client: bounded window per gate, committed acks, resend requests, stall replay."""
 
     def __init__(
-        self, url: str, version: str, topics: Topics, gates: int, per_gate: int, window: int
+        self, url: str, version: str, topics: Topics, gates: int, per_gate: int, window: int, first: int = 0
     ) -> None:
         self.topics = topics
-        self.ids = [f"{1000 + g // 8}-{g % 8}" for g in range(gates)]
+        self.ids = [f"{1000 + g // 8}-{g % 8}" for g in range(first, first + gates)]
         self.per_gate = per_gate
         self.window = window
         self.committed = dict.fromkeys(self.ids, 0)
@@ -236,6 +269,8 @@ class SimulatedGates:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         gate = Topics.gate_of(message.topic)
+        if gate not in self.committed:
+            return  # another publisher process's gate
         body = json.loads(message.payload)
         with self.cond:
             if message.topic.endswith("/committed"):
@@ -396,6 +431,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "database": "postgresql" if schema else "sqlite",
         "gates": args.gates,
         "window": args.window,
+        "workers": args.workers,
+        "publishers": args.publishers,
     }
     try:
         if not args.no_baseline:
@@ -403,28 +440,66 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 measure_baseline(url, version, min(sent, 50_000), 500)
             )
         asyncio.run(_prepare_database(settings))
-        stop, ready = ctx.Event(), ctx.Event()
-        ingest = ctx.Process(target=_ingest_process, args=(values, stop, ready))
-        ingest.start()
+        stop = ctx.Event()
+        workers = []
+        for number in range(args.workers):
+            ready = ctx.Event()
+            own = {**values, "ingest_client_id": f"{values['ingest_client_id']}-{number}"}
+            workers.append((ctx.Process(target=_ingest_process, args=(own, stop, ready)), ready))
+            workers[-1][0].start()
         try:
-            if not ready.wait(30):
-                raise RuntimeError("ingest worker did not start")
-            gates = SimulatedGates(url, version, Topics(prefix), args.gates, per_gate, args.window)
-            gates.connect()
-            elapsed = gates.run(args.timeout)
-            gates.close()
+            for _, ready in workers:
+                if not ready.wait(30):
+                    raise RuntimeError("ingest worker did not start")
+            go, results = ctx.Event(), ctx.Queue()
+            publishers = []
+            share = [
+                args.gates // args.publishers + (i < args.gates % args.publishers)
+                for i in range(args.publishers)
+            ]
+            for number, count in enumerate(share):
+                ready = ctx.Event()
+                process = ctx.Process(
+                    target=_publisher_process,
+                    args=(
+                        url,
+                        version,
+                        prefix,
+                        sum(share[:number]),
+                        count,
+                        per_gate,
+                        args.window,
+                        args.timeout,
+                        ready,
+                        go,
+                        results,
+                    ),
+                )
+                process.start()
+                publishers.append((process, ready))
+            for _, ready in publishers:
+                if not ready.wait(60):
+                    raise RuntimeError("publisher did not start")
+            go.set()
+            outcomes = [results.get(timeout=args.timeout + 60) for _ in publishers]
+            for process, _ in publishers:
+                process.join(30)
+            elapsed = max(o[1] for o in outcomes) - min(o[0] for o in outcomes)
+            publishes = sum(o[2] for o in outcomes)
+            gate_ids = [gate for o in outcomes for gate in o[3]]
         finally:
             stop.set()
-            ingest.join(30)
-            if ingest.is_alive():
-                ingest.kill()
-        rows, unique = asyncio.run(_count(settings, gates.ids))
+            for process, _ in workers:
+                process.join(30)
+                if process.is_alive():
+                    process.kill()
+        rows, unique = asyncio.run(_count(settings, gate_ids))
         result.update(
             {
                 "taps_per_s": round(sent / elapsed),
                 "seconds": round(elapsed, 3),
                 "sent": sent,
-                "publishes": gates.publishes,
+                "publishes": publishes,
                 "stored": unique,
                 "lost": sent - unique,
                 "duplicated": rows - unique,

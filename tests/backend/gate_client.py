@@ -21,6 +21,7 @@ class GateClient:
         username: str | None = None,
         password: str | None = None,
         client_id: str | None = None,
+        will: tuple[str, bytes] | None = None,
     ) -> None:
         address = BrokerAddress.parse(url)
         protocol = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
@@ -31,6 +32,8 @@ class GateClient:
         )
         if username:
             self.client.username_pw_set(username, password)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.received: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
@@ -69,6 +72,13 @@ class GateClient:
     def messages(self, topic: str) -> list[bytes]:
         with self.lock:
             return [payload for t, payload, _ in self.received if t == topic]
+
+    def vanish(self) -> None:
+        """Drop the connection without DISCONNECT, as a gate losing power does."""
+        self.client.loop_stop()
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
 
     def close(self) -> None:
         self.client.disconnect()

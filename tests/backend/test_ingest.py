@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from backend.control import handle_control_message
 from backend.db import make_engine, make_sessionmaker
+from backend.ingest.store import RawMessage
 from backend.ingest.worker import IngestWorker
 from backend.migrate import upgrade
 from backend.tables import DeadLetterRow, GateRow, TapRow
-from gate.messages import Committed, ResendRequest, Topics, encode
+from fare_core.reasons import GateMode
+from gate.messages import Committed, GateState, GateStatus, ResendRequest, Topics, encode
 from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
 from tests.backend.gate_client import GateClient
 
@@ -37,7 +41,11 @@ async def ingest(database: Database, broker: BrokerInfo) -> AsyncIterator[Runnin
     engine = make_engine(settings)
     await upgrade(engine, settings)
     sessions = make_sessionmaker(engine)
-    worker = IngestWorker(settings, sessions)
+
+    async def control(message: RawMessage) -> None:
+        await handle_control_message(settings, sessions, message)
+
+    worker = IngestWorker(settings, sessions, on_other=control)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -139,3 +147,50 @@ async def test_a_gap_in_the_sequence_asks_the_gate_to_resend(ingest: Running, br
         assert await ingest.count(TapRow) == 6
     finally:
         gate.close()
+
+
+async def test_gate_status_and_its_last_will_are_recorded(ingest: Running, broker: BrokerInfo) -> None:
+    topic = ingest.topics.status("12-3")
+    gate = GateClient(
+        broker.url,
+        broker.version,
+        [],
+        will=(topic, encode(GateStatus(gate_id="12-3", state=GateState.OFFLINE))),
+    )
+    try:
+        await asyncio.to_thread(gate.wait_ready)
+        online = GateStatus(
+            gate_id="12-3",
+            state=GateState.ONLINE,
+            time=datetime.now(UTC),
+            mode=GateMode.NORMAL,
+            fare_table_version=7,
+            denylist_version=3,
+            last_seq=0,
+            software="gate 0.1",
+        )
+        await asyncio.to_thread(gate.publish, topic, encode(online))
+        await asyncio.to_thread(gate.publish, ingest.topics.status("12-4"), b"not a status")
+
+        async def gate_row() -> GateRow | None:
+            async with ingest.sessions() as session:
+                return await session.get(GateRow, "12-3")
+
+        row = await wait_for(gate_row)
+        assert (row.state, row.fare_table_version, row.denylist_version, row.software) == (
+            "online",
+            7,
+            3,
+            "gate 0.1",
+        )
+        gate.vanish()  # no DISCONNECT: the broker publishes the last will
+        await wait_for(lambda: _state(ingest), timeout=30)
+        await wait_for(lambda: ingest.count(DeadLetterRow))
+    finally:
+        gate.close()
+
+
+async def _state(run: Running) -> bool:
+    async with run.sessions() as session:
+        row = await session.get(GateRow, "12-3")
+        return row is not None and row.state == "offline"

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from backend.ingest.store import RawMessage, TapStore
 from backend.processor import Processor
-from backend.tables import AlarmRow, FareTableRow, LedgerRow, PhoneRow, TapRow, TripRow
+from backend.tables import ActionRow, AlarmRow, FareTableRow, LedgerRow, PhoneRow, TapRow, TripRow
 from fare_core.reasons import Direction
 from gate.messages import TapMessage, Topics, encode
 from tests.backend.conftest import make_settings
@@ -111,3 +111,60 @@ async def test_reconciliation_catches_a_cloned_phone_and_can_deny_list_it(migrat
     ]
     assert second.tap_id in next(a.detail for a in alarms if a.tap_id == first.tap_id)
     assert blocked == [[f"{CARD:016x}"]]
+
+
+async def test_a_balance_jump_is_flagged(migrated: Any) -> None:
+    sessions, store, processor = await setup(migrated, reconcile=False)
+    alpha, delta = SimGate(1), SimGate(4)
+    wallet = new_phone(CARD, balance=5000)
+    entry, wallet = alpha.tap(wallet, CARD, Direction.ENTRY, at(2, 0))
+    # the next tap reads the counter the entry wrote, but a balance it never left (a doctored wallet)
+    exit_, _ = delta.tap(wallet, CARD, Direction.EXIT, at(2, 30), balance_before=9000, balance_after=8600)
+    await ingest(store, processor, entry, exit_)
+    async with sessions() as session:
+        alarm = (await session.execute(select(AlarmRow))).scalar_one()
+    assert (alarm.kind, alarm.tap_id) == ("balance_jump", exit_.tap_id)
+    assert "the previous tap left 5000" in alarm.detail
+
+
+async def test_an_applied_action_leaves_the_pending_list(migrated: Any) -> None:
+    sessions, store, processor = await setup(migrated)
+    applied: list[bool] = []
+
+    async def on_applied() -> None:
+        applied.append(True)
+
+    processor.on_action_applied = on_applied
+    async with sessions.begin() as session:
+        action = ActionRow(
+            card_id=f"{CARD:016x}", topup=1000, unblock=False, state="pending", created_at=datetime.now(UTC)
+        )
+        session.add(action)
+    alpha = SimGate(1)
+    alpha_tap, _ = alpha.tap(new_phone(CARD, balance=100), CARD, Direction.ENTRY, at(2, 0))
+    # the gate applied the action: the report carries its id (a gate built on fare_core's topup)
+    import fare_core
+
+    context = fare_core.Tap(CARD, 1, Direction.ENTRY, int(at(2, 0).timestamp()), gate_no=1, topup=1000)
+    wallet = new_phone(CARD, balance=100)
+    decision = fare_core.decide(wallet, context, alpha.table, alpha.denylist, alpha.sam)
+    tap = alpha_tap.model_copy(
+        update={
+            "action_id": action.id,
+            "topup_applied": decision.topup,
+            "flags": decision.flags,
+            "balance_after": decision.balance_after,
+            "allowed": bool(decision.allowed),
+            "reason": fare_core.Reason(decision.reason),
+            "fare": decision.fare,
+            "counter_after": decision.counter if decision.record is not None else alpha_tap.counter_before,
+        }
+    )
+    tap = type(tap).model_validate_json(encode(tap))
+    await ingest(store, processor, tap)
+    async with sessions() as session:
+        row = await session.get(ActionRow, action.id)
+        stored = await session.get(TapRow, tap.tap_id)
+    assert row is not None and (row.state, row.applied_tap_id) == ("applied", tap.tap_id)
+    assert applied == [True]
+    assert stored is not None and stored.reconciled == "ok"
