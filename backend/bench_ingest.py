@@ -198,7 +198,7 @@ def measure_baseline(url: str, version: str, messages: int, window: int) -> floa
             client.loop(0.001)
         elapsed = time.perf_counter() - start
         client.disconnect()
-        return count.value / elapsed
+        return float(count.value) / elapsed
     finally:
         stop.set()
         subscriber.join(10)

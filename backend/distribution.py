@@ -109,8 +109,8 @@ class Distributor:
                         .scalars()
                         .all()
                     )
-                    for row in rows:
-                        row.removed_version = version
+                    for entry in rows:
+                        entry.removed_version = version
                 row = DenyListVersionRow(
                     version=version,
                     base_version=base,

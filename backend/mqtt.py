@@ -72,7 +72,7 @@ def make_client(
     client.max_queued_messages_set(0)
     connect: dict[str, Any] = {"host": address.host, "port": address.port, "keepalive": 30}
     if v5:
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if persistent:
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
             connect["clean_start"] = False

@@ -203,10 +203,14 @@ class Processor:
             await session.flush()
             phone.open_trip_id = trip.id
         else:
-            trip = await session.get(TripRow, phone.open_trip_id) if phone.open_trip_id is not None else None
-            if trip is None or trip.state != "open":
+            open_trip = (
+                await session.get(TripRow, phone.open_trip_id) if phone.open_trip_id is not None else None
+            )
+            if open_trip is None or open_trip.state != "open":
                 trip = TripRow(card_id=tap.card_id, fare=0, state="no_entry")
                 session.add(trip)
+            else:
+                trip = open_trip
             trip.exit_tap_id = tap.tap_id
             trip.exit_station = tap.station_id
             trip.exit_time = tap.time

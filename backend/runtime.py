@@ -78,7 +78,6 @@ async def serve(
             server = uvicorn.Server(
                 uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
             )
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
 
             async def api_task() -> None:
                 serve_task = asyncio.create_task(server.serve())

@@ -12,10 +12,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -223,7 +223,7 @@ async def advance_gates(session: AsyncSession, gate_ids: Sequence[str]) -> dict[
         missing = _gaps(through, seqs)
         progress[gate] = GateProgress(gate, through, highest, missing)
         updates.append({"g": gate, "c": through, "h": highest})
-    gates = GateRow.__table__
+    gates = cast(Table, GateRow.__table__)
     await session.execute(
         update(gates)
         .where(gates.c.gate_id == bindparam("g"), gates.c.committed_seq <= bindparam("c"))
