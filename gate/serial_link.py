@@ -33,6 +33,9 @@ M = TypeVar("M", bound=Message)
 
 #: Resends triggered by a corrupt frame (cheap: they cost wire time only, never a timeout).
 FAST_RETRIES = 12
+#: New requests after a NAK BUSY, BUSY_WAIT_S apart (covers the slowest RF operation, 0.4 s).
+BUSY_RETRIES = 10
+BUSY_WAIT_S = 0.05
 
 
 class LinkError(Exception):
@@ -241,6 +244,18 @@ class ReaderLink:
         device ignores a repeat it is still working on and answers a finished one from its cache,
         so a resend never makes it act twice.
         """
+        for _attempt in range(BUSY_RETRIES):
+            try:
+                return await self._request_once(message, expect, timeout)
+            except LinkNak as exc:
+                if exc.reason != NakReason.BUSY:
+                    raise
+            # The device is still on an RF operation (one a restarted gate never saw finish). A NAK
+            # is final for its SEQ: wait, then ask again as a new request.
+            await asyncio.sleep(BUSY_WAIT_S)
+        return await self._request_once(message, expect, timeout)
+
+    async def _request_once(self, message: Message, expect: type[M], timeout: float | None) -> M:
         if self._port is None:
             raise LinkDown(f"serial {self.url} is down")
         seq = self._next_seq()
