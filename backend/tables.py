@@ -99,6 +99,7 @@ class TapRow(Base):
         Index("ix_taps_card_time", "card_id", "time"),
         Index("ix_taps_time", "time"),
         Index("ix_taps_reconciled", "reconciled"),
+        Index("ix_taps_card_counter", "card_id", "counter_before"),  # reconciliation's clone check
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
 from ...distribution import Conflict
-from ...tables import PhoneRow, TripRow
+from ...tables import LedgerRow, PhoneRow, TripRow
 from ..deps import DistributorDep, PageDep, PhoneDep, SessionDep, audit
 from ..schemas import ActionPublic, PhonePublic, ReportLostRequest, TopUpRequest, TripPublic
 from .actions import create_action
@@ -72,6 +74,30 @@ async def report_lost(
         session.add(new)
     await session.flush()
     new.commuter_token_hash = token_hash_value
+    now = datetime.now(UTC)
+    if balance_moved > 0:  # the ledger shows where the money went; the new wallet gets it by an action
+        session.add(
+            LedgerRow(
+                card_id=old_card,
+                kind="transfer_out",
+                tap_id=None,
+                time=now,
+                amount=-balance_moved,
+                balance_before=balance_moved,
+                balance_after=0,
+            )
+        )
+        session.add(
+            LedgerRow(
+                card_id=body.new_card_id,
+                kind="transfer_in",
+                tap_id=None,
+                time=now,
+                amount=balance_moved,
+                balance_before=0,
+                balance_after=balance_moved,
+            )
+        )
     await audit(
         session,
         f"commuter:{old_card}",
