@@ -172,7 +172,7 @@ class GateController:
         elif isinstance(event, Passage):
             self.metrics.passages.inc()
         elif isinstance(event, Alarm):
-            self.metrics.alarms.labels(kind=event.alarm.name.lower()).inc()
+            self.metrics.alarm(event.alarm.name.lower())
             if self.on_alarm:
                 self.on_alarm(event)
 

@@ -254,6 +254,11 @@ class GateStatus(Message):
     last_seq: Annotated[int, Field(ge=0)] | None = None  # highest seq journaled
     journal_pending: Annotated[int, Field(ge=0)] | None = None  # taps not yet committed by the backend
     software: Annotated[str, Field(max_length=64)] | None = None  # gate software version
+    tap_to_open_p50_ms: Annotated[float, Field(ge=0)] | None = None  # over the gate's latest 1000 taps
+    tap_to_open_p99_ms: Annotated[float, Field(ge=0)] | None = None  # (phone seen -> barrier open acked)
+    host_p99_ms: Annotated[float, Field(ge=0)] | None = None  # the gate's own processing, same taps
+    tailgating_alarms: Annotated[int, Field(ge=0)] | None = None  # since the gate started
+    forced_door_alarms: Annotated[int, Field(ge=0)] | None = None  # since the gate started
 
 
 class UpdateKind(StrEnum):

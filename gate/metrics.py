@@ -9,6 +9,7 @@ of the latest taps instead.
 from __future__ import annotations
 
 import functools
+from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable
 
@@ -39,6 +40,7 @@ class GateMetrics:
         self.gate_id = gate_id
         self.recent_open_ms: deque[float] = deque(maxlen=1000)
         self.recent_host_ms: deque[float] = deque(maxlen=1000)
+        self.alarm_counts: Tally[str] = Tally()
         recent = Gauge("faregate_recent_ms", "tap-to-open and the gate's own processing time over the "
                        "latest 1000 taps", ["gate", "what", "quantile"], registry=self.registry)
         for what, window in (("tap_to_open", self.recent_open_ms), ("host", self.recent_host_ms)):
@@ -50,9 +52,10 @@ class GateMetrics:
     def taps(self) -> _Labelled:
         return _Labelled(self._taps, self.gate_id)
 
-    @property
-    def alarms(self) -> _Labelled:
-        return _Labelled(self._alarms, self.gate_id)
+    def alarm(self, kind: str) -> None:
+        """A tailgating or forced-door alarm from the passage sensor."""
+        self._alarms.labels(gate=self.gate_id, kind=kind).inc()
+        self.alarm_counts[kind] += 1
 
     def observe_open(self, seconds: float, host_seconds: float) -> None:
         """A barrier opened `seconds` after the phone was seen, `host_seconds` of it the gate's own
@@ -61,13 +64,15 @@ class GateMetrics:
         self.recent_open_ms.append(seconds * 1000)
         self.recent_host_ms.append(host_seconds * 1000)
 
-    def percentiles(self) -> dict[str, float]:
-        """p50 / p99 / max tap-to-open of the recent taps, in ms (empty before the first tap)."""
-        if not self.recent_open_ms:
-            return {}
-        return {"p50_ms": round(_quantile(self.recent_open_ms, 0.5), 3),
-                "p99_ms": round(_quantile(self.recent_open_ms, 0.99), 3),
-                "max_ms": round(max(self.recent_open_ms), 3)}
+    def status_fields(self) -> dict[str, float | int]:
+        """What the gate's status heartbeat reports: recent latency percentiles and alarm counts."""
+        fields: dict[str, float | int] = {
+            kind + "_alarms": self.alarm_counts[kind] for kind in ("tailgating", "forced_door")}
+        if self.recent_open_ms:
+            fields["tap_to_open_p50_ms"] = round(_quantile(self.recent_open_ms, 0.5), 3)
+            fields["tap_to_open_p99_ms"] = round(_quantile(self.recent_open_ms, 0.99), 3)
+            fields["host_p99_ms"] = round(_quantile(self.recent_host_ms, 0.99), 3)
+        return fields
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

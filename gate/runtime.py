@@ -45,11 +45,19 @@ class GateRuntime:
                 journal=self.journal, state=self.state, final_seq=lambda: self.controller.final_seq,
                 window=config.mqtt.window, heartbeat_s=config.mqtt.heartbeat_s,
                 stall_s=config.mqtt.stall_s, on_mode=self.controller.apply_mode,
-                username=config.mqtt.username,
+                extra_status=self.metrics.status_fields, username=config.mqtt.username,
                 password=config.mqtt.password)
             self.controller.on_final = self.uplink.tap_journaled
+            self.controller.on_alarm = self._alarm
         self._metrics_server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _alarm(self, _alarm: object) -> None:
+        """Tell the backend at once (the status carries the alarm counts), not at the next heartbeat."""
+        if self.uplink is not None:
+            task = asyncio.get_running_loop().create_task(self.uplink.publish_status_soon())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _link_state(self, up: bool) -> None:
         if up:  # learn the field and restore the barrier for the mode, off the reader's callback

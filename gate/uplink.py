@@ -202,6 +202,11 @@ class Uplink:
         )
         await client.publish(self.topics.status(self.gate_id), encode(status), qos=1, retain=True)
 
+    async def publish_status_soon(self) -> None:
+        """A status outside the heartbeat (an alarm): skipped quietly while the broker is away."""
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self.publish_status()
+
     async def _ask_snapshot(self, kind: UpdateKind, have: int) -> None:
         if self._client is None:
             return

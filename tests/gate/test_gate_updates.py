@@ -27,6 +27,7 @@ from gate.messages import (
     DenyListDeltaMessage,
     FareTableMessage,
     GateCommand,
+    GateStatus,
     Message,
     Topics,
     encode,
@@ -71,8 +72,8 @@ async def eventually(predicate: Any, timeout: float = 10.0) -> None:
 
 def station(tmp_path: Path, broker: Amqtt, table: TableData, specs: list[GateSpec], **kw: Any) -> SimStation:
     population = Population([Phone(card_id=CARD, balance=1000), Phone(card_id=CARD + 1, balance=1000)])
-    return SimStation(tmp_path, specs, population, table, device=DEVICE, mqtt_url=broker.url, prefix=PREFIX,
-                      **kw)
+    kw.setdefault("device", DEVICE)
+    return SimStation(tmp_path, specs, population, table, mqtt_url=broker.url, prefix=PREFIX, **kw)
 
 
 async def test_free_exit_command_opens_barriers_records_exits_and_survives_restart(
@@ -171,3 +172,27 @@ async def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path, broker: A
         assert 'faregate_taps_total{gate="1-1",outcome="ok"} 1.0' in text
         assert 'faregate_tap_to_open_seconds_count{gate="1-1"} 1.0' in text
         assert "faregate_journal_backlog" in text
+
+
+async def test_status_reports_latency_and_alarms_at_once(tmp_path: Path, broker: Amqtt,
+                                                         table: TableData) -> None:
+    topics = Topics(PREFIX)
+    # real barrier timing: the tailgater steps in while the barrier is still open
+    async with station(tmp_path, broker, table, [GateSpec(1, 1, "entry")], device=DeviceConfig()) as st:
+        assert st.sim is not None
+        gate = st.gates[0]
+        assert gate.uplink is not None
+        await asyncio.wait_for(gate.uplink.connected.wait(), 10)
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V311) as watcher:
+            await watcher.subscribe(topics.status("1-1"), qos=1)
+            await st.tap(CARD, 0, tailgater=True)  # someone slips through behind the commuter
+            async with asyncio.timeout(10):
+                async for message in watcher.messages:
+                    status = GateStatus.model_validate_json(bytes(message.payload))  # type: ignore[arg-type]
+                    if status.tailgating_alarms:
+                        break
+        assert status.state.value == "online" and status.tailgating_alarms == 1
+        assert status.forced_door_alarms == 0
+        assert status.tap_to_open_p50_ms is not None and status.tap_to_open_p50_ms > 0
+        assert status.host_p99_ms is not None and status.host_p99_ms <= status.tap_to_open_p50_ms
+        assert (status.last_seq, status.fare_table_version) == (1, 2)
