@@ -12,7 +12,7 @@ from gate.messages import GateState, GateStatus, SnapshotRequest, Topics, Update
 
 from .config import Settings
 from .ingest.store import RawMessage
-from .tables import DeadLetterRow, GateRow
+from .tables import AlarmRow, DeadLetterRow, GateRow
 
 log = logging.getLogger("faregate.control")
 
@@ -69,6 +69,16 @@ async def record_status(
                 command_id=0,
             )
             session.add(row)
+        if status.state == GateState.OFFLINE and row.state != GateState.OFFLINE.value:
+            session.add(
+                AlarmRow(
+                    created_at=datetime.now(UTC),
+                    kind="gate_offline",
+                    severity="warning",
+                    gate_id=status.gate_id,
+                    detail="the broker published the gate's last will",
+                )
+            )
         row.state = status.state.value
         row.last_seen = status.time or datetime.now(UTC)
         if status.state == GateState.ONLINE:

@@ -70,6 +70,8 @@ class Processor:
                         .where(TapRow.reconciled.is_(None))
                         .order_by(TapRow.time, TapRow.tap_id)
                         .limit(BATCH)
+                        # several processors on PostgreSQL take disjoint batches (SQLite ignores it)
+                        .with_for_update(skip_locked=True)
                     )
                 )
                 .scalars()

@@ -16,7 +16,7 @@ from backend.db import make_engine, make_sessionmaker
 from backend.ingest.store import RawMessage
 from backend.ingest.worker import IngestWorker
 from backend.migrate import upgrade
-from backend.tables import DeadLetterRow, GateRow, TapRow
+from backend.tables import AlarmRow, DeadLetterRow, GateRow, TapRow
 from fare_core.reasons import GateMode
 from gate.messages import Committed, GateState, GateStatus, ResendRequest, Topics, encode
 from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
@@ -185,6 +185,9 @@ async def test_gate_status_and_its_last_will_are_recorded(ingest: Running, broke
         )
         gate.vanish()  # no DISCONNECT: the broker publishes the last will
         await wait_for(lambda: _state(ingest), timeout=30)
+        async with ingest.sessions() as session:
+            alarm = (await session.execute(select(AlarmRow))).scalar_one()
+        assert (alarm.kind, alarm.gate_id) == ("gate_offline", "12-3")
         await wait_for(lambda: ingest.count(DeadLetterRow))
     finally:
         gate.close()
