@@ -1,0 +1,432 @@
+/* The operator board: log in, poll the API every 2 s, render stations, charts, alarms, live taps;
+   operator actions (block/unblock, top-up, fare tables, emergency free exit) only for operators. */
+"use strict";
+
+const TOKEN = "faregate.operator.token";
+const ROLE = "faregate.operator.role";
+const USER = "faregate.operator.user";
+const REFRESH_MS = 2000;
+const STALE_S = 20; // a gate heartbeats every few seconds: silent this long means something is wrong
+const MODES = ["NORMAL", "FREE EXIT", "CLOSED", "MAINTENANCE"];
+const RANK = { viewer: 0, operator: 1, admin: 2 };
+
+let timer = null;
+let currentPhone = null;
+let lastGates = [];
+let busy = false;
+
+const op = (method, path, body) => apiCall(TOKEN, method, API + path, body);
+const canChange = () => (RANK[sessionStorage.getItem(ROLE)] ?? -1) >= RANK.operator;
+
+function flash(message, kind) {
+  const el = $("flash");
+  el.textContent = message;
+  el.className = `flash ${kind || "info"}`;
+}
+
+function showError(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    logout("Your session ended; log in again.");
+    return;
+  }
+  flash(error instanceof ApiError ? `Refused (${error.status}): ${error.detail}` : String(error), "error");
+}
+
+// ------------------------------------------------------------------ login / roles
+
+function applyRole() {
+  const role = sessionStorage.getItem(ROLE) || "";
+  $("who-name").textContent = sessionStorage.getItem(USER) || "";
+  $("who-role").textContent = role;
+  document.body.classList.toggle("read-only", !canChange());
+  for (const el of document.querySelectorAll(".op-only")) {
+    el.hidden = !canChange() || (el.id === "phone-actions" && !currentPhone);
+    for (const control of el.querySelectorAll("button, input, textarea, select")) control.disabled = !canChange();
+  }
+}
+
+function showBoard() {
+  $("login-view").hidden = true;
+  $("board").hidden = false;
+  $("who").hidden = false;
+  applyRole();
+  refresh();
+  clearInterval(timer);
+  timer = setInterval(refresh, REFRESH_MS);
+}
+
+function logout(message) {
+  const token = sessionStorage.getItem(TOKEN);
+  if (token && !message) op("POST", "/logout").catch(() => {});
+  for (const key of [TOKEN, ROLE, USER]) sessionStorage.removeItem(key);
+  clearInterval(timer);
+  currentPhone = null;
+  $("board").hidden = true;
+  $("who").hidden = true;
+  $("login-view").hidden = false;
+  $("login-error").textContent = message || "";
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    const username = $("login-user").value.trim();
+    const token = await apiCall(TOKEN, "POST", `${API}/login`, { username, password: $("login-pass").value });
+    sessionStorage.setItem(TOKEN, token.access_token);
+    sessionStorage.setItem(ROLE, token.role);
+    sessionStorage.setItem(USER, username);
+    $("login-pass").value = "";
+    showBoard();
+  } catch (error) {
+    $("login-error").textContent = error instanceof ApiError ? error.detail : String(error);
+  }
+});
+$("logout").addEventListener("click", () => logout());
+
+// ------------------------------------------------------------------ polling and rendering
+
+async function refresh() {
+  if (busy) return; // a slow backend: skip a beat rather than pile requests up
+  busy = true;
+  try {
+    const [gates, summary, latest, offline, tables] = await Promise.all([
+      op("GET", "/gates?limit=1000"),
+      apiCall(TOKEN, "GET", "/dashboard/api/summary?minutes=30"),
+      op("GET", "/alarms?open_only=true&limit=100"),
+      // a gate going offline must not be pushed off the list by a burst of other alarms
+      op("GET", "/alarms?open_only=true&kind=gate_offline&limit=100"),
+      op("GET", "/fare-tables?limit=8"),
+    ]);
+    const seen = new Set(offline.map((a) => a.id));
+    const alarms = offline.concat(latest.filter((a) => !seen.has(a.id)));
+    lastGates = gates;
+    renderKpis(gates, summary, alarms);
+    renderCharts(summary);
+    renderStations(gates, summary);
+    renderAlarms(alarms, gates);
+    renderRecent(summary.recent);
+    renderFareTables(tables, gates);
+    if (currentPhone) await renderPhone(currentPhone);
+    $("live").classList.toggle("stale", false);
+    $("live").title = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (error) {
+    $("live").classList.toggle("stale", true);
+    showError(error);
+  } finally {
+    busy = false;
+  }
+}
+
+function gateHealth(gate) {
+  if (gate.state === "offline") return "offline";
+  if (gate.state !== "online") return gate.state || "unknown";
+  if (gate.last_seen && Date.now() - new Date(gate.last_seen).getTime() > STALE_S * 1000) return "silent";
+  return "online";
+}
+
+function renderKpis(gates, summary, alarms) {
+  $("kpi-revenue").textContent = yuan(summary.revenue_today_fen);
+  $("kpi-taps").textContent = String(summary.taps_today);
+  $("kpi-denied").textContent = String(summary.denied_today);
+  const online = gates.filter((g) => gateHealth(g) === "online").length;
+  $("kpi-online").textContent = `${online} / ${gates.length}`;
+  $("kpi-online").className = `value ${online < gates.length ? "warn" : ""}`;
+  $("kpi-alarms").textContent = String(alarms.length);
+  $("kpi-alarms").className = `value ${alarms.length ? "warn" : ""}`;
+}
+
+function renderCharts(summary) {
+  drawMinuteBars($("chart-taps"), summary.per_minute.map((m) => ({
+    label: new Date(m.minute).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false }),
+    allowed: m.allowed,
+    denied: m.denied,
+  })));
+  drawCategoryBars($("chart-denials"), Object.entries(summary.denials_today).sort((a, b) => b[1] - a[1]));
+}
+
+function latencyCell(gate, day) {
+  const parts = [];
+  if (gate.tap_to_open_p50_ms != null) parts.push(`p50 ${gate.tap_to_open_p50_ms.toFixed(0)}`);
+  if (gate.tap_to_open_p99_ms != null) parts.push(`p99 ${gate.tap_to_open_p99_ms.toFixed(0)}`);
+  if (parts.length) return `${parts.join(" · ")} ms`;
+  if (!day || !day.taps) return "—";
+  return `${(day.mean_latency_us / 1000).toFixed(1)} / ${(day.max_latency_us / 1000).toFixed(1)} ms`;
+}
+
+function renderStations(gates, summary) {
+  const days = Object.fromEntries(summary.gates.map((g) => [g.gate_id, g]));
+  const stations = new Map();
+  for (const gate of gates) {
+    if (!stations.has(gate.station_id)) stations.set(gate.station_id, []);
+    stations.get(gate.station_id).push(gate);
+  }
+  const latestTable = Math.max(0, ...gates.map((g) => g.fare_table_version || 0));
+  const blocks = [];
+  for (const [station, list] of stations) {
+    const online = list.filter((g) => gateHealth(g) === "online").length;
+    const freeExit = list.some((g) => g.mode === 1 || g.commanded_mode === 1);
+    blocks.push(`
+      <div class="station" data-station="${station}">
+        <div class="station-head">
+          <h3>Station ${station}</h3>
+          <span class="badge ${online === list.length ? "ok" : "bad"}">${online}/${list.length} online</span>
+          ${freeExit ? '<span class="badge bad">EMERGENCY FREE EXIT</span>' : ""}
+          <span class="spacer"></span>
+          <span class="op-only">
+            <button type="button" class="danger" data-mode="1" data-station="${station}">Emergency free exit</button>
+            <button type="button" data-mode="0" data-station="${station}">Back to normal</button>
+          </span>
+        </div>
+        <table class="rows gates"><thead><tr>
+          <th>Gate</th><th>State</th><th>Mode</th><th>Last seen</th><th>Last tap</th><th>Taps / denied today</th>
+          <th>Latency</th><th>Fare table</th><th>Deny-list</th><th>Backlog</th><th>Alarms</th><th>Software</th>
+        </tr></thead><tbody>
+        ${list.map((g) => gateRow(g, days[g.gate_id], latestTable)).join("")}
+        </tbody></table>
+      </div>`);
+  }
+  $("stations").innerHTML = blocks.join("") || '<p class="muted">No gate has reported yet.</p>';
+  applyRole();
+}
+
+function gateRow(g, day, latestTable) {
+  const health = gateHealth(g);
+  const mode = g.mode == null ? "—" : MODES[g.mode] || String(g.mode);
+  const pending = g.commanded_mode != null && g.commanded_mode !== g.mode && health === "online"
+    ? ` <span class="muted">→ ${MODES[g.commanded_mode]}</span>` : "";
+  const tableClass = g.fare_table_version != null && g.fare_table_version < latestTable ? "warn" : "";
+  const alarms = (g.tailgating_alarms || g.forced_door_alarms)
+    ? `tailgating ${g.tailgating_alarms || 0} · forced ${g.forced_door_alarms || 0}` : "—";
+  return `<tr data-gate="${esc(g.gate_id)}" data-state="${esc(health)}" class="${health === "online" ? "" : "row-bad"}">
+    <td class="mono">${esc(g.gate_id)}</td>
+    <td><span class="badge ${health === "online" ? "ok" : "bad"} state">${esc(health)}</span></td>
+    <td class="${g.mode === 1 ? "warn" : ""}">${esc(mode)}${pending}</td>
+    <td title="${esc(stamp(g.last_seen))}">${esc(ago(g.last_seen))}</td>
+    <td>${day && day.last_tap ? esc(ago(day.last_tap)) : "—"}</td>
+    <td>${day ? `${day.taps} / ${day.denied}` : "0 / 0"}</td>
+    <td>${esc(latencyCell(g, day))}</td>
+    <td class="${tableClass} fare-version">${g.fare_table_version ?? "—"}</td>
+    <td>${g.denylist_version ?? "—"}</td>
+    <td class="${g.journal_pending ? "warn" : ""}">${g.journal_pending ?? "—"}</td>
+    <td>${esc(alarms)}</td>
+    <td class="muted">${esc(g.software || "—")}</td>
+  </tr>`;
+}
+
+function renderAlarms(alarms, gates) {
+  const rows = alarms.map((a) => `<tr data-kind="${esc(a.kind)}" class="sev-${esc(a.severity)}">
+      <td title="${esc(stamp(a.created_at))}">${esc(clock(a.created_at))}</td>
+      <td>${esc(a.kind.replaceAll("_", " "))}</td><td class="mono">${esc(a.gate_id || "")}</td>
+      <td class="mono">${esc(a.card_id || "")}</td><td>${esc(a.detail)}</td>
+      <td><button type="button" class="op-only small" data-ack="${a.id}">Acknowledge</button></td></tr>`);
+  // gates reporting alarm counters in their status (tailgating, forced door) that have no alarm row
+  for (const g of gates) {
+    if (g.tailgating_alarms) rows.push(`<tr data-kind="tailgating"><td>—</td><td>tailgating</td><td class="mono">${esc(g.gate_id)}</td><td></td><td>${g.tailgating_alarms} since the gate started</td><td></td></tr>`);
+    if (g.forced_door_alarms) rows.push(`<tr data-kind="forced_door"><td>—</td><td>forced door</td><td class="mono">${esc(g.gate_id)}</td><td></td><td>${g.forced_door_alarms} since the gate started</td><td></td></tr>`);
+  }
+  const kinds = {};
+  for (const a of alarms) kinds[a.kind] = (kinds[a.kind] || 0) + 1;
+  $("alarm-kinds").textContent = Object.entries(kinds).map(([k, n]) => `${k.replaceAll("_", " ")} ${n}`).join(" · ");
+  $("alarms").innerHTML = rows.join("") || '<tr><td colspan="6" class="muted">No open alarms.</td></tr>';
+  applyRole();
+}
+
+function renderRecent(taps) {
+  $("recent").innerHTML = taps.map((t) => {
+    const result = t.allowed ? "OK" : "DENIED";
+    const why = t.allowed ? (t.reason ? t.reason_name.toLowerCase().replaceAll("_", " ") : "") : t.reason_name;
+    return `<tr data-card="${esc(t.card_id)}" data-result="${result}" class="${t.allowed ? "" : "row-bad"}">
+      <td>${esc(clock(t.time))}</td><td class="mono">${esc(t.gate_id)} ${t.direction === 0 ? "in" : "out"}</td>
+      <td class="mono"><a href="#" data-phone="${esc(t.card_id)}">${esc(t.card_id)}</a></td>
+      <td><span class="badge ${t.allowed ? "ok" : "bad"}">${result}</span> ${esc(why)}</td>
+      <td>${t.fare ? yuan(t.fare) : ""}</td></tr>`;
+  }).join("") || '<tr><td colspan="5" class="muted">No taps yet.</td></tr>';
+}
+
+function renderFareTables(tables, gates) {
+  $("fare-tables").innerHTML = tables.map((t, i) => {
+    const on = gates.filter((g) => g.fare_table_version === t.version).length;
+    return `<tr data-version="${t.version}"><td>${t.version}</td><td>${esc(t.name)}</td><td>${esc(t.state)}</td>
+      <td>${esc(stamp(t.activate_at))}</td><td>${esc(t.created_by)}</td>
+      <td class="gates-on">${on} / ${gates.length}</td>
+      <td>${i > 0 ? `<button type="button" class="op-only small" data-rollback="${t.version}">Publish again</button>` : ""}</td></tr>`;
+  }).join("") || '<tr><td colspan="7" class="muted">No fare table published.</td></tr>';
+  applyRole();
+}
+
+// ------------------------------------------------------------------ phone
+
+async function renderPhone(cardId) {
+  let phone = null;
+  try {
+    phone = await op("GET", `/phones/${cardId}`);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 404)) throw error;
+  }
+  const [ledger, trips, taps] = phone
+    ? await Promise.all([
+      op("GET", `/phones/${cardId}/ledger?limit=20`),
+      op("GET", `/phones/${cardId}/trips?limit=20`),
+      op("GET", `/taps?card_id=${cardId}&limit=10`),
+    ])
+    : [[], [], []];
+  $("phone-detail").innerHTML = phone
+    ? `<dl class="facts" data-card="${esc(phone.card_id)}">
+        <dt>Phone</dt><dd class="mono">${esc(phone.card_id)}</dd>
+        <dt>Status</dt><dd><span id="phone-status" class="badge ${phone.status === "active" ? "ok" : "bad"}">${esc(phone.status)}</span> ${esc(phone.status_reason)}</dd>
+        <dt>Balance</dt><dd id="phone-balance">${yuan(phone.balance)}</dd>
+        <dt>Last tap</dt><dd>${esc(stamp(phone.last_tap_time))}</dd>
+        ${phone.replaced_by ? `<dt>Replaced by</dt><dd class="mono">${esc(phone.replaced_by)}</dd>` : ""}
+      </dl>`
+    : `<p class="muted">No phone ${esc(cardId)} known yet (it has never tapped). It can still be blocked.</p>`;
+  $("phone-tables").innerHTML = `
+    <h4>Recent taps</h4><table class="rows"><thead><tr><th>Time</th><th>Gate</th><th>Result</th><th>Fare</th><th>Balance</th></tr></thead>
+    <tbody id="phone-taps">${taps.map((t) => `<tr data-result="${t.allowed ? "OK" : "DENIED"}"><td>${esc(stamp(t.time))}</td><td class="mono">${esc(t.gate_id)}</td>
+      <td><span class="badge ${t.allowed ? "ok" : "bad"}">${t.allowed ? "OK" : "DENIED"}</span></td><td>${yuan(t.fare)}</td><td>${yuan(t.balance_after)}</td></tr>`).join("") || '<tr><td colspan="5" class="muted">none</td></tr>'}</tbody></table>
+    <h4>Ledger</h4><table class="rows"><thead><tr><th>Time</th><th>Kind</th><th>Amount</th><th>Balance</th></tr></thead>
+    <tbody>${ledger.map((l) => `<tr><td>${esc(stamp(l.time))}</td><td>${esc(l.kind)}</td><td>${yuan(l.amount)}</td><td>${yuan(l.balance_after)}</td></tr>`).join("") || '<tr><td colspan="4" class="muted">none</td></tr>'}</tbody></table>
+    <h4>Trips</h4><table class="rows"><thead><tr><th>Entry</th><th>From</th><th>To</th><th>Fare</th><th>State</th></tr></thead>
+    <tbody>${trips.map((t) => `<tr><td>${esc(stamp(t.entry_time))}</td><td>${t.entry_station ?? "—"}</td><td>${t.exit_station ?? "—"}</td><td>${yuan(t.fare)}</td><td>${esc(t.state)}</td></tr>`).join("") || '<tr><td colspan="5" class="muted">none</td></tr>'}</tbody></table>`;
+}
+
+async function lookUp(cardId) {
+  const id = cardId.trim().toLowerCase();
+  if (!/^[0-9a-f]{16}$/.test(id)) {
+    flash("A card id is 16 hexadecimal digits.", "error");
+    return;
+  }
+  $("phone-id").value = id;
+  currentPhone = id;
+  $("token-out").textContent = "";
+  try {
+    await renderPhone(id);
+    applyRole();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+$("phone-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  lookUp($("phone-id").value);
+});
+
+document.addEventListener("click", async (event) => {
+  const target = event.target.closest("[data-phone], [data-mode], [data-ack], [data-rollback]");
+  if (!target) return;
+  event.preventDefault();
+  try {
+    if (target.dataset.phone) {
+      await lookUp(target.dataset.phone);
+      $("phone-card").scrollIntoView({ behavior: "smooth" });
+    } else if (target.dataset.mode !== undefined) {
+      await commandStation(Number(target.dataset.station), Number(target.dataset.mode));
+    } else if (target.dataset.ack) {
+      await op("POST", `/alarms/${target.dataset.ack}/acknowledge`);
+      flash("Alarm acknowledged.", "ok");
+      refresh();
+    } else if (target.dataset.rollback) {
+      const version = Number(target.dataset.rollback);
+      if (!confirm(`Publish the rules of fare table ${version} again, as a new version?`)) return;
+      const row = await op("POST", `/fare-tables/${version}/rollback`, {});
+      flash(`Rules of version ${version} published again as version ${row.version}; watch the gates adopt it.`, "ok");
+      refresh();
+    }
+  } catch (error) {
+    showError(error);
+  }
+});
+
+async function phoneChange(kind) {
+  const reason = $("block-reason").value.trim();
+  if (!currentPhone) return;
+  if (!reason) {
+    flash("Give a reason: it is kept in the deny-list history and the audit log.", "error");
+    return;
+  }
+  try {
+    const version = await op("POST", `/phones/${currentPhone}/${kind}`, { reason });
+    let message = `Phone ${currentPhone} ${kind}ed: deny-list version ${version.version} sent to every gate.`;
+    if (kind === "unblock") {
+      // the wallet itself may carry a blocked flag written by a gate: clear it at the next tap
+      await op("POST", "/actions", { card_id: currentPhone, unblock: true, reason });
+      message += " Its wallet is unblocked at its next tap.";
+    }
+    flash(message, "ok");
+    await renderPhone(currentPhone);
+    refresh();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+$("block-btn").addEventListener("click", () => phoneChange("block"));
+$("unblock-btn").addEventListener("click", () => phoneChange("unblock"));
+
+$("topup-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const fen = parseYuan($("topup-yuan").value);
+  if (!fen) {
+    flash("Top-up: an amount in yuan such as 20 or 12.50.", "error");
+    return;
+  }
+  try {
+    const action = await op("POST", "/actions", { card_id: currentPhone, topup: fen, reason: "operator top-up" });
+    flash(`Top-up of ${yuan(fen)} queued (action ${action.id}): added at the phone's next tap.`, "ok");
+    $("topup-yuan").value = "";
+  } catch (error) {
+    showError(error);
+  }
+});
+
+$("token-btn").addEventListener("click", async () => {
+  try {
+    const issued = await op("POST", `/phones/${currentPhone}/commuter-token`);
+    $("token-out").textContent = `Commuter token for ${issued.card_id} (shown once): ${issued.token}`;
+  } catch (error) {
+    showError(error);
+  }
+});
+
+// ------------------------------------------------------------------ stations and fare tables
+
+async function commandStation(station, mode) {
+  const gates = lastGates.filter((g) => g.station_id === station);
+  const what = mode === 1 ? "EMERGENCY FREE EXIT (all barriers open)" : "normal service";
+  if (!confirm(`Put the ${gates.length} gates of station ${station} into ${what}?`)) return;
+  const reason = mode === 1 ? "emergency free exit from the operator board" : "back to normal from the operator board";
+  const results = await Promise.allSettled(gates.map((g) => op("POST", `/gates/${g.gate_id}/mode`, { mode, reason })));
+  const failed = results.filter((r) => r.status === "rejected");
+  if (failed.length) showError(failed[0].reason);
+  else flash(`Station ${station}: ${gates.length} gates commanded to ${MODES[mode]}.`, "ok");
+  refresh();
+}
+
+$("fare-file").addEventListener("change", async () => {
+  const file = $("fare-file").files[0];
+  if (file) $("fare-rules").value = await file.text();
+});
+
+$("fare-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const rules = $("fare-rules").value;
+  if (!rules.trim()) {
+    flash("Paste fare rules or choose a file first.", "error");
+    return;
+  }
+  const file = $("fare-file").files[0];
+  const format = (file && file.name.endsWith(".json")) || rules.trimStart().startsWith("{") ? "json" : "toml";
+  try {
+    const table = await op("POST", "/fare-tables", { rules, format });
+    flash(`Fare table version ${table.version} (${table.name}) published; the gate list shows which gates use it.`, "ok");
+    refresh();
+  } catch (error) {
+    showError(error);
+  }
+});
+
+// ------------------------------------------------------------------ start
+
+if (sessionStorage.getItem(TOKEN)) showBoard();
+else logout("");

@@ -1,0 +1,170 @@
+"""GET /dashboard/api/summary: what the live board shows that the REST API has no cheap call for.
+
+Taps per minute over the last half hour, and per gate and per denial reason for the current service
+day, computed with GROUP BY in the database so a 2-second poll stays cheap on a busy network.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlalchemy import case, func, select
+
+import fare_core
+
+from ..api.deps import SessionDep, SettingsDep, ViewerDep
+from ..config import Settings
+from ..tables import TapRow
+
+router = APIRouter(tags=["dashboard"])
+
+#: Bound on the taps read for the per-minute chart (one row per tap, a few columns).
+CHART_MAX_TAPS = 200_000
+RECENT_TAPS = 15
+
+
+class MinuteCount(BaseModel):
+    minute: datetime  # start of the minute, UTC
+    allowed: int
+    denied: int
+
+
+class GateDay(BaseModel):
+    gate_id: str
+    taps: int
+    denied: int
+    fen: int
+    last_tap: datetime | None
+    mean_latency_us: int
+    max_latency_us: int
+
+
+class RecentTap(BaseModel):
+    tap_id: str
+    gate_id: str
+    card_id: str
+    time: datetime
+    direction: int
+    allowed: bool
+    reason: int
+    reason_name: str
+    fare: int
+    balance_after: int
+
+
+class Summary(BaseModel):
+    now: datetime
+    service_day_start: datetime
+    taps_today: int
+    denied_today: int
+    revenue_today_fen: int
+    denials_today: dict[str, int]  # reason name -> taps
+    per_minute: list[MinuteCount]
+    gates: list[GateDay]
+    recent: list[RecentTap]
+
+
+def reason_name(code: int) -> str:
+    return fare_core.Reason(code).name if code in fare_core.Reason._value2member_map_ else str(code)
+
+
+def service_day_start(now: datetime, settings: Settings) -> datetime:
+    """UTC start of the service day holding `now` (network local time; the day starts at e.g. 04:00)."""
+    local = now + timedelta(minutes=settings.service_utc_offset_min)
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(
+        minutes=settings.service_day_start_min
+    )
+    if local < start:
+        start -= timedelta(days=1)
+    return start - timedelta(minutes=settings.service_utc_offset_min)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@router.get("/summary", response_model=Summary)
+async def summary(
+    _: ViewerDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    minutes: Annotated[int, Query(ge=1, le=240)] = 30,
+) -> Summary:
+    now = datetime.now(UTC)
+    day_start = service_day_start(now, settings)
+    denied = case((TapRow.allowed.is_(False), 1), else_=0)
+    per_gate = await session.execute(
+        select(
+            TapRow.gate_id,
+            func.count(),
+            func.sum(denied),
+            func.coalesce(func.sum(TapRow.fare), 0),
+            func.max(TapRow.time),
+            func.avg(TapRow.latency_us),
+            func.max(TapRow.latency_us),
+        )
+        .where(TapRow.time >= day_start)
+        .group_by(TapRow.gate_id)
+        .order_by(TapRow.gate_id)
+    )
+    gates = [
+        GateDay(
+            gate_id=g,
+            taps=int(n),
+            denied=int(d or 0),
+            fen=int(f or 0),
+            last_tap=_utc(t) if t is not None else None,
+            mean_latency_us=int(a or 0),
+            max_latency_us=int(m or 0),
+        )
+        for g, n, d, f, t, a, m in per_gate.all()
+    ]
+    reasons = await session.execute(
+        select(TapRow.reason, func.count())
+        .where(TapRow.time >= day_start, TapRow.allowed.is_(False))
+        .group_by(TapRow.reason)
+        .order_by(TapRow.reason)
+    )
+    denials = {reason_name(int(r)): int(n) for r, n in reasons.all()}
+
+    first_minute = (now - timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
+    buckets = {first_minute + timedelta(minutes=i): [0, 0] for i in range(minutes)}
+    rows = await session.execute(
+        select(TapRow.time, TapRow.allowed).where(TapRow.time >= first_minute).limit(CHART_MAX_TAPS)
+    )
+    for time, allowed in rows.all():
+        bucket = buckets.get(_utc(time).replace(second=0, microsecond=0))
+        if bucket is not None:
+            bucket[0 if allowed else 1] += 1
+    recent_rows = await session.execute(
+        select(TapRow).order_by(TapRow.received_at.desc(), TapRow.tap_id).limit(RECENT_TAPS)
+    )
+    recent = [
+        RecentTap(
+            tap_id=t.tap_id,
+            gate_id=t.gate_id,
+            card_id=t.card_id,
+            time=_utc(t.time),
+            direction=t.direction,
+            allowed=t.allowed,
+            reason=t.reason,
+            reason_name=reason_name(t.reason),
+            fare=t.fare,
+            balance_after=t.balance_after,
+        )
+        for t in recent_rows.scalars()
+    ]
+    return Summary(
+        now=now,
+        service_day_start=day_start,
+        taps_today=sum(g.taps for g in gates),
+        denied_today=sum(g.denied for g in gates),
+        revenue_today_fen=sum(g.fen for g in gates),
+        denials_today=denials,
+        per_minute=[MinuteCount(minute=m, allowed=a, denied=d) for m, (a, d) in buckets.items()],
+        gates=gates,
+        recent=recent,
+    )
