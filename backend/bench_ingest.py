@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], help="default: 5, 3.1.1 for amqtt")
     parser.add_argument("--database", help="database URL (default: a new SQLite file in a temp dir)")
+    parser.add_argument(
+        "--gate-mqtt-version",
+        choices=["5", "3.1.1"],
+        default="5",
+        help="protocol the simulated gates speak (default 5; with 3.1.1 Mosquitto's max_inflight_messages "
+        "throttles the Committed acks to each gate client)",
+    )
     parser.add_argument("--batch", type=int, default=2000, help="ingest batch size (default 2000)")
     parser.add_argument(
         "--workers",
@@ -167,12 +174,13 @@ def _embedded_broker_process(port: int, ready: Any, stop: Any) -> None:
 # --- measurements ------------------------------------------------------------------------------------
 
 
-def measure_baseline(url: str, version: str, messages: int, window: int) -> float:
-    """Raw QoS 1 publish -> subscribe messages/s through the broker, no database (same-run baseline)."""
+def measure_baseline(url: str, version: str, sub_version: str, messages: int, window: int) -> float:
+    """Raw QoS 1 publish -> subscribe messages/s through the broker, no database (same-run baseline);
+    the publisher speaks the gates' protocol version, the subscriber the ingest's."""
     ctx = multiprocessing.get_context("spawn")
     topic = f"bench{uuid.uuid4().hex[:8]}/baseline"
     count, ready, stop = ctx.Value("q", 0), ctx.Event(), ctx.Event()
-    subscriber = ctx.Process(target=_baseline_subscriber, args=(url, version, topic, count, ready, stop))
+    subscriber = ctx.Process(target=_baseline_subscriber, args=(url, sub_version, topic, count, ready, stop))
     subscriber.start()
     try:
         if not ready.wait(15):
@@ -425,9 +433,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings(**values)
     per_gate = max(1, args.taps // args.gates)
     sent = per_gate * args.gates
+    gate_version = "3.1.1" if version == "3.1.1" else args.gate_mqtt_version
     result: dict[str, Any] = {
         "broker": broker_name,
         "mqtt_version": version,
+        "gate_mqtt_version": gate_version,
         "database": "postgresql" if schema else "sqlite",
         "gates": args.gates,
         "window": args.window,
@@ -437,7 +447,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if not args.no_baseline:
             result["baseline_broker_msgs_per_s"] = round(
-                measure_baseline(url, version, min(sent, 50_000), 500)
+                measure_baseline(url, gate_version, version, min(sent, 50_000), 500)
             )
         asyncio.run(_prepare_database(settings))
         stop = ctx.Event()
@@ -463,7 +473,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     target=_publisher_process,
                     args=(
                         url,
-                        version,
+                        gate_version,
                         prefix,
                         sum(share[:number]),
                         count,
