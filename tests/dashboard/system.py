@@ -1,0 +1,167 @@
+"""A whole live system for the dashboard tests: embedded amqtt broker, the real backend runtime
+(ingest + processor + REST API with the dashboard mounted) on SQLite, and simulated gates with real
+controllers; plus Debian's chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import backend.api.main
+from backend.config import Settings
+from backend.runtime import serve
+from firmware_sim.config import BarrierConfig, DeviceConfig
+from firmware_sim.population import Phone, Population
+from gate.simstation import GateSpec, SimStation
+
+from ..gate.brokers import Amqtt, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+TINY_RULES = Path(__file__).resolve().parents[2] / "fare_core" / "examples" / "tiny.toml"
+DEVICE = DeviceConfig(barrier=BarrierConfig(travel_ms=30, passage_ms=60))
+API = "/api/v1"
+
+
+def with_dashboard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the backend runtime's create_app mount the dashboard (the lead wires it in create_app itself;
+    mount is idempotent, so both together are fine)."""
+    from backend.dashboard import mount
+
+    original: Callable[..., Any] = backend.api.main.create_app
+
+    def create_app(*args: Any, **kwargs: Any) -> Any:
+        app = original(*args, **kwargs)
+        mount(app)
+        return app
+
+    monkeypatch.setattr(backend.api.main, "create_app", create_app)
+
+
+@dataclass
+class System:
+    settings: Settings
+    base: str  # http://127.0.0.1:port
+    api: httpx.AsyncClient  # logged in as the admin
+    station: SimStation | None
+
+
+async def login(client: httpx.AsyncClient, username: str, password: str) -> str:
+    response = await client.post(f"{API}/login", json={"username": username, "password": password})
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+@contextlib.asynccontextmanager
+async def running_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, specs: list[GateSpec], phones: list[Phone]
+) -> AsyncIterator[System]:
+    with_dashboard(monkeypatch)
+    broker = Amqtt()
+    await broker.start()
+    try:
+        settings = Settings(
+            environment="development", database_url=f"sqlite+aiosqlite:///{tmp_path / 'backend.db'}",
+            mqtt_url=broker.url, mqtt_version="3.1.1", ingest_group="",  # type: ignore[arg-type]
+            mqtt_prefix=f"d{uuid.uuid4().hex[:8]}", ingest_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
+            ingest_batch_wait_ms=5)
+        port = free_port()
+        stop = asyncio.Event()
+        backend_task = asyncio.create_task(serve(settings, api=True, ingest=True, port=port, stop=stop))
+        try:
+            base = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+                token = await _first_login(client, settings, backend_task)
+                client.headers["Authorization"] = f"Bearer {token}"
+                if specs:
+                    async with SimStation(tmp_path / "gates", specs, Population(phones), None, device=DEVICE,
+                                          mqtt_url=broker.url, prefix=settings.mqtt_prefix) as station:
+                        yield System(settings, base, client, station)
+                else:
+                    yield System(settings, base, client, None)
+        finally:
+            stop.set()
+            await asyncio.wait_for(backend_task, 30)
+    finally:
+        await broker.stop()
+
+
+async def _first_login(client: httpx.AsyncClient, settings: Settings, task: asyncio.Task[None]) -> str:
+    for _ in range(300):
+        if task.done():
+            task.result()  # the backend failed to start: show why
+        with contextlib.suppress(httpx.TransportError):
+            return await login(client, settings.admin_username, settings.admin_password)
+        await asyncio.sleep(0.05)
+    raise AssertionError("the backend API did not come up")
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Any]:
+    """A headless Debian chromium (never a downloaded browser); fails rather than skips under CI."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing and CI=true")
+        pytest.skip(f"{CHROMIUM} is missing (apt install chromium)")
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("playwright is not installed (pip install playwright)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def new_page(browser: Any, errors: list[str]) -> Any:
+    """A page whose JavaScript errors are collected (a test asserts there were none)."""
+    page = await browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    page.set_default_timeout(20_000)
+    return page
+
+
+async def screenshot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+async def ui_login(page: Any, base: str, username: str, password: str) -> None:
+    await page.goto(f"{base}/")
+    await page.fill("#login-user", username)
+    await page.fill("#login-pass", password)
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("#board:not([hidden])")
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+__all__ = ["API", "TINY_RULES", "GateSpec", "Phone", "System"]
