@@ -54,7 +54,9 @@ def test_corrupted_request_is_dropped_by_the_device_then_retried(sim: Sim, clien
     client.request(Heartbeat())
     sim.inject(0, kind, direction="to_device")
     assert isinstance(client.request(Heartbeat()), HeartbeatReply)
-    assert client.retries_used == 1
+    # at least one retry; a loaded machine may need more (the retry can land on the dropped frame's
+    # remains before the device's idle timer has discarded them)
+    assert client.retries_used >= 1
     assert sim.gate(0).decoder.discarded_bytes > 0
 
 
