@@ -18,7 +18,7 @@ import fare_core
 from backend.api.main import create_app
 from backend.ingest.store import RawMessage, TapStore
 from backend.processor import Processor
-from gate.messages import DenyListDeltaMessage, DenyListSnapshotMessage, Topics, encode
+from gate.messages import DenyListDeltaMessage, DenyListSnapshotMessage, GateCommand, Topics, encode
 from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
 from tests.backend.gate_client import GateClient
 from tests.backend.simgate import TINY
@@ -236,3 +236,42 @@ async def test_exports_csv_and_tides(api: Api) -> None:
         jsonschema.validate({k: v for k, v in row.items() if v != ""}, schema)
     with pytest.raises(jsonschema.ValidationError):  # the check can fail: a wrong action is caught
         jsonschema.validate({**rows[0], "fare_action": "Board"}, schema)
+
+
+async def test_mode_command_reaches_the_gate_and_reports_count_taps(api: Api, broker: BrokerInfo) -> None:
+    admin = await api.login(**ADMIN)
+    store = TapStore(api.app.state.sessions)
+    taps = [
+        make_tap(1, fare=0),
+        make_tap(2, direction=fare_core.Direction.EXIT, fare=300, balance_after=700, latency_us=400),
+        make_tap(3, allowed=False, reason=fare_core.Reason.INSUFFICIENT_BALANCE, counter_after=3),
+    ]
+    await store.store([RawMessage(api.topics.taps("12-3"), encode(t)) for t in taps])
+    gate = GateClient(broker.url, broker.version, [api.topics.command("12-3")])
+    try:
+        await asyncio.to_thread(gate.wait_ready)
+        response = await api.client.post(
+            "/api/v1/gates/12-3/mode", headers=admin, json={"mode": 1, "reason": "evacuation"}
+        )
+        assert response.status_code == 200, response.text
+        assert (response.json()["commanded_mode"], response.json()["command_id"]) == (1, 1)
+        payload = (await wait_for(lambda: gate.messages(api.topics.command("12-3")), timeout=5))[0]
+        command = GateCommand.model_validate_json(payload)
+        assert (command.mode, command.command_id, command.reason) == (
+            fare_core.GateMode.FREE_EXIT,
+            1,
+            "evacuation",
+        )
+        assert (
+            await api.client.post("/api/v1/gates/99-9/mode", headers=admin, json={"mode": 0})
+        ).status_code == 404
+    finally:
+        gate.close()
+    rides = (await api.client.get("/api/v1/reports/ridership", headers=admin)).json()
+    assert [(r["keys"]["station_id"], r["taps"]) for r in rides] == [(12, 1)]
+    revenue = (await api.client.get("/api/v1/reports/revenue", headers=admin)).json()
+    assert [(r["taps"], r["fen"]) for r in revenue] == [(1, 300)]
+    denials = (await api.client.get("/api/v1/reports/denials", headers=admin)).json()
+    assert [(r["keys"]["name"], r["taps"]) for r in denials] == [("INSUFFICIENT_BALANCE", 1)]
+    latency = (await api.client.get("/api/v1/reports/latency", headers=admin)).json()
+    assert [(r["gate_id"], r["taps"], r["max_us"]) for r in latency] == [("12-3", 3, 400)]
