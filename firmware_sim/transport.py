@@ -157,15 +157,16 @@ class PtyLink:
             attrs[4] = attrs[5] = speed
             termios.tcsetattr(slave, termios.TCSANOW, attrs)
         os.set_blocking(master, False)
-        with self._lock:
-            self._master, self._slave = master, slave
-            self.slave_path = os.ttyname(slave)
-        if self.link_path is not None:
+        slave_path = os.ttyname(slave)
+        if self.link_path is not None:  # the link first: once is_open says so, the path opens
             temporary = self.link_path.with_name(self.link_path.name + ".new")
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
-            temporary.symlink_to(self.slave_path)
+            temporary.symlink_to(slave_path)
             temporary.replace(self.link_path)  # atomic: a controller never sees a missing link
+        with self._lock:
+            self._master, self._slave = master, slave
+            self.slave_path = slave_path
 
     def read(self, timeout: float) -> bytes | None:
         master = self._master
