@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import fare_core
-from fare_core.reasons import Direction
+from fare_core.reasons import Direction, Flag
 
 from .config import Settings
 from .reconcile import compare, expected_decision
@@ -39,6 +39,7 @@ from .tables import (
 log = logging.getLogger("faregate.processor")
 BATCH = 500
 CLONE_FINDINGS = {"counter_reused", "balance_jump"}
+PENDING = "unconfirmed"  # TapRow.reconciled of a tap whose wallet write is not yet known to have landed
 
 OnBlock = Callable[[list[str], str], Awaitable[None]]
 
@@ -104,6 +105,12 @@ class Processor:
             first = phone.last_tap_id is None
         findings: list[str] = []
         details: list[str] = []
+        if tap.flags & Flag.UNCONFIRMED:
+            # The gate could not learn whether its write landed: neither post it nor check it now;
+            # the phone's next tap settles it from its counter (_settle_unconfirmed).
+            tap.reconciled = PENDING
+            return [], False
+        await self._settle_unconfirmed(session, phone, tap)
         wrote = tap.counter_after > tap.counter_before
         if wrote:
             twin = (
@@ -113,6 +120,7 @@ class Processor:
                         TapRow.card_id == tap.card_id,
                         TapRow.counter_before == tap.counter_before,
                         TapRow.counter_after > TapRow.counter_before,
+                        TapRow.flags.bitwise_and(int(Flag.UNCONFIRMED)) == 0,
                         TapRow.tap_id != tap.tap_id,
                     )
                     .limit(1)
@@ -132,24 +140,9 @@ class Processor:
                 findings.append("counter_gap")
                 details.append(f"counter {phone.counter} -> {tap.counter_before}: taps missing")
         if wrote or tap.balance_after != tap.balance_before:
-            session.add(
-                LedgerRow(
-                    card_id=tap.card_id,
-                    kind="tap",
-                    tap_id=tap.tap_id,
-                    time=tap.time,
-                    amount=tap.balance_after - tap.balance_before,
-                    balance_before=tap.balance_before,
-                    balance_after=tap.balance_after,
-                    counter_before=tap.counter_before,
-                    counter_after=tap.counter_after,
-                )
-            )
-        if tap.counter_after >= phone.counter:
-            phone.counter = tap.counter_after
-            phone.balance = tap.balance_after
-            phone.last_tap_id = tap.tap_id
-            phone.last_tap_time = tap.time
+            self._post(session, phone, tap)
+        elif tap.counter_after >= phone.counter:
+            self._advance(phone, tap)
         action = await self._apply_action(session, tap)
         await self._trip(session, phone, tap)
         if self.settings.reconcile:
@@ -170,6 +163,46 @@ class Processor:
                 )
             )
         return findings, action is not None
+
+    def _post(self, session: AsyncSession, phone: PhoneRow, tap: TapRow) -> None:
+        """The tap's change to the wallet, as a link of the phone's ledger chain."""
+        session.add(
+            LedgerRow(
+                card_id=tap.card_id,
+                kind="tap",
+                tap_id=tap.tap_id,
+                time=tap.time,
+                amount=tap.balance_after - tap.balance_before,
+                balance_before=tap.balance_before,
+                balance_after=tap.balance_after,
+                counter_before=tap.counter_before,
+                counter_after=tap.counter_after,
+            )
+        )
+        if tap.counter_after >= phone.counter:
+            self._advance(phone, tap)
+
+    @staticmethod
+    def _advance(phone: PhoneRow, tap: TapRow) -> None:
+        phone.counter = tap.counter_after
+        phone.balance = tap.balance_after
+        phone.last_tap_id = tap.tap_id
+        phone.last_tap_time = tap.time
+
+    async def _settle_unconfirmed(self, session: AsyncSession, phone: PhoneRow, tap: TapRow) -> None:
+        """The wallet this tap read tells whether an earlier unconfirmed write landed: its counter
+        is the unconfirmed tap's counter_after if it did, its counter_before if it did not."""
+        pending = (
+            await session.execute(
+                select(TapRow).where(TapRow.card_id == tap.card_id, TapRow.reconciled == PENDING)
+            )
+        ).scalars().all()
+        for earlier in pending:
+            if tap.counter_before >= earlier.counter_after:
+                earlier.reconciled = "unconfirmed_landed"
+                self._post(session, phone, earlier)
+            elif tap.counter_before <= earlier.counter_before:
+                earlier.reconciled = "unconfirmed_not_landed"
 
     async def _apply_action(self, session: AsyncSession, tap: TapRow) -> ActionRow | None:
         if tap.action_id is None:

@@ -168,3 +168,38 @@ async def test_an_applied_action_leaves_the_pending_list(migrated: Any) -> None:
     assert row is not None and (row.state, row.applied_tap_id) == ("applied", tap.tap_id)
     assert applied == [True]
     assert stored is not None and stored.reconciled == "ok"
+
+
+async def test_unconfirmed_write_is_settled_by_the_next_tap(migrated: Any) -> None:
+    """A gate that could not learn whether its write landed flags the tap UNCONFIRMED with the values
+    the write would have made. The phone's next tap settles it, and never as a clone."""
+    from fare_core import Flag, Reason
+
+    sessions, store, processor = await setup(migrated, auto_denylist=True)
+    alpha, delta = SimGate(1), SimGate(4)
+    landed_card, lost_card = CARD, CARD + 1
+    for card in (landed_card, lost_card):
+        wallet = new_phone(card, balance=5000)
+        entry, written = alpha.tap(wallet, card, Direction.ENTRY, at(2, 0))
+        unconfirmed = entry.model_copy(update={"allowed": False, "reason": Reason.READ_FAILED,
+                                               "flags": entry.flags | Flag.UNCONFIRMED})
+        await ingest(store, processor, unconfirmed)
+        # the write landed on one phone, not on the other: the next tap reads what the phone holds
+        after = written if card == landed_card else wallet
+        nxt, _ = (delta.tap(after, card, Direction.EXIT, at(2, 30)) if card == landed_card
+                  else alpha.tap(after, card, Direction.ENTRY, at(2, 1)))
+        await ingest(store, processor, nxt)
+        if card == landed_card:
+            landed_exit = nxt
+    async with sessions() as session:
+        states = {t.tap_id: t.reconciled for t in (await session.execute(select(TapRow))).scalars()}
+        # alpha's taps: 1 the landed phone's entry, 2 the lost phone's entry, 3 its second try
+        assert (states["1-1:1"], states["1-1:2"]) == ("unconfirmed_landed", "unconfirmed_not_landed")
+        assert "counter_reused" not in " ".join(v or "" for v in states.values())
+        assert (await session.execute(select(AlarmRow))).scalars().all() == []
+        landed = await session.get(PhoneRow, f"{landed_card:016x}")
+        # the settled entry and the exit are both in the ledger chain
+        assert landed is not None and landed.counter == landed_exit.counter_after
+        chain = (await session.execute(select(LedgerRow).where(LedgerRow.card_id == f"{landed_card:016x}")
+                                       .order_by(LedgerRow.id))).scalars().all()
+        assert [row.tap_id for row in chain][-2:] == ["1-1:1", "4-1:1"]
