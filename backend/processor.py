@@ -219,13 +219,15 @@ class Processor:
     async def _trip(self, session: AsyncSession, phone: PhoneRow, tap: TapRow) -> None:
         if not tap.allowed:
             return
-        if tap.direction == Direction.ENTRY:
-            if phone.open_trip_id is not None:
-                await session.execute(
-                    update(TripRow)
-                    .where(TripRow.id == phone.open_trip_id, TripRow.state == "open")
-                    .values(state="missing_exit")
-                )
+        if await self._flat_fare(session, tap):  # a bus boarding: one tap is the whole ride
+            await self._close_open_trip(session, phone)
+            trip = TripRow(card_id=tap.card_id, entry_tap_id=tap.tap_id, entry_station=tap.station_id,
+                           entry_time=tap.time, exit_tap_id=tap.tap_id, exit_station=tap.station_id,
+                           exit_time=tap.time, fare=tap.fare, state="complete")
+            session.add(trip)
+            await session.flush()
+        elif tap.direction == Direction.ENTRY:
+            await self._close_open_trip(session, phone)
             trip = TripRow(
                 card_id=tap.card_id,
                 entry_tap_id=tap.tap_id,
@@ -255,6 +257,24 @@ class Processor:
             await session.flush()
             phone.open_trip_id = None
         tap.trip_id = trip.id
+
+    async def _close_open_trip(self, session: AsyncSession, phone: PhoneRow) -> None:
+        """A new ride starts while one is open: the open one never exited (decide() charged it)."""
+        if phone.open_trip_id is not None:
+            await session.execute(
+                update(TripRow)
+                .where(TripRow.id == phone.open_trip_id, TripRow.state == "open")
+                .values(state="missing_exit")
+            )
+            phone.open_trip_id = None
+
+    async def _flat_fare(self, session: AsyncSession, tap: TapRow) -> bool:
+        """Is the tap's station on a flat-fare network (a bus: tap on only), per the gate's table?"""
+        table = await self._table(session, tap.fare_table_version)
+        if table is None:
+            return False
+        index = table.station_index(tap.station_id)
+        return index >= 0 and bool(table.data.network_flat[table.data.station_network[index]])
 
     async def _table(self, session: AsyncSession, version: int) -> Any | None:
         if version not in self.tables:

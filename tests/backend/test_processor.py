@@ -203,3 +203,18 @@ async def test_unconfirmed_write_is_settled_by_the_next_tap(migrated: Any) -> No
         chain = (await session.execute(select(LedgerRow).where(LedgerRow.card_id == f"{landed_card:016x}")
                                        .order_by(LedgerRow.id))).scalars().all()
         assert [row.tap_id for row in chain][-2:] == ["1-1:1", "4-1:1"]
+
+
+async def test_a_bus_boarding_is_a_whole_trip(migrated: Any) -> None:
+    sessions, store, processor = await setup(migrated)
+    bus, alpha, delta = SimGate(50), SimGate(1), SimGate(4)  # tiny.toml: stop 50 is on the flat bus network
+    wallet = new_phone(CARD, balance=5000)
+    board, wallet = bus.tap(wallet, CARD, Direction.ENTRY, at(2, 0))
+    entry, wallet = alpha.tap(wallet, CARD, Direction.ENTRY, at(2, 20))
+    exit_, wallet = delta.tap(wallet, CARD, Direction.EXIT, at(2, 50))
+    await ingest(store, processor, board, entry, exit_)
+    async with sessions() as session:
+        trips = (await session.execute(select(TripRow).order_by(TripRow.id))).scalars().all()
+        assert [(t.state, t.entry_station, t.exit_station, t.fare) for t in trips] == [
+            ("complete", 50, 50, board.fare), ("complete", 1, 4, exit_.fare)]
+        assert board.fare > 0
