@@ -8,12 +8,17 @@ so the board polls a single cheap endpoint instead of downloading every tap.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from .gate_health import router as health_router
+from .gate_health import watching
 from .summary import router as summary_router
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -38,7 +43,20 @@ def mount(app: FastAPI) -> None:
         return FileResponse(STATIC / "commuter.html", headers={"Cache-Control": "no-cache"})
 
     app.include_router(summary_router, prefix="/dashboard/api")
+    app.include_router(health_router, prefix="/dashboard/api")
+    app.router.lifespan_context = _with_gate_health(app.router.lifespan_context)
     app.mount(ASSETS, StaticFiles(directory=STATIC), name="dashboard-static")
+
+
+def _with_gate_health(lifespan: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The API's own lifespan, then the gate status watcher inside it (it needs the app's settings)."""
+
+    @contextlib.asynccontextmanager
+    async def both(app: Any) -> AsyncIterator[Any]:
+        async with lifespan(app) as state, watching(app):
+            yield state
+
+    return both
 
 
 __all__ = ["mount"]

@@ -17,8 +17,8 @@ from .system import API, TINY_RULES, chromium, new_page, running_system, screens
 pytestmark = pytest.mark.browser
 
 SPECS = [GateSpec(1, 1, "entry"), GateSpec(1, 2, "entry"), GateSpec(3, 3, "exit")]
-RIDER, BLOCKED = 0x5100_0000_0000_0001, 0x5100_0000_0000_0002
-PHONES = [Phone(card_id=RIDER, balance=5000), Phone(card_id=BLOCKED, balance=5000)]
+RIDER, BLOCKED, FOLLOWED = 0x5100_0000_0000_0001, 0x5100_0000_0000_0002, 0x5100_0000_0000_0003
+PHONES = [Phone(card_id=card, balance=5000) for card in (RIDER, BLOCKED, FOLLOWED)]
 
 
 async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_live(
@@ -46,6 +46,16 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         entry = await system.station.tap(RIDER, 0)
         assert entry.passed_at is not None
         await page.wait_for_selector(f"#recent tr[data-card='{RIDER:016x}'][data-result='OK']")
+
+        # someone follows a paying rider through: the gate counts an alarm and the board shows it, with
+        # the gate's own tap-to-open percentiles from its status
+        await system.station.tap(FOLLOWED, 1, tailgater=True)
+        # (tailgating if the barrier is still open when they pass, forced door if it has closed)
+        gate_alarms = "#stations tr[data-gate='1-2'] td.gate-alarms"
+        await page.wait_for_selector(f"{gate_alarms}:text-matches('(tailgating|forced) 1')")
+        await page.wait_for_selector("#stations tr[data-gate='1-2'] td:text('p99')")
+        alarm = page.locator("#alarms tr[data-kind='tailgating'], #alarms tr[data-kind='forced_door']")
+        assert "1-2" in await alarm.inner_text()
 
         # block the other phone from the board; the gates get the deny-list delta
         await page.fill("#phone-id", f"{BLOCKED:016x}")
@@ -83,7 +93,7 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         # the summary behind the board agrees with the database
         summary = (await system.api.get("/dashboard/api/summary")).json()
         taps = (await system.api.get(f"{API}/taps")).json()
-        assert summary["taps_today"] == len(taps) >= 2
+        assert summary["taps_today"] == len(taps) >= 3
         assert summary["denials_today"] == {"DENYLISTED": 1}
     assert errors == []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,11 +14,14 @@ import pytest
 from backend.api.main import create_app
 from backend.config import Settings
 from backend.dashboard import STATIC, mount
+from backend.dashboard.gate_health import GateHealthWatcher
 from backend.dashboard.summary import service_day_start
+from gate.messages import GateState, GateStatus, encode
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return Settings(environment="development", database_url=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}")
+    return Settings(environment="development", database_url=f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+                    mqtt_prefix=f"dash{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
@@ -89,3 +93,19 @@ async def test_summary_needs_a_token_and_answers_an_empty_day(client: httpx.Asyn
 def test_service_day_starts_at_four_local(now: datetime, start: datetime) -> None:
     settings = Settings(environment="development", service_utc_offset_min=480, service_day_start_min=240)
     assert service_day_start(now, settings) == start
+
+
+def test_gate_health_keeps_the_last_figures_when_the_last_will_arrives() -> None:
+    watcher = GateHealthWatcher(Settings(environment="development"))
+    watcher.on_status(encode(GateStatus(
+        gate_id="7-1", state=GateState.ONLINE, time=datetime.now(UTC), tap_to_open_p50_ms=80.5,
+        tap_to_open_p99_ms=120.0, tailgating_alarms=2, forced_door_alarms=0)))
+    watcher.on_status(b"{not a status")  # ignored, nothing lost
+    watcher.on_status(encode(GateStatus(gate_id="7-1", state=GateState.OFFLINE)))
+    health = watcher.latest["7-1"]
+    assert (health.state, health.tap_to_open_p99_ms, health.tailgating_alarms) == ("offline", 120.0, 2)
+    assert list(watcher.latest) == ["7-1"]
+
+
+async def test_gate_health_needs_a_token(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/dashboard/api/gate-health")).status_code == 401
