@@ -108,7 +108,7 @@ async function refresh() {
     lastGates = gates;
     renderKpis(gates, summary, alarms);
     renderCharts(summary);
-    renderStations(gates, summary);
+    renderStations(gates, summary, targetTable(tables, gates));
     renderAlarms(alarms, gates);
     renderRecent(summary.recent);
     renderFareTables(tables, gates);
@@ -159,14 +159,20 @@ function latencyCell(gate, day) {
   return `${(day.mean_latency_us / 1000).toFixed(1)} / ${(day.max_latency_us / 1000).toFixed(1)} ms`;
 }
 
-function renderStations(gates, summary) {
+/** The fare table version every gate should be on: the published one once it is active. */
+function targetTable(tables, gates) {
+  const published = tables.find((t) => t.state === "published");
+  if (published && new Date(published.activate_at).getTime() <= Date.now()) return published.version;
+  return Math.max(0, ...gates.map((g) => g.fare_table_version || 0));
+}
+
+function renderStations(gates, summary, latestTable) {
   const days = Object.fromEntries(summary.gates.map((g) => [g.gate_id, g]));
   const stations = new Map();
   for (const gate of gates) {
     if (!stations.has(gate.station_id)) stations.set(gate.station_id, []);
     stations.get(gate.station_id).push(gate);
   }
-  const latestTable = Math.max(0, ...gates.map((g) => g.fare_table_version || 0));
   const blocks = [];
   for (const [station, list] of stations) {
     const online = list.filter((g) => gateHealth(g) === "online").length;
@@ -200,7 +206,7 @@ function gateRow(g, day, latestTable) {
   const mode = g.mode == null ? "—" : MODES[g.mode] || String(g.mode);
   const pending = g.commanded_mode != null && g.commanded_mode !== g.mode && health === "online"
     ? ` <span class="muted">→ ${MODES[g.commanded_mode]}</span>` : "";
-  const tableClass = g.fare_table_version != null && g.fare_table_version < latestTable ? "warn" : "";
+  const tableClass = g.fare_table_version != null && g.fare_table_version < latestTable ? "warn lagging" : "";
   const counts = [];
   if (g.tailgating_alarms) counts.push(`tailgating ${g.tailgating_alarms}`);
   if (g.forced_door_alarms) counts.push(`forced ${g.forced_door_alarms}`);
