@@ -106,7 +106,7 @@ async function refresh() {
     const seen = new Set(offline.map((a) => a.id));
     const alarms = offline.concat(latest.filter((a) => !seen.has(a.id)));
     lastGates = gates;
-    renderKpis(gates, summary, alarms);
+    renderKpis(gates, summary, alarms, latest.length >= 100);
     renderCharts(summary);
     renderStations(gates, summary, targetTable(tables, gates));
     renderAlarms(alarms, gates);
@@ -130,14 +130,14 @@ function gateHealth(gate) {
   return "online";
 }
 
-function renderKpis(gates, summary, alarms) {
+function renderKpis(gates, summary, alarms, more) {
   $("kpi-revenue").textContent = yuan(summary.revenue_today_fen);
   $("kpi-taps").textContent = String(summary.taps_today);
   $("kpi-denied").textContent = String(summary.denied_today);
   const online = gates.filter((g) => gateHealth(g) === "online").length;
   $("kpi-online").textContent = `${online} / ${gates.length}`;
   $("kpi-online").className = `value ${online < gates.length ? "warn" : ""}`;
-  $("kpi-alarms").textContent = String(alarms.length);
+  $("kpi-alarms").textContent = more ? `${alarms.length}+` : String(alarms.length);
   $("kpi-alarms").className = `value ${alarms.length ? "warn" : ""}`;
 }
 
