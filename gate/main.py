@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 
@@ -36,6 +37,10 @@ async def _serve(runtime: GateRuntime) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    # Everything built so far lives as long as the gate: keep it out of the cyclic collector, so a
+    # collection during a tap walks only what the taps themselves allocate (shorter tail latency).
+    gc.collect()
+    gc.freeze()
     logging.getLogger(__name__).info("gate %s running on %s", runtime.config.gate_id, runtime.link.url)
     await stop.wait()
     await runtime.stop()
