@@ -75,6 +75,7 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         await row.wait_for()
         assert "DENYLISTED" in await row.inner_text()
         await page.wait_for_selector("#phone-taps tr[data-result='DENIED']")  # the phone's own view too
+        await page.wait_for_selector(f"#blocked-list a[data-phone='{BLOCKED:016x}']")
         assert await page.inner_text("#kpi-denied") == "1"
         await page.wait_for_selector("#chart-denials svg >> text=DENYLISTED")
         await screenshot(page, "board-blocked-phone-denied")
@@ -175,9 +176,17 @@ async def test_commuter_page_shows_balance_tops_up_and_reports_a_lost_phone(
     errors: list[str] = []
     card, new_card = f"{RIDER:016x}", "5100000000000099"
     async with running_system(tmp_path, monkeypatch, [], []) as system, chromium() as browser:
-        # the operator issues the commuter's token from the board
         page = await new_page(browser, errors)
         await ui_login(page, system.base, system.settings.admin_username, system.settings.admin_password)
+        # rules that do not parse: a clear refusal on the board, and no version published
+        await page.fill("#fare-rules", "this is = not [toml")
+        await page.click("#fare-form button[type=submit]")
+        refusal = page.locator("#flash.error")
+        await refusal.wait_for()
+        assert "422" in await refusal.inner_text() and "fare rules invalid" in await refusal.inner_text()
+        assert (await system.api.get(f"{API}/fare-tables")).json() == []
+
+        # the operator issues the commuter's token from the board
         await page.fill("#phone-id", card)
         await page.click("#phone-form button[type=submit]")
         await page.click("#token-btn")

@@ -90,7 +90,7 @@ async function refresh() {
   if (busy) return; // a slow backend: skip a beat rather than pile requests up
   busy = true;
   try {
-    const [rows, health, summary, latest, offline, tables] = await Promise.all([
+    const [rows, health, summary, latest, offline, tables, blocked, lost] = await Promise.all([
       op("GET", "/gates?limit=1000"),
       apiCall(TOKEN, "GET", "/dashboard/api/gate-health"),
       apiCall(TOKEN, "GET", "/dashboard/api/summary?minutes=30"),
@@ -98,6 +98,8 @@ async function refresh() {
       // a gate going offline must not be pushed off the list by a burst of other alarms
       op("GET", "/alarms?open_only=true&kind=gate_offline&limit=100"),
       op("GET", "/fare-tables?limit=8"),
+      op("GET", "/phones?status=blocked&limit=50"),
+      op("GET", "/phones?status=lost&limit=50"),
     ]);
     // the gates' own figures (tap-to-open p50/p99, alarm counters) from their latest status message;
     // what the gates table says wins where both have a field
@@ -112,6 +114,7 @@ async function refresh() {
     renderAlarms(alarms, gates);
     renderRecent(summary.recent);
     renderFareTables(tables, gates);
+    renderBlocked(blocked.concat(lost));
     if (currentPhone) await renderPhone(currentPhone);
     $("live").classList.toggle("stale", false);
     $("live").title = `updated ${new Date().toLocaleTimeString()}`;
@@ -269,6 +272,12 @@ function renderFareTables(tables, gates) {
 }
 
 // ------------------------------------------------------------------ phone
+
+function renderBlocked(phones) {
+  $("blocked-list").innerHTML = phones.map((p) =>
+    `<a href="#" data-phone="${esc(p.card_id)}" title="${esc(p.status)}: ${esc(p.status_reason)}">${esc(p.card_id)}</a>`,
+  ).join(" ") || '<span class="muted">none</span>';
+}
 
 async function renderPhone(cardId) {
   let phone = null;
