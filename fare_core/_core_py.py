@@ -62,20 +62,15 @@ def _siphash(k0: int, k1: int, data: bytes) -> int:
     words.append(tail)
     for m in words:
         v3 ^= m
-        for _ in range(2):
-            v0 = (v0 + v1) & _M64
-            v1 = _rotl(v1, 13) ^ v0
-            v0 = _rotl(v0, 32)
-            v2 = (v2 + v3) & _M64
-            v3 = _rotl(v3, 16) ^ v2
-            v0 = (v0 + v3) & _M64
-            v3 = _rotl(v3, 21) ^ v0
-            v2 = (v2 + v1) & _M64
-            v1 = _rotl(v1, 17) ^ v2
-            v2 = _rotl(v2, 32)
+        v0, v1, v2, v3 = _sip_rounds(v0, v1, v2, v3, 2)  # SipHash-2-4: 2 rounds a word...
         v0 ^= m
     v2 ^= 0xFF
-    for _ in range(4):
+    v0, v1, v2, v3 = _sip_rounds(v0, v1, v2, v3, 4)  # ...and 4 to finish
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def _sip_rounds(v0: int, v1: int, v2: int, v3: int, rounds: int) -> tuple[int, int, int, int]:
+    for _ in range(rounds):
         v0 = (v0 + v1) & _M64
         v1 = _rotl(v1, 13) ^ v0
         v0 = _rotl(v0, 32)
@@ -86,7 +81,7 @@ def _siphash(k0: int, k1: int, data: bytes) -> int:
         v2 = (v2 + v1) & _M64
         v1 = _rotl(v1, 17) ^ v2
         v2 = _rotl(v2, 32)
-    return v0 ^ v1 ^ v2 ^ v3
+    return v0, v1, v2, v3
 
 
 def siphash24(key: bytes, data: bytes) -> int:
