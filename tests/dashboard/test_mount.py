@@ -35,12 +35,17 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def test_mount_twice_adds_the_routes_once(tmp_path: Path) -> None:
+    """Also holds once create_app mounts the dashboard itself."""
     app = create_app(_settings(tmp_path))
-    before = len(app.routes)
     mount(app)
     once = len(app.routes)
     mount(app)
-    assert once > before and len(app.routes) == once
+    paths = [getattr(route, "path", None) for route in app.routes]
+    assert len(app.routes) == once
+    dashboard = ["/", "/commuter", "/dashboard/static", "/dashboard/api/summary"]
+    dashboard.append("/dashboard/api/gate-health")
+    for path in dashboard:
+        assert paths.count(path) == 1, path
 
 
 async def test_pages_and_every_asset_they_reference_are_served(client: httpx.AsyncClient) -> None:
