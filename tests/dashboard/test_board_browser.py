@@ -185,6 +185,13 @@ async def test_commuter_page_shows_balance_tops_up_and_reports_a_lost_phone(
         await refusal.wait_for()
         assert "422" in await refusal.inner_text() and "fare rules invalid" in await refusal.inner_text()
         assert (await system.api.get(f"{API}/fare-tables")).json() == []
+        # valid rules to take effect later: published now with that activation time
+        await page.fill("#fare-rules", TINY_RULES.read_text(encoding="utf-8"))
+        await page.fill("#fare-activate", "2030-01-01T08:00")
+        await page.click("#fare-form button[type=submit]")
+        await page.wait_for_selector("#flash.ok >> text=/Fare table version 1/")
+        [table] = (await system.api.get(f"{API}/fare-tables")).json()
+        assert table["activate_at"].startswith(("2030-01-01", "2029-12-31"))  # the browser's time zone
 
         # the operator issues the commuter's token from the board
         await page.fill("#phone-id", card)

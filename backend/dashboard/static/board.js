@@ -440,7 +440,10 @@ $("fare-form").addEventListener("submit", async (event) => {
   const file = $("fare-file").files[0];
   const format = (file && file.name.endsWith(".json")) || rules.trimStart().startsWith("{") ? "json" : "toml";
   try {
-    const table = await op("POST", "/fare-tables", { rules, format });
+    const body = { rules, format };
+    const when = $("fare-activate").value; // local time typed by the operator; empty = at once
+    if (when) body.activate_at = new Date(when).toISOString();
+    const table = await op("POST", "/fare-tables", body);
     flash(`Fare table version ${table.version} (${table.name}) published; the gate list shows which gates use it.`, "ok");
     refresh();
   } catch (error) {
