@@ -301,7 +301,7 @@ async function renderPhone(cardId) {
         <dt>Last tap</dt><dd>${esc(stamp(phone.last_tap_time))}</dd>
         ${phone.replaced_by ? `<dt>Replaced by</dt><dd class="mono">${esc(phone.replaced_by)}</dd>` : ""}
       </dl>`
-    : `<p class="muted">No phone ${esc(cardId)} known yet (it has never tapped). It can still be blocked.</p>`;
+    : `<p class="muted">No phone ${esc(cardId)} known yet (it has never tapped).${canChange() ? " It can still be blocked." : ""}</p>`;
   $("phone-tables").innerHTML = `
     <h4>Recent taps</h4><table class="rows"><thead><tr><th>Time</th><th>Gate</th><th>Result</th><th>Fare</th><th>Balance</th></tr></thead>
     <tbody id="phone-taps">${taps.map((t) => `<tr data-result="${t.allowed ? "OK" : "DENIED"}"><td>${esc(stamp(t.time))}</td><td class="mono">${esc(t.gate_id)}</td>
