@@ -13,8 +13,10 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fare_core import DEVELOPMENT_SAM_KEY
+
 DEV_SECRET = "changethis"
-DEV_SAM_KEY = "00112233445566778899aabbccddeeff"
+DEV_SAM_KEY = DEVELOPMENT_SAM_KEY.hex()  # the simulator's key, so a demo's taps reconcile
 
 
 class Settings(BaseSettings):

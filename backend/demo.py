@@ -148,8 +148,8 @@ class Demo:
         await stack.enter_async_context(station)
         print(f"faregate demo: {len(stations)} stations, {len(specs)} gates, {args.riders} commuters, "
               f"broker {mqtt_url}, database {database.split('://')[0]}")
-        print(f"API and OpenAPI docs: {base}/docs  (operator login: {settings.admin_username} / "
-              f"{settings.admin_password})")
+        print(f"dashboard: {base}/   commuter page: {base}/commuter   API docs: {base}/docs")
+        print(f"operator login: {settings.admin_username} / {settings.admin_password}")
         await self._wait_for_tables(station)
         for card in blocked:
             (await client.post(f"/phones/{card:016x}/block", json={"reason": "reported lost (demo)"})

@@ -27,6 +27,10 @@ from .table_data import TableData
 
 NO_EXTENSIONS = os.environ.get("FARE_CORE_NO_EXTENSIONS", "") not in ("", "0")
 
+#: The SAM master key of development: the simulator issues wallets under it, and the gate and backend
+#: use it by default. Their configurations refuse it outside development.
+DEVELOPMENT_SAM_KEY = bytes(range(16))
+
 
 def _load(compiled: str, twin: str) -> tuple[ModuleType, bool]:
     if not NO_EXTENSIONS:
@@ -72,6 +76,7 @@ def implementations() -> dict[str, tuple[ModuleType, ModuleType]]:
 
 
 __all__ = [
+    "DEVELOPMENT_SAM_KEY",
     "IMPLEMENTATION",
     "CardRecord",
     "Decision",

@@ -39,11 +39,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fare_core import DEVELOPMENT_SAM_KEY
+
 from .faults import FaultRates
 from .protocol.timing import DEFAULT_BAUD
 
 #: A public, well-known key for simulations and tests only; never a production SAM key.
-TEST_MASTER_KEY = bytes(range(16))
+TEST_MASTER_KEY = DEVELOPMENT_SAM_KEY
 
 
 class _Section(BaseModel):

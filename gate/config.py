@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fare_core import Direction
+from fare_core import DEVELOPMENT_SAM_KEY, Direction
 
-TEST_SAM_KEY = bytes(range(16)).hex()  # the simulator's test key; refused outside development
+TEST_SAM_KEY = DEVELOPMENT_SAM_KEY.hex()  # the simulator's key; refused outside development
 
 
 class ConfigError(ValueError):

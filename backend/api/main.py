@@ -89,4 +89,7 @@ def create_app(
 
     for module in (auth, operators, gates, taps, phones, denylist, fares, actions, reports, alarms, commuter):
         app.include_router(module.router, prefix=API)
+    from ..dashboard import mount as mount_dashboard  # the operator board at /, the commuter page
+
+    mount_dashboard(app)
     return app

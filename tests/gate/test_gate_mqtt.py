@@ -13,16 +13,17 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 from sqlalchemy import select
 
 from backend.config import Settings
-from backend.db import make_engine
+from backend.db import make_engine, make_sessionmaker
 from backend.runtime import serve
-from backend.tables import TapRow
-from fare_core import compiler, rules
+from backend.tables import FareTableRow, TapRow
+from fare_core import FareTable, artefact, compiler, rules
 from fare_core.table_data import TableData
 from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Phone, Population
@@ -111,8 +112,26 @@ async def wait_until(predicate: object, timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
+async def reconciled_all(query: Any) -> bool:
+    return None not in await query()
+
+
 def riders(n: int) -> Population:
     return Population([Phone(card_id=0x7000 + i, balance=5000) for i in range(n)])
+
+
+async def register_table(settings: Settings, table: TableData) -> None:
+    """The fare table the gates were provisioned with, known to the backend (as a published one is)."""
+    blob = artefact.pack(table)
+    engine = make_engine(settings)
+    try:
+        async with make_sessionmaker(engine).begin() as session:
+            now = datetime.now(UTC)
+            session.add(FareTableRow(version=table.version, name=table.name, rules="", artefact=blob,
+                                     checksum=FareTable.from_bytes(blob).checksum, created_at=now,
+                                     activate_at=now))
+    finally:
+        await engine.dispose()
 
 
 async def test_trips_reach_the_backend_once_and_leave_the_journal(broker: Broker, tmp_path: Path,
@@ -120,6 +139,7 @@ async def test_trips_reach_the_backend_once_and_leave_the_journal(broker: Broker
     async with backend(broker, tmp_path) as settings, SimStation(
             tmp_path, SPECS, riders(4), table, device=DEVICE, mqtt_url=broker.url,
             prefix=settings.mqtt_prefix) as st:
+        await register_table(settings, table)
         for i in range(4):
             await st.tap(0x7000 + i, 0)
             await st.tap(0x7000 + i, 1)
@@ -133,6 +153,18 @@ async def test_trips_reach_the_backend_once_and_leave_the_journal(broker: Broker
         ids = await stored_tap_ids(settings)
         assert sorted(ids) == sorted(expected) and len(ids) == len(set(ids))
         assert [g.journal.committed_through for g in st.gates] == [4, 4]
+
+        # the backend re-ran fare_core on each honest tap and agrees with the gates
+        async def reconciled() -> list[str | None]:
+            engine = make_engine(settings)
+            try:
+                async with engine.connect() as connection:
+                    return list((await connection.execute(select(TapRow.reconciled))).scalars().all())
+            finally:
+                await engine.dispose()
+
+        await wait_until(lambda: reconciled_all(reconciled), 20)
+        assert set(await reconciled()) == {"ok"}
 
 
 async def test_broker_down_30_s_during_traffic_loses_and_doubles_nothing(
