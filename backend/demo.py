@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gates", type=int, default=2, help="entry gates and as many exit gates per station")
     parser.add_argument("--riders", type=int, default=300, help="commuters (default 300)")
     parser.add_argument("--rate", type=float, default=4.0, help="entries per second, network-wide")
-    parser.add_argument("--port", type=int, default=8000, help="API port (a free one if taken)")
+    parser.add_argument("--port", type=int, default=8000, help="API port (a free one if taken, or 0)")
     parser.add_argument("--data-dir", type=Path, help="where the database and gate journals go")
     parser.add_argument("--seed", type=int, default=1)
 
@@ -93,6 +93,7 @@ class Demo:
         self.args = args
         self.rng = random.Random(args.seed)
         self.stop = asyncio.Event()
+        self.presented: list[Any] = []  # every commuter sent to a gate
 
     async def run(self) -> dict[str, Any]:
         args = self.args
@@ -121,7 +122,7 @@ class Demo:
         settings = Settings(environment="development", database_url=database, mqtt_url=mqtt_url,
                             mqtt_version=version, ingest_group=group, mqtt_prefix=prefix,  # type: ignore[arg-type]
                             ingest_client_id=f"demo-ingest-{uuid.uuid4().hex[:6]}", ingest_batch_wait_ms=20)
-        port = args.port if port_free(args.port) else free_port()
+        port = args.port if args.port and port_free(args.port) else free_port()  # 0: any free port
         backend_stop = asyncio.Event()
         backend = asyncio.create_task(serve(settings, api=True, ingest=True, port=port, stop=backend_stop))
 
@@ -163,6 +164,7 @@ class Demo:
         traffic.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await traffic
+        await self._settle()  # commuters already at a gate finish their tap before anything is counted
         await self._drain(station)
         return await self._summary(settings, station)
 
@@ -205,7 +207,7 @@ class Demo:
             for leave_at, card, origin in [r for r in riding if r[0] <= now]:
                 riding.remove((leave_at, card, origin))
                 gate = self.rng.choice([i for i in exits if specs[i].station_id != origin] or exits)
-                sim.present(card, gate, direction=Direction.EXIT, patience_s=4.0)
+                self.presented.append(sim.present(card, gate, direction=Direction.EXIT, patience_s=4.0))
                 waiting.insert(0, card)  # rides again later in the rush
             if not waiting:
                 continue
@@ -213,14 +215,14 @@ class Demo:
             gate = self.rng.choice(entries)
             roll = self.rng.random()
             if roll < 0.03:  # pulled away at once: a read or write cut short
-                sim.present(card, gate, dwell_s=0.03, patience_s=2.0)
+                self.presented.append(sim.present(card, gate, dwell_s=0.03, patience_s=2.0))
             elif roll < 0.05 and waiting:  # two phones held to the reader together
                 other = waiting.pop()
-                sim.present(card, gate, walk=False, dwell_s=1.0)
-                sim.present(other, gate, walk=False, dwell_s=1.0)
+                self.presented.append(sim.present(card, gate, walk=False, dwell_s=1.0))
+                self.presented.append(sim.present(other, gate, walk=False, dwell_s=1.0))
                 waiting.insert(0, other)
             else:
-                sim.present(card, gate, patience_s=4.0)
+                self.presented.append(sim.present(card, gate, patience_s=4.0))
             if card not in blocked:
                 riding.append((now + self.rng.uniform(8, 25), card, specs[gate].station_id))
 
@@ -244,6 +246,11 @@ class Demo:
         finally:
             await engine.dispose()
         return stored, revenue, denials
+
+    async def _settle(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(p.done.is_set() for p in self.presented):
+            await asyncio.sleep(0.1)
 
     async def _drain(self, station: SimStation, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
