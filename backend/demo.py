@@ -124,7 +124,8 @@ class Demo:
                             ingest_client_id=f"demo-ingest-{uuid.uuid4().hex[:6]}", ingest_batch_wait_ms=20)
         port = args.port if args.port and port_free(args.port) else free_port()  # 0: any free port
         backend_stop = asyncio.Event()
-        backend = asyncio.create_task(serve(settings, api=True, ingest=True, port=port, stop=backend_stop))
+        backend = asyncio.create_task(serve(settings, api=True, ingest=True, port=port, stop=backend_stop,
+                                            install_signals=False))
 
         async def stop_backend() -> None:
             backend_stop.set()

@@ -26,11 +26,13 @@ async def serve(
     port: int = 8000,
     embedded_broker_port: int | None = None,
     stop: asyncio.Event | None = None,
+    install_signals: bool = True,
 ) -> None:
     from .cli import install_stop_signals
 
     stop = stop or asyncio.Event()
-    install_stop_signals(stop)
+    if install_signals:  # a program embedding the backend (the demo) keeps its own handlers
+        install_stop_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
         if embedded_broker_port:
             from .broker import embedded_broker

@@ -70,7 +70,7 @@ async def backend(broker: Broker, tmp_path: Path) -> AsyncIterator[Settings]:
         mqtt_prefix=f"t{uuid.uuid4().hex[:8]}", ingest_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
         ingest_batch_wait_ms=5)
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, api=False, ingest=True, stop=stop))
+    task = asyncio.create_task(serve(settings, api=False, ingest=True, stop=stop, install_signals=False))
     await asyncio.sleep(0.5)
     try:
         yield settings
