@@ -119,7 +119,9 @@ def test_apply_delta_of_five_ids(benchmark: Any, name: str) -> None:
         return (copy, delta), {}
 
     benchmark.pedantic(lambda copy, delta: copy.apply_delta(delta), setup=setup, rounds=rounds)
-    assert all(copy.version > 1 for copy in copies)
+    # every round that ran applied its delta (--benchmark-disable runs only the first)
+    applied = [copy for copy in copies if copy.version > 1]
+    assert applied and applied == copies[: len(applied)]
 
 
 def _result_checksum(listed: Any, added: set[int], removed: set[int]) -> str:
