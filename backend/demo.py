@@ -39,6 +39,7 @@ from firmware_sim.population import Population
 from firmware_sim.protocol import Direction
 from gate.simstation import GateSpec, SimStation
 
+from .broker import free_port
 from .config import Settings
 from .db import make_engine
 from .runtime import serve
@@ -47,12 +48,6 @@ from .tables import TapRow, TripRow
 EXAMPLE = Path(__file__).resolve().parents[1] / "fare_core" / "examples" / "guangzhou.toml"
 API = "/api/v1"
 log = logging.getLogger("faregate.demo")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_free(port: int) -> bool:
