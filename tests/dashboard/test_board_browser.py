@@ -76,6 +76,8 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         assert "DENYLISTED" in await row.inner_text()
         await page.wait_for_selector("#phone-taps tr[data-result='DENIED']")  # the phone's own view too
         await page.wait_for_selector(f"#blocked-list a[data-phone='{BLOCKED:016x}']")
+        # the figures refresh on the board's 2 s poll: wait for the value, then read it
+        await page.wait_for_selector("#kpi-denied:text-is('1')")
         assert await page.inner_text("#kpi-denied") == "1"
         await page.wait_for_selector("#chart-denials svg >> text=DENYLISTED")
         await screenshot(page, "board-blocked-phone-denied")
@@ -108,6 +110,8 @@ async def test_a_gate_going_offline_shows_on_the_board(
         page = await new_page(browser, errors)
         await ui_login(page, system.base, system.settings.admin_username, system.settings.admin_password)
         await page.wait_for_selector("#stations tr[data-gate='1-2'][data-state='online']")
+        # the figures refresh on the board's 2 s poll: wait for the value, then read it
+        await page.wait_for_selector("#kpi-online:text-is('2 / 2')")
         assert await page.inner_text("#kpi-online") == "2 / 2"
 
         # the gate dies without a goodbye: the broker publishes its last will
@@ -120,6 +124,8 @@ async def test_a_gate_going_offline_shows_on_the_board(
 
         await page.wait_for_selector("#stations tr[data-gate='1-2'][data-state='offline']", timeout=30_000)
         assert await page.locator("#stations tr[data-gate='1-1'][data-state='online']").count() == 1
+        # the figures refresh on the board's 2 s poll: wait for the value, then read it
+        await page.wait_for_selector("#kpi-online:text-is('1 / 2')")
         assert await page.inner_text("#kpi-online") == "1 / 2"
         alarm = page.locator("#alarms tr[data-kind='gate_offline']")
         await alarm.wait_for()
