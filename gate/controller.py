@@ -344,17 +344,15 @@ class GateController:
     async def _show(self, style: DisplayStyle, zh: str, en: str, timeout_ms: int) -> None:
         await self.link.request(Display(style, timeout_ms, zh, en), Ack)
 
-    def _counter_of(self, wallet: bytes, card_id: int, decision: fare_core.Decision) -> int:
-        if decision.record is not None:
-            return int(decision.counter) - 1
-        try:
-            return int(fare_core.read_wallet(wallet, card_id, self.sam)[0].counter)
-        except WalletError:
-            return 0
+    @staticmethod
+    def _counter_of(decision: fare_core.Decision) -> int:
+        """The counter the wallet held: decide() reports the one it wrote, or the one it read (0 when no
+        slot was valid), so the wallet needs no second MAC check here."""
+        return int(decision.counter) - 1 if decision.record is not None else int(decision.counter)
 
     def _tap_message(self, seq: int, tap: fare_core.Tap, d: fare_core.Decision, wallet: bytes,
                      table_version: int, action: object, decision_us: int) -> TapMessage:
-        counter_before = self._counter_of(wallet, tap.card_id, d)
+        counter_before = self._counter_of(d)
         applied = d.record is not None and d.flags & _ACTION_FLAGS
         return TapMessage(
             tap_id=tap_id(self.station_id, self.gate_no, seq), station_id=self.station_id,
