@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fare_core import DEVELOPMENT_SAM_KEY, Direction
 
+from .messages import MAX_TAPS_PER_MESSAGE
+
 TEST_SAM_KEY = DEVELOPMENT_SAM_KEY.hex()  # the simulator's key; refused outside development
 
 
@@ -33,6 +35,7 @@ class MqttConfig(_Section):
     username: str | None = None
     password: str | None = None
     window: Annotated[int, Field(ge=1, le=20_000)] = 500  # QoS 1 publishes in flight
+    batch_max: Annotated[int, Field(ge=1, le=MAX_TAPS_PER_MESSAGE)] = 50  # taps in one message (backlog)
     heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     stall_s: Annotated[float, Field(gt=0, le=3600)] = 10.0  # republish if no commit for this long
 

@@ -236,6 +236,22 @@ class TapMessage(Message):
         return bytes.fromhex(self.wallet_before)
 
 
+MAX_TAPS_PER_MESSAGE = 500  # a larger array on the taps topic is refused whole (dead-lettered)
+
+
+def encode_taps(payloads: list[bytes]) -> bytes:
+    """One taps-topic payload for taps the journal already holds encoded.
+
+    A single tap goes as its TapMessage object; several (a backlog, a resend) go as a JSON array of
+    them, oldest first, so a gate catching up pays one MQTT message per group instead of per tap.
+    """
+    if not payloads:
+        raise ValueError("no taps to encode")
+    if len(payloads) > MAX_TAPS_PER_MESSAGE:
+        raise ValueError(f"{len(payloads)} taps in one message; at most {MAX_TAPS_PER_MESSAGE}")
+    return payloads[0] if len(payloads) == 1 else b"[" + b",".join(payloads) + b"]"
+
+
 class GateState(StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"  # also the last will, published by the broker when the gate vanishes

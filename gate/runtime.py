@@ -43,8 +43,9 @@ class GateRuntime:
             self.uplink = Uplink(
                 gate_id=config.gate_id, host=host, port=port, prefix=config.mqtt.prefix,
                 journal=self.journal, state=self.state, final_seq=lambda: self.controller.final_seq,
-                window=config.mqtt.window, heartbeat_s=config.mqtt.heartbeat_s,
-                stall_s=config.mqtt.stall_s, on_mode=self.controller.apply_mode,
+                window=config.mqtt.window, batch_max=config.mqtt.batch_max,
+                heartbeat_s=config.mqtt.heartbeat_s, stall_s=config.mqtt.stall_s,
+                on_mode=self.controller.apply_mode,
                 extra_status=self.metrics.status_fields, username=config.mqtt.username,
                 password=config.mqtt.password)
             self.controller.on_final = self.uplink.tap_journaled

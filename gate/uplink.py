@@ -2,6 +2,7 @@
 
 Store-and-forward: taps are published from the journal, never from memory, with at most `window`
 QoS 1 publishes in flight (a paho client handed a whole backlog at once stalls at 65,535 message ids).
+A backlog goes as arrays of up to `batch_max` taps a message; a lone tap as itself, at once.
 A tap leaves the journal only when the backend's "committed through seq N" arrives: a PUBACK covers one
 hop, the backend's ack covers the database. After every reconnect, on a resend request, and when the
 backend's ack has not moved for `stall_s`, publishing starts again from the last committed seq; the
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 
 from .journal import Journal
 from .messages import (
+    MAX_TAPS_PER_MESSAGE,
     ActionListMessage,
     Committed,
     DenyListDeltaMessage,
@@ -43,6 +45,7 @@ from .messages import (
     Topics,
     UpdateKind,
     encode,
+    encode_taps,
 )
 from .state import LocalState, Outcome, UpdateResult
 
@@ -55,7 +58,7 @@ class Uplink:
     """Publishes one gate's journal and applies what the backend sends it."""
 
     def __init__(self, *, gate_id: str, host: str, port: int, prefix: str, journal: Journal,
-                 state: LocalState, final_seq: Callable[[], int], window: int = 500,
+                 state: LocalState, final_seq: Callable[[], int], window: int = 500, batch_max: int = 50,
                  heartbeat_s: float = 30.0, stall_s: float = 10.0,
                  on_mode: Callable[[], Awaitable[None]] | None = None,
                  extra_status: Callable[[], dict[str, Any]] | None = None,
@@ -66,7 +69,10 @@ class Uplink:
         self.journal = journal
         self.state = state
         self.final_seq = final_seq
-        self.window = window
+        self.window = window  # MQTT messages in flight (QoS 1, not yet PUBACKed)
+        if not 1 <= batch_max <= MAX_TAPS_PER_MESSAGE:
+            raise ValueError(f"batch_max must be 1..{MAX_TAPS_PER_MESSAGE}, not {batch_max}")
+        self.batch_max = batch_max  # taps in one message at most (a backlog goes as arrays)
         self.heartbeat_s = heartbeat_s
         self.stall_s = stall_s
         self.on_mode = on_mode
@@ -154,12 +160,12 @@ class Uplink:
         in_flight = asyncio.Semaphore(self.window)
         tasks: set[asyncio.Task[None]] = set()
 
-        async def publish(seq: int, payload: bytes) -> None:
+        async def publish(payload: bytes, count: int) -> None:
             try:
                 await client.publish(self.topics.taps(self.gate_id), payload, qos=1)
-                self.published += 1
+                self.published += count
             except aiomqtt.MqttError:
-                pass  # the connection is going; the journal still has the tap for the next one
+                pass  # the connection is going; the journal still has the taps for the next one
             finally:
                 in_flight.release()
 
@@ -170,18 +176,22 @@ class Uplink:
                          self.journal.committed_through)
                 self._cursor = self.journal.committed_through
                 self._last_progress = time.monotonic()
-            batch = self.journal.pending(after=self._cursor, limit=self.window, through=self.final_seq())
-            if not batch:
+            pending = self.journal.pending(after=self._cursor, limit=self.window * self.batch_max,
+                                           through=self.final_seq())
+            if not pending:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 continue
-            for seq, payload in batch:
+            # Only what is already pending is grouped: a lone tap leaves at once, never waits for company.
+            for start in range(0, len(pending), self.batch_max):
+                group = pending[start:start + self.batch_max]
                 await in_flight.acquire()
-                task = asyncio.get_running_loop().create_task(publish(seq, payload))
+                payload = encode_taps([tap for _, tap in group])
+                task = asyncio.get_running_loop().create_task(publish(payload, len(group)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                self._cursor = max(self._cursor, seq)
+                self._cursor = max(self._cursor, group[-1][0])
 
     async def _heartbeat(self) -> None:
         while True:

@@ -1,5 +1,8 @@
 """Store a batch of raw MQTT tap payloads in one transaction: valid taps by tap id, the rest dead-lettered.
 
+A payload is one tap object or an array of them (a gate sending its backlog, docs/mqtt.md); each
+element is validated and stored or dead-lettered on its own.
+
 Idempotence is the primary key: `INSERT ... ON CONFLICT (tap_id) DO NOTHING RETURNING tap_id` tells
 new taps from duplicates on SQLite and PostgreSQL alike. In the same transaction each touched gate's
 `committed_seq` advances to the highest seq with nothing missing at or below it, so a Committed message
@@ -8,18 +11,20 @@ published after the commit never promises a tap the database does not hold.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gate.messages import TapMessage, Topics
+from gate.messages import MAX_TAPS_PER_MESSAGE, TapMessage, Topics
 
 from ..tables import DeadLetterRow, GateRow, TapRow
 
@@ -46,11 +51,70 @@ class GateProgress:
 
 @dataclass
 class BatchResult:
-    received: int = 0
-    inserted: list[str] = field(default_factory=list)  # tap ids new in the database
+    received: int = 0  # taps (elements of tap arrays counted one by one)
+    stored: int = 0  # taps new in the database
     duplicates: int = 0
     dead_lettered: int = 0
     gates: dict[str, GateProgress] = field(default_factory=dict)
+
+
+class TapInsert:
+    """Many taps in one driver-level statement: one executemany on SQLite, one INSERT ... SELECT FROM
+    unnest(arrays) on PostgreSQL, both ON CONFLICT (tap_id) DO NOTHING.
+
+    Why not the ORM's Core insert: building and type-processing its parameters cost about 20 µs a
+    tap, more than the database's own work. The columns' own bind processors (the UTC datetime
+    type, booleans) are still applied, once per value, so the rows are exactly what Core would write.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        table = cast(Table, TapRow.__table__)
+        self.names = [column.name for column in table.columns]
+        self.processors = [
+            (index, processor)
+            for index, column in enumerate(table.columns)
+            if (processor := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        ]
+        columns = ", ".join(self.names)
+        self.postgresql = dialect.name == "postgresql"
+        if self.postgresql:
+            arrays = ", ".join(
+                f"${n}::{column.type.compile(dialect)}[]" for n, column in enumerate(table.columns, 1)
+            )
+            self.sql = (
+                f"INSERT INTO {table.name} ({columns}) SELECT * FROM unnest({arrays}) "
+                "ON CONFLICT (tap_id) DO NOTHING RETURNING tap_id"
+            )
+        else:
+            marks = ", ".join("?" for _ in self.names)
+            self.sql = (
+                f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT (tap_id) DO NOTHING"
+            )
+
+    async def __call__(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert `rows` (tap_row dicts); returns how many were new."""
+        values = [[row[name] for name in self.names] for row in rows]
+        for index, processor in self.processors:
+            for row_values in values:
+                row_values[index] = processor(row_values[index])
+        connection = await session.connection()
+        if self.postgresql:
+            columns = tuple(list(column) for column in zip(*values, strict=True))
+            result = await connection.exec_driver_sql(self.sql, columns)
+            return len(result.fetchall())
+        result = await connection.exec_driver_sql(self.sql, [tuple(v) for v in values])
+        return int(result.rowcount)  # sqlite3 sums executemany's row counts; ignored rows add 0
+
+
+_TAP_INSERTS: dict[str, TapInsert] = {}
+
+
+def _tap_insert(session: AsyncSession) -> TapInsert:
+    assert session.bind is not None, "the session factory is bound to the engine"
+    dialect = session.bind.dialect
+    if dialect.name not in _TAP_INSERTS:
+        _TAP_INSERTS[dialect.name] = TapInsert(dialect)
+    return _TAP_INSERTS[dialect.name]
 
 
 def _insert(session: AsyncSession, entity: Any) -> Any:
@@ -92,20 +156,55 @@ def tap_row(tap: TapMessage, received_at: datetime) -> dict[str, Any]:
     }
 
 
-def parse(message: RawMessage) -> TapMessage | str:
-    """The validated tap, or the reason it is not one (for the dead-letter table)."""
-    try:
-        tap = TapMessage.model_validate_json(message.payload)
-    except ValidationError as error:
-        return f"invalid tap: {error}"[:MAX_REASON]
-    except (UnicodeDecodeError, ValueError) as error:  # pragma: no cover - pydantic wraps these
-        return f"undecodable payload: {error}"[:MAX_REASON]
+@dataclass(frozen=True)
+class Refused:
+    """A payload, or one element of a tap array, that is not a valid tap, with the reason."""
+
+    payload: bytes
+    reason: str
+
+
+_TAP_ARRAY = TypeAdapter(list[TapMessage])
+
+
+def parse(message: RawMessage) -> list[TapMessage | Refused]:
+    """Every tap a taps-topic payload carries (one object, or an array of them), each either valid or
+    refused with its reason, so one bad element of an array is dead-lettered and the others stored."""
+    payload = bytes(message.payload)
     try:
         topic_gate = Topics.gate_of(message.topic)
     except ValueError as error:
-        return str(error)
-    if topic_gate != tap.gate_id:
-        return f"tap of gate {tap.gate_id} published on the topic of gate {topic_gate}"
+        return [Refused(payload, str(error))]
+    if payload.lstrip()[:1] != b"[":
+        return [_check_gate(_validate_one(payload), topic_gate)]
+    try:  # the common case: every element valid, validated in one pass
+        taps: list[TapMessage | Refused] = list(_TAP_ARRAY.validate_json(payload))
+    except ValidationError:
+        try:
+            elements = json.loads(payload)
+        except ValueError as error:
+            return [Refused(payload, f"undecodable tap array: {error}"[:MAX_REASON])]
+        taps = [_validate_one(json.dumps(e, separators=(",", ":")).encode()) for e in elements]
+    if not taps:
+        return [Refused(payload, "empty tap array")]
+    if len(taps) > MAX_TAPS_PER_MESSAGE:
+        return [Refused(payload, f"{len(taps)} taps in one message; at most {MAX_TAPS_PER_MESSAGE}")]
+    return [_check_gate(tap, topic_gate) for tap in taps]
+
+
+def _validate_one(payload: bytes) -> TapMessage | Refused:
+    try:
+        return TapMessage.model_validate_json(payload)
+    except ValidationError as error:
+        return Refused(payload, f"invalid tap: {error}"[:MAX_REASON])
+
+
+def _check_gate(tap: TapMessage | Refused, topic_gate: str) -> TapMessage | Refused:
+    if isinstance(tap, TapMessage) and topic_gate != tap.gate_id:
+        return Refused(
+            tap.model_dump_json().encode(),
+            f"tap of gate {tap.gate_id} published on the topic of gate {topic_gate}",
+        )
     return tap
 
 
@@ -117,33 +216,30 @@ class TapStore:
 
     async def store(self, messages: Sequence[RawMessage]) -> BatchResult:
         now = datetime.now(UTC)
-        result = BatchResult(received=len(messages))
+        result = BatchResult()
         taps: dict[str, dict[str, Any]] = {}
         dead: list[dict[str, Any]] = []
+        received = 0
         for message in messages:
-            parsed = parse(message)
-            if isinstance(parsed, str):
-                dead.append(
-                    {
-                        "received_at": now,
-                        "topic": message.topic[:300],
-                        "payload": bytes(message.payload),
-                        "reason": parsed,
-                    }
-                )
-            else:
-                taps.setdefault(parsed.tap_id, tap_row(parsed, now))  # same tap twice in one batch
-        result.duplicates = len(messages) - len(dead) - len(taps)
+            for parsed in parse(message):
+                received += 1
+                if isinstance(parsed, Refused):
+                    dead.append(
+                        {
+                            "received_at": now,
+                            "topic": message.topic[:300],
+                            "payload": parsed.payload,
+                            "reason": parsed.reason,
+                        }
+                    )
+                else:
+                    taps.setdefault(parsed.tap_id, tap_row(parsed, now))  # same tap twice in one batch
+        result.received = received
+        result.duplicates = received - len(dead) - len(taps)
         async with self.sessions.begin() as session:
             if taps:
-                statement = (
-                    _insert(session, TapRow)
-                    .on_conflict_do_nothing(index_elements=["tap_id"])
-                    .returning(TapRow.__table__.c.tap_id)
-                )
-                inserted = (await session.execute(statement, list(taps.values()))).scalars().all()
-                result.inserted = list(inserted)
-                result.duplicates += len(taps) - len(inserted)
+                result.stored = await _tap_insert(session)(session, list(taps.values()))
+                result.duplicates += len(taps) - result.stored
             if dead:
                 await session.execute(_insert(session, DeadLetterRow), dead)
                 result.dead_lettered = len(dead)

@@ -164,13 +164,13 @@ class IngestWorker:
     async def _handle(self, batch: list[RawMessage]) -> None:
         taps = [m for m in batch if m.topic.endswith("/taps")]
         others = [m for m in batch if not m.topic.endswith("/taps")]
-        self.stats["received"] += len(taps)
         if taps:
             result = await self._store_until_done(taps)
+            self.stats["received"] += result.received
             for message in taps:
                 if message.qos:
                     self.client.ack(message.mid, message.qos)
-            self.stats["stored"] += len(result.inserted)
+            self.stats["stored"] += result.stored
             self.stats["duplicates"] += result.duplicates
             self.stats["dead_lettered"] += result.dead_lettered
             self.stats["batches"] += 1
@@ -198,10 +198,11 @@ class IngestWorker:
             except (IntegrityError, DataError) as error:
                 if len(taps) == 1:
                     return await self._dead_letter_until_done(taps[0], f"database refused the tap: {error}")
-                merged = BatchResult(received=len(taps))
+                merged = BatchResult()
                 for message in taps:
                     one = await self._store_until_done([message])
-                    merged.inserted += one.inserted
+                    merged.received += one.received
+                    merged.stored += one.stored
                     merged.duplicates += one.duplicates
                     merged.dead_lettered += one.dead_lettered
                     merged.gates.update(one.gates)

@@ -18,7 +18,16 @@ from backend.ingest.worker import IngestWorker
 from backend.migrate import upgrade
 from backend.tables import AlarmRow, DeadLetterRow, GateRow, TapRow
 from fare_core.reasons import GateMode
-from gate.messages import Committed, GateState, GateStatus, ResendRequest, Topics, encode
+from gate.messages import (
+    MAX_TAPS_PER_MESSAGE,
+    Committed,
+    GateState,
+    GateStatus,
+    ResendRequest,
+    Topics,
+    encode,
+    encode_taps,
+)
 from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
 from tests.backend.gate_client import GateClient
 
@@ -104,6 +113,9 @@ MALFORMED: list[tuple[str, bytes, str]] = [
         "UTC",
     ),
     ("99-1", encode(make_tap(5)), "topic of gate 99-1"),
+    ("12-3", b"[]", "empty tap array"),
+    ("12-3", b'[{"tap_id": "12-3:9"', "undecodable tap array"),
+    ("12-3", b"[" + b",".join([encode(make_tap(9))] * (MAX_TAPS_PER_MESSAGE + 1)) + b"]", "at most"),
 ]
 
 
@@ -127,6 +139,37 @@ async def test_malformed_payloads_are_dead_lettered_and_the_worker_keeps_going(
             assert needle in row.reason
             assert row.topic == ingest.topics.taps(gate_id)
         assert await ingest.count(TapRow) == 1
+    finally:
+        gate.close()
+
+
+async def test_a_tap_array_stores_its_valid_taps_and_dead_letters_only_its_bad_ones(
+    ingest: Running, broker: BrokerInfo
+) -> None:
+    gate = await gate_for(ingest, broker)
+    try:
+        elements = [encode(make_tap(seq)) for seq in range(1, 11)]
+        elements[3] = json.dumps({**json.loads(elements[3]), "fare": -1}).encode()  # seq 4: bad fare
+        elements[6] = encode(make_tap(7, station_id=99, gate_no=1))  # seq 7: another gate's tap
+        topic = ingest.topics.taps("12-3")
+        await asyncio.to_thread(gate.publish, topic, encode_taps(elements))
+        await wait_for(lambda: ingest.worker.stats["dead_lettered"] == 2)
+        await wait_for(lambda: committed_through(gate, ingest) == 3)
+        assert await ingest.count(TapRow) == 8
+        assert ingest.worker.stats["received"] == 10
+        async with ingest.sessions() as session:
+            dead = (await session.execute(select(DeadLetterRow).order_by(DeadLetterRow.id))).scalars().all()
+        reasons = sorted(row.reason for row in dead)
+        assert "fare" in reasons[0] and "invalid tap" in reasons[0]
+        assert "tap of gate 99-1 published on the topic of gate 12-3" in reasons[1]
+        assert {json.loads(row.payload)["seq"] for row in dead} == {4, 7}  # each bad element kept whole
+        # the gate sends the two again, correctly, as one array: nothing is stored twice
+        await asyncio.to_thread(
+            gate.publish, topic, encode_taps([encode(make_tap(4)), encode(make_tap(5)), encode(make_tap(7))])
+        )
+        await wait_for(lambda: committed_through(gate, ingest) == 10)
+        assert await ingest.count(TapRow) == 10
+        assert ingest.worker.stats["duplicates"] == 1
     finally:
         gate.close()
 

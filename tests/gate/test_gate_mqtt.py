@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from gate.journal import Journal
 from gate.messages import DenyListDeltaMessage, SnapshotRequest, Topics, encode
 from gate.simstation import GateSpec, SimStation
 
-from .brokers import MOSQUITTO, Amqtt, Broker, PrivateMosquitto, require
+from .brokers import Broker
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "fare_core" / "examples"
 SPECS = [GateSpec(1, 1, "entry"), GateSpec(3, 2, "exit")]
@@ -42,22 +41,6 @@ DEVICE = DeviceConfig(barrier=BarrierConfig(travel_ms=30, passage_ms=60))
 @pytest.fixture(scope="module")
 def table() -> TableData:
     return compiler.compile_rules(rules.load_rules(EXAMPLES / "tiny.toml"), version=2)
-
-
-@pytest.fixture(params=["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    if request.param == "mosquitto":
-        require("the mosquitto binary", os.path.exists(MOSQUITTO))
-        chosen: Broker = PrivateMosquitto()
-    else:
-        chosen = Amqtt()
-    await chosen.start()
-    try:
-        yield chosen
-    finally:
-        await chosen.stop()
-        if isinstance(chosen, PrivateMosquitto):
-            chosen.cleanup()
 
 
 @contextlib.asynccontextmanager
