@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     ingest_batch_size: int = Field(default=1000, ge=1, le=20_000)
     ingest_batch_wait_ms: int = Field(default=20, ge=0, le=60_000)  # longest a tap waits for its batch
     ingest_receive_maximum: int = Field(default=10_000, ge=1, le=65_535)  # unacked taps in flight
+    # a gap in a gate's sequence still open after this long (resend asked meanwhile) raises an alarm
+    ingest_gap_alarm_s: float = Field(default=60.0, gt=0, le=86_400)
     reconcile: bool = True  # re-run fare_core on every tap after it is stored
     auto_denylist: bool = False  # deny-list a phone caught cloned or replayed
 

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gate.messages import MAX_TAPS_PER_MESSAGE, TapMessage, Topics
 
-from ..tables import DeadLetterRow, GateRow, TapRow
+from ..tables import AlarmRow, DeadLetterRow, GateRow, TapRow
 
 MAX_REASON = 2000
 
@@ -278,6 +278,30 @@ class TapStore:
                 ],
             )
         return BatchResult(received=1, dead_lettered=1)
+
+    async def gap_alarm(self, gate_id: str, missing: Sequence[tuple[int, int]], age_s: float) -> None:
+        """One `tap_gap` alarm per gap (keyed by its first missing tap, so several workers seeing the
+        same gap raise it once)."""
+        first_missing = f"{gate_id}:{missing[0][0]}"  # the tap id of the first missing tap
+        shown = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in missing[:8])
+        more = f" and {len(missing) - 8} more gaps" if len(missing) > 8 else ""
+        async with self.sessions.begin() as session:
+            already = await session.scalar(
+                select(AlarmRow.id).where(
+                    AlarmRow.kind == "tap_gap", AlarmRow.gate_id == gate_id, AlarmRow.tap_id == first_missing
+                )
+            )
+            if already is None:
+                session.add(
+                    AlarmRow(
+                        created_at=datetime.now(UTC),
+                        kind="tap_gap",
+                        severity="warning",
+                        gate_id=gate_id,
+                        tap_id=first_missing,
+                        detail=f"seq {shown}{more} missing for {age_s:.0f} s; the gate was asked to resend",
+                    )
+                )
 
     async def progress(self, gate_ids: Sequence[str]) -> dict[str, GateProgress]:
         """Re-evaluate gates' committed_seq and gaps (taps may have arrived through another worker)."""

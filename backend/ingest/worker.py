@@ -63,6 +63,8 @@ class IngestWorker:
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gaps: dict[str, tuple[float, float]] = {}  # gate -> (first seen, last resend asked)
+        self._missing: dict[str, list[tuple[int, int]]] = {}  # gate -> its gaps, as last seen
+        self._gap_alarmed: set[str] = set()  # gates whose current gap already raised an alarm
         self.connected = asyncio.Event()
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "dead_lettered": 0, "batches": 0}
 
@@ -230,7 +232,10 @@ class IngestWorker:
             self.client.publish(self.topics.committed(gate.gate_id), encode(committed), qos=1, retain=True)
             if not gate.missing:
                 self._gaps.pop(gate.gate_id, None)
+                self._missing.pop(gate.gate_id, None)
+                self._gap_alarmed.discard(gate.gate_id)
                 continue
+            self._missing[gate.gate_id] = gate.missing
             first, asked = self._gaps.get(gate.gate_id, (now, 0.0))
             self._gaps[gate.gate_id] = (first, asked)
             if now - first >= GAP_GRACE_S and now - asked >= RESEND_EVERY_S:
@@ -252,3 +257,20 @@ class IngestWorker:
                 log.warning("gap check failed: %s", error)
                 continue
             self._publish_progress(progress.values())
+            await self._alarm_old_gaps()
+
+    async def _alarm_old_gaps(self) -> None:
+        """A gap the gate has not filled for `ingest_gap_alarm_s` is an operator's matter: a gate
+        whose journal lost taps, or one that cannot reach the broker for its resends."""
+        now = time.monotonic()
+        for gate, (first, _asked) in list(self._gaps.items()):
+            missing = self._missing.get(gate)
+            if gate in self._gap_alarmed or not missing or now - first < self.settings.ingest_gap_alarm_s:
+                continue
+            try:
+                await self.store.gap_alarm(gate, missing, now - first)
+            except Exception as error:
+                log.warning("gap alarm for gate %s not stored yet: %s", gate, error)
+                continue
+            self._gap_alarmed.add(gate)
+            log.warning("gate %s: taps %s still missing after %.0f s", gate, missing[:4], now - first)

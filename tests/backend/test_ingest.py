@@ -192,6 +192,36 @@ async def test_a_gap_in_the_sequence_asks_the_gate_to_resend(ingest: Running, br
         gate.close()
 
 
+async def test_a_gap_left_open_raises_one_alarm(ingest: Running, broker: BrokerInfo) -> None:
+    ingest.worker.settings.ingest_gap_alarm_s = 1.5
+    gate = await gate_for(ingest, broker)
+    try:
+        topic = ingest.topics.taps("12-3")
+        for seq in (1, 2, 5, 8):
+            await asyncio.to_thread(gate.publish, topic, encode(make_tap(seq)))
+        await wait_for(lambda: committed_through(gate, ingest) == 2)
+        assert await ingest.count(AlarmRow) == 0  # a young gap may still be in flight: no alarm yet
+
+        async def gap_alarms() -> list[AlarmRow]:
+            async with ingest.sessions() as session:
+                rows = await session.execute(select(AlarmRow).where(AlarmRow.kind == "tap_gap"))
+                return list(rows.scalars().all())
+
+        alarms = await wait_for(gap_alarms, timeout=10)
+        await asyncio.sleep(1.5)  # the sweeper runs twice a second: it must not raise it again
+        alarms = await gap_alarms()
+        assert len(alarms) == 1
+        assert (alarms[0].gate_id, alarms[0].tap_id, alarms[0].severity) == ("12-3", "12-3:3", "warning")
+        assert "seq 3..4, 6..7 missing" in alarms[0].detail
+        for seq in (3, 4, 6, 7):
+            await asyncio.to_thread(gate.publish, topic, encode(make_tap(seq)))
+        await wait_for(lambda: committed_through(gate, ingest) == 8)
+        await asyncio.sleep(1.0)
+        assert len(await gap_alarms()) == 1
+    finally:
+        gate.close()
+
+
 async def test_gate_status_and_its_last_will_are_recorded(ingest: Running, broker: BrokerInfo) -> None:
     topic = ingest.topics.status("12-3")
     gate = GateClient(
