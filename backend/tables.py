@@ -283,6 +283,18 @@ class TokenRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class LoginAttemptRow(Base):
+    """One login attempt, kept for the rate limit's window: in the database, so every API process
+    behind a load balancer counts the same attempts."""
+
+    __tablename__ = "login_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200))  # "client address|username"
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __table_args__ = (Index("ix_login_attempts_key_at", "key", "at"),)
+
+
 class AuditRow(Base):
     """Every state-changing API call: who, what, on what, when."""
 

@@ -17,7 +17,7 @@ from ..migrate import upgrade
 from ..publisher import Publisher
 from ..tables import OperatorRow
 from .routes import actions, alarms, auth, commuter, denylist, fares, gates, operators, phones, reports, taps
-from .security import RateLimiter, Role, hash_password
+from .security import LoginLimiter, Role, hash_password
 
 API = "/api/v1"
 
@@ -57,7 +57,7 @@ def create_app(
         app.state.settings = settings
         app.state.sessions = sessions
         app.state.distributor = Distributor(sessions, pub)
-        app.state.login_limiter = RateLimiter(settings.login_attempts_per_minute)
+        app.state.login_limiter = LoginLimiter(settings.login_attempts_per_minute)
         await ensure_admin(sessions, settings)
         try:
             yield

@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
-from collections import defaultdict, deque
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..tables import LoginAttemptRow
 
 
 class Role(StrEnum):
@@ -50,20 +54,25 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class RateLimiter:
-    """At most `limit` attempts per key in any 60 s window (in memory: one API process)."""
+class LoginLimiter:
+    """At most `limit` attempts per key in any `window_s`, counted in the database (shared by every
+    API process). Each attempt is recorded in its own transaction, before the password is checked,
+    so a failed login counts too; rows older than the window are deleted as it goes."""
 
     def __init__(self, limit: int, window_s: float = 60.0) -> None:
         self.limit = limit
         self.window_s = window_s
-        self._attempts: dict[str, deque[float]] = defaultdict(deque)
 
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        attempts = self._attempts[key]
-        while attempts and now - attempts[0] > self.window_s:
-            attempts.popleft()
-        if len(attempts) >= self.limit:
-            return False
-        attempts.append(now)
+    async def allow(self, sessions: async_sessionmaker[AsyncSession], key: str) -> bool:
+        now = datetime.now(UTC)
+        since = now - timedelta(seconds=self.window_s)
+        key = key[:200]
+        async with sessions.begin() as session:
+            await session.execute(delete(LoginAttemptRow).where(LoginAttemptRow.at < since))
+            recent = await session.scalar(
+                select(func.count()).where(LoginAttemptRow.key == key, LoginAttemptRow.at >= since)
+            )
+            if (recent or 0) >= self.limit:
+                return False
+            session.add(LoginAttemptRow(key=key, at=now))
         return True

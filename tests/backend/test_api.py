@@ -118,12 +118,21 @@ async def test_roles_see_and_do_only_what_they_should(api: Api) -> None:
     assert (await c.get("/api/v1/me", headers=viewer)).status_code == 401
 
 
-async def test_login_is_rate_limited(api: Api) -> None:
-    codes = [
-        (await api.client.post("/api/v1/login", json={"username": "admin", "password": "wrong"})).status_code
-        for _ in range(6)
-    ]
+async def test_login_is_rate_limited_across_api_processes(api: Api) -> None:
+    wrong = {"username": "admin", "password": "wrong"}
+    codes = [(await api.client.post("/api/v1/login", json=wrong)).status_code for _ in range(3)]
+    # a second API instance on the same database (another process behind the load balancer) counts
+    # the same attempts: two more, then it refuses too
+    other = create_app(api.settings, migrate=False)
+    async with other.router.lifespan_context(other):
+        transport = httpx.ASGITransport(app=other)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            codes += [(await client.post("/api/v1/login", json=wrong)).status_code for _ in range(3)]
+            right = await client.post("/api/v1/login", json=ADMIN)
     assert codes == [401] * 5 + [429]
+    assert right.status_code == 429  # the right password does not pass the limit either
+    # another username from the same client is counted on its own
+    assert (await api.client.post("/api/v1/login", json={**wrong, "username": "bob"})).status_code == 401
 
 
 async def test_commuter_reports_a_lost_phone(api: Api) -> None:

@@ -20,7 +20,8 @@ async def login(
     body: LoginRequest, request: Request, session: SessionDep, settings: SettingsDep
 ) -> TokenPublic:
     client = request.client.host if request.client else "?"
-    if not request.app.state.login_limiter.allow(f"{client}|{body.username}"):
+    limiter = request.app.state.login_limiter
+    if not await limiter.allow(request.app.state.sessions, f"{client}|{body.username}"):
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many login attempts; wait a minute")
     account = (
         await session.execute(select(OperatorRow).where(OperatorRow.username == body.username))
