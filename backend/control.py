@@ -89,6 +89,11 @@ async def record_status(
                 "actions_version",
                 "journal_pending",
                 "software",
+                "tap_to_open_p50_ms",
+                "tap_to_open_p99_ms",
+                "host_p99_ms",
+                "tailgating_alarms",
+                "forced_door_alarms",
             ):
                 value = getattr(status, name)
                 if value is not None:

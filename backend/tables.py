@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -133,6 +134,12 @@ class GateRow(Base):
     actions_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     journal_pending: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     software: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the gate's own health figures from its latest status (kept when its last will arrives)
+    tap_to_open_p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tap_to_open_p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    host_p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)  # the gate's own processing
+    tailgating_alarms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # since gate start
+    forced_door_alarms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # since gate start
 
 
 class PhoneRow(Base):

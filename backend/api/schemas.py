@@ -103,6 +103,11 @@ class GatePublic(Public):
     actions_version: int | None
     journal_pending: int | None
     software: str | None
+    tap_to_open_p50_ms: float | None  # the gate's own figures over its latest taps
+    tap_to_open_p99_ms: float | None
+    host_p99_ms: float | None  # the gate's own processing time, p99
+    tailgating_alarms: int | None  # since the gate started
+    forced_door_alarms: int | None
 
 
 class GateModeCommand(Body):

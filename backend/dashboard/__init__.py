@@ -1,24 +1,21 @@
 """The operator dashboard and the commuter page, served by the backend itself.
 
 Static HTML/CSS/JS shipped inside the package (no CDN, no build step): the pages talk to the REST
-API under /api/v1 with the bearer token they got at login. The only server code here is one read-only
-summary the board needs and the API lacks (taps per minute, today's revenue and denials per gate),
-so the board polls a single cheap endpoint instead of downloading every tap.
+API under /api/v1 with the bearer token they got at login. The only server code here is what the board
+needs and the API lacks: one read-only summary (taps per minute, today's revenue and denials per gate),
+so the board polls a single cheap endpoint instead of downloading every tap, and the gates' own health
+figures as the ingest stored them from their status messages.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from .gate_health import router as health_router
-from .gate_health import watching
 from .summary import router as summary_router
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -44,19 +41,7 @@ def mount(app: FastAPI) -> None:
 
     app.include_router(summary_router, prefix="/dashboard/api")
     app.include_router(health_router, prefix="/dashboard/api")
-    app.router.lifespan_context = _with_gate_health(app.router.lifespan_context)
     app.mount(ASSETS, StaticFiles(directory=STATIC), name="dashboard-static")
-
-
-def _with_gate_health(lifespan: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """The API's own lifespan, then the gate status watcher inside it (it needs the app's settings)."""
-
-    @contextlib.asynccontextmanager
-    async def both(app: Any) -> AsyncIterator[Any]:
-        async with lifespan(app) as state, watching(app):
-            yield state
-
-    return both
 
 
 __all__ = ["mount"]

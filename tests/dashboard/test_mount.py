@@ -14,9 +14,10 @@ import pytest
 from backend.api.main import create_app
 from backend.config import Settings
 from backend.dashboard import STATIC, mount
-from backend.dashboard.gate_health import GateHealthWatcher
+from backend.control import handle_control_message
+from backend.ingest.store import RawMessage
 from backend.dashboard.summary import service_day_start
-from gate.messages import GateState, GateStatus, encode
+from gate.messages import GateState, GateStatus, Topics, encode
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -99,16 +100,27 @@ def test_service_day_starts_at_four_local(now: datetime, start: datetime) -> Non
     assert service_day_start(now, settings) == start
 
 
-def test_gate_health_keeps_the_last_figures_when_the_last_will_arrives() -> None:
-    watcher = GateHealthWatcher(Settings(environment="development"))
-    watcher.on_status(encode(GateStatus(
-        gate_id="7-1", state=GateState.ONLINE, time=datetime.now(UTC), tap_to_open_p50_ms=80.5,
-        tap_to_open_p99_ms=120.0, tailgating_alarms=2, forced_door_alarms=0)))
-    watcher.on_status(b"{not a status")  # ignored, nothing lost
-    watcher.on_status(encode(GateStatus(gate_id="7-1", state=GateState.OFFLINE)))
-    health = watcher.latest["7-1"]
-    assert (health.state, health.tap_to_open_p99_ms, health.tailgating_alarms) == ("offline", 120.0, 2)
-    assert list(watcher.latest) == ["7-1"]
+async def test_gate_health_keeps_the_last_figures_when_the_last_will_arrives(tmp_path: Path) -> None:
+    """Figures come from the gates table, as the ingest stored them from the gate's status messages."""
+    settings = _settings(tmp_path)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        sessions = app.state.sessions
+        topic = Topics(settings.mqtt_prefix).status("7-1")
+        online = GateStatus(gate_id="7-1", state=GateState.ONLINE, time=datetime.now(UTC),
+                            tap_to_open_p50_ms=80.5, tap_to_open_p99_ms=120.0, host_p99_ms=0.9,
+                            tailgating_alarms=2, forced_door_alarms=0)
+        for payload in (encode(online), b"{not a status",
+                        encode(GateStatus(gate_id="7-1", state=GateState.OFFLINE))):
+            await handle_control_message(settings, sessions, RawMessage(topic, payload))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            token = (await client.post("/api/v1/login", json={
+                "username": settings.admin_username, "password": settings.admin_password})).json()
+            health = (await client.get("/dashboard/api/gate-health", headers={
+                "Authorization": f"Bearer {token['access_token']}"})).json()
+    assert [(h["gate_id"], h["state"], h["tap_to_open_p99_ms"], h["host_p99_ms"], h["tailgating_alarms"])
+            for h in health] == [("7-1", "offline", 120.0, 0.9, 2)]
 
 
 async def test_gate_health_needs_a_token(client: httpx.AsyncClient) -> None:
