@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import LargeBinary, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -73,7 +73,8 @@ class TapInsert:
         self.processors = [
             (index, processor)
             for index, column in enumerate(table.columns)
-            if (processor := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+            if not isinstance(column.type, LargeBinary)  # both drivers take bytes as they are
+            and (processor := column.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         ]
         columns = ", ".join(self.names)
         self.postgresql = dialect.name == "postgresql"
@@ -95,8 +96,12 @@ class TapInsert:
         """Insert `rows` (tap_row dicts); returns how many were new."""
         values = [[row[name] for name in self.names] for row in rows]
         for index, processor in self.processors:
+            done: dict[Any, Any] = {}  # a batch repeats its times and flags: convert each value once
             for row_values in values:
-                row_values[index] = processor(row_values[index])
+                value = row_values[index]
+                if value not in done:
+                    done[value] = processor(value)
+                row_values[index] = done[value]
         connection = await session.connection()
         if self.postgresql:
             columns = tuple(list(column) for column in zip(*values, strict=True))
