@@ -13,10 +13,10 @@ import pytest
 
 from backend.api.main import create_app
 from backend.config import Settings
-from backend.dashboard import STATIC, mount
 from backend.control import handle_control_message
-from backend.ingest.store import RawMessage
+from backend.dashboard import STATIC, mount
 from backend.dashboard.summary import service_day_start
+from backend.ingest.store import RawMessage
 from gate.messages import GateState, GateStatus, Topics, encode
 
 
