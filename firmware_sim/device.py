@@ -7,6 +7,10 @@ Two threads per device (see scheduler.py for why threads):
 - transmit: takes encoded frames from a queue, applies device->controller line faults and hands the
   bytes to the port through the Pacer, so nothing arrives faster than the line allows.
 
+A frame is handled at the device time its last byte arrived, and a frame sent goes onto the line from
+the device time it was ready (scheduler.py): the threads' own wake-up and hand-off delays are not
+added to the line's time, and no byte is ever delivered before the line could have carried it.
+
 Requests are answered exactly once. A repeat of a recent request (same SEQ, command and payload: the
 controller's retry after a lost response) is answered from a cache of the last RECENT responses, never
 executed twice: a retried BarrierOpen does not let two people through, a retried WriteSlot does not
@@ -117,7 +121,10 @@ class GateDevice:
         self.to_gate = LineFaults(config.faults.to_gate.rates(), seed)
         self.to_device = LineFaults(config.faults.to_device.rates(), seed + 1)
         self.decoder = FrameDecoder()
-        self._tx: queue.SimpleQueue[tuple[bytes, bool] | None] = queue.SimpleQueue()  # (bytes, raw noise?)
+        # (bytes, raw noise?, device time it was ready for the line)
+        self._tx: queue.SimpleQueue[tuple[bytes, bool, float] | None] = queue.SimpleQueue()
+        self._tx_queued = 0  # frames put on _tx (under the lock)
+        self._tx_done = 0  # frames the transmit thread has finished with (by that thread only)
         self._tx_pacer = Pacer(config.link.baud)
         self._rx_pacer = Pacer(config.link.baud)
         self._recent: collections.OrderedDict[RequestKey, bytes | None] = collections.OrderedDict()
@@ -201,7 +208,7 @@ class GateDevice:
     # ------------------------------------------------------------ history
 
     def _log(self, kind: str, data: dict[str, Any]) -> None:
-        record = Record(self.clock(), self.gate, kind, data)
+        record = Record(self.scheduler.now(), self.gate, kind, data)
         self.history.append(record)
         for listener in list(self.listeners):
             listener(record)
@@ -215,8 +222,20 @@ class GateDevice:
     def _send(self, seq: int, message: Message) -> bytes:
         data = encode(message.to_frame(seq))
         self._log("tx", {"seq": seq, "message": message})
-        self._tx.put((data, False))
+        self._transmit(data)
         return data
+
+    def _transmit(self, data: bytes, noise: bool = False) -> None:
+        """Queue bytes for the line, ready at the device time (under the lock)."""
+        self._tx_queued += 1
+        self._tx.put((data, noise, self.scheduler.now()))
+
+    def line_idle(self) -> bool:
+        """Nothing queued for the controller and the line's last byte delivered (for benchmarks that
+        must not start a measurement behind the previous one's events)."""
+        with self.lock:
+            return (self._tx_done == self._tx_queued
+                    and self._tx_pacer.line_free_at <= self.clock())
 
     def _emit(self, event: Message) -> None:
         self._event_seq = (self._event_seq + 1) & 0xFF
@@ -241,7 +260,7 @@ class GateDevice:
             cached = self._recent[key]
             self._log("rx", {"seq": seq, "command": frame.command, "repeat": True})
             if cached is not None:
-                self._tx.put((cached, False))
+                self._transmit(cached)
             return
         try:
             if kind_of(frame.command) is not Kind.REQUEST:
@@ -332,7 +351,7 @@ class GateDevice:
         if self._stopping.is_set():
             return
         self.to_gate.count_noise()
-        self._tx.put((self.to_gate.noise(), True))
+        self._transmit(self.to_gate.noise(), noise=True)
         self._schedule_noise()
 
     def _receive_loop(self) -> None:
@@ -375,7 +394,7 @@ class GateDevice:
         if not frames:
             return
         sleep_until(arrived, self.clock)  # honest timing: act only once the last byte could have arrived
-        with self.lock:
+        with self.scheduler.acting_at(arrived):  # and as at that instant, however late this thread woke
             for frame in frames:
                 self._handle(frame)
 
@@ -412,12 +431,15 @@ class GateDevice:
             item = self._tx.get()
             if item is None or self._stopping.is_set():
                 return
-            data, noise = item
-            if self.hung or not self.link.is_open:
-                continue  # a frozen firmware sends nothing; an unplugged cable carries nothing
-            if not noise:
-                data = self.to_gate.apply(data)
-            self._tx_pacer.send(data, self.link.write, self.clock)
+            data, noise, ready_at = item
+            try:
+                if self.hung or not self.link.is_open:
+                    continue  # a frozen firmware sends nothing; an unplugged cable carries nothing
+                if not noise:
+                    data = self.to_gate.apply(data)
+                self._tx_pacer.send(data, self.link.write, self.clock, ready_at=ready_at)
+            finally:
+                self._tx_done += 1
 
     # ------------------------------------------------------------ for tests
 

@@ -10,7 +10,9 @@ a time; one longer than the protocol's RF limits (timing.RF_READ_MAX_S / RF_WRIT
 there by the reader's RF timeout, as if the phone had left, so every request is answered in time.
 A phone leaving the field during an operation ends it at once: a read is LOST, a write is TORN,
 with the bytes that had landed (linear in the elapsed write time) applied byte-exactly to the
-true wallet. Every method runs under the sim lock (the device's receive thread or the scheduler).
+true wallet. Every method runs under the sim lock (the device's receive thread or the scheduler), at
+the action's device time (scheduler.py): an operation starts when its request's last byte arrived
+and its answer is ready exactly its RF time later, however late a thread wakes up.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ class Reader:
             respond(Wallet(card_id, RfStatus.NO_PHONE))
             return
         duration = self.config.read_ms / 1000 * presence.slowness
-        op = RfOperation("read", card_id, self.scheduler.clock(), duration, respond)
+        op = RfOperation("read", card_id, self.scheduler.now(), duration, respond)
         if duration <= RF_READ_MAX_S:
             op.timers.append(self.scheduler.call_later(duration, self._read_done, op))
         else:  # too slow a phone: the reader's RF timeout ends the read
@@ -136,7 +138,7 @@ class Reader:
             return
         duration = self.config.write_ms / 1000 * presence.slowness
         verify = self.config.verify_ms / 1000 * presence.slowness
-        op = RfOperation("write", card_id, self.scheduler.clock(), duration, respond, slot, record, verify)
+        op = RfOperation("write", card_id, self.scheduler.now(), duration, respond, slot, record, verify)
         if duration + verify <= RF_WRITE_MAX_S:
             flaky = presence.flaky_write
             op.timers.append(self.scheduler.call_later(duration, self._write_landed, op, flaky))
@@ -184,7 +186,7 @@ class Reader:
         for timer in op.timers:
             timer.cancel()
         if op.kind == "write" and not op.written:
-            elapsed = self.scheduler.clock() - op.started
+            elapsed = max(0.0, self.scheduler.now() - op.started)
             landed = min(SLOT_SIZE - 1, int(SLOT_SIZE * elapsed / op.duration)) if op.duration > 0 else 0
             self.wallets.write(op.card_id, op.slot, op.record, torn_at=landed)
             self._log("write", {"card_id": op.card_id, "slot": op.slot, "outcome": "POWER_LOST",
@@ -205,7 +207,7 @@ class Reader:
         if op.written:
             landed = SLOT_SIZE  # written but never verified: the controller must treat it as unknown
         else:
-            elapsed = self.scheduler.clock() - op.started
+            elapsed = max(0.0, self.scheduler.now() - op.started)
             landed = min(SLOT_SIZE - 1, int(SLOT_SIZE * elapsed / op.duration)) if op.duration > 0 else 0
             self.wallets.write(op.card_id, op.slot, op.record, torn_at=landed)
         self._log("write", {"card_id": op.card_id, "slot": op.slot, "outcome": "TORN",

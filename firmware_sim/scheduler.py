@@ -6,15 +6,26 @@ simulator would be slowed by the controller's stalls (and the other way round), 
 bugs a gate engineer runs it to find; and asyncio sleeps are rounded to the millisecond by epoll,
 too coarse for an 86.8 µs byte time. An exception in an action is kept in `errors` (and the sim
 raises it when it closes) so a broken simulation cannot pass a test quietly.
+
+Device time. Python wakes up late (a timed wait oversleeps, a thread waits for the interpreter lock)
+and real hardware would not: a reader's RF read ends exactly `read_ms` after the request arrived, and
+its answer starts onto the line at that instant. So every action runs *at* a device time: a timer's
+action at the time it was due, a frame's handling (device.py) at the time its last byte arrived.
+Inside an action `now()` is that time, and everything the action starts is measured from it: a
+`call_later` delay, an RF operation's start, a record's timestamp, the moment a frame it sends was
+ready for the line (the Pacer then delivers its bytes no earlier than that time plus their wire
+time). The device time is never ahead of the clock, so nothing happens before it could have; the
+simulator's own lateness is simply not added on top. Outside an action `now()` is the clock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -43,6 +54,7 @@ class Scheduler:
         self._wake = threading.Condition(threading.Lock())
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._acting = threading.local()  # .at: the device time of the action this thread runs
         self.errors: list[BaseException] = []
 
     def start(self) -> None:
@@ -55,6 +67,22 @@ class Scheduler:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
+    def now(self) -> float:
+        """The device time: that of the action this thread is running, else the clock."""
+        at: float | None = getattr(self._acting, "at", None)
+        return self.clock() if at is None else at
+
+    @contextlib.contextmanager
+    def acting_at(self, when: float) -> Iterator[None]:
+        """Run the body under the lock as an action at device time `when` (capped at the clock)."""
+        with self.lock:
+            previous = getattr(self._acting, "at", None)
+            self._acting.at = min(when, self.clock())
+            try:
+                yield
+            finally:
+                self._acting.at = previous
+
     def call_at(self, when: float, action: Callable[..., Any], *args: Any) -> Timer:
         timer = Timer(when, action, args)
         with self._wake:
@@ -63,7 +91,8 @@ class Scheduler:
         return timer
 
     def call_later(self, delay: float, action: Callable[..., Any], *args: Any) -> Timer:
-        return self.call_at(self.clock() + max(0.0, delay), action, *args)
+        """Run `action` `delay` seconds after the device time (inside an action: after its time)."""
+        return self.call_at(self.now() + max(0.0, delay), action, *args)
 
     def _run(self) -> None:
         while True:
@@ -82,7 +111,7 @@ class Scheduler:
             if timer.cancelled:
                 continue
             try:
-                with self.lock:
+                with self.acting_at(timer.when):
                     if not timer.cancelled:
                         timer.action(*timer.args)
             except Exception as error:  # keep the simulation running; report at close

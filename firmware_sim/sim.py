@@ -146,8 +146,8 @@ class Sim:
         self.close()
 
     def now(self) -> float:
-        """Seconds since the sim was created."""
-        return self.scheduler.clock() - self.t0
+        """Seconds since the sim was created (inside a timed action, at its device time: scheduler.py)."""
+        return self.scheduler.now() - self.t0
 
     def url(self, gate: int = 0) -> str:
         """What the controller of `gate` opens with serial.serial_for_url."""

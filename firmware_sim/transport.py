@@ -41,21 +41,27 @@ SPIN_S = 0.0002
 
 
 def sleep_until(deadline: float, clock: Callable[[], float] = time.monotonic,
-                sleep: Callable[[float], object] = time.sleep, spin_s: float = SPIN_S) -> None:
-    """Return at `deadline` or just after, never before: sleep most of the way, spin the rest."""
+                sleep: Callable[[float], object] = time.sleep, spin_s: float = SPIN_S,
+                spin: Callable[[], object] = os.sched_yield) -> None:
+    """Return at `deadline` or just after, never before: sleep most of the way, spin the rest.
+
+    The spin yields with sched_yield, which releases the GIL and returns in about a microsecond;
+    `time.sleep(0)` would arm a timer and come back 60-80 µs later, past the deadline.
+    """
     delay = deadline - clock()
     if delay > spin_s:
         sleep(delay - spin_s)
     while clock() < deadline:
-        sleep(0)  # yields the GIL while spinning
+        spin()
 
 
 class Pacer:
     """Delivers bytes no faster than the line could: a frame of n bytes takes n x 10 / baud.
 
-    The pacer keeps the time the line becomes free; a write starts then (or now, if later), and each
-    slice of it is handed over only once its last byte would have been fully transmitted. Sleeping
-    may oversleep (the bytes arrive a little late, as after a busy UART), never undersleep.
+    The pacer keeps the time the line becomes free; a write starts then (or when its frame was ready,
+    if later), and each slice of it is handed over only once its last byte would have been fully
+    transmitted. Sleeping may oversleep (the bytes arrive a little late, as after a busy UART), never
+    undersleep.
     """
 
     def __init__(self, baud: int = DEFAULT_BAUD, bits_per_byte: int = BITS_PER_BYTE,
@@ -82,9 +88,15 @@ class Pacer:
 
     def send(self, data: bytes, write: Callable[[bytes], object],
              clock: Callable[[], float] = time.monotonic,
-             sleep: Callable[[float], object] = time.sleep) -> None:
-        """Write `data` through `write`, each slice at its due time (the last one precisely)."""
-        slices = self.plan(len(data), clock())
+             sleep: Callable[[float], object] = time.sleep, ready_at: float | None = None) -> None:
+        """Write `data` through `write`, each slice at its due time (the last one precisely).
+
+        `ready_at` is when the device had the frame ready for the line (its device time, see
+        scheduler.py; default now): the line starts then, or when it is free if later. A frame
+        ready before this call is not delayed by the thread hand-off to it, and a slice already due
+        goes at once; no slice ever goes before `ready_at` plus the wire time of its last byte.
+        """
+        slices = self.plan(len(data), clock() if ready_at is None else ready_at)
         for index, (due, start, end) in enumerate(slices):
             if index == len(slices) - 1:
                 sleep_until(due, clock, sleep)

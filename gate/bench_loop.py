@@ -2,8 +2,16 @@
 
 The gate runs as its own process (`faregate gate`, exactly as deployed), so it shares no interpreter
 lock with the simulator; the simulator in this process presents phones one after another on a real
-pseudo-terminal paced at the given baud rate and timestamps, on its own clock, when each phone
-entered the field and when the BarrierOpen command arrived.
+pseudo-terminal paced at the given baud rate and timestamps, in device time (firmware_sim/scheduler.py),
+when each phone entered the field (the moment it was due there) and when the BarrierOpen command's
+last byte arrived. Device time keeps the simulator's own thread wake-ups out of the figure while no
+byte is delivered before the line could carry it and no RF operation ends before its configured time.
+
+Each phone is presented on a quiet line: once the previous commuter's Passage and BarrierChanged
+events have been delivered and the barrier is closed, plus QUIET_S. Presented straight after the
+previous commuter passed, a FieldChanged waited 2.1 ms behind those 24 bytes, which is in no tap's
+floor. The collector is frozen over the measurement (a full pass over the setup's objects paused the
+simulator 20-30 ms).
 
 The floor of one entry tap is what no gate software can remove: the bytes' own time on the wire
 (FieldChanged, ReadWallet, Wallet, WriteSlot, WriteResult, BarrierOpen at 10 bits a byte) plus the
@@ -14,6 +22,7 @@ device's configured RF read, write and verify times. host_overhead = tap_to_open
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -34,6 +43,7 @@ from firmware_sim.config import BarrierConfig, DeviceConfig, LinkConfig
 from firmware_sim.population import Phone, Population
 from firmware_sim.protocol import (
     BarrierOpen,
+    BarrierPosition,
     Direction,
     FieldChanged,
     PhoneSignal,
@@ -50,6 +60,9 @@ from firmware_sim.sim import Sim
 from .journal import Journal
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fare_core" / "examples" / "tiny.toml"
+#: Idle time before each tap once the line is quiet and the barrier closed (the controller finishes
+#: handling the previous tap's events).
+QUIET_S = 0.02
 
 
 def tap_bytes() -> int:
@@ -159,12 +172,22 @@ def run_loop(taps: int, baud: int, twin: bool = False, plain: bool = False,
             time.sleep(0.3)
             presentations = []
             deadline = time.monotonic() + timeout_s
+            # Everything built so far (modules, population, wallets) lives to the end: keep it out
+            # of the collector, whose full passes over it paused this process 20-30 ms mid-tap.
+            gc.collect()
+            gc.freeze()
             for card in cards:
+                # Each tap on a quiet line: the previous commuter's Passage and BarrierChanged events
+                # (24 bytes, 2.1 ms at 115200 baud) must not delay this one's FieldChanged.
+                sim.wait_for(lambda: device_gate.barrier.position is BarrierPosition.CLOSED
+                             and device_gate.line_idle(), timeout=max(1.0, deadline - time.monotonic()))
+                time.sleep(QUIET_S)
                 p = sim.present(card, 0, walk=True, patience_s=5.0)
                 sim.wait(p, timeout=max(1.0, deadline - time.monotonic()))
                 presentations.append(p)
             gate_side = {} if plain else scrape_recent(metrics_port)
         finally:
+            gc.unfreeze()
             gate.terminate()
             try:
                 _, stderr = gate.communicate(timeout=20)

@@ -49,6 +49,44 @@ def test_pacer_send_sleeps_until_each_due_time() -> None:
         assert at >= due - 1e-12
 
 
+class _FakeLine:
+    """A fake clock that moves a microsecond per reading (so spinning ends) and records writes."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+        self.written: list[tuple[float, bytes]] = []
+
+    def clock(self) -> float:
+        self.now += 1e-6
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+    def write(self, data: bytes) -> None:
+        self.written.append((self.now, data))
+
+
+@pytest.mark.parametrize("ready_at", [0.5, 1.0, 1.5])  # before the call (a late thread), at it, after it
+def test_pacer_starts_a_frame_when_it_was_ready_never_before(ready_at: float) -> None:
+    byte = 10 / 9600
+    line, pacer = _FakeLine(1.0), Pacer(9600, slice_s=0.005)
+    pacer.send(bytes(range(20)), line.write, clock=line.clock, sleep=line.sleep, ready_at=ready_at)
+    assert b"".join(d for _, d in line.written) == bytes(range(20))
+    sent = 0
+    for at, data in line.written:
+        sent += len(data)
+        assert at >= ready_at + sent * byte - 1e-12  # no byte before the line could have carried it
+    assert pacer.line_free_at == pytest.approx(ready_at + 20 * byte)
+
+
+def test_pacer_frame_ready_early_still_waits_for_a_busy_line() -> None:
+    line, pacer = _FakeLine(1.0), Pacer(9600, slice_s=0.005)
+    pacer.line_free_at = 1.2  # still sending an earlier frame: that one goes first
+    pacer.send(bytes(5), line.write, clock=line.clock, sleep=line.sleep, ready_at=0.9)
+    assert line.written[-1][0] >= 1.2 + 5 * 10 / 9600
+
+
 def test_receive_side_arrival() -> None:
     pacer = Pacer(115200)
     assert pacer.arrival(14, 1.0) == pytest.approx(1.0 + 14 * 10 / 115200)
