@@ -66,6 +66,8 @@ class GateConfig(_Section):
     rssi_min_dbm: Annotated[int, Field(ge=-127, le=0)] = -60  # distance control, on top of the reader's
     hold_ms: Annotated[int, Field(ge=500, le=60_000)] = 5000  # barrier stays open this long for one person
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: no metrics endpoint
+    # SCHED_FIFO priority for the controller (Linux, needs root or CAP_SYS_NICE); None: normal scheduling
+    realtime_priority: Annotated[int, Field(ge=1, le=99)] | None = None
     mqtt: MqttConfig = MqttConfig()
 
     @field_validator("sam_key_hex")

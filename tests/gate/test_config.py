@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,9 @@ def test_shipped_example_loads() -> None:
     ({"station_id": 1, "gate_no": 1, "sam_key_hex": "abc"}, "sam_key_hex"),
     ({"station_id": 1, "gate_no": 1, "mqtt": {"url": "http://x"}}, "mqtt.url"),
     ({"station_id": 1, "gate_no": 1, "mqtt": {"window": 0}}, "mqtt.window"),
+    ({"station_id": 1, "gate_no": 1, "mqtt": {"batch_max": 501}}, "mqtt.batch_max"),
+    ({"station_id": 1, "gate_no": 1, "realtime_priority": 0}, "realtime_priority"),
+    ({"station_id": 1, "gate_no": 1, "realtime_priority": 100}, "realtime_priority"),
     ({"station_id": 1, "gate_no": 1, "colour": "red"}, "colour"),
     ({"station_id": 1, "gate_no": 1, "environment": "production", "sam_key_hex": TEST_SAM_KEY},
      "sam_key_hex"),
@@ -42,3 +48,24 @@ def test_cli_refuses_a_broken_file(tmp_path: Path) -> None:
     unreadable = tmp_path / "nope.toml"
     with pytest.raises(SystemExit, match=r"nope\.toml"):
         main(["gate", "--config", str(unreadable)])
+
+
+def test_realtime_priority_is_applied_or_the_gate_says_why(tmp_path: Path) -> None:
+    """In a child process (the test runner itself must not turn real-time). As root, as in CI, the
+    policy is SCHED_FIFO at the priority asked; without the right, the gate runs normally and warns."""
+    script = (
+        "import logging, os, sys\n"
+        "logging.basicConfig(level='INFO')\n"
+        "from gate.main import use_realtime\n"
+        "granted = use_realtime(7)\n"
+        "print(granted, os.sched_getscheduler(0) == os.SCHED_FIFO, os.sched_getparam(0).sched_priority)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          check=True)
+    granted, fifo, priority = done.stdout.split()
+    if os.geteuid() == 0:
+        assert (granted, fifo, priority) == ("True", "True", "7")
+        assert "SCHED_FIFO, priority 7" in done.stderr
+    else:
+        assert (granted, fifo) == ("False", "False")
+        assert "not granted" in done.stderr
