@@ -61,6 +61,7 @@ from firmware_sim.protocol import Direction as WireDirection
 from firmware_sim.protocol import Field as FieldReport
 from firmware_sim.protocol.messages import Ack
 
+from .collector import YOUNG_EVERY_S, CollectBetweenTaps
 from .journal import Journal
 from .messages import TapMessage, encode, tap_id
 from .metrics import GateMetrics
@@ -104,6 +105,7 @@ class GateController:
         self.state = state
         self.sam = sam
         self.metrics = metrics
+        self.collector = CollectBetweenTaps()  # collects only when gate/main.py hands it the collector
         self.rssi_min_dbm = rssi_min_dbm
         self.hold_ms = hold_ms
         self.clock = clock
@@ -119,6 +121,7 @@ class GateController:
         link.on_event = self._observe
         self._done_in_field: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        self._handling = False  # an event (a tap) is being served: no collection now
 
     # ---------------------------------------------------------------------------- running
     async def start(self) -> None:
@@ -136,14 +139,30 @@ class GateController:
         return f"{self.station_id}-{self.gate_no}"
 
     async def _run(self) -> None:
+        idle = asyncio.get_running_loop().create_task(self._collect_while_idle())
+        try:
+            while True:
+                event = await self.link.events.get()
+                self._handling = True
+                try:
+                    await self.handle_event(event)
+                except LinkError as exc:
+                    log.warning("gate %s: link error during a tap: %s", self.gate_id, exc)
+                except Exception:  # a bug must not stop the gate: log it and serve the next phone
+                    log.exception("gate %s: error handling %r", self.gate_id, event)
+                finally:
+                    self._handling = False
+                if self.link.events.empty():
+                    self.collector.between_taps()
+        finally:
+            idle.cancel()
+
+    async def _collect_while_idle(self) -> None:
+        """A gate with no taps still collects (its uplink and heartbeats make cycles too)."""
         while True:
-            event = await self.link.events.get()
-            try:
-                await self.handle_event(event)
-            except LinkError as exc:
-                log.warning("gate %s: link error during a tap: %s", self.gate_id, exc)
-            except Exception:  # a bug must not stop the gate: log it and serve the next phone
-                log.exception("gate %s: error handling %r", self.gate_id, event)
+            await asyncio.sleep(YOUNG_EVERY_S)
+            if not self._handling and self.link.events.empty():
+                self.collector.between_taps()
 
     async def link_up(self) -> None:
         """After the port (re)opened: learn who is in the field, restore the barrier for the mode."""

@@ -62,6 +62,7 @@ async def _serve(runtime: GateRuntime) -> int:
     # collection during a tap walks only what the taps themselves allocate (shorter tail latency).
     gc.collect()
     gc.freeze()
+    runtime.controller.collector.take_over()  # from now on the collector runs between taps only
     logging.getLogger(__name__).info("gate %s running on %s", runtime.config.gate_id, runtime.link.url)
     await stop.wait()
     await runtime.stop()
