@@ -189,7 +189,7 @@ def _embedded_broker_process(port: int, ready: Any, stop: Any) -> None:
 
 
 def measure_baseline(
-    url: str, version: str, sub_version: str, messages: int, window: int, size: int = 680
+    url: str, version: str, sub_version: str, messages: int, window: int, size: int
 ) -> float:
     """Raw QoS 1 publish -> subscribe messages/s through the broker, no database (same-run baseline);
     the publisher speaks the gates' protocol version, the subscriber the ingest's; messages are `size`
@@ -227,6 +227,40 @@ def measure_baseline(
     finally:
         stop.set()
         subscriber.join(10)
+
+
+def tap_payload(station: int, gate_no: int, seq: int) -> bytes:
+    """One valid TapMessage as a gate encodes it (compact JSON), plausible and cheap to build."""
+    card = 0x1000_0000_0000_0000 + station * 256 + gate_no
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "tap_id": tap_id(station, gate_no, seq),
+            "station_id": station,
+            "gate_no": gate_no,
+            "seq": seq,
+            "card_id": f"{card:016x}",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_795_000_000 + seq)),
+            "direction": seq % 2,
+            "mode": 0,
+            "allowed": True,
+            "reason": 0,
+            "flags": 0,
+            "fare": 200,
+            "balance_before": 100_000,
+            "balance_after": 99_800,
+            "counter_before": seq,
+            "counter_after": seq + 1,
+            "wallet_before": "00" * 128,
+            "fare_table_version": 1,
+            "denylist_version": 0,
+            "min_counter": 0,
+            "action_id": None,
+            "topup_applied": 0,
+            "latency_us": 180,
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 class SimulatedGates:
@@ -268,41 +302,7 @@ class SimulatedGates:
 
     def _payloads(self, gate: str) -> list[bytes]:
         station, gate_no = (int(x) for x in gate.split("-"))
-        card = 0x1000_0000_0000_0000 + station * 256 + gate_no
-        out = []
-        for seq in range(1, self.per_gate + 1):
-            out.append(
-                json.dumps(
-                    {
-                        "schema_version": 1,
-                        "tap_id": tap_id(station, gate_no, seq),
-                        "station_id": station,
-                        "gate_no": gate_no,
-                        "seq": seq,
-                        "card_id": f"{card:016x}",
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_795_000_000 + seq)),
-                        "direction": seq % 2,
-                        "mode": 0,
-                        "allowed": True,
-                        "reason": 0,
-                        "flags": 0,
-                        "fare": 200,
-                        "balance_before": 100_000,
-                        "balance_after": 99_800,
-                        "counter_before": seq,
-                        "counter_after": seq + 1,
-                        "wallet_before": "00" * 128,
-                        "fare_table_version": 1,
-                        "denylist_version": 0,
-                        "min_counter": 0,
-                        "action_id": None,
-                        "topup_applied": 0,
-                        "latency_us": 180,
-                    },
-                    separators=(",", ":"),
-                ).encode()
-            )
-        return out
+        return [tap_payload(station, gate_no, seq) for seq in range(1, self.per_gate + 1)]
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         gate = Topics.gate_of(message.topic)
@@ -482,10 +482,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     try:
         if not args.no_baseline:
-            tap_bytes = 680  # one encoded TapMessage (SimulatedGates' payloads are 677 bytes)
+            size = len(encode_taps([tap_payload(1000, 0, 1)] * args.tap_batch))  # the run's own messages
             messages = max(1, min(sent, 50_000) // args.tap_batch)
             window = max(4, 500 // args.tap_batch)
-            per_s = measure_baseline(url, gate_version, version, messages, window, tap_bytes * args.tap_batch)
+            per_s = measure_baseline(url, gate_version, version, messages, window, size)
             result["baseline_broker_msgs_per_s"] = round(per_s)
             result["baseline_broker_taps_per_s"] = round(per_s * args.tap_batch)
         asyncio.run(_prepare_database(settings))

@@ -20,29 +20,18 @@ from typing import Any
 
 import pytest
 
+from backend.bench_ingest import tap_payload
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.ingest.store import RawMessage, TapStore, parse, tap_row
 from backend.migrate import upgrade
 from backend.tables import TapRow
-from fare_core.reasons import Direction, GateMode, Reason
-from gate.messages import TapMessage, Topics, encode_taps, tap_id
+from gate.messages import TapMessage, Topics, encode_taps
 
 BATCH = 2_000
 GATES = 20
 TOPICS = Topics("bench")
 _seq = itertools.count(1)
-
-
-def _payload(gate: int, seq: int) -> bytes:
-    station, gate_no = 1000 + gate // 8, gate % 8
-    return TapMessage(
-        tap_id=tap_id(station, gate_no, seq), station_id=station, gate_no=gate_no, seq=seq,
-        card_id=0x1000_0000_0000_0000 + gate, time=datetime(2026, 12, 1, 8, 0, seq % 60, tzinfo=UTC),
-        direction=Direction(seq % 2), mode=GateMode.NORMAL, allowed=True, reason=Reason.OK, flags=0,
-        fare=200, balance_before=100_000, balance_after=99_800, counter_before=seq, counter_after=seq + 1,
-        wallet_before="00" * 128, fare_table_version=1, denylist_version=0, min_counter=0, latency_us=180,
-    ).model_dump_json().encode()
 
 
 def _fresh_batch(per_message: int) -> list[RawMessage]:
@@ -52,7 +41,7 @@ def _fresh_batch(per_message: int) -> list[RawMessage]:
     messages = []
     for gate in range(GATES):
         topic = TOPICS.taps(f"{1000 + gate // 8}-{gate % 8}")
-        payloads = [_payload(gate, seq) for seq in seqs]
+        payloads = [tap_payload(1000 + gate // 8, gate % 8, seq) for seq in seqs]
         for start in range(0, per_gate, per_message):
             messages.append(RawMessage(topic, encode_taps(payloads[start:start + per_message])))
     return messages

@@ -3,10 +3,11 @@
 A payload is one tap object or an array of them (a gate sending its backlog, docs/mqtt.md); each
 element is validated and stored or dead-lettered on its own.
 
-Idempotence is the primary key: `INSERT ... ON CONFLICT (tap_id) DO NOTHING RETURNING tap_id` tells
-new taps from duplicates on SQLite and PostgreSQL alike. In the same transaction each touched gate's
-`committed_seq` advances to the highest seq with nothing missing at or below it, so a Committed message
-published after the commit never promises a tap the database does not hold.
+Idempotence is the primary key: `INSERT ... ON CONFLICT (tap_id) DO NOTHING` (TapInsert) stores a
+tap once however often it comes; the count of new rows tells new taps from duplicates. In the same
+transaction each touched gate's `committed_seq` advances to the highest seq with nothing missing at
+or below it, so a Committed message published after the commit never promises a tap the database
+does not hold.
 """
 
 from __future__ import annotations

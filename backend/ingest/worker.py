@@ -16,6 +16,7 @@ import select
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -35,6 +36,17 @@ GAP_GRACE_S = 1.0  # a gap younger than this may still be in flight on another w
 RESEND_EVERY_S = 5.0  # ask a gate again at most this often for the same gap
 RETRY_DELAY_S = 1.0  # the database refused a batch: wait, keep the messages, retry
 READ_BURST = 2000  # packets read per readable event at most, so the event loop keeps turning
+
+
+@dataclass
+class OpenGap:
+    """A gate's sequence gap while it lasts: when seen, when a resend was last asked, whether the
+    operator was alarmed (once per gap: the record goes when the gap closes)."""
+
+    first_seen: float
+    asked_at: float = 0.0
+    missing: list[tuple[int, int]] = field(default_factory=list)
+    alarmed: bool = False
 
 
 class IngestWorker:
@@ -62,9 +74,7 @@ class IngestWorker:
         self._incoming: deque[RawMessage] = deque()
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._gaps: dict[str, tuple[float, float]] = {}  # gate -> (first seen, last resend asked)
-        self._missing: dict[str, list[tuple[int, int]]] = {}  # gate -> its gaps, as last seen
-        self._gap_alarmed: set[str] = set()  # gates whose current gap already raised an alarm
+        self._gaps: dict[str, OpenGap] = {}  # gates with taps missing above their committed seq
         self.connected = asyncio.Event()
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "dead_lettered": 0, "batches": 0}
 
@@ -232,18 +242,15 @@ class IngestWorker:
             self.client.publish(self.topics.committed(gate.gate_id), encode(committed), qos=1, retain=True)
             if not gate.missing:
                 self._gaps.pop(gate.gate_id, None)
-                self._missing.pop(gate.gate_id, None)
-                self._gap_alarmed.discard(gate.gate_id)
                 continue
-            self._missing[gate.gate_id] = gate.missing
-            first, asked = self._gaps.get(gate.gate_id, (now, 0.0))
-            self._gaps[gate.gate_id] = (first, asked)
-            if now - first >= GAP_GRACE_S and now - asked >= RESEND_EVERY_S:
+            gap = self._gaps.setdefault(gate.gate_id, OpenGap(first_seen=now))
+            gap.missing = gate.missing
+            if now - gap.first_seen >= GAP_GRACE_S and now - gap.asked_at >= RESEND_EVERY_S:
                 for start, end in gate.missing[:16]:
                     request = ResendRequest(gate_id=gate.gate_id, from_seq=start, to_seq=end, time=now_wall)
                     self.client.publish(self.topics.resend(gate.gate_id), encode(request), qos=1)
                     log.info("gate %s: asked to resend %d..%d", gate.gate_id, start, end)
-                self._gaps[gate.gate_id] = (first, now)
+                gap.asked_at = now
 
     async def _gap_sweeper(self, stop: asyncio.Event) -> None:
         """Re-check gates with a gap even when they send nothing new, so the resend request goes out."""
@@ -263,14 +270,14 @@ class IngestWorker:
         """A gap the gate has not filled for `ingest_gap_alarm_s` is an operator's matter: a gate
         whose journal lost taps, or one that cannot reach the broker for its resends."""
         now = time.monotonic()
-        for gate, (first, _asked) in list(self._gaps.items()):
-            missing = self._missing.get(gate)
-            if gate in self._gap_alarmed or not missing or now - first < self.settings.ingest_gap_alarm_s:
+        for gate, gap in list(self._gaps.items()):
+            age = now - gap.first_seen
+            if gap.alarmed or not gap.missing or age < self.settings.ingest_gap_alarm_s:
                 continue
             try:
-                await self.store.gap_alarm(gate, missing, now - first)
+                await self.store.gap_alarm(gate, gap.missing, age)
             except Exception as error:
                 log.warning("gap alarm for gate %s not stored yet: %s", gate, error)
                 continue
-            self._gap_alarmed.add(gate)
-            log.warning("gate %s: taps %s still missing after %.0f s", gate, missing[:4], now - first)
+            gap.alarmed = True
+            log.warning("gate %s: taps %s still missing after %.0f s", gate, gap.missing[:4], age)
