@@ -18,8 +18,10 @@ The floor of one entry tap is what no gate software can remove: the bytes' own t
 device's configured RF read, write and verify times. host_overhead = tap_to_open - floor.
 `--twin` runs the gate on the pure-Python fare_core, the same-run baseline for the compiled core.
 `--realtime` runs the simulator, the gate (its realtime_priority setting) and the plain loop under
-SCHED_FIFO, as a gate is deployed when its latency tail matters; `machine_steal_ms` reports what the
-hypervisor took from the machine meanwhile, the one source of stalls no priority removes.
+SCHED_FIFO, as a gate is deployed when its latency tail matters; `--cpu-latency` holds idle CPUs to a
+wake-up latency (gate/tuning.py) so that a byte ending a frame does not first wait for a sleeping core;
+`machine_steal_ms` reports what the hypervisor took from the machine meanwhile, the one source of
+stalls neither removes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 
 import serial
 
+import fare_core
 from fare_core import artefact, compiler, read_wallet, rules
 from firmware_sim.config import BarrierConfig, DeviceConfig, LinkConfig
 from firmware_sim.population import Phone, Population
@@ -61,6 +64,7 @@ from firmware_sim.protocol.timing import wire_time
 from firmware_sim.sim import Sim
 
 from .journal import Journal
+from .tuning import CpuLatencyLimit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fare_core" / "examples" / "tiny.toml"
 #: Idle time before each tap once the line is quiet and the barrier closed (the controller finishes
@@ -81,7 +85,6 @@ def plain_loop(url: str, baud: int, master_key: bytes, taps: int) -> None:
     """The baseline controller: a blocking pyserial loop doing the same exchange as a gate (read,
     decide, write, open, display) with nothing else: no asyncio, no journal, no MQTT, no retries.
     Run in its own process like the gate, it shows what the simulator and the OS cost by themselves."""
-    import fare_core
     from firmware_sim.protocol import Display, DisplayStyle, FrameDecoder, parse
 
     port = serial.serial_for_url(url, baudrate=baud, timeout=5.0)
@@ -145,7 +148,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_loop(taps: int, baud: int, twin: bool = False, plain: bool = False,
-             timeout_s: float = 600.0, realtime: int | None = None) -> dict[str, Any]:
+             timeout_s: float = 600.0, realtime: int | None = None,
+             cpu_latency_us: int | None = None) -> dict[str, Any]:
     device = DeviceConfig(link=LinkConfig(baud=baud), barrier=BarrierConfig(travel_ms=20, passage_ms=40))
     cards = [0x5EED0000 + i for i in range(taps)]
     population = Population([Phone(card_id=c, balance=100_000) for c in cards])
@@ -160,6 +164,7 @@ def run_loop(taps: int, baud: int, twin: bool = False, plain: bool = False,
             f'station_id = 1\ngate_no = 1\ndirection = "entry"\ndata_dir = "{data}"\nbaud = {baud}\n'
             f'metrics_port = {metrics_port}\n'
             + (f"realtime_priority = {realtime}\n" if realtime is not None else "")
+            + (f"cpu_latency_us = {cpu_latency_us}\n" if cpu_latency_us is not None else "")
             + f'sam_key_hex = "{device.wallets.master_key}"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n',
             encoding="utf-8")
         env = dict(os.environ, FARE_CORE_NO_EXTENSIONS="1" if twin else os.environ.get(
@@ -213,7 +218,7 @@ def run_loop(taps: int, baud: int, twin: bool = False, plain: bool = False,
         raise RuntimeError(f"no barrier opened; gate said: {stderr[-2000:]}")
     return {
         "taps": taps, "baud": baud, "controller": "plain loop" if plain else "gate",
-        "core": "python" if twin else "cython",
+        "core": "python" if twin else fare_core.IMPLEMENTATION,  # the twin when compiled is off
         "opened": len(opened),
         "tap_to_open_ms_p50": round(percentile(opened, 0.5), 3),
         "tap_to_open_ms_p99": round(percentile(opened, 0.99), 3),
@@ -272,6 +277,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--realtime", type=int, nargs="?", const=50, metavar="PRIORITY",
                         help="run the simulator, the gate (its realtime_priority setting) and the plain "
                         "loop under SCHED_FIFO (default priority 50; needs root or CAP_SYS_NICE)")
+    parser.add_argument("--cpu-latency", type=int, nargs="?", const=0, metavar="US",
+                        help="hold idle CPUs to this wake-up latency over the run (/dev/cpu_dma_latency, "
+                        "default 0: idle CPUs poll; the gate's cpu_latency_us setting; needs root)")
 
 
 def steal_ms() -> float | None:
@@ -294,10 +302,26 @@ def run(args: argparse.Namespace) -> int:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.realtime))
         except (AttributeError, OSError) as error:
             raise SystemExit(f"--realtime: SCHED_FIFO not granted ({error})") from error
+    cpu_limit = None
+    if args.cpu_latency is not None:  # system-wide: the simulator and the plain loop get it too
+        try:
+            cpu_limit = CpuLatencyLimit(args.cpu_latency)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"--cpu-latency: not granted ({error})") from error
+    try:
+        return _measure(args)
+    finally:
+        if cpu_limit is not None:
+            cpu_limit.release()
+
+
+def _measure(args: argparse.Namespace) -> int:
     steal_before = steal_ms()
-    result = run_loop(args.taps, args.baud, twin=args.twin, realtime=args.realtime)
+    result = run_loop(args.taps, args.baud, twin=args.twin, realtime=args.realtime,
+                      cpu_latency_us=args.cpu_latency)
     samples = result.pop("samples_ms")
     result["realtime_priority"] = args.realtime
+    result["cpu_latency_us"] = args.cpu_latency
     if not args.no_baseline:  # same run, same machine load: the plain loop over the same simulator
         base = run_loop(args.taps, args.baud, plain=True)
         result["baseline_plain_loop"] = {k: base[k] for k in (

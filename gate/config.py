@@ -68,6 +68,8 @@ class GateConfig(_Section):
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0  # 0: no metrics endpoint
     # SCHED_FIFO priority for the controller (Linux, needs root or CAP_SYS_NICE); None: normal scheduling
     realtime_priority: Annotated[int, Field(ge=1, le=99)] | None = None
+    # CPU wake-up latency limit held through /dev/cpu_dma_latency (gate/tuning.py); None: leave it
+    cpu_latency_us: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     mqtt: MqttConfig = MqttConfig()
 
     @field_validator("sam_key_hex")

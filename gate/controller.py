@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -117,7 +117,6 @@ class GateController:
         self._field_now: set[int] = set()  # as the line reports it this instant (see _observe)
         self._unconfirmed: dict[int, tuple[int, bool]] = {}  # card -> (counter written, allowed)
         self._field_seen_ns = 0
-        self._write_sent_ns = 0
         link.on_event = self._observe
         self._done_in_field: set[int] = set()
         self._task: asyncio.Task[None] | None = None
@@ -257,13 +256,18 @@ class GateController:
             await asyncio.to_thread(self.journal.append, seq, encode(message))
         else:
             # The write goes on the wire first; the tap is built and fsynced while the phone writes.
-            writing = asyncio.ensure_future(self._write(card_id, decision))
-            await asyncio.sleep(0)  # let the write task send its frame before the work below
+            try:
+                written: Awaitable[WriteResult] | None = self.link.request(
+                    WriteSlot(card_id, decision.slot, decision.record), WriteResult)
+            except LinkError as exc:  # the port went down just now: nothing reached the phone
+                log.warning("gate %s: write to %016x not sent: %s", self.gate_id, card_id, exc)
+                written = None
+            write_sent_ns = self.link.last_sent_ns
             message = self._tap_message(seq, tap, decision, wallet.wallet, table.version, action, decision_us)
             journaled = asyncio.ensure_future(asyncio.to_thread(self.journal.append, seq, encode(message)))
             try:
-                landed = await writing
-                host_ns += self._write_sent_ns - wallet_rx_ns
+                landed = await self._write(card_id, decision, written)
+                host_ns += write_sent_ns - wallet_rx_ns
                 wallet_rx_ns = self.link.last_answer_ns  # the write's answer, for the next gap
             finally:
                 await journaled
@@ -305,14 +309,15 @@ class GateController:
         await self.link.request(Buzzer(BuzzerPattern.BEEP if decision.allowed else BuzzerPattern.DOUBLE), Ack)
         return outcome
 
-    async def _write(self, card_id: int, decision: fare_core.Decision) -> bool | None:
-        """Write the new record: True when the wallet holds it, False when it does not, None when
-        that cannot be known (the answer was lost and the phone could not be read back)."""
-        assert decision.record is not None
+    async def _write(self, card_id: int, decision: fare_core.Decision,
+                     written: Awaitable[WriteResult] | None) -> bool | None:
+        """The new record's write, sent as `written`: True when the wallet holds it, False when it
+        does not, None when that cannot be known (the answer was lost and the phone could not be read
+        back). None: the write never went out (the port was down), so nothing landed."""
+        if written is None:
+            return False
         try:
-            write = self.link.request(WriteSlot(card_id, decision.slot, decision.record), WriteResult)
-            self._write_sent_ns = time.perf_counter_ns()
-            result = await write
+            result = await written
             if result.outcome == WriteOutcome.OK:
                 return True
             if result.outcome == WriteOutcome.NO_PHONE:

@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import signal
 
 from .config import ConfigError, load_config
 from .runtime import GateRuntime
+from .tuning import limit_cpu_latency, use_realtime
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,25 +31,13 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"faregate gate: {exc}") from exc
     if config.realtime_priority is not None:
         use_realtime(config.realtime_priority)
-    return asyncio.run(_serve(GateRuntime(config)))
-
-
-def use_realtime(priority: int) -> bool:
-    """Run this process (and the threads it starts) under SCHED_FIFO at `priority`.
-
-    Why: a gate is a soft real-time device; under normal scheduling any busy process on its two cores
-    can delay the answer to a phone by milliseconds (faregate bench loop --realtime shows how much).
-    Not granted (no CAP_SYS_NICE, not Linux): the gate runs anyway, normally scheduled, and says so;
-    a gate that refused to start would let nobody through.
-    """
-    log = logging.getLogger(__name__)
+    # held until the process exits: the kernel drops the request when its file closes
+    cpu_limit = limit_cpu_latency(config.cpu_latency_us) if config.cpu_latency_us is not None else None
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-    except (AttributeError, OSError) as error:
-        log.warning("realtime_priority %d not granted (%s): running with normal scheduling", priority, error)
-        return False
-    log.info("running under SCHED_FIFO, priority %d", priority)
-    return True
+        return asyncio.run(_serve(GateRuntime(config)))
+    finally:
+        if cpu_limit is not None:
+            cpu_limit.release()
 
 
 async def _serve(runtime: GateRuntime) -> int:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import serial
@@ -58,6 +58,35 @@ class LinkNak(LinkError):
         self.reason = reason
 
 
+class _WakeUp:
+    """Resolves a request's future instead of an answer: resend now."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+SILENT = _WakeUp("response timeout")
+CORRUPT = _WakeUp("a corrupt frame arrived: it may have been the answer")
+
+
+def wake_up(future: asyncio.Future[Message | _WakeUp], why: _WakeUp) -> None:
+    if not future.done():
+        future.set_result(why)
+
+
+class _InFlight:
+    """One request on the wire: its SEQ, its frame, and the future its answer resolves."""
+
+    __slots__ = ("data", "future", "late", "message", "seq")
+
+    def __init__(self, seq: int, message: Message) -> None:
+        self.seq = seq
+        self.message = message
+        self.data = b""
+        self.future: asyncio.Future[Message | _WakeUp]
+        self.late: Message | None = None  # an answer that came after a wake-up, before the resend
+
+
 class ReaderLink:
     """One serial port to one device; `events` receives every event frame the device sends."""
 
@@ -73,14 +102,13 @@ class ReaderLink:
         #: current while a request is still in flight, such as which phones are in the field).
         self.on_event: Callable[[Message], None] | None = None
         self._port: Any = None
-        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._pending: dict[int, _InFlight] = {}
         self._seq = 0
         self._last_rx = 0.0
         self._up = asyncio.Event()
         self._closing = False
         self._reopen_task: asyncio.Task[None] | None = None
         self._expire_handle: asyncio.TimerHandle | None = None
-        self._corruption: asyncio.Future[None] | None = None
         self._rx_ns = 0
         self.reopens = 0
         self.last_sent_ns = 0  # when the latest request first went out (perf_counter_ns)
@@ -138,9 +166,9 @@ class ReaderLink:
             with contextlib.suppress(Exception):
                 port.close()
         self.decoder.reset()
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
+        for flight in self._pending.values():
+            if not flight.future.done():
+                flight.future.set_exception(error)
         self._pending.clear()
         if was_up and self._on_state:
             self._on_state(False)
@@ -177,8 +205,11 @@ class ReaderLink:
         except (serial.SerialException, OSError) as exc:
             self._port_failed(exc)
             return
-        if not data:
-            return
+        if data:
+            self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        """Bytes just read from the port: whole frames are dispatched, a partial one waits."""
         self._rx_ns = time.perf_counter_ns()
         self._last_rx = time.monotonic()
         errors = self.decoder.bad_crc + self.decoder.length_errors
@@ -189,8 +220,8 @@ class ReaderLink:
         self._arm_expiry()
 
     def _signal_corruption(self) -> None:
-        if self._corruption is not None and not self._corruption.done():
-            self._corruption.set_result(None)
+        for flight in self._pending.values():
+            wake_up(flight.future, CORRUPT)
 
     def _arm_expiry(self) -> None:
         """A partial frame left pending after the line goes quiet is a false START: drop it."""
@@ -223,10 +254,15 @@ class ReaderLink:
             except asyncio.QueueFull:
                 log.error("event queue full; dropping %r", message)
             return
-        future = self._pending.get(frame.seq)
-        if future is not None and not future.done():
+        flight = self._pending.get(frame.seq)
+        if flight is None:
+            return  # an answer to nothing in flight (a duplicate, or after a timeout): ignored
+        if not flight.future.done():
             self.last_answer_ns = self._rx_ns
-            future.set_result(message)
+            flight.future.set_result(message)
+        elif flight.late is None and isinstance(flight.future.result(), _WakeUp):
+            self.last_answer_ns = self._rx_ns
+            flight.late = message
 
     # ------------------------------------------------------------------------------ request
     def _next_seq(self) -> int:
@@ -236,68 +272,89 @@ class ReaderLink:
                 return self._seq
         raise LinkError("255 requests in flight")
 
-    async def request(self, message: Message, expect: type[M], timeout: float | None = None) -> M:
-        """Send `message`, return its `expect` answer; LinkNak, LinkTimeout or LinkDown otherwise.
+    def request(self, message: Message, expect: type[M], timeout: float | None = None) -> Awaitable[M]:
+        """Send `message` now; the awaitable returned gives its `expect` answer, or raises LinkNak,
+        LinkTimeout or LinkDown.
 
-        Resent with the same SEQ after a silent `response_timeout`, at most `retries` times, and also
-        at once whenever a corrupt frame arrives while waiting (it may have been the answer): the
-        device ignores a repeat it is still working on and answers a finished one from its cache,
-        so a resend never makes it act twice.
+        The frame is on the wire when this returns, before any await: a caller can send the wallet
+        write and then do other work (journal the tap) while the phone writes. It is resent with the
+        same SEQ after a silent `response_timeout`, at most `retries` times, and also at once whenever
+        a corrupt frame arrives while waiting (it may have been the answer): the device ignores a
+        repeat it is still working on and answers a finished one from its cache, so a resend never
+        makes it act twice. Await what this returns: an unawaited request holds its SEQ.
         """
-        for _attempt in range(BUSY_RETRIES):
+        return self._answer(message, expect, timeout, self._send_new(message))
+
+    def _send_new(self, message: Message) -> _InFlight:
+        if self._port is None:
+            raise LinkDown(f"serial {self.url} is down")
+        flight = _InFlight(self._next_seq(), message)
+        flight.data = message.to_bytes(flight.seq)
+        self._send(flight)
+        self.last_sent_ns = time.perf_counter_ns()
+        return flight
+
+    def _send(self, flight: _InFlight) -> None:
+        """(Re)send a request's frame; its answer (or a wake-up) resolves `flight.future`."""
+        flight.future = asyncio.get_running_loop().create_future()
+        self._pending[flight.seq] = flight
+        self._write(flight.data)
+
+    async def _answer(self, message: Message, expect: type[M], timeout: float | None,
+                      flight: _InFlight | None) -> M:
+        for _attempt in range(BUSY_RETRIES + 1):
+            if flight is None:
+                flight = self._send_new(message)
             try:
-                return await self._request_once(message, expect, timeout)
+                return await self._await_answer(flight, expect, timeout)
             except LinkNak as exc:
-                if exc.reason != NakReason.BUSY:
+                if exc.reason != NakReason.BUSY or _attempt == BUSY_RETRIES:
                     raise
             # The device is still on an RF operation (one a restarted gate never saw finish). A NAK
             # is final for its SEQ: wait, then ask again as a new request.
+            flight = None
             await asyncio.sleep(BUSY_WAIT_S)
-        return await self._request_once(message, expect, timeout)
+        raise AssertionError("unreachable")
 
-    async def _request_once(self, message: Message, expect: type[M], timeout: float | None) -> M:
-        if self._port is None:
-            raise LinkDown(f"serial {self.url} is down")
-        seq = self._next_seq()
-        data = message.to_bytes(seq)
-        wait = response_timeout(message, self.baud) if timeout is None else timeout
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = future
+    async def _await_answer(self, flight: _InFlight, expect: type[M], timeout: float | None) -> M:
+        """Wait on the one future the answer resolves (no asyncio.wait: each of its hand-offs cost an
+        event-loop iteration on the tap path); a timer or a corrupt frame resolves it with a wake-up
+        instead, and the frame is resent."""
+        wait = response_timeout(flight.message, self.baud) if timeout is None else timeout
+        loop = asyncio.get_running_loop()
         silent, corrupt = 0, 0
-        first = True
         try:
             while True:
-                self._write(data)
-                if first:
-                    self.last_sent_ns, first = time.perf_counter_ns(), False
-                corruption = self._corruption_signal()
-                waiting: set[asyncio.Future[Any]] = {future, corruption}
-                await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-                if future.done():
-                    answer = future.result()
-                    if isinstance(answer, Nak):
-                        raise LinkNak(answer.reason, answer.command)
-                    if not isinstance(answer, expect):
-                        raise LinkError(f"expected {expect.__name__}, got {type(answer).__name__}")
-                    return answer
-                if corruption.done():
-                    corrupt += 1
-                else:
-                    silent += 1
-                    self.timeouts += 1
-                if silent > self.retries or corrupt > FAST_RETRIES:
-                    tries = silent + corrupt + 1
-                    raise LinkTimeout(f"no answer to {type(message).__name__} after {tries} tries")
+                timer = loop.call_later(wait, wake_up, flight.future, SILENT)
+                try:
+                    answer = await flight.future
+                finally:
+                    timer.cancel()
+                if isinstance(answer, _WakeUp):
+                    late = flight.late  # the answer came after the wake-up, before this task ran
+                    if late is None:
+                        if answer is SILENT:
+                            silent += 1
+                            self.timeouts += 1
+                        else:
+                            corrupt += 1
+                        if silent > self.retries or corrupt > FAST_RETRIES:
+                            tries = silent + corrupt + 1
+                            raise LinkTimeout(
+                                f"no answer to {type(flight.message).__name__} after {tries} tries")
+                        self._send(flight)
+                        continue
+                    answer = late
+                if isinstance(answer, Nak):
+                    raise LinkNak(answer.reason, answer.command)
+                if not isinstance(answer, expect):
+                    raise LinkError(f"expected {expect.__name__}, got {type(answer).__name__}")
+                return answer
         finally:
-            if self._pending.get(seq) is future:
-                del self._pending[seq]
-            if not future.done():
-                future.cancel()
-
-    def _corruption_signal(self) -> asyncio.Future[None]:
-        if self._corruption is None or self._corruption.done():
-            self._corruption = asyncio.get_running_loop().create_future()
-        return self._corruption
+            if self._pending.get(flight.seq) is flight:
+                del self._pending[flight.seq]
+            if not flight.future.done():
+                flight.future.cancel()
 
     def _write(self, data: bytes) -> None:
         port = self._port

@@ -31,6 +31,8 @@ def test_shipped_example_loads() -> None:
     ({"station_id": 1, "gate_no": 1, "mqtt": {"batch_max": 501}}, "mqtt.batch_max"),
     ({"station_id": 1, "gate_no": 1, "realtime_priority": 0}, "realtime_priority"),
     ({"station_id": 1, "gate_no": 1, "realtime_priority": 100}, "realtime_priority"),
+    ({"station_id": 1, "gate_no": 1, "cpu_latency_us": -1}, "cpu_latency_us"),
+    ({"station_id": 1, "gate_no": 1, "cpu_latency_us": 1_000_001}, "cpu_latency_us"),
     ({"station_id": 1, "gate_no": 1, "colour": "red"}, "colour"),
     ({"station_id": 1, "gate_no": 1, "environment": "production", "sam_key_hex": TEST_SAM_KEY},
      "sam_key_hex"),
@@ -56,7 +58,7 @@ def test_realtime_priority_is_applied_or_the_gate_says_why(tmp_path: Path) -> No
     script = (
         "import logging, os, sys\n"
         "logging.basicConfig(level='INFO')\n"
-        "from gate.main import use_realtime\n"
+        "from gate.tuning import use_realtime\n"
         "granted = use_realtime(7)\n"
         "print(granted, os.sched_getscheduler(0) == os.SCHED_FIFO, os.sched_getparam(0).sched_priority)\n"
     )
@@ -69,3 +71,38 @@ def test_realtime_priority_is_applied_or_the_gate_says_why(tmp_path: Path) -> No
     else:
         assert (granted, fifo) == ("False", "False")
         assert "not granted" in done.stderr
+
+
+def test_cpu_latency_limit_is_held_while_open_or_the_gate_says_why(tmp_path: Path) -> None:
+    """In a child process, so the limit cannot outlive the check. As root, as in CI, the limit in
+    force drops to the one asked while it is held and returns to what it was when released; without
+    the right, the gate runs and warns."""
+    script = (
+        "import logging\n"
+        "logging.basicConfig(level='INFO')\n"
+        "from gate.tuning import current_cpu_latency_limit, limit_cpu_latency\n"
+        "before = current_cpu_latency_limit()\n"
+        "limit = limit_cpu_latency(3)\n"
+        "during = current_cpu_latency_limit()\n"
+        "if limit is not None:\n"
+        "    limit.release()\n"
+        "print(limit is not None, before, during, current_cpu_latency_limit())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          check=True)
+    granted, before, during, after = done.stdout.split()
+    if os.geteuid() == 0 and os.path.exists("/dev/cpu_dma_latency"):
+        assert granted == "True"
+        assert int(during) == min(3, int(before))  # the lowest request held is the one in force
+        assert after == before
+        assert "3 µs wake-up latency" in done.stderr
+    else:
+        assert granted == "False"
+        assert "not granted" in done.stderr
+
+
+def test_cpu_latency_limit_refuses_a_bad_value() -> None:
+    from gate.tuning import CpuLatencyLimit
+
+    with pytest.raises(ValueError, match="cpu latency"):
+        CpuLatencyLimit(-5)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pty
 import threading
+import time
 import tty
 from collections.abc import Callable, Iterator
 
@@ -21,7 +23,7 @@ from firmware_sim.protocol import (
     Wallet,
     parse,
 )
-from gate.serial_link import LinkNak, LinkTimeout, ReaderLink
+from gate.serial_link import SILENT, LinkNak, LinkTimeout, ReaderLink, wake_up
 
 Script = Callable[[int, Message], Message | None]  # (seq, request) -> answer or None (stay silent)
 Device = Callable[[Script], tuple[str, list[tuple[int, Message]]]]
@@ -113,3 +115,67 @@ async def test_unexpected_answer_type_is_an_error(device: Device) -> None:
             await link.request(ReadWallet(7), Wallet)
     finally:
         await link.close()
+
+
+async def test_the_frame_is_on_the_wire_before_the_request_is_awaited(device: Device) -> None:
+    """The controller sends the wallet write and journals the tap while the phone writes."""
+    wallet = Wallet(7, RfStatus.OK, bytes(128))
+    path, seen = device(lambda n, req: wallet)
+    link = ReaderLink(path)
+    await link.open()
+    try:
+        pending = link.request(ReadWallet(7), Wallet)
+        deadline = time.monotonic() + 2.0
+        while not seen and time.monotonic() < deadline:  # no await: the event loop does not run
+            time.sleep(0.001)
+        assert [type(request) for _, request in seen] == [ReadWallet]
+        assert await pending == wallet
+    finally:
+        await link.close()
+
+
+async def test_a_corrupt_frame_while_waiting_resends_at_once(device: Device) -> None:
+    wallet = Wallet(7, RfStatus.OK, bytes(128))
+
+    def corrupt_then_answer(n: int, request: Message) -> Message | None:
+        return None if n == 1 else wallet
+
+    path, seen = device(corrupt_then_answer)
+    link = ReaderLink(path, retries=0)
+    await link.open()
+    try:
+        pending = asyncio.ensure_future(link.request(ReadWallet(7), Wallet, timeout=30.0))
+        while not seen:
+            await asyncio.sleep(0.001)
+        bad = bytearray(Wallet(7, RfStatus.OK, bytes(128)).to_bytes(seen[0][0]))
+        bad[-1] ^= 0xFF  # the answer with a broken CRC, as line noise would leave it
+        link.feed(bytes(bad))
+        started = time.monotonic()
+        assert await asyncio.wait_for(pending, 5.0) == wallet
+        assert time.monotonic() - started < 5.0  # resent on the corrupt frame, not after 30 s
+    finally:
+        await link.close()
+    assert [seq for seq, _ in seen] == [seen[0][0]] * 2  # the same SEQ: the device answers from cache
+
+
+async def test_an_answer_right_after_a_timeout_is_taken_without_a_resend(device: Device) -> None:
+    """The timer fires and the answer is read in the same loop iteration: the answer wins."""
+    wallet = Wallet(7, RfStatus.OK, bytes(128))
+    path, seen = device(lambda n, req: None)  # the device stays silent; the test answers
+    link = ReaderLink(path, retries=3)
+    await link.open()
+    try:
+        pending = link.request(ReadWallet(7), Wallet, timeout=30.0)
+        seq = link._seq  # the SEQ just sent
+        flight = link._pending[seq]
+        wake_up(flight.future, SILENT)
+        link.feed(wallet.to_bytes(seq))
+        assert await pending == wallet
+        assert link.timeouts == 0
+        deadline = time.monotonic() + 2.0
+        while not seen and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # a resend would already be on the line: give the device time to read it
+    finally:
+        await link.close()
+    assert len(seen) == 1
