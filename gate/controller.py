@@ -263,8 +263,16 @@ class GateController:
                 log.warning("gate %s: write to %016x not sent: %s", self.gate_id, card_id, exc)
                 written = None
             write_sent_ns = self.link.last_sent_ns
-            message = self._tap_message(seq, tap, decision, wallet.wallet, table.version, action, decision_us)
-            journaled = asyncio.ensure_future(asyncio.to_thread(self.journal.append, seq, encode(message)))
+            try:
+                message = self._tap_message(seq, tap, decision, wallet.wallet, table.version, action,
+                                            decision_us)
+                journaled = asyncio.ensure_future(
+                    asyncio.to_thread(self.journal.append, seq, encode(message)))
+            except BaseException:  # a bug: still settle the write, so its SEQ is not held for ever
+                if written is not None:
+                    with contextlib.suppress(LinkError):
+                        await written
+                raise
             try:
                 landed = await self._write(card_id, decision, written)
                 host_ns += write_sent_ns - wallet_rx_ns

@@ -45,7 +45,7 @@ def test_mount_twice_adds_the_routes_once(tmp_path: Path) -> None:
     assert len(app.routes) == once
     for path in ("/", "/commuter", "/dashboard/static"):
         assert paths.count(path) == 1, path
-    assert {"/dashboard/api/summary", "/dashboard/api/gate-health"} <= set(app.openapi()["paths"])
+    assert "/dashboard/api/summary" in app.openapi()["paths"]
 
 
 async def test_pages_and_every_asset_they_reference_are_served(client: httpx.AsyncClient) -> None:
@@ -100,8 +100,9 @@ def test_service_day_starts_at_four_local(now: datetime, start: datetime) -> Non
     assert service_day_start(now, settings) == start
 
 
-async def test_gate_health_keeps_the_last_figures_when_the_last_will_arrives(tmp_path: Path) -> None:
-    """Figures come from the gates table, as the ingest stored them from the gate's status messages."""
+async def test_gate_figures_stay_when_the_last_will_arrives(tmp_path: Path) -> None:
+    """The board's per-gate figures come with /api/v1/gates, as the ingest stored them from the gate's
+    status messages: a broken status is dropped, and the last will keeps the last figures."""
     settings = _settings(tmp_path)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -117,11 +118,8 @@ async def test_gate_health_keeps_the_last_figures_when_the_last_will_arrives(tmp
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             token = (await client.post("/api/v1/login", json={
                 "username": settings.admin_username, "password": settings.admin_password})).json()
-            health = (await client.get("/dashboard/api/gate-health", headers={
+            health = (await client.get("/api/v1/gates", headers={
                 "Authorization": f"Bearer {token['access_token']}"})).json()
     assert [(h["gate_id"], h["state"], h["tap_to_open_p99_ms"], h["host_p99_ms"], h["tailgating_alarms"])
             for h in health] == [("7-1", "offline", 120.0, 0.9, 2)]
 
-
-async def test_gate_health_needs_a_token(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/dashboard/api/gate-health")).status_code == 401

@@ -164,3 +164,28 @@ async def test_unplugged_reader_is_reopened(tmp_path: Path, table: TableData) ->
         entry = await st.tap(0xF1, ENTRY_GATE)
         assert entry.passed_at is not None
         assert st.sim.record(0xF1).entry_open
+
+
+async def test_a_fault_while_the_write_is_on_the_wire_settles_the_write(
+        tmp_path: Path, table: TableData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wallet write goes out before the tap message is built. If building it fails (a bug), the
+    write's answer is still awaited, so no request is left holding its SEQ and the gate serves on."""
+    device = DeviceConfig(barrier=FAST)
+    async with SimStation(tmp_path, SPECS, phones((0xF2, 1000), (0xF3, 1000)), table, device=device) as st:
+        gate = st.gates[ENTRY_GATE]
+        real = gate.controller._tap_message
+        calls = []
+
+        def broken_once(*args: Any) -> Any:
+            calls.append(args)
+            if len(calls) == 1:
+                raise RuntimeError("a bug in the tap message")
+            return real(*args)
+
+        monkeypatch.setattr(gate.controller, "_tap_message", broken_once)
+        first = await st.tap(0xF2, ENTRY_GATE, patience_s=1.0)
+        assert first.authorised_at is None  # no journal row: the barrier stayed shut
+        assert gate.link._pending == {}
+        second = await st.tap(0xF3, ENTRY_GATE)
+        assert second.passed_at is not None
+        assert [r["card_id"] for r in journal_rows(st)] == [f"{0xF3:016x}"]

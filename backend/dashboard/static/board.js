@@ -90,9 +90,10 @@ async function refresh() {
   if (busy) return; // a slow backend: skip a beat rather than pile requests up
   busy = true;
   try {
-    const [rows, health, summary, latest, offline, tables, blocked, lost] = await Promise.all([
+    // each gate row carries its own figures too (tap-to-open p50/p99, alarm counters), as the ingest
+    // stored them from the gate's latest status message
+    const [gates, summary, latest, offline, tables, blocked, lost] = await Promise.all([
       op("GET", "/gates?limit=1000"),
-      apiCall(TOKEN, "GET", "/dashboard/api/gate-health"),
       apiCall(TOKEN, "GET", "/dashboard/api/summary?minutes=30"),
       op("GET", "/alarms?open_only=true&limit=100"),
       // a gate going offline must not be pushed off the list by a burst of other alarms
@@ -101,10 +102,6 @@ async function refresh() {
       op("GET", "/phones?status=blocked&limit=50"),
       op("GET", "/phones?status=lost&limit=50"),
     ]);
-    // the gates' own figures (tap-to-open p50/p99, alarm counters) from their latest status message;
-    // what the gates table says wins where both have a field
-    const byGate = Object.fromEntries(health.map((h) => [h.gate_id, h]));
-    const gates = rows.map((g) => ({ ...(byGate[g.gate_id] || {}), ...g }));
     const seen = new Set(offline.map((a) => a.id));
     const alarms = offline.concat(latest.filter((a) => !seen.has(a.id)));
     lastGates = gates;
