@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fare_core import IMPLEMENTATION
+from gate.tuning import PM_QOS_CPU_LATENCY
 
 REQUIRED = ("taps", "tap_to_open_ms_p50", "tap_to_open_ms_p99", "tap_to_open_ms_max", "wire_floor_ms",
             "host_overhead_ms_p99", "lost")
@@ -36,14 +37,16 @@ def assert_honest_and_complete(result: dict[str, object], taps: int) -> None:
 
 def test_bench_loop_reports_every_tap_beside_its_baseline(tmp_path: Path) -> None:
     plot = tmp_path / "loop.svg"
-    tuned = ["--realtime", "--cpu-latency"] if os.geteuid() == 0 else []  # root in CI: the tuned run
+    tuned = []  # root, as in CI: the tuned run a gate engineer makes
+    if os.geteuid() == 0:
+        tuned = ["--realtime", "--cpu-latency"] if os.path.exists(PM_QOS_CPU_LATENCY) else ["--realtime"]
     result = bench_loop("--taps", "6", "--plot", str(plot), *tuned)
     assert_honest_and_complete(result, 6)
     assert result["core"] == IMPLEMENTATION  # "python" when the CI's second pass forces the twin
     baseline = result["baseline_plain_loop"]
     assert isinstance(baseline, dict) and float(baseline["host_overhead_ms_p99"]) >= 0
-    if tuned:
-        assert (result["realtime_priority"], result["cpu_latency_us"]) == (50, 0)
+    assert result["realtime_priority"] == (50 if tuned else None)
+    assert result["cpu_latency_us"] == (0 if "--cpu-latency" in tuned else None)
     assert plot.read_text(encoding="utf-8").startswith("<svg")
 
 

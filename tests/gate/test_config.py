@@ -52,53 +52,49 @@ def test_cli_refuses_a_broken_file(tmp_path: Path) -> None:
         main(["gate", "--config", str(unreadable)])
 
 
+def in_child(*lines: str) -> tuple[list[str], str]:
+    """Run the lines in a fresh interpreter with INFO logging: (its printed words, its log)."""
+    script = "\n".join(("import logging, os", "logging.basicConfig(level='INFO')", *lines))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          check=True)
+    return done.stdout.split(), done.stderr
+
+
 def test_realtime_priority_is_applied_or_the_gate_says_why(tmp_path: Path) -> None:
     """In a child process (the test runner itself must not turn real-time). As root, as in CI, the
     policy is SCHED_FIFO at the priority asked; without the right, the gate runs normally and warns."""
-    script = (
-        "import logging, os, sys\n"
-        "logging.basicConfig(level='INFO')\n"
-        "from gate.tuning import use_realtime\n"
-        "granted = use_realtime(7)\n"
-        "print(granted, os.sched_getscheduler(0) == os.SCHED_FIFO, os.sched_getparam(0).sched_priority)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          check=True)
-    granted, fifo, priority = done.stdout.split()
+    (granted, fifo, priority), log = in_child(
+        "from gate.tuning import use_realtime",
+        "granted = use_realtime(7)",
+        "print(granted, os.sched_getscheduler(0) == os.SCHED_FIFO, os.sched_getparam(0).sched_priority)")
     if os.geteuid() == 0:
         assert (granted, fifo, priority) == ("True", "True", "7")
-        assert "SCHED_FIFO, priority 7" in done.stderr
+        assert "SCHED_FIFO, priority 7" in log
     else:
         assert (granted, fifo) == ("False", "False")
-        assert "not granted" in done.stderr
+        assert "not granted" in log
 
 
 def test_cpu_latency_limit_is_held_while_open_or_the_gate_says_why(tmp_path: Path) -> None:
     """In a child process, so the limit cannot outlive the check. As root, as in CI, the limit in
     force drops to the one asked while it is held and returns to what it was when released; without
     the right, the gate runs and warns."""
-    script = (
-        "import logging\n"
-        "logging.basicConfig(level='INFO')\n"
-        "from gate.tuning import current_cpu_latency_limit, limit_cpu_latency\n"
-        "before = current_cpu_latency_limit()\n"
-        "limit = limit_cpu_latency(3)\n"
-        "during = current_cpu_latency_limit()\n"
-        "if limit is not None:\n"
-        "    limit.release()\n"
-        "print(limit is not None, before, during, current_cpu_latency_limit())\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          check=True)
-    granted, before, during, after = done.stdout.split()
+    (granted, before, during, after), log = in_child(
+        "from gate.tuning import current_cpu_latency_limit, limit_cpu_latency",
+        "before = current_cpu_latency_limit()",
+        "limit = limit_cpu_latency(3)",
+        "during = current_cpu_latency_limit()",
+        "if limit is not None:",
+        "    limit.release()",
+        "print(limit is not None, before, during, current_cpu_latency_limit())")
     if os.geteuid() == 0 and os.path.exists("/dev/cpu_dma_latency"):
         assert granted == "True"
         assert int(during) == min(3, int(before))  # the lowest request held is the one in force
         assert after == before
-        assert "3 µs wake-up latency" in done.stderr
+        assert "3 µs wake-up latency" in log
     else:
         assert granted == "False"
-        assert "not granted" in done.stderr
+        assert "not granted" in log
 
 
 def test_cpu_latency_limit_refuses_a_bad_value() -> None:
