@@ -64,7 +64,7 @@ from firmware_sim.protocol.timing import wire_time
 from firmware_sim.sim import Sim
 
 from .journal import Journal
-from .tuning import CpuLatencyLimit
+from .tuning import CpuLatencyLimit, current_cpu_latency_limit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fare_core" / "examples" / "tiny.toml"
 #: Idle time before each tap once the line is quiet and the barrier closed (the controller finishes
@@ -302,17 +302,14 @@ def run(args: argparse.Namespace) -> int:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.realtime))
         except (AttributeError, OSError) as error:
             raise SystemExit(f"--realtime: SCHED_FIFO not granted ({error})") from error
-    cpu_limit = None
-    if args.cpu_latency is not None:  # system-wide: the simulator and the plain loop get it too
-        try:
-            cpu_limit = CpuLatencyLimit(args.cpu_latency)
-        except (OSError, ValueError) as error:
-            raise SystemExit(f"--cpu-latency: not granted ({error})") from error
-    try:
+    if args.cpu_latency is None:
         return _measure(args)
-    finally:
-        if cpu_limit is not None:
-            cpu_limit.release()
+    try:  # system-wide: the simulator and the plain loop get it too
+        limit = CpuLatencyLimit(args.cpu_latency)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--cpu-latency: not granted ({error})") from error
+    with limit:
+        return _measure(args)
 
 
 def _measure(args: argparse.Namespace) -> int:
@@ -322,6 +319,8 @@ def _measure(args: argparse.Namespace) -> int:
     samples = result.pop("samples_ms")
     result["realtime_priority"] = args.realtime
     result["cpu_latency_us"] = args.cpu_latency
+    # what the kernel applied over the run: the lowest limit any process holds (None: unreadable)
+    result["cpu_latency_limit_in_force_us"] = current_cpu_latency_limit()
     if not args.no_baseline:  # same run, same machine load: the plain loop over the same simulator
         base = run_loop(args.taps, args.baud, plain=True)
         result["baseline_plain_loop"] = {k: base[k] for k in (

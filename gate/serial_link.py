@@ -59,32 +59,35 @@ class LinkNak(LinkError):
 
 
 class _WakeUp:
-    """Resolves a request's future instead of an answer: resend now."""
+    """Why a waiting request was woken: its answer came, or it must be resent."""
 
     def __init__(self, why: str) -> None:
         self.why = why
 
 
+ANSWERED = _WakeUp("the answer arrived")
 SILENT = _WakeUp("response timeout")
 CORRUPT = _WakeUp("a corrupt frame arrived: it may have been the answer")
 
 
-def wake_up(future: asyncio.Future[Message | _WakeUp], why: _WakeUp) -> None:
+def wake_up(future: asyncio.Future[_WakeUp], why: _WakeUp) -> None:
     if not future.done():
         future.set_result(why)
 
 
 class _InFlight:
-    """One request on the wire: its SEQ, its frame, and the future its answer resolves."""
+    """One request on the wire: its SEQ, its frame, its answer once read, and the future that wakes
+    its waiter (the answer is kept here, not in the future, so an answer that comes just after a
+    timer woke the waiter is still taken)."""
 
-    __slots__ = ("data", "future", "late", "message", "seq")
+    __slots__ = ("answer", "data", "message", "seq", "woken")
 
     def __init__(self, seq: int, message: Message) -> None:
         self.seq = seq
         self.message = message
-        self.data = b""
-        self.future: asyncio.Future[Message | _WakeUp]
-        self.late: Message | None = None  # an answer that came after a wake-up, before the resend
+        self.data = message.to_bytes(seq)
+        self.answer: Message | None = None
+        self.woken: asyncio.Future[_WakeUp]
 
 
 class ReaderLink:
@@ -167,8 +170,8 @@ class ReaderLink:
                 port.close()
         self.decoder.reset()
         for flight in self._pending.values():
-            if not flight.future.done():
-                flight.future.set_exception(error)
+            if not flight.woken.done():
+                flight.woken.set_exception(error)
         self._pending.clear()
         if was_up and self._on_state:
             self._on_state(False)
@@ -221,7 +224,7 @@ class ReaderLink:
 
     def _signal_corruption(self) -> None:
         for flight in self._pending.values():
-            wake_up(flight.future, CORRUPT)
+            wake_up(flight.woken, CORRUPT)
 
     def _arm_expiry(self) -> None:
         """A partial frame left pending after the line goes quiet is a false START: drop it."""
@@ -255,14 +258,10 @@ class ReaderLink:
                 log.error("event queue full; dropping %r", message)
             return
         flight = self._pending.get(frame.seq)
-        if flight is None:
-            return  # an answer to nothing in flight (a duplicate, or after a timeout): ignored
-        if not flight.future.done():
+        if flight is not None and flight.answer is None:  # else a repeat, or nothing in flight: ignored
             self.last_answer_ns = self._rx_ns
-            flight.future.set_result(message)
-        elif flight.late is None and isinstance(flight.future.result(), _WakeUp):
-            self.last_answer_ns = self._rx_ns
-            flight.late = message
+            flight.answer = message
+            wake_up(flight.woken, ANSWERED)
 
     # ------------------------------------------------------------------------------ request
     def _next_seq(self) -> int:
@@ -289,62 +288,56 @@ class ReaderLink:
         if self._port is None:
             raise LinkDown(f"serial {self.url} is down")
         flight = _InFlight(self._next_seq(), message)
-        flight.data = message.to_bytes(flight.seq)
         self._send(flight)
         self.last_sent_ns = time.perf_counter_ns()
         return flight
 
     def _send(self, flight: _InFlight) -> None:
-        """(Re)send a request's frame; its answer (or a wake-up) resolves `flight.future`."""
-        flight.future = asyncio.get_running_loop().create_future()
+        """(Re)send a request's frame; its answer, a timer or a corrupt frame resolves `flight.woken`."""
+        flight.woken = asyncio.get_running_loop().create_future()
         self._pending[flight.seq] = flight
         self._write(flight.data)
 
     async def _answer(self, message: Message, expect: type[M], timeout: float | None,
-                      flight: _InFlight | None) -> M:
-        for _attempt in range(BUSY_RETRIES + 1):
-            if flight is None:
-                flight = self._send_new(message)
+                      flight: _InFlight) -> M:
+        for _attempt in range(BUSY_RETRIES):
             try:
                 return await self._await_answer(flight, expect, timeout)
             except LinkNak as exc:
-                if exc.reason != NakReason.BUSY or _attempt == BUSY_RETRIES:
+                if exc.reason != NakReason.BUSY:
                     raise
             # The device is still on an RF operation (one a restarted gate never saw finish). A NAK
             # is final for its SEQ: wait, then ask again as a new request.
-            flight = None
             await asyncio.sleep(BUSY_WAIT_S)
-        raise AssertionError("unreachable")
+            flight = self._send_new(message)
+        return await self._await_answer(flight, expect, timeout)
 
     async def _await_answer(self, flight: _InFlight, expect: type[M], timeout: float | None) -> M:
-        """Wait on the one future the answer resolves (no asyncio.wait: each of its hand-offs cost an
-        event-loop iteration on the tap path); a timer or a corrupt frame resolves it with a wake-up
-        instead, and the frame is resent."""
+        """Wait on the one future that the answer, a timer or a corrupt frame resolves (no
+        asyncio.wait: each of its hand-offs cost an event-loop iteration on the tap path); resend
+        while there is no answer."""
         wait = response_timeout(flight.message, self.baud) if timeout is None else timeout
         loop = asyncio.get_running_loop()
         silent, corrupt = 0, 0
         try:
             while True:
-                timer = loop.call_later(wait, wake_up, flight.future, SILENT)
+                timer = loop.call_later(wait, wake_up, flight.woken, SILENT)
                 try:
-                    answer = await flight.future
+                    why = await flight.woken
                 finally:
                     timer.cancel()
-                if isinstance(answer, _WakeUp):
-                    late = flight.late  # the answer came after the wake-up, before this task ran
-                    if late is None:
-                        if answer is SILENT:
-                            silent += 1
-                            self.timeouts += 1
-                        else:
-                            corrupt += 1
-                        if silent > self.retries or corrupt > FAST_RETRIES:
-                            tries = silent + corrupt + 1
-                            raise LinkTimeout(
-                                f"no answer to {type(flight.message).__name__} after {tries} tries")
-                        self._send(flight)
-                        continue
-                    answer = late
+                answer = flight.answer
+                if answer is None:
+                    if why is SILENT:
+                        silent += 1
+                        self.timeouts += 1
+                    else:
+                        corrupt += 1
+                    if silent > self.retries or corrupt > FAST_RETRIES:
+                        tries = silent + corrupt + 1
+                        raise LinkTimeout(f"no answer to {type(flight.message).__name__} after {tries} tries")
+                    self._send(flight)
+                    continue
                 if isinstance(answer, Nak):
                     raise LinkNak(answer.reason, answer.command)
                 if not isinstance(answer, expect):
@@ -353,8 +346,8 @@ class ReaderLink:
         finally:
             if self._pending.get(flight.seq) is flight:
                 del self._pending[flight.seq]
-            if not flight.future.done():
-                flight.future.cancel()
+            if not flight.woken.done():
+                flight.woken.cancel()
 
     def _write(self, data: bytes) -> None:
         port = self._port

@@ -53,10 +53,6 @@ class CpuLatencyLimit:
             self._fd = None
             raise
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -47,6 +47,8 @@ def test_bench_loop_reports_every_tap_beside_its_baseline(tmp_path: Path) -> Non
     assert isinstance(baseline, dict) and float(baseline["host_overhead_ms_p99"]) >= 0
     assert result["realtime_priority"] == (50 if tuned else None)
     assert result["cpu_latency_us"] == (0 if "--cpu-latency" in tuned else None)
+    if "--cpu-latency" in tuned:
+        assert result["cpu_latency_limit_in_force_us"] == 0
     assert plot.read_text(encoding="utf-8").startswith("<svg")
 
 
