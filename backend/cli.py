@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any
 
 from .config import Settings
@@ -80,13 +79,6 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     return 0
-
-
-def install_stop_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
-            loop.add_signal_handler(sig, stop.set)
 
 
 if __name__ == "__main__":  # python -m backend.cli ...

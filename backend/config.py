@@ -16,7 +16,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fare_core import DEVELOPMENT_SAM_KEY
 
 DEV_SECRET = "changethis"
-DEV_SAM_KEY = DEVELOPMENT_SAM_KEY.hex()  # the simulator's key, so a demo's taps reconcile
 
 
 class Settings(BaseSettings):
@@ -53,7 +52,8 @@ class Settings(BaseSettings):
     auto_denylist: bool = False  # deny-list a phone caught cloned or replayed
 
     # fare core
-    sam_master_key: str = Field(default=DEV_SAM_KEY, pattern=r"^[0-9a-fA-F]{32}$")
+    # default: the simulator's development key, so a demo's taps reconcile (refused outside development)
+    sam_master_key: str = Field(default=DEVELOPMENT_SAM_KEY.hex(), pattern=r"^[0-9a-fA-F]{32}$")
 
     # reports and exports
     service_utc_offset_min: int = Field(default=480, ge=-1439, le=1439)  # local time of the network
@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _no_default_secrets(self) -> Settings:
         if self.environment != "development":
-            for name, default in (("admin_password", DEV_SECRET), ("sam_master_key", DEV_SAM_KEY)):
+            defaults = (("admin_password", DEV_SECRET), ("sam_master_key", DEVELOPMENT_SAM_KEY.hex()))
+            for name, default in defaults:
                 if getattr(self, name) == default:
                     raise ValueError(
                         f"FAREGATE_{name.upper()} still has its development default; "

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gate.messages import GateState, GateStatus, SnapshotRequest, Topics, UpdateKind, parse_gate_id
+from protocol.mqtt import GateState, GateStatus, SnapshotRequest, Topics, UpdateKind, parse_gate_id
 
 from .config import Settings
 from .ingest.store import RawMessage

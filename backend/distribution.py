@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import fare_core
-from gate.messages import (
+from protocol.mqtt import (
     Action,
     ActionListMessage,
     DenyListDeltaMessage,

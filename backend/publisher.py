@@ -10,7 +10,7 @@ import asyncio
 import logging
 import uuid
 
-from gate.messages import Message, Topics, encode
+from protocol.mqtt import Payload, Topics, encode
 
 from .config import Settings
 from .mqtt import Connected, make_client
@@ -43,7 +43,7 @@ class Publisher:
             self._started = False
 
     async def publish(
-        self, topic: str, message: Message | bytes, *, retain: bool = False, timeout: float = 10.0
+        self, topic: str, message: Payload | bytes, *, retain: bool = False, timeout: float = 10.0
     ) -> None:
         payload = message if isinstance(message, bytes) else encode(message)
         self.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from typing import Any
 
 from .config import Settings
@@ -28,8 +29,6 @@ async def serve(
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
 ) -> None:
-    from .cli import install_stop_signals
-
     stop = stop or asyncio.Event()
     if install_signals:  # a program embedding the backend (the demo) keeps its own handlers
         install_stop_signals(stop)
@@ -98,3 +97,10 @@ async def serve(
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread
+            loop.add_signal_handler(sig, stop.set)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fare_core import implementations
-from fare_core.bench import _exit_tap_inputs, bench_table
+from faregate.bench.core import _exit_tap_inputs, bench_table
 
 TABLE = bench_table()
 

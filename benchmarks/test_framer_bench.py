@@ -18,7 +18,8 @@ import fare_core
 from firmware_sim.client import SerialClient
 from firmware_sim.config import DeviceConfig, LinkConfig, ReaderConfig
 from firmware_sim.population import Phone, Population
-from firmware_sim.protocol import (
+from firmware_sim.sim import Sim
+from protocol.serial import (
     BarrierClose,
     BarrierOpen,
     Direction,
@@ -31,8 +32,7 @@ from firmware_sim.protocol import (
     encode,
     parse,
 )
-from firmware_sim.protocol.timing import wire_time
-from firmware_sim.sim import Sim
+from protocol.serial.timing import wire_time
 
 CARD = 0x0123456789ABCDEF
 WALLET_FRAME = Wallet(CARD, 0, bytes(range(128))).to_frame(5)

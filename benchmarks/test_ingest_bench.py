@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from backend.bench_ingest import tap_payload
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.ingest.store import RawMessage, TapStore, parse, tap_row
 from backend.migrate import upgrade
 from backend.tables import TapRow
-from gate.messages import TapMessage, Topics, encode_taps
+from faregate.bench.ingest import tap_payload
+from protocol.mqtt import TapMessage, Topics, encode_taps
 
 BATCH = 2_000
 GATES = 20

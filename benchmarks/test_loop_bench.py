@@ -15,9 +15,9 @@ from typing import Any
 import serial
 
 from firmware_sim.population import Phone, Population
-from firmware_sim.protocol import FrameDecoder, ReadWallet, RfStatus, Wallet, parse
-from firmware_sim.protocol.timing import wire_time
 from firmware_sim.sim import Sim
+from protocol.serial import FrameDecoder, ReadWallet, RfStatus, Wallet, parse
+from protocol.serial.timing import wire_time
 
 CARD = 0x5EED0001
 

@@ -18,5 +18,5 @@ faults real gates meet. One module, one job:
     client      SerialClient: a reference controller-side client (tests, examples)
     cli         `faregate sim`
 
-Nothing is imported here, so `import firmware_sim.protocol` stays cheap.
+Nothing is imported here, so `import protocol.serial` stays cheap.
 """

@@ -20,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .config import BarrierConfig
-from .protocol.messages import (
+from protocol.serial.messages import (
     Alarm,
     AlarmKind,
     BarrierChanged,
@@ -30,6 +29,8 @@ from .protocol.messages import (
     Message,
     Passage,
 )
+
+from .config import BarrierConfig
 from .scheduler import Scheduler, Timer
 
 UNLIMITED = -1

@@ -14,8 +14,8 @@ import time
 
 import serial
 
-from .protocol.framer import FrameDecoder, encode
-from .protocol.messages import (
+from protocol.serial.framer import FrameDecoder, encode
+from protocol.serial.messages import (
     RESPONSE_TO,
     Kind,
     Message,
@@ -25,7 +25,7 @@ from .protocol.messages import (
     kind_of,
     parse,
 )
-from .protocol.timing import DEFAULT_BAUD, FRAME_GAP_S, RETRIES, response_timeout
+from protocol.serial.timing import DEFAULT_BAUD, FRAME_GAP_S, RETRIES, response_timeout
 
 
 class ClientError(Exception):

@@ -40,12 +40,11 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fare_core import DEVELOPMENT_SAM_KEY
+from protocol.serial.timing import DEFAULT_BAUD
 
 from .faults import FaultRates
-from .protocol.timing import DEFAULT_BAUD
 
 #: A public, well-known key for simulations and tests only; never a production SAM key.
-TEST_MASTER_KEY = DEVELOPMENT_SAM_KEY
 
 
 class _Section(BaseModel):
@@ -98,7 +97,7 @@ class FaultsConfig(_Section):
 
 
 class WalletsConfig(_Section):
-    master_key: str = TEST_MASTER_KEY.hex()
+    master_key: str = DEVELOPMENT_SAM_KEY.hex()
 
     @field_validator("master_key")
     @classmethod

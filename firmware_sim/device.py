@@ -31,11 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .barrier import Barrier
-from .config import DeviceConfig
-from .faults import FaultKind, LineFaults
-from .protocol.framer import Frame, FrameDecoder, encode
-from .protocol.messages import (
+from protocol.serial.framer import Frame, FrameDecoder, encode
+from protocol.serial.messages import (
     PROTOCOL_VERSION,
     Ack,
     AlarmKind,
@@ -67,7 +64,11 @@ from .protocol.messages import (
     message_fields,
     parse,
 )
-from .protocol.timing import FRAME_GAP_S
+from protocol.serial.timing import FRAME_GAP_S
+
+from .barrier import Barrier
+from .config import DeviceConfig
+from .faults import FaultKind, LineFaults
 from .reader import Reader
 from .scheduler import Scheduler
 from .transport import Link, Pacer, sleep_until

@@ -21,8 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ReaderConfig
-from .protocol.messages import (
+from protocol.serial.messages import (
     SLOT_SIZE,
     FieldChanged,
     Message,
@@ -33,7 +32,9 @@ from .protocol.messages import (
     WriteOutcome,
     WriteResult,
 )
-from .protocol.timing import RF_READ_MAX_S, RF_WRITE_MAX_S
+from protocol.serial.timing import RF_READ_MAX_S, RF_WRITE_MAX_S
+
+from .config import ReaderConfig
 from .scheduler import Scheduler, Timer
 from .wallets import WalletStore
 

@@ -34,8 +34,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from protocol.serial.messages import Direction
+
 from .population import Population
-from .protocol.messages import Direction
 from .sim import Presentation, Sim
 
 Share = Annotated[float, Field(ge=0.0, le=1.0)]

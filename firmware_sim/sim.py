@@ -29,13 +29,13 @@ from types import TracebackType
 from typing import Any
 
 import fare_core
+from protocol.serial.messages import BarrierPosition, Direction
 
 from .barrier import UNLIMITED
 from .config import DeviceConfig
 from .device import GateDevice, Record
 from .faults import FaultKind
 from .population import Phone, Population
-from .protocol.messages import BarrierPosition, Direction
 from .reader import Presence
 from .scheduler import Scheduler, Timer
 from .transport import Link, PtyLink, TcpLink

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import serial
 
-from .protocol.timing import BITS_PER_BYTE, DEFAULT_BAUD
+from protocol.serial.timing import BITS_PER_BYTE, DEFAULT_BAUD
 
 #: Writes are sliced so no slice is delivered before its last byte would have left a real UART,
 #: with slices about this long (shorter slices cost CPU, longer ones delay the first byte).

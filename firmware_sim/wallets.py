@@ -12,8 +12,7 @@ import threading
 from dataclasses import dataclass
 
 import fare_core
-
-from .protocol.messages import SLOT_SIZE, WALLET_SIZE
+from protocol.serial.messages import SLOT_SIZE, WALLET_SIZE
 
 
 @dataclass(frozen=True, slots=True)

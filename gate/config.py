@@ -15,8 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fare_core import DEVELOPMENT_SAM_KEY, Direction
-
-from .messages import MAX_TAPS_PER_MESSAGE
+from protocol.mqtt import MAX_TAPS_PER_MESSAGE
 
 TEST_SAM_KEY = DEVELOPMENT_SAM_KEY.hex()  # the simulator's key; refused outside development
 

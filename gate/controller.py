@@ -35,7 +35,8 @@ import fare_core
 from fare_core import Direction, Flag, GateMode, Reason, WalletError
 from fare_core.reasons import WELCOME, display_text
 from fare_core.record import SLOT_SIZE
-from firmware_sim.protocol import (
+from protocol.mqtt import TapMessage, encode, tap_id
+from protocol.serial import (
     Alarm,
     BarrierClose,
     BarrierOpen,
@@ -57,13 +58,11 @@ from firmware_sim.protocol import (
     WriteResult,
     WriteSlot,
 )
-from firmware_sim.protocol import Direction as WireDirection
-from firmware_sim.protocol import Field as FieldReport
-from firmware_sim.protocol.messages import Ack
+from protocol.serial import Field as FieldReport
+from protocol.serial.messages import Ack
 
 from .collector import YOUNG_EVERY_S, CollectBetweenTaps
 from .journal import Journal
-from .messages import TapMessage, encode, tap_id
 from .metrics import GateMetrics
 from .serial_link import LinkError, ReaderLink
 from .state import LocalState
@@ -175,7 +174,7 @@ class GateController:
     async def apply_mode(self) -> None:
         mode = self.state.mode
         if mode == GateMode.FREE_EXIT:
-            await self.link.request(BarrierOpen(WireDirection.EXIT, 0, 0), Ack)
+            await self.link.request(BarrierOpen(Direction.EXIT, 0, 0), Ack)
             await self._show(DisplayStyle.ALARM, "紧急放行 请出站", "Emergency - free exit", 0)
         elif mode in (GateMode.CLOSED, GateMode.MAINTENANCE):
             await self.link.request(BarrierClose(), Ack)
@@ -302,7 +301,7 @@ class GateController:
 
         opened_us = None
         if decision.allowed:
-            await self.link.request(BarrierOpen(WireDirection(int(self.direction)), 1, self.hold_ms), Ack)
+            await self.link.request(BarrierOpen(self.direction, 1, self.hold_ms), Ack)
             host_ns += self.link.last_sent_ns - wallet_rx_ns
             opened_us = (time.perf_counter_ns() - t_field_ns) // 1000
             self.metrics.observe_open(opened_us / 1e6, host_ns / 1e9)
@@ -362,7 +361,7 @@ class GateController:
             return None
         self._done_in_field.add(card_id)
         if allowed:
-            await self.link.request(BarrierOpen(WireDirection(int(self.direction)), 1, self.hold_ms), Ack)
+            await self.link.request(BarrierOpen(self.direction, 1, self.hold_ms), Ack)
         self.metrics.taps.labels(outcome="recovered").inc()
         zh, en = ("请通行", "Please pass") if allowed else display_text(Reason.READ_FAILED, 0, 0)
         await self._show(_STYLE_OK if allowed else _STYLE_DENY, zh, en, 3000)

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 
 import serial
 
-from firmware_sim.protocol import Frame, FrameDecoder, Message, Nak, NakReason, UnknownCommand, parse
-from firmware_sim.protocol.messages import PayloadError
-from firmware_sim.protocol.timing import DEFAULT_BAUD, FRAME_GAP_S, RETRIES, response_timeout
+from protocol.serial import Frame, FrameDecoder, Message, Nak, NakReason, UnknownCommand, parse
+from protocol.serial.messages import PayloadError
+from protocol.serial.timing import DEFAULT_BAUD, FRAME_GAP_S, RETRIES, response_timeout
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)

@@ -1,6 +1,6 @@
 """What a gate knows besides its journal: deny-list, fare tables, action list, mode — kept on disk.
 
-Every update arrives as a message of gate/messages.py and is applied all or nothing: a delta on the
+Every update arrives as a message of protocol/mqtt/messages.py and is applied all or nothing: a delta on the
 wrong base, a bad checksum, a truncated artefact or an older version leaves the state exactly as it
 was, and the result says whether to ask the backend for a full snapshot. Everything applied is saved
 before it counts, so a rebooted gate decides with what it had, at once, without the network.
@@ -24,9 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fare_core import DenyList, DenyListDelta, DenyListError, FareCoreError, FareTable, GateMode
-
-from .journal import Journal
-from .messages import (
+from protocol.mqtt import (
     Action,
     ActionListMessage,
     DenyListDeltaMessage,
@@ -34,6 +32,8 @@ from .messages import (
     FareTableMessage,
     GateCommand,
 )
+
+from .journal import Journal
 
 log = logging.getLogger(__name__)
 

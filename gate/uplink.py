@@ -29,8 +29,7 @@ from typing import Any
 import aiomqtt
 from pydantic import ValidationError
 
-from .journal import Journal
-from .messages import (
+from protocol.mqtt import (
     MAX_TAPS_PER_MESSAGE,
     ActionListMessage,
     Committed,
@@ -47,6 +46,8 @@ from .messages import (
     encode,
     encode_taps,
 )
+
+from .journal import Journal
 from .state import LocalState, Outcome, UpdateResult
 
 log = logging.getLogger(__name__)

@@ -11,12 +11,26 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from ..config import Settings
+from ..dashboard import mount as mount_dashboard
 from ..db import make_engine, make_sessionmaker
 from ..distribution import Distributor
 from ..migrate import upgrade
 from ..publisher import Publisher
 from ..tables import OperatorRow
-from .routes import actions, alarms, auth, commuter, denylist, fares, gates, operators, phones, reports, taps
+from .routes import (
+    actions,
+    alarms,
+    auth,
+    commuter,
+    denylist,
+    fares,
+    gates,
+    operators,
+    phones,
+    reports,
+    summary,
+    taps,
+)
 from .security import LoginLimiter, Role, hash_password
 
 API = "/api/v1"
@@ -89,7 +103,6 @@ def create_app(
 
     for module in (auth, operators, gates, taps, phones, denylist, fares, actions, reports, alarms, commuter):
         app.include_router(module.router, prefix=API)
-    from ..dashboard import mount as mount_dashboard  # the operator board at /, the commuter page
-
-    mount_dashboard(app)
+    app.include_router(summary.router, prefix="/dashboard/api")  # the board's one aggregate
+    mount_dashboard(app)  # the operator board at /, the commuter page at /commuter
     return app

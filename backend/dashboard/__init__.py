@@ -1,9 +1,10 @@
 """The operator dashboard and the commuter page, served by the backend itself.
 
 Static HTML/CSS/JS shipped inside the package (no CDN, no build step): the pages talk to the REST
-API under /api/v1 with the bearer token they got at login. The only server code here is what the board
-needs and the API lacks: one read-only summary (taps per minute, today's revenue and denials per gate),
-so the board polls a single cheap endpoint instead of downloading every tap. The gates' own health
+API under /api/v1 with the bearer token they got at login. The one server route the board needs and the
+operator API lacks, a read-only summary (taps per minute, today's revenue and denials per gate, so the
+board polls one cheap endpoint instead of downloading every tap), is api/routes/summary.py, included by
+create_app under /dashboard/api. The gates' own health
 figures (tap-to-open p50/p99, processing p99, alarm counts) come with the gates route, /api/v1/gates.
 """
 
@@ -15,14 +16,12 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from .summary import router as summary_router
-
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = "/dashboard/static"
 
 
 def mount(app: FastAPI) -> None:
-    """Serve the board at /, the commuter page at /commuter, assets and the summary under /dashboard.
+    """Serve the board at /, the commuter page at /commuter and the assets under /dashboard/static.
 
     Safe to call twice on the same app: the second call does nothing (routes must not be doubled).
     """
@@ -38,7 +37,6 @@ def mount(app: FastAPI) -> None:
     async def commuter() -> FileResponse:
         return FileResponse(STATIC / "commuter.html", headers={"Cache-Control": "no-cache"})
 
-    app.include_router(summary_router, prefix="/dashboard/api")
     app.mount(ASSETS, StaticFiles(directory=STATIC), name="dashboard-static")
 
 

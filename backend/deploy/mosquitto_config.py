@@ -16,7 +16,7 @@ import secrets
 import subprocess
 from pathlib import Path
 
-from gate.messages import Topics, parse_gate_id
+from protocol.mqtt import Topics, parse_gate_id
 
 CONF = Path(__file__).parent / "mosquitto" / "mosquitto.conf"
 

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gate.messages import MAX_TAPS_PER_MESSAGE, TapMessage, Topics
+from protocol.mqtt import MAX_TAPS_PER_MESSAGE, TapMessage, Topics
 
 from ..tables import AlarmRow, DeadLetterRow, GateRow, TapRow
 

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from gate.messages import Committed, ResendRequest, Topics, encode
+from protocol.mqtt import Committed, ResendRequest, Topics, encode
 
 from ..config import Settings
 from ..mqtt import make_client

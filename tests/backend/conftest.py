@@ -27,7 +27,7 @@ from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.migrate import upgrade
 from fare_core.reasons import Direction, GateMode, Reason
-from gate.messages import TapMessage, tap_id
+from protocol.mqtt import TapMessage, tap_id
 
 POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 MOSQUITTO_URL = "mqtt://127.0.0.1:1883"

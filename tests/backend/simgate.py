@@ -18,7 +18,7 @@ from fare_core.compiler import compile_rules
 from fare_core.reasons import Direction, GateMode, Reason
 from fare_core.record import CardRecord
 from fare_core.rules import load_rules
-from gate.messages import TapMessage, tap_id
+from protocol.mqtt import TapMessage, tap_id
 
 TINY = Path(fare_core.__file__).with_name("examples") / "tiny.toml"
 SAM_KEY = DEV_SAM_KEY  # the development default in backend.config

@@ -18,7 +18,7 @@ import fare_core
 from backend.api.main import create_app
 from backend.ingest.store import RawMessage, TapStore
 from backend.processor import Processor
-from gate.messages import DenyListDeltaMessage, DenyListSnapshotMessage, GateCommand, Topics, encode
+from protocol.mqtt import DenyListDeltaMessage, DenyListSnapshotMessage, GateCommand, Topics, encode
 from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
 from tests.backend.gate_client import GateClient
 from tests.backend.simgate import TINY

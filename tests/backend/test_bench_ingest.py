@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from backend.bench_ingest import add_arguments, bench
+from faregate.bench.ingest import add_arguments, bench
 from tests.backend.conftest import BrokerInfo, Database
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from backend.db import make_engine, make_sessionmaker
 from backend.migrate import upgrade
 from backend.tables import TapRow
-from gate.messages import Committed, Topics, encode
+from protocol.mqtt import Committed, Topics, encode
 from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
 from tests.backend.gate_client import GateClient
 

@@ -14,7 +14,7 @@ import pytest
 @pytest.mark.slow
 def test_demo_runs_a_station_and_loses_nothing(tmp_path: object) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gate.cli", "demo", "--duration", "8", "--riders", "40", "--rate", "4",
+        [sys.executable, "-m", "faregate.cli", "demo", "--duration", "8", "--riders", "40", "--rate", "4",
          "--stations", "2", "--gates", "1", "--json", "--port", "0", "--data-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=110,
     )
@@ -30,8 +30,8 @@ def test_demo_runs_a_station_and_loses_nothing(tmp_path: object) -> None:
 @pytest.mark.slow
 def test_ctrl_c_stops_the_demo_cleanly_with_a_summary(tmp_path: object) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gate.cli", "demo", "--duration", "600", "--riders", "20", "--stations", "2",
-         "--gates", "1", "--json", "--port", "0", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "faregate.cli", "demo", "--duration", "600", "--riders", "20",
+         "--stations", "2", "--gates", "1", "--json", "--port", "0", "--data-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

@@ -18,7 +18,7 @@ from backend.ingest.worker import IngestWorker
 from backend.migrate import upgrade
 from backend.tables import AlarmRow, DeadLetterRow, GateRow, TapRow
 from fare_core.reasons import GateMode
-from gate.messages import (
+from protocol.mqtt import (
     MAX_TAPS_PER_MESSAGE,
     Committed,
     GateState,

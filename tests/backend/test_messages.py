@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from backend.config import Settings
 from fare_core.reasons import GateMode
-from gate.messages import (
+from protocol.mqtt import (
     Action,
     ActionListMessage,
     Committed,

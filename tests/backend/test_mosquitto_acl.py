@@ -15,7 +15,7 @@ import pytest
 
 from backend.broker import free_port
 from backend.deploy.mosquitto_config import write_config
-from gate.messages import Topics
+from protocol.mqtt import Topics
 from tests.backend.gate_client import GateClient
 
 MOSQUITTO = "/usr/sbin/mosquitto"

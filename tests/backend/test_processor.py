@@ -11,7 +11,7 @@ from backend.ingest.store import RawMessage, TapStore
 from backend.processor import Processor
 from backend.tables import ActionRow, AlarmRow, FareTableRow, LedgerRow, PhoneRow, TapRow, TripRow
 from fare_core.reasons import Direction
-from gate.messages import TapMessage, Topics, encode
+from protocol.mqtt import TapMessage, Topics, encode
 from tests.backend.conftest import make_settings
 from tests.backend.simgate import SimGate, at, new_phone, tiny_artefact
 

@@ -19,9 +19,9 @@ import pytest
 import backend.api.main
 from backend.config import Settings
 from backend.runtime import serve
+from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Phone, Population
-from gate.simstation import GateSpec, SimStation
 
 from ..gate.brokers import Amqtt, free_port
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from faregate.station import GateSpec
 from firmware_sim.population import Phone
-from gate.simstation import GateSpec
 
 from .system import API, TINY_RULES, chromium, new_page, running_system, screenshot, ui_login, wait_until
 

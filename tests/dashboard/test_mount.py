@@ -12,12 +12,12 @@ import httpx
 import pytest
 
 from backend.api.main import create_app
+from backend.api.routes.summary import service_day_start
 from backend.config import Settings
 from backend.control import handle_control_message
 from backend.dashboard import STATIC, mount
-from backend.dashboard.summary import service_day_start
 from backend.ingest.store import RawMessage
-from gate.messages import GateState, GateStatus, Topics, encode
+from protocol.mqtt import GateState, GateStatus, Topics, encode
 
 
 def _settings(tmp_path: Path) -> Settings:

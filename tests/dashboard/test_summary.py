@@ -19,7 +19,7 @@ from backend.dashboard import mount
 from backend.ingest.store import tap_row
 from backend.tables import TapRow
 from fare_core.reasons import Direction, GateMode, Reason
-from gate.messages import TapMessage, tap_id
+from protocol.mqtt import TapMessage, tap_id
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 

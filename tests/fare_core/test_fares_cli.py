@@ -11,7 +11,7 @@ import pytest
 
 import fare_core
 from fare_core.artefact import unpack
-from gate.cli import main
+from faregate.cli import main
 
 EXAMPLES = Path(fare_core.__file__).parent / "examples"
 TINY = str(EXAMPLES / "tiny.toml")

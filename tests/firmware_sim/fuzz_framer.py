@@ -16,8 +16,8 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from firmware_sim.protocol.framer import MAX_FRAME, FrameDecoder, crc16, encode
-    from firmware_sim.protocol.messages import PayloadError, parse
+    from protocol.serial.framer import MAX_FRAME, FrameDecoder, crc16, encode
+    from protocol.serial.messages import PayloadError, parse
 
 
 def test_one_input(data: bytes) -> None:

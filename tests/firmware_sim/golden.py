@@ -7,7 +7,7 @@ encoding breaks these tests on purpose.
 
 from __future__ import annotations
 
-from firmware_sim.protocol import (
+from protocol.serial import (
     Ack,
     Alarm,
     AlarmKind,

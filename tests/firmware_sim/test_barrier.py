@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from firmware_sim.client import SerialClient
-from firmware_sim.protocol import (
+from firmware_sim.sim import Sim
+from protocol.serial import (
     Alarm,
     AlarmKind,
     BarrierChanged,
@@ -16,7 +17,6 @@ from firmware_sim.protocol import (
     Passage,
     Status,
 )
-from firmware_sim.sim import Sim
 
 from .conftest import ALICE, BOB
 

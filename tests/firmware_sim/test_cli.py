@@ -14,14 +14,14 @@ import pytest
 import serial
 
 from firmware_sim.client import SerialClient
-from firmware_sim.protocol import GetStatus, Heartbeat, HeartbeatReply, Status
+from protocol.serial import GetStatus, Heartbeat, HeartbeatReply, Status
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "gate.cli", "sim", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "faregate.cli", "sim", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

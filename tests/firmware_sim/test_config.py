@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.config import TEST_MASTER_KEY, ConfigError, DeviceConfig, load_config
+from fare_core import DEVELOPMENT_SAM_KEY
+from firmware_sim.config import ConfigError, DeviceConfig, load_config
 
 
 def test_defaults() -> None:
     config = load_config(None)
     assert config == DeviceConfig()
-    assert config.link.baud == 115200 and config.wallets.key == TEST_MASTER_KEY
+    assert config.link.baud == 115200 and config.wallets.key == DEVELOPMENT_SAM_KEY
 
 
 def test_full_file(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ import serial
 
 import fare_core
 from firmware_sim.client import NakError, SerialClient
-from firmware_sim.protocol import (
+from firmware_sim.sim import Sim
+from protocol.serial import (
     Ack,
     BarrierChanged,
     BarrierClose,
@@ -41,8 +42,7 @@ from firmware_sim.protocol import (
     WriteSlot,
     encode,
 )
-from firmware_sim.protocol.messages import Nak, Passage
-from firmware_sim.sim import Sim
+from protocol.serial.messages import Nak, Passage
 
 from .conftest import ALICE, BOB
 

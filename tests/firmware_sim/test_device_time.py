@@ -14,7 +14,11 @@ import serial
 
 from firmware_sim.config import DeviceConfig
 from firmware_sim.population import Phone, Population
-from firmware_sim.protocol import (
+from firmware_sim.reader import Presence, Reader
+from firmware_sim.scheduler import Scheduler
+from firmware_sim.sim import Sim
+from firmware_sim.wallets import WalletStore
+from protocol.serial import (
     Ack,
     BarrierOpen,
     Command,
@@ -30,11 +34,7 @@ from firmware_sim.protocol import (
     WriteSlot,
     parse,
 )
-from firmware_sim.protocol.timing import wire_time
-from firmware_sim.reader import Presence, Reader
-from firmware_sim.scheduler import Scheduler
-from firmware_sim.sim import Sim
-from firmware_sim.wallets import WalletStore
+from protocol.serial.timing import wire_time
 
 from .conftest import ALICE
 

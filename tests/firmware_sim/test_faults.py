@@ -13,9 +13,9 @@ import fare_core
 from firmware_sim.client import RequestTimeout, SerialClient
 from firmware_sim.config import DeviceConfig, FaultsConfig, RatesConfig, ReaderConfig
 from firmware_sim.faults import FaultKind, FaultRates, LineFaults
-from firmware_sim.protocol import GetStatus, Heartbeat, HeartbeatReply, ReadWallet, Status, WriteSlot
-from firmware_sim.protocol.framer import Frame, encode
 from firmware_sim.sim import Sim
+from protocol.serial import GetStatus, Heartbeat, HeartbeatReply, ReadWallet, Status, WriteSlot
+from protocol.serial.framer import Frame, encode
 
 from .conftest import ALICE
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_sim.protocol.framer import (
+from protocol.serial.framer import (
     MAX_FRAME,
     MAX_PAYLOAD,
     START,

@@ -7,8 +7,8 @@ import contextlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.protocol.framer import MAX_FRAME, MAX_PAYLOAD, Frame, FrameDecoder, crc16, decode, encode
-from firmware_sim.protocol.messages import PayloadError, parse
+from protocol.serial.framer import MAX_FRAME, MAX_PAYLOAD, Frame, FrameDecoder, crc16, decode, encode
+from protocol.serial.messages import PayloadError, parse
 
 frames = st.builds(Frame, st.integers(0, 255), st.integers(0, 255), st.binary(max_size=MAX_PAYLOAD))
 

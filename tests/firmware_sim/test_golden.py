@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.protocol import Command, decode, parse
-from firmware_sim.protocol.messages import REGISTRY
+from protocol.serial import Command, decode, parse
+from protocol.serial.messages import REGISTRY
 
 from .golden import GOLDEN
 

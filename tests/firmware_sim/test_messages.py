@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from firmware_sim.protocol import (
+from protocol.serial import (
     BarrierOpen,
     Command,
     Display,
@@ -20,7 +20,7 @@ from firmware_sim.protocol import (
     kind_of,
     parse,
 )
-from firmware_sim.protocol.messages import MAX_PHONES, REGISTRY, Field, PhoneSignal, Status
+from protocol.serial.messages import MAX_PHONES, REGISTRY, Field, PhoneSignal, Status
 
 from .golden import GOLDEN
 

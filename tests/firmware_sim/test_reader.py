@@ -11,7 +11,8 @@ import fare_core
 from firmware_sim.client import SerialClient
 from firmware_sim.config import DeviceConfig, ReaderConfig
 from firmware_sim.population import Phone, Population
-from firmware_sim.protocol import (
+from firmware_sim.sim import Sim
+from protocol.serial import (
     Field,
     FieldChanged,
     PollField,
@@ -23,8 +24,7 @@ from firmware_sim.protocol import (
     WriteResult,
     WriteSlot,
 )
-from firmware_sim.protocol.timing import RF_WRITE_MAX_S
-from firmware_sim.sim import Sim
+from protocol.serial.timing import RF_WRITE_MAX_S
 
 from .conftest import ALICE, BOB, CAROL, DAVE
 

@@ -7,9 +7,9 @@ import termios
 
 import pytest
 
-from firmware_sim.protocol import Heartbeat, ReadWallet
-from firmware_sim.protocol.timing import byte_time, response_timeout, wire_time
 from firmware_sim.transport import Pacer, PtyLink, TcpLink, open_port
+from protocol.serial import Heartbeat, ReadWallet
+from protocol.serial.timing import byte_time, response_timeout, wire_time
 
 
 def test_byte_time_is_ten_bits() -> None:

@@ -19,7 +19,7 @@ REQUIRED = ("taps", "tap_to_open_ms_p50", "tap_to_open_ms_p99", "tap_to_open_ms_
 
 
 def bench_loop(*options: str) -> dict[str, object]:
-    done = subprocess.run([sys.executable, "-m", "gate.cli", "bench", "loop", "--json", *options],
+    done = subprocess.run([sys.executable, "-m", "faregate.cli", "bench", "loop", "--json", *options],
                           capture_output=True, text=True, timeout=240, check=True)
     result: dict[str, object] = json.loads(done.stdout)
     return result
@@ -61,6 +61,6 @@ def test_bench_loop_on_the_twin_without_baseline() -> None:
 
 @pytest.mark.parametrize("options", [["--taps", "0"], ["--baud", "300"], ["--realtime", "0"]])
 def test_bench_loop_refuses_bad_options(options: list[str]) -> None:
-    done = subprocess.run([sys.executable, "-m", "gate.cli", "bench", "loop", *options],
+    done = subprocess.run([sys.executable, "-m", "faregate.cli", "bench", "loop", *options],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and done.stderr.strip()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gate.cli import main
+from faregate.cli import main
 from gate.config import TEST_SAM_KEY, ConfigError, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "gate" / "examples" / "gate.toml"

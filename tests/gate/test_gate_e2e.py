@@ -16,9 +16,9 @@ import pytest
 
 from fare_core import DenyList, Flag, Reason, compiler, read_wallet, rules
 from fare_core.table_data import TableData
+from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig, FaultsConfig, RatesConfig
 from firmware_sim.population import Phone, Population
-from gate.simstation import GateSpec, SimStation
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "fare_core" / "examples"
 ENTRY_GATE, EXIT_GATE = 0, 1

@@ -24,12 +24,12 @@ from backend.runtime import serve
 from backend.tables import FareTableRow, TapRow
 from fare_core import FareTable, artefact, compiler, rules
 from fare_core.table_data import TableData
+from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Phone, Population
 from firmware_sim.sim import Sim
 from gate.journal import Journal
-from gate.messages import DenyListDeltaMessage, SnapshotRequest, Topics, encode
-from gate.simstation import GateSpec, SimStation
+from protocol.mqtt import DenyListDeltaMessage, SnapshotRequest, Topics, encode
 
 from .brokers import Broker
 
@@ -191,7 +191,7 @@ async def test_gate_sigkilled_mid_traffic_restarts_with_its_journal(broker: Brok
                 f'station_id = 1\ngate_no = 1\ndirection = "entry"\ndata_dir = "{config.data_dir}"\n'
                 f'sam_key_hex = "{config.sam_key_hex}"\n[mqtt]\nurl = "{chosen.url}"\n'
                 f'prefix = "{settings.mqtt_prefix}"\nstall_s = 2.0\n', encoding="utf-8")
-            command = [sys.executable, "-m", "gate.cli", "gate", "--config", str(toml), "--serial",
+            command = [sys.executable, "-m", "faregate.cli", "gate", "--config", str(toml), "--serial",
                        sim.url(0), "--log-level", "WARNING"]
             served = []
             for round_ in range(2):

@@ -17,22 +17,22 @@ import pytest
 
 from fare_core import DenyList, FareTable, GateMode, Reason, artefact, compiler, rules
 from fare_core.table_data import TableData
+from faregate.bench.loop import free_port
+from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Phone, Population
-from firmware_sim.protocol import BarrierPosition
-from gate.bench_loop import free_port
-from gate.messages import (
+from protocol.mqtt import (
     Action,
     ActionListMessage,
     DenyListDeltaMessage,
     FareTableMessage,
     GateCommand,
     GateStatus,
-    Message,
+    Payload,
     Topics,
     encode,
 )
-from gate.simstation import GateSpec, SimStation
+from protocol.serial import BarrierPosition
 
 from .brokers import Amqtt
 
@@ -57,7 +57,7 @@ async def broker() -> AsyncIterator[Amqtt]:
         await chosen.stop()
 
 
-async def publish(broker: Amqtt, topic: str, message: Message, retain: bool = False) -> None:
+async def publish(broker: Amqtt, topic: str, message: Payload, retain: bool = False) -> None:
     async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V311) as client:
         await client.publish(topic, encode(message), qos=1, retain=retain)
 

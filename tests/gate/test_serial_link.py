@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from firmware_sim.protocol import (
+from gate.serial_link import SILENT, LinkNak, LinkTimeout, ReaderLink, wake_up
+from protocol.serial import (
     FrameDecoder,
     HeartbeatReply,
     Message,
@@ -23,7 +24,6 @@ from firmware_sim.protocol import (
     Wallet,
     parse,
 )
-from gate.serial_link import SILENT, LinkNak, LinkTimeout, ReaderLink, wake_up
 
 Script = Callable[[int, Message], Message | None]  # (seq, request) -> answer or None (stay silent)
 Device = Callable[[Script], tuple[str, list[tuple[int, Message]]]]

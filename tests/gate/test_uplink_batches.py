@@ -13,9 +13,9 @@ import pytest
 
 from backend.ingest.store import RawMessage, Refused, parse
 from gate.journal import Journal
-from gate.messages import MAX_TAPS_PER_MESSAGE, Topics, encode, encode_taps
 from gate.state import LocalState
 from gate.uplink import Uplink
+from protocol.mqtt import MAX_TAPS_PER_MESSAGE, Topics, encode, encode_taps
 from tests.backend.conftest import make_tap
 
 from .brokers import Broker

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("backend.demo", "run a whole simulated station: broker, backend, gates, commuters"),
+    "demo": ("faregate.demo", "run a whole simulated station: broker, backend, gates, commuters"),
     "sim": ("firmware_sim.cli", "emulate an RF-SIM reader and gate mechanism on a pseudo-terminal"),
     "gate": ("gate.main", "run a gate controller on a serial port"),
     "backend": ("backend.cli", "run the backend: MQTT ingest, REST API, dashboard"),
@@ -21,9 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "core": ("fare_core.bench", "fare_core decide() and deny-list, compiled beside the twin"),
-    "loop": ("gate.bench_loop", "tap-to-open latency over the simulated serial loop"),
-    "ingest": ("backend.bench_ingest", "taps per second through a real broker into the database"),
+    "core": ("faregate.bench.core", "fare_core decide() and deny-list, compiled beside the twin"),
+    "loop": ("faregate.bench.loop", "tap-to-open latency over the simulated serial loop"),
+    "ingest": ("faregate.bench.ingest", "taps per second through a real broker into the database"),
 }
 
 

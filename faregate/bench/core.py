@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import implementations
-from .reasons import Direction
-from .record import CardRecord
-from .table_data import TableData
+from fare_core import implementations
+from fare_core.reasons import Direction
+from fare_core.record import CardRecord
+from fare_core.table_data import TableData
 
 MASTER_KEY = bytes(range(16))
 CARD = 0x1122334455667788
@@ -56,7 +56,7 @@ def per_item_ns(call: Callable[[Any], object], items: list[Any], batches: int) -
 def bench_table() -> TableData:
     """A Guangzhou-sized table (300 stations, 4 categories, 2 bands) from the shipped example rules if
     the compiler is there, else a synthetic one of the same size."""
-    from . import compiler, rules
+    from fare_core import compiler, rules
 
     example = Path(__file__).with_name("examples") / "guangzhou.toml"
     return compiler.compile_rules(rules.load_rules(example), version=1, created_at=0)

@@ -20,6 +20,8 @@ import struct
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Self, TypeVar
 
+from fare_core.reasons import Direction as Direction  # re-exported: the one Direction, decided and sent
+
 from .framer import MAX_PAYLOAD, Frame, encode
 
 PROTOCOL_VERSION = 1
@@ -85,13 +87,6 @@ class NakReason(enum.IntEnum):
     BAD_LENGTH = 2  # the payload has the wrong size for the command
     BAD_PAYLOAD = 3  # right size, impossible value (slot 2, invalid UTF-8, unknown enum value)
     BUSY = 4  # an RF operation is already running; retry after its response
-
-
-class Direction(enum.IntEnum):
-    """Same values as fare_core.Direction."""
-
-    ENTRY = 0
-    EXIT = 1
 
 
 class BarrierPosition(enum.IntEnum):

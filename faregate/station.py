@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fare_core import DenyList, TableData, artefact
+from fare_core import DenyList, Direction, TableData, artefact
 from firmware_sim.config import DeviceConfig
 from firmware_sim.population import Population
-from firmware_sim.protocol import Direction as WireDirection
 from firmware_sim.sim import Presentation, Sim
-
-from .config import GateConfig, parse_config
-from .runtime import GateRuntime
+from gate.config import GateConfig, parse_config
+from gate.runtime import GateRuntime
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,7 @@ class SimStation:
     async def tap(self, card_id: int, gate: int, timeout: float = 10.0, **kwargs: Any) -> Presentation:
         """A commuter taps at gate `gate` (index), walking in that gate's direction; wait till done."""
         assert self.sim is not None
-        direction = WireDirection.ENTRY if self.specs[gate].direction == "entry" else WireDirection.EXIT
+        direction = Direction.ENTRY if self.specs[gate].direction == "entry" else Direction.EXIT
         kwargs.setdefault("direction", direction)
         presentation = self.sim.present(card_id, gate, **kwargs)
         await asyncio.to_thread(self.sim.wait, presentation, timeout)

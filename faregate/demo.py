@@ -32,18 +32,17 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
+from backend.broker import free_port
+from backend.config import Settings
+from backend.db import make_engine
+from backend.runtime import serve
+from backend.tables import TapRow, TripRow
 from fare_core import Reason
 from fare_core import rules as fare_rules
+from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Population
-from firmware_sim.protocol import Direction
-from gate.simstation import GateSpec, SimStation
-
-from .broker import free_port
-from .config import Settings
-from .db import make_engine
-from .runtime import serve
-from .tables import TapRow, TripRow
+from protocol.serial import Direction
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fare_core" / "examples" / "guangzhou.toml"
 API = "/api/v1"
@@ -108,7 +107,7 @@ class Demo:
         if args.mqtt:
             mqtt_url, version, group = args.mqtt, "5", f"demo{uuid.uuid4().hex[:6]}"
         else:
-            from .broker import embedded_broker
+            from backend.broker import embedded_broker
 
             mqtt_url = await stack.enter_async_context(embedded_broker())
             version, group = "3.1.1", ""

@@ -4,7 +4,7 @@ docs/mqtt.md is the prose contract (topics, QoS, retained or not, the ack protoc
 schema. Every payload is UTF-8 JSON. Validation is strict on purpose: an unknown field, a float where
 fen are expected or a non-UTC time is an error, so a gate with a bug is caught at the first message
 instead of corrupting the ledger. Parse with `Model.model_validate_json(payload)`, build the wire bytes
-with `encode(model)`.
+with `encode(model)`. Where each payload goes is protocol/mqtt/topics.py.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from pydantic import (
 
 from fare_core.reasons import Direction, GateMode, Reason
 
+from .topics import gate_id, tap_id
+
 U64_MAX = (1 << 64) - 1
 U32_MAX = (1 << 32) - 1
-WALLET_BYTES = 128  # two 64-byte record slots, see docs/fare_core.md
 MAX_LIST_ITEMS = 1_000_000  # deny-list items in one MQTT message; larger lists go over HTTP
 
 _HEX16 = re.compile(r"[0-9a-fA-F]{16}")
-_GATE_ID = re.compile(r"(\d{1,5})-(\d{1,3})")
 
 
 def _card_id_from_wire(value: Any, info: ValidationInfo) -> Any:
@@ -91,97 +91,13 @@ Seq = Annotated[int, Field(ge=1, le=(1 << 63) - 1)]
 GateIdStr = Annotated[str, Field(pattern=r"^\d{1,5}-\d{1,3}$")]
 
 
-def gate_id(station_id: int, gate_no: int) -> str:
-    """The gate's id on the wire and in topics: decimal station id, dash, decimal gate number."""
-    return f"{station_id}-{gate_no}"
-
-
-def parse_gate_id(value: str) -> tuple[int, int]:
-    """Inverse of gate_id(); raises ValueError on anything else."""
-    match = _GATE_ID.fullmatch(value)
-    if not match or int(match[1]) > 0xFFFF or int(match[2]) > 0xFF:
-        raise ValueError(f"not a gate id: {value!r}")
-    return int(match[1]), int(match[2])
-
-
-def tap_id(station_id: int, gate_no: int, seq: int) -> str:
-    """`{gate_id}:{seq}`: one id per tap forever (seq is persisted and monotonic per gate)."""
-    return f"{gate_id(station_id, gate_no)}:{seq}"
-
-
-class Topics:
-    """Every topic under one configurable prefix (no leading or trailing slash, e.g. "faregate")."""
-
-    def __init__(self, prefix: str) -> None:
-        if not prefix or prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "#+$"):
-            raise ValueError(f"bad MQTT topic prefix: {prefix!r}")
-        self.prefix = prefix
-
-    def gate(self, gate: str, leaf: str) -> str:
-        return f"{self.prefix}/gates/{gate}/{leaf}"
-
-    def taps(self, gate: str) -> str:  # gate -> backend, QoS 1, not retained
-        return self.gate(gate, "taps")
-
-    def status(self, gate: str) -> str:  # gate -> all, QoS 1, retained, last will "offline"
-        return self.gate(gate, "status")
-
-    def request(self, gate: str) -> str:  # gate -> backend, QoS 1, not retained
-        return self.gate(gate, "request")
-
-    def committed(self, gate: str) -> str:  # backend -> gate, QoS 1, retained
-        return self.gate(gate, "committed")
-
-    def resend(self, gate: str) -> str:  # backend -> gate, QoS 1, not retained
-        return self.gate(gate, "resend")
-
-    def command(self, gate: str) -> str:  # backend -> gate, QoS 1, retained
-        return self.gate(gate, "command")
-
-    @property
-    def all_taps(self) -> str:
-        return f"{self.prefix}/gates/+/taps"
-
-    @property
-    def all_status(self) -> str:
-        return f"{self.prefix}/gates/+/status"
-
-    @property
-    def all_requests(self) -> str:
-        return f"{self.prefix}/gates/+/request"
-
-    @property
-    def denylist_delta(self) -> str:  # backend -> gates, QoS 1, not retained
-        return f"{self.prefix}/denylist/delta"
-
-    @property
-    def denylist_snapshot(self) -> str:  # backend -> gates, QoS 1, retained
-        return f"{self.prefix}/denylist/snapshot"
-
-    @property
-    def fare_table(self) -> str:  # backend -> gates, QoS 1, retained
-        return f"{self.prefix}/faretable/current"
-
-    @property
-    def actions(self) -> str:  # backend -> gates, QoS 1, retained
-        return f"{self.prefix}/actions"
-
-    @staticmethod
-    def gate_of(topic: str) -> str:
-        """The gate id inside a per-gate topic ("<prefix>/gates/<gate>/<leaf>")."""
-        parts = topic.split("/")
-        if len(parts) < 4 or parts[-3] != "gates":
-            raise ValueError(f"not a per-gate topic: {topic!r}")
-        return parts[-2]
-
-
-class Message(BaseModel):
+class Payload(BaseModel):
     """Base of every payload: unknown fields refused, no coercion, immutable."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Payload) -> bytes:
     """The wire bytes of a payload (compact JSON)."""
     return message.model_dump_json().encode()
 
@@ -189,7 +105,7 @@ def encode(message: Message) -> bytes:
 # --- gate -> backend ---------------------------------------------------------------------------------
 
 
-class TapMessage(Message):
+class TapMessage(Payload):
     """One tap as the gate decided it: enough to re-run fare_core.decide and to keep the ledger."""
 
     schema_version: Literal[1] = 1  # bumps only for an incompatible change
@@ -257,7 +173,7 @@ class GateState(StrEnum):
     OFFLINE = "offline"  # also the last will, published by the broker when the gate vanishes
 
 
-class GateStatus(Message):
+class GateStatus(Payload):
     """A gate's retained status; its last will is the same model with state "offline"."""
 
     gate_id: GateIdStr  # "{station_id}-{gate_no}"
@@ -283,7 +199,7 @@ class UpdateKind(StrEnum):
     ACTIONS = "actions"
 
 
-class SnapshotRequest(Message):
+class SnapshotRequest(Payload):
     """A gate that cannot apply an update (wrong base, bad checksum) asks for the full state again."""
 
     gate_id: GateIdStr  # who asks
@@ -295,7 +211,7 @@ class SnapshotRequest(Message):
 # --- backend -> gate ---------------------------------------------------------------------------------
 
 
-class Committed(Message):
+class Committed(Payload):
     """Every tap of this gate with seq <= through_seq is in the database: the journal may drop them."""
 
     gate_id: GateIdStr  # the gate addressed
@@ -303,7 +219,7 @@ class Committed(Message):
     time: UtcTime  # when the backend committed
 
 
-class ResendRequest(Message):
+class ResendRequest(Payload):
     """The backend saw a gap in this gate's sequence: publish taps from_seq..to_seq again."""
 
     gate_id: GateIdStr  # the gate addressed
@@ -318,7 +234,7 @@ class ResendRequest(Message):
         return self
 
 
-class GateCommand(Message):
+class GateCommand(Payload):
     """The mode a gate must run in (retained: a gate that reconnects applies the latest command)."""
 
     gate_id: GateIdStr  # the gate addressed
@@ -331,7 +247,7 @@ class GateCommand(Message):
 CardIdList = Annotated[list[CardId], Field(max_length=MAX_LIST_ITEMS)]
 
 
-class DenyListDeltaMessage(Message):
+class DenyListDeltaMessage(Payload):
     """Cards added to / removed from the deny-list, applying only on base_version (else ask snapshot)."""
 
     version: Version  # the version after applying
@@ -348,7 +264,7 @@ class DenyListDeltaMessage(Message):
         return self
 
 
-class DenyListSnapshotMessage(Message):
+class DenyListSnapshotMessage(Payload):
     """The whole deny-list at a version (retained): what a new or confused gate starts from."""
 
     version: Version  # deny-list version
@@ -357,7 +273,7 @@ class DenyListSnapshotMessage(Message):
     time: UtcTime  # when published
 
 
-class FareTableMessage(Message):
+class FareTableMessage(Payload):
     """A compiled fare table artefact (retained) and when gates must start using it."""
 
     version: Version  # FareTable.version inside the artefact
@@ -366,7 +282,7 @@ class FareTableMessage(Message):
     artefact: Annotated[str, Field(max_length=64 * 1024 * 1024)]  # fare_core.artefact bytes, base64
 
 
-class Action(Message):
+class Action(Payload):
     """A pending over-the-air action, applied by any gate at the phone's next tap."""
 
     action_id: Annotated[int, Field(ge=1)]  # reported back in TapMessage.action_id when applied
@@ -375,33 +291,9 @@ class Action(Message):
     unblock: bool = False  # clear the wallet's blocked status
 
 
-class ActionListMessage(Message):
+class ActionListMessage(Payload):
     """Every pending action (retained); an applied action disappears from the next version."""
 
     version: Version  # grows with every change
     actions: Annotated[list[Action], Field(max_length=MAX_LIST_ITEMS)]  # pending actions
     time: UtcTime  # when published
-
-
-__all__ = [
-    "Action",
-    "ActionListMessage",
-    "CardId",
-    "Committed",
-    "DenyListDeltaMessage",
-    "DenyListSnapshotMessage",
-    "FareTableMessage",
-    "GateCommand",
-    "GateState",
-    "GateStatus",
-    "Message",
-    "ResendRequest",
-    "SnapshotRequest",
-    "TapMessage",
-    "Topics",
-    "UpdateKind",
-    "encode",
-    "gate_id",
-    "parse_gate_id",
-    "tap_id",
-]

@@ -26,10 +26,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gate.messages import MAX_TAPS_PER_MESSAGE, Topics, encode_taps, tap_id
-
-from .config import Settings
-from .mqtt import BrokerAddress
+from backend.config import Settings
+from backend.mqtt import BrokerAddress
+from protocol.mqtt import MAX_TAPS_PER_MESSAGE, Topics, encode_taps, tap_id
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,8 +97,8 @@ def _client(url: str, version: str, client_id: str) -> tuple[mqtt.Client, Broker
 def _ingest_process(settings_values: dict[str, Any], stop: Any, ready: Any, cpu: Any) -> None:
     """Child process: one ingest worker, until `stop` is set; `cpu` gets the CPU seconds it used
     from ready to stop (its own threads included: aiosqlite's, for one)."""
-    from .db import make_engine, make_sessionmaker
-    from .ingest.worker import IngestWorker
+    from backend.db import make_engine, make_sessionmaker
+    from backend.ingest.worker import IngestWorker
 
     settings = Settings(**settings_values)
 
@@ -174,7 +173,7 @@ def _publisher_process(
 
 
 def _embedded_broker_process(port: int, ready: Any, stop: Any) -> None:
-    from .broker import embedded_broker
+    from backend.broker import embedded_broker
 
     async def main() -> None:
         async with embedded_broker(port):
@@ -372,8 +371,8 @@ class SimulatedGates:
 
 
 async def _prepare_database(settings: Settings) -> None:
-    from .db import make_engine
-    from .migrate import upgrade
+    from backend.db import make_engine
+    from backend.migrate import upgrade
 
     if settings.database_schema:
         import asyncpg
@@ -390,8 +389,8 @@ async def _prepare_database(settings: Settings) -> None:
 async def _count(settings: Settings, expected_prefixes: list[str]) -> tuple[int, int]:
     from sqlalchemy import distinct, func, select
 
-    from .db import make_engine
-    from .tables import TapRow
+    from backend.db import make_engine
+    from backend.tables import TapRow
 
     engine = make_engine(settings)
     async with engine.connect() as connection:
@@ -441,7 +440,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     elif _port_open("127.0.0.1", 1883):
         url, broker_name, version = "mqtt://127.0.0.1:1883", "mosquitto", args.mqtt_version or "5"
     else:
-        from .broker import free_port
+        from backend.broker import free_port
 
         port = free_port()
         ready = ctx.Event()

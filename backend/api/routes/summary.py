@@ -15,9 +15,9 @@ from sqlalchemy import case, func, select
 
 import fare_core
 
-from ..api.deps import SessionDep, SettingsDep, ViewerDep
-from ..config import Settings
-from ..tables import TapRow
+from ...config import Settings
+from ...tables import TapRow
+from ..deps import SessionDep, SettingsDep, ViewerDep
 
 router = APIRouter(tags=["dashboard"])
 

@@ -47,7 +47,10 @@ import fare_core
 from fare_core import artefact, compiler, read_wallet, rules
 from firmware_sim.config import BarrierConfig, DeviceConfig, LinkConfig
 from firmware_sim.population import Phone, Population
-from firmware_sim.protocol import (
+from firmware_sim.sim import Sim
+from gate.journal import Journal
+from gate.tuning import CpuLatencyLimit, current_cpu_latency_limit
+from protocol.serial import (
     BarrierOpen,
     BarrierPosition,
     Direction,
@@ -60,11 +63,7 @@ from firmware_sim.protocol import (
     WriteResult,
     WriteSlot,
 )
-from firmware_sim.protocol.timing import wire_time
-from firmware_sim.sim import Sim
-
-from .journal import Journal
-from .tuning import CpuLatencyLimit, current_cpu_latency_limit
+from protocol.serial.timing import wire_time
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "fare_core" / "examples" / "tiny.toml"
 #: Idle time before each tap once the line is quiet and the barrier closed (the controller finishes
@@ -85,7 +84,7 @@ def plain_loop(url: str, baud: int, master_key: bytes, taps: int) -> None:
     """The baseline controller: a blocking pyserial loop doing the same exchange as a gate (read,
     decide, write, open, display) with nothing else: no asyncio, no journal, no MQTT, no retries.
     Run in its own process like the gate, it shows what the simulator and the OS cost by themselves."""
-    from firmware_sim.protocol import Display, DisplayStyle, FrameDecoder, parse
+    from protocol.serial import Display, DisplayStyle, FrameDecoder, parse
 
     port = serial.serial_for_url(url, baudrate=baud, timeout=5.0)
     decoder = FrameDecoder()
@@ -169,9 +168,10 @@ def run_loop(taps: int, baud: int, twin: bool = False, plain: bool = False,
             encoding="utf-8")
         env = dict(os.environ, FARE_CORE_NO_EXTENSIONS="1" if twin else os.environ.get(
             "FARE_CORE_NO_EXTENSIONS", ""))
-        command = ([sys.executable, "-m", "gate.bench_loop", "--plain", sim.url(0), str(baud),
+        command = ([sys.executable, "-m", "faregate.bench.loop", "--plain", sim.url(0), str(baud),
                     device.wallets.master_key, str(taps)] if plain else
-                   [sys.executable, "-m", "gate.cli", "gate", "--config", str(config), "--serial", sim.url(0),
+                   [sys.executable, "-m", "faregate.cli", "gate", "--config", str(config), "--serial",
+                    sim.url(0),
                     "--log-level", "WARNING"])
         gate = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
         try:
