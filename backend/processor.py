@@ -15,7 +15,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -55,7 +54,7 @@ class Processor:
         self.settings = settings
         self.sessions = sessions
         self.sam = fare_core.Sam(bytes.fromhex(settings.sam_master_key))
-        self.tables: dict[int, Any] = {}
+        self.tables: dict[int, fare_core.FareTable] = {}
         self.on_block = on_block
         self.on_action_applied = on_action_applied
 
@@ -276,7 +275,7 @@ class Processor:
         index = table.station_index(tap.station_id)
         return index >= 0 and bool(table.data.network_flat[table.data.station_network[index]])
 
-    async def _table(self, session: AsyncSession, version: int) -> Any | None:
+    async def _table(self, session: AsyncSession, version: int) -> fare_core.FareTable | None:
         if version not in self.tables:
             row = await session.get(FareTableRow, version)
             if row is None:

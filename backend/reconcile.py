@@ -8,7 +8,6 @@ counter or verdict means a wrong table on the gate, a gate bug, or a forged repo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import fare_core
 from fare_core.reasons import Reason
@@ -19,16 +18,22 @@ from .tables import TapRow
 @dataclass(frozen=True)
 class Mismatch:
     field: str
-    gate: Any
-    backend: Any
+    gate: int
+    backend: int
 
     def __str__(self) -> str:
         return f"{self.field}: gate {self.gate}, backend {self.backend}"
 
 
 def expected_decision(
-    tap: TapRow, table: Any, denied: bool, sam: Any, *, topup: int = 0, unblock: bool = False
-) -> Any:
+    tap: TapRow,
+    table: fare_core.FareTable,
+    denied: bool,
+    sam: fare_core.Sam,
+    *,
+    topup: int = 0,
+    unblock: bool = False,
+) -> fare_core.Decision:
     """The decision fare_core makes for this tap (deny-list reduced to the one fact that matters)."""
     card_id = int(tap.card_id, 16)
     denylist = fare_core.DenyList([card_id] if denied else [], version=tap.denylist_version)
@@ -46,7 +51,7 @@ def expected_decision(
     return fare_core.decide(bytes(tap.wallet_before), context, table, denylist, sam)
 
 
-def compare(tap: TapRow, decision: Any) -> list[Mismatch]:
+def compare(tap: TapRow, decision: fare_core.Decision) -> list[Mismatch]:
     """Every field where the gate's report differs from the backend's decision."""
     found = []
     if tap.reason in (Reason.TWO_CARDS, Reason.READ_FAILED):  # decided by the gate, not by decide()

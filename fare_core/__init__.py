@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from .errors import (
     DenyListBaseMismatch,
@@ -31,36 +32,64 @@ NO_EXTENSIONS = os.environ.get("FARE_CORE_NO_EXTENSIONS", "") not in ("", "0")
 #: use it by default. Their configurations refuse it outside development.
 DEVELOPMENT_SAM_KEY = bytes(range(16))
 
+# Type checkers always take the first branch, so they see the twin's annotated classes and functions
+# (the compiled modules mirror their signatures; tests run every caller over both).
+if TYPE_CHECKING or NO_EXTENSIONS:
+    from ._core_py import (
+        CardRecord,
+        Decision,
+        FareTable,
+        Sam,
+        Tap,
+        apply_write,
+        decide,
+        decode_slot,
+        encode_slot,
+        new_wallet,
+        read_wallet,
+        siphash24,
+    )
+    from ._denylist_py import DenyList, DenyListDelta
 
-def _load(compiled: str, twin: str) -> tuple[ModuleType, bool]:
-    if not NO_EXTENSIONS:
-        try:
-            return importlib.import_module(f"{__name__}.{compiled}"), True
-        except ImportError:
-            pass
-    return importlib.import_module(f"{__name__}.{twin}"), False
+    #: "cython" when the compiled modules are in use, else "python".
+    IMPLEMENTATION = "python"
+else:
+    try:  # _core cimports _denylist, so the two load (or fail) together
+        from ._core import (
+            CardRecord,
+            Decision,
+            FareTable,
+            Sam,
+            Tap,
+            apply_write,
+            decide,
+            decode_slot,
+            encode_slot,
+            new_wallet,
+            read_wallet,
+            siphash24,
+        )
+        from ._denylist import DenyList, DenyListDelta
 
+        IMPLEMENTATION = "cython"
+    except ImportError:  # not built: the twin stands in
+        from ._core_py import (
+            CardRecord,
+            Decision,
+            FareTable,
+            Sam,
+            Tap,
+            apply_write,
+            decide,
+            decode_slot,
+            encode_slot,
+            new_wallet,
+            read_wallet,
+            siphash24,
+        )
+        from ._denylist_py import DenyList, DenyListDelta
 
-_core, _core_compiled = _load("_core", "_core_py")
-_denylist, _denylist_compiled = _load("_denylist", "_denylist_py")
-
-#: "cython" when both compiled modules are in use, else "python".
-IMPLEMENTATION = "cython" if (_core_compiled and _denylist_compiled) else "python"
-
-Sam = _core.Sam
-Tap = _core.Tap
-Decision = _core.Decision
-CardRecord = _core.CardRecord
-FareTable = _core.FareTable
-decide = _core.decide
-siphash24 = _core.siphash24
-encode_slot = _core.encode_slot
-decode_slot = _core.decode_slot
-read_wallet = _core.read_wallet
-new_wallet = _core.new_wallet
-apply_write = _core.apply_write
-DenyList = _denylist.DenyList
-DenyListDelta = _denylist.DenyListDelta
+        IMPLEMENTATION = "python"
 
 
 def implementations() -> dict[str, tuple[ModuleType, ModuleType]]:

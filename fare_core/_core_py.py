@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from array import array
+from collections.abc import Container
 from typing import Any
 
 from . import record as _record
@@ -285,7 +286,7 @@ def _deny(reason: Reason, rec: CardRecord | None, balance_before: int, card_id: 
     return Decision(reason, 0, 0, balance_before, balance, counter, -1, None, card_id, 0)
 
 
-def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Any, sam: Sam) -> Decision:
+def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], sam: Sam) -> Decision:
     """Decide one tap: deny-list, card checks, fare, the new record to write. Pure: no I/O, no clock."""
     card_id = tap.card_id
     slot = _record.choose_slot(bytes(wallet), card_id, sam.mac)

@@ -117,6 +117,8 @@ def plain_loop(url: str, baud: int, master_key: bytes, taps: int) -> None:
         wallet = request(ReadWallet(card))
         tap = fare_core.Tap(card, 1, fare_core.Direction.ENTRY, int(time.time()))
         decision = fare_core.decide(wallet.wallet, tap, table, nobody, sam)
+        if decision.record is None:  # every bench phone can pay; a denial means a broken setup
+            raise RuntimeError(f"bench tap denied: {decision!r}")
         request(WriteSlot(card, decision.slot, decision.record))
         request(BarrierOpen(Direction.ENTRY, 1, 5000))
         request(Display(DisplayStyle.OK, 3000, decision.display_zh, decision.display_en))

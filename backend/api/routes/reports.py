@@ -77,7 +77,7 @@ async def revenue(
         else:
             key = "unknown"
             try:
-                record, _ = fare_core.read_wallet(bytes(tap.wallet_before), int(tap.card_id, 16), sam)
+                record, _slot = fare_core.read_wallet(bytes(tap.wallet_before), int(tap.card_id, 16), sam)
                 names = table.data.category_names if table is not None else ()
                 key = names[record.category] if record.category < len(names) else str(record.category)
             except fare_core.FareCoreError:
