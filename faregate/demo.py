@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
+import fare_core
 from backend.broker import free_port
 from backend.config import Settings
 from backend.db import make_engine
@@ -44,7 +45,7 @@ from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Population
 from protocol.serial import Direction
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "fare_core" / "examples" / "guangzhou.toml"
+EXAMPLE = Path(fare_core.__file__).with_name("examples") / "guangzhou.toml"
 API = "/api/v1"
 log = logging.getLogger("faregate.demo")
 

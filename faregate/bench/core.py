@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import fare_core
 from fare_core import implementations
 from fare_core.reasons import Direction
 from fare_core.record import CardRecord
@@ -58,7 +59,7 @@ def bench_table() -> TableData:
     the compiler is there, else a synthetic one of the same size."""
     from fare_core import compiler, rules
 
-    example = Path(__file__).with_name("examples") / "guangzhou.toml"
+    example = Path(fare_core.__file__).with_name("examples") / "guangzhou.toml"
     return compiler.compile_rules(rules.load_rules(example), version=1, created_at=0)
 
 

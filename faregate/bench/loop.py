@@ -65,7 +65,7 @@ from protocol.serial import (
 )
 from protocol.serial.timing import wire_time
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "fare_core" / "examples" / "tiny.toml"
+EXAMPLE = Path(fare_core.__file__).with_name("examples") / "tiny.toml"
 #: Idle time before each tap once the line is quiet and the barrier closed (the controller finishes
 #: handling the previous tap's events).
 QUIET_S = 0.02

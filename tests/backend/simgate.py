@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import fare_core
-from backend.config import DEV_SAM_KEY
+from fare_core import DEVELOPMENT_SAM_KEY
 from fare_core.artefact import pack
 from fare_core.compiler import compile_rules
 from fare_core.reasons import Direction, GateMode, Reason
@@ -21,7 +21,7 @@ from fare_core.rules import load_rules
 from protocol.mqtt import TapMessage, tap_id
 
 TINY = Path(fare_core.__file__).with_name("examples") / "tiny.toml"
-SAM_KEY = DEV_SAM_KEY  # the development default in backend.config
+SAM_KEY = DEVELOPMENT_SAM_KEY.hex()  # the development default in backend.config
 
 
 def tiny_artefact(version: int = 1) -> bytes:
