@@ -10,7 +10,7 @@ request::
 
 Decoding a payload raises `PayloadError` carrying the `NakReason` the device answers with (unknown
 command, bad length, bad payload); nothing else escapes. docs/protocol.md is the prose version, and
-its golden byte vectors are checked by tests/firmware_sim/test_golden.py.
+its golden byte vectors are checked by tests/protocol/test_golden.py.
 """
 
 from __future__ import annotations
