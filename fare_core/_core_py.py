@@ -15,14 +15,17 @@ from . import record as _record
 from .errors import FareTableError
 from .reasons import DENY_FROM, Direction, Flag, GateMode, Reason, display_text
 from .record import (
+    DAYS_1970_TO_2000,
     FLAG_ENTRY_OPEN,
     NO_NETWORK,
     SLOT_SIZE,
     STATUS_ACTIVE,
     STATUS_BLOCKED,
+    U32_MAX,
     CardRecord,
 )
 from .table_data import TableData
+from .tapcheck import check_tap
 
 __all__ = [
     "CardRecord",
@@ -40,10 +43,6 @@ __all__ = [
 ]
 
 _M64 = 0xFFFFFFFFFFFFFFFF
-_DAYS_1970_TO_2000 = 10957
-_MAX_U32 = 0xFFFFFFFF
-#: Taps before 2000-01-02 UTC cannot be dated on the card (its day numbers count from 2000).
-MIN_TAP_TIME = 946771200
 
 
 # ---------------------------------------------------------------------------------------------- MAC
@@ -189,18 +188,7 @@ class Tap:
     def __init__(self, card_id: int, station: int, direction: int, time: int, gate_no: int = 0,
                  mode: int = GateMode.NORMAL, min_counter: int = 0, topup: int = 0,
                  unblock: bool = False) -> None:
-        if not 0 <= card_id <= _M64:
-            raise ValueError("card_id must be an unsigned 64-bit integer")
-        if not 0 <= station <= 0xFFFF:
-            raise ValueError("station must be 0..65535")
-        if direction not in (Direction.ENTRY, Direction.EXIT):
-            raise ValueError("direction must be ENTRY (0) or EXIT (1)")
-        if not MIN_TAP_TIME <= time <= _MAX_U32:
-            raise ValueError("time must be UTC seconds from 2000-01-02 to 2106")
-        if mode not in (GateMode.NORMAL, GateMode.FREE_EXIT, GateMode.CLOSED, GateMode.MAINTENANCE):
-            raise ValueError("mode must be a GateMode")
-        if not 0 <= min_counter <= _MAX_U32 or not 0 <= topup <= 0x7FFFFFFF or not 0 <= gate_no <= 0xFFFF:
-            raise ValueError("min_counter, topup or gate_no out of range")
+        check_tap(card_id, station, direction, time, gate_no, mode, min_counter, topup)
         self.card_id = card_id
         self.station = station
         self.direction = int(direction)
@@ -296,7 +284,7 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
     balance_before = rec.balance
     if rec.counter < tap.min_counter:
         return _deny(Reason.COUNTER_BACKWARDS, rec, balance_before, card_id)
-    if rec.counter >= _MAX_U32:  # the counter cannot advance: the card must be replaced
+    if rec.counter >= U32_MAX:  # the counter cannot advance: the card must be replaced
         return _deny(Reason.EXPIRED, rec, balance_before, card_id)
     if tap.mode in (GateMode.CLOSED, GateMode.MAINTENANCE) or (
             tap.mode == GateMode.FREE_EXIT and tap.direction == Direction.ENTRY):
@@ -349,7 +337,7 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
     time = tap.time
     local = time + d.utc_offset_min * 60
     days = _service_day(local, d.day_start_min)
-    day_number = days - _DAYS_1970_TO_2000
+    day_number = days - DAYS_1970_TO_2000
     if rec_work.expiry_day and day_number > rec_work.expiry_day:
         return deny(Reason.EXPIRED)
     month_number = _civil_month(days)
@@ -450,8 +438,8 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
         balance=balance - total, flags=entry_flags, transfer_from=NO_NETWORK,
         transfers_used=rec_work.transfers_used + 1 if transfer_from != NO_NETWORK else 0,
         last_station=tap.station, last_time=time, last_network=network,
-        day_number=day_number, day_spent=min(_MAX_U32, day_spent + fare),
-        month_number=month_number, month_spent=min(_MAX_U32, month_spent + fare))
+        day_number=day_number, day_spent=min(U32_MAX, day_spent + fare),
+        month_number=month_number, month_spent=min(U32_MAX, month_spent + fare))
     if surcharge:
         reason = Reason.OVERSTAY_SURCHARGE
     elif penalty:

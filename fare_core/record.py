@@ -2,7 +2,8 @@
 
 This module is the readable, shared half of the codec (CardRecord, the struct layout, slot choice);
 the MAC comes from whichever core is selected, so the compiled and the twin codecs agree byte for byte.
-decide() does not go through CardRecord objects: the compiled core reads the same offsets in C.
+decide() does not go through CardRecord objects: the compiled core reads the same offsets in C, taken
+from BODY_FIELDS below through the generated fare_core/_codes.pxi (see fare_core/_codes.py).
 
 Slot layout (little-endian), see docs/fare_core.md for the meaning of each field:
 
@@ -31,8 +32,29 @@ STATUS_ACTIVE = 0
 STATUS_BLOCKED = 1
 FLAG_ENTRY_OPEN = 1
 
-_BODY = struct.Struct("<BBBBQiIHHIBBHIBxHIHxxI4x")
+#: Day numbers on the card (expiry_day, day_number) count from 2000-01-01: 10957 days after 1970-01-01.
+DAYS_1970_TO_2000 = 10957
+#: The largest value of the record's 32-bit fields (counter, the spent sums).
+U32_MAX = 0xFFFFFFFF
+
+#: The body's fields in slot order with their struct codes, None for padding: the one definition of the
+#: layout. The struct, FIELD_OFFSETS and the compiled core's OFF_* constants all derive from it.
+BODY_FIELDS: tuple[tuple[str | None, str], ...] = (
+    ("layout", "B"), ("category", "B"), ("status", "B"), ("flags", "B"), ("card_id", "Q"),
+    ("balance", "i"), ("counter", "I"), ("expiry_day", "H"), ("entry_station", "H"),
+    ("entry_time", "I"), ("transfer_from", "B"), ("transfers_used", "B"), ("last_station", "H"),
+    ("last_time", "I"), ("last_network", "B"), (None, "x"), ("day_number", "H"), ("day_spent", "I"),
+    ("month_number", "H"), (None, "2x"), ("month_spent", "I"), (None, "4x"),
+)
+#: Byte offset of each named field in a slot.
+FIELD_OFFSETS: dict[str, int] = {
+    name: struct.calcsize("<" + "".join(code for _, code in BODY_FIELDS[:position]))
+    for position, (name, _) in enumerate(BODY_FIELDS) if name is not None
+}
+_BODY = struct.Struct("<" + "".join(code for _, code in BODY_FIELDS))
 assert _BODY.size == MAC_OFFSET
+_CARD_ID = slice(FIELD_OFFSETS["card_id"], FIELD_OFFSETS["card_id"] + 8)
+_COUNTER = slice(FIELD_OFFSETS["counter"], FIELD_OFFSETS["counter"] + 4)
 
 #: mac(card_id, body_56_bytes) -> 64-bit tag
 MacFunction = Callable[[int, bytes], int]
@@ -106,14 +128,14 @@ def encode_slot(record: CardRecord, mac: MacFunction) -> bytes:
 def slot_valid(slot: bytes, card_id: int, mac: MacFunction) -> bool:
     """A slot counts only with the current layout, the phone's own card id and a good MAC."""
     return (
-        slot[0] == LAYOUT
-        and int.from_bytes(slot[4:12], "little") == card_id
+        slot[FIELD_OFFSETS["layout"]] == LAYOUT
+        and int.from_bytes(slot[_CARD_ID], "little") == card_id
         and mac(card_id, slot[:MAC_OFFSET]) == int.from_bytes(slot[MAC_OFFSET:SLOT_SIZE], "little")
     )
 
 
 def slot_counter(slot: bytes) -> int:
-    return int.from_bytes(slot[16:20], "little")
+    return int.from_bytes(slot[_COUNTER], "little")
 
 
 def choose_slot(wallet: bytes, card_id: int, mac: MacFunction) -> int:
