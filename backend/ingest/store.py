@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import pydantic_core
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import LargeBinary, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -186,10 +187,12 @@ def parse(message: RawMessage) -> list[TapMessage | Refused]:
     try:  # the common case: every element valid, validated in one pass
         taps: list[TapMessage | Refused] = list(_TAP_ARRAY.validate_json(payload))
     except ValidationError:
-        try:
-            elements = json.loads(payload)
+        try:  # pydantic-core's parser caps nesting (json.loads would raise RecursionError, not ValueError)
+            elements = pydantic_core.from_json(payload)
         except ValueError as error:
             return [Refused(payload, f"undecodable tap array: {error}"[:MAX_REASON])]
+        if isinstance(elements, list) and len(elements) > MAX_TAPS_PER_MESSAGE:  # refuse before the work
+            return [Refused(payload, f"{len(elements)} taps in one message; at most {MAX_TAPS_PER_MESSAGE}")]
         taps = [_validate_one(json.dumps(e, separators=(",", ":")).encode()) for e in elements]
     if not taps:
         return [Refused(payload, "empty tap array")]
