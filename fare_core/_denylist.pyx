@@ -14,8 +14,8 @@ Everything that touches all the ids (building from a uint64 buffer, verifying a 
 rebuilding after a delta) runs in C without the GIL, so a gate's event loop keeps answering taps while a
 thread applies an update. An update builds new arrays beside the old ones and swaps the pointers while
 holding the GIL; readers (which hold the GIL) see the old list or the new one, never a mixture, and
-updates are serialised by a lock. See the twin's docstring for the checksum and the byte layouts;
-DenyListDelta is the twin's class, re-exported, so both modules encode deltas with the same code.
+updates are serialised by a lock. See the twin's docstring for the checksum and the snapshot layout;
+DenyListDelta is the twin's class, re-exported, so both modules validate deltas with the same code.
 """
 
 cimport cython

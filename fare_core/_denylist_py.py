@@ -37,20 +37,8 @@ Snapshot bytes (little-endian)::
 The payload needs no digest of its own: a changed key either breaks the strict order or changes the set,
 and therefore a lane.
 
-Delta bytes (little-endian, sent over MQTT)::
-
-    off size  field
-      0    4  magic b"FGDD"
-      4    2  layout = 1
-      6    2  flags = 0
-      8    8  version (u64), the version the delta produces
-     16    8  base_version (u64), the only version it applies to
-     24    4  n_add (u32)
-     28    4  n_remove (u32)
-     32   24  checksum of the result: count, lane1, lane2 (u64 each)
-     56  8*a  card ids added, ascending
-      .  8*r  card ids removed, ascending
-      .   16  BLAKE2b-128 of everything before (personalised)
+A delta is only an object here (DenyListDelta): on the wire it travels as the MQTT message
+protocol.mqtt.DenyListDeltaMessage, and a gate persists the snapshot, never a delta.
 
 Concurrency: an update builds the new list beside the old one and swaps it in at once, so a reader on
 another thread sees the old list or the new one, never a mixture; updates are serialised by a lock.
@@ -69,9 +57,9 @@ import tempfile
 import threading
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from .errors import DenyListBaseMismatch, DenyListChecksumMismatch, DenyListCorrupt, DenyListStale
 
@@ -91,18 +79,13 @@ SPLITMIX_C1 = 0xBF58476D1CE4E5B9
 SPLITMIX_C2 = 0x94D049BB133111EB
 
 SNAPSHOT_MAGIC = b"FGDL"
-DELTA_MAGIC = b"FGDD"
 LAYOUT = 1
 _SNAPSHOT_HEAD = struct.Struct("<4sHHQQQQ")  # magic, layout, flags, version, count, lane1, lane2
 SNAPSHOT_DIGEST_SIZE = 8
 SNAPSHOT_HEADER_SIZE = _SNAPSHOT_HEAD.size + SNAPSHOT_DIGEST_SIZE  # 48
-_DELTA_HEAD = struct.Struct("<4sHHQQIIQQQ")  # magic, layout, flags, version, base, n_add, n_remove, cs
-DELTA_DIGEST_SIZE = 16
 _SNAPSHOT_PERSON = b"faregate-dl-snap"
-_DELTA_PERSON = b"faregate-dl-delt"
 _CHECKSUM_HEX_LEN = 48
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
-_JSON_FIELDS = ("version", "base_version", "add", "remove", "checksum")
 MAX_COUNT = (1 << 32) - 1  # the compiled bucket index holds u32 offsets
 
 
@@ -282,7 +265,7 @@ def _version_field(value: object, field: str) -> int:
 class DenyListDelta:
     """The change from version `base_version` to `version`: ids added and removed, and the checksum of
     the resulting list. Validated on construction (DenyListCorrupt naming the field); `add` and
-    `remove` are kept sorted, so equal deltas encode to equal bytes."""
+    `remove` are kept sorted, so equal deltas compare equal."""
 
     version: int
     base_version: int
@@ -306,75 +289,6 @@ class DenyListDelta:
         object.__setattr__(self, "add", add)
         object.__setattr__(self, "remove", remove)
         object.__setattr__(self, "checksum", self.checksum.lower())
-
-    def to_bytes(self) -> bytes:
-        """Compact binary form for MQTT, with its own digest (see the module docstring)."""
-        count, lane1, lane2 = parse_checksum(self.checksum)
-        head = _DELTA_HEAD.pack(DELTA_MAGIC, LAYOUT, 0, self.version, self.base_version,
-                                len(self.add), len(self.remove), count, lane1, lane2)
-        body = head + struct.pack(f"<{len(self.add)}Q", *self.add) + struct.pack(
-            f"<{len(self.remove)}Q", *self.remove)
-        return body + hashlib.blake2b(body, digest_size=DELTA_DIGEST_SIZE, person=_DELTA_PERSON).digest()
-
-    @classmethod
-    def from_bytes(cls, blob: bytes | bytearray | memoryview) -> DenyListDelta:
-        """Decode to_bytes output; truncated, garbled or malformed input raises DenyListCorrupt."""
-        data = bytes(blob)
-        minimum = _DELTA_HEAD.size + DELTA_DIGEST_SIZE
-        if len(data) < minimum:
-            raise DenyListCorrupt(f"deny-list delta truncated: {len(data)} bytes, at least {minimum} needed")
-        magic, layout, flags, version, base, n_add, n_remove, count, lane1, lane2 = _DELTA_HEAD.unpack_from(
-            data)
-        if magic != DELTA_MAGIC:
-            raise DenyListCorrupt(f"not a deny-list delta: magic {magic!r}, expected {DELTA_MAGIC!r}")
-        size = minimum + 8 * (n_add + n_remove)
-        if len(data) != size:
-            raise DenyListCorrupt(f"deny-list delta is {len(data)} bytes, its header says {size}")
-        body, digest = data[:-DELTA_DIGEST_SIZE], data[-DELTA_DIGEST_SIZE:]
-        if hashlib.blake2b(body, digest_size=DELTA_DIGEST_SIZE, person=_DELTA_PERSON).digest() != digest:
-            raise DenyListCorrupt("deny-list delta is corrupt (digest mismatch)")
-        if layout != LAYOUT or flags != 0:
-            raise DenyListCorrupt(f"unknown deny-list delta layout {layout} (flags {flags:#x})")
-        ids = struct.unpack_from(f"<{n_add + n_remove}Q", data, _DELTA_HEAD.size)
-        return cls(version=version, base_version=base, add=ids[:n_add], remove=ids[n_add:],
-                   checksum=checksum_hex(count, lane1, lane2))
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict; card ids as 16 lowercase hex digits."""
-        return {
-            "version": self.version,
-            "base_version": self.base_version,
-            "add": [f"{card_id:016x}" for card_id in self.add],
-            "remove": [f"{card_id:016x}" for card_id in self.remove],
-            "checksum": self.checksum,
-        }
-
-    @classmethod
-    def from_json(cls, obj: object) -> DenyListDelta:
-        """Decode to_json output; any malformed field raises DenyListCorrupt naming it."""
-        if not isinstance(obj, Mapping):
-            raise DenyListCorrupt(f"deny-list delta: expected a JSON object, got {type(obj).__name__}")
-        missing = [field for field in _JSON_FIELDS if field not in obj]
-        if missing:
-            raise DenyListCorrupt(f"{missing[0]}: field missing from deny-list delta")
-        unknown = sorted(str(field) for field in obj if field not in _JSON_FIELDS)
-        if unknown:
-            raise DenyListCorrupt(f"{unknown[0]}: unknown field in deny-list delta")
-        lists: dict[str, list[int]] = {}
-        for field in ("add", "remove"):
-            values = obj[field]
-            if not isinstance(values, list):
-                raise DenyListCorrupt(f"{field}: expected a list of 16-hex-digit card ids, "
-                                      f"got {type(values).__name__}")
-            parsed = []
-            for position, text in enumerate(values):
-                if not isinstance(text, str) or len(text) != 16 or not _HEX_DIGITS.issuperset(text):
-                    raise DenyListCorrupt(f"{field}[{position}]: expected 16 hex digits, got {text!r:.40}")
-                parsed.append(int(text, 16))
-            lists[field] = parsed
-        return cls(version=obj["version"], base_version=obj["base_version"], add=tuple(lists["add"]),
-                   remove=tuple(lists["remove"]), checksum=obj["checksum"])
-
 
 # --- the list ---------------------------------------------------------------------------------
 
