@@ -205,30 +205,11 @@ def rules_digest(rules: FareRules) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def compile_rules(rules: FareRules, version: int, created_at: int | None = None) -> TableData:
-    """Turn validated rules into the fare table a gate loads; ValueError if the result is inconsistent."""
-    if not 0 <= version <= 0xFFFFFFFF:
-        raise ValueError(f"version {version} is outside 0..2^32-1")
-    stations = sorted(rules.stations, key=lambda s: s.id)
-    ids = [s.id for s in stations]
-    network_names = list(rules.networks)
-    network_of = [s.network for s in stations]
-    categories = list(rules.rider_categories.values())
-    bands = rules.band_names
-    n = len(ids)
-
-    distances = {
-        network_id: track_distances([s.id for s in stations if s.network == network_id],
-                                    ((e.from_station, e.to_station, e.distance_m) for e in network.edges))
-        for network_id, network in rules.networks.items() if network.fare_collection == "entry_exit"
-    }
-    adult = [_layer_matrix(rules, band, None, ids, network_of, distances) for band in bands]
-    per_category = _category_matrices(rules, bands, adult, ids, network_of, distances)
-    category_ids = list(rules.rider_categories)
-    flat = [[[_flat_price(rules, network, band, category_id) for network in network_names]
-             for category_id in category_ids] for band in bands]  # [band][category][network]
-
-    # Missing exit: a fixed fare if the operator set one, else the highest fare from the origin in any band.
+def _missing_exit_fares(rules: FareRules, categories: list[RiderCategory], network_of: list[str],
+                        per_category: list[list[list[int]]]) -> list[int]:
+    """[category][origin] fare charged for a journey that never exited: the operator's fixed fare if set
+    (discounted per category), else the highest fare from the origin in any band; 0 on a flat network."""
+    n = len(network_of)
     missing: list[int] = []
     fixed_missing = rules.paid_area.missing_exit_fare_fen
     for c, category in enumerate(categories):
@@ -239,10 +220,18 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
                 missing.append(category.discounted(fixed_missing))
             else:
                 missing.append(max(max(m[i * n:(i + 1) * n]) for m in per_category[c]))
+    return missing
 
+
+def _fare_array(rules: FareRules, ids: list[int], network_of: list[str], per_category: list[list[list[int]]],
+                flat: list[list[list[int]]], missing: list[int]) -> array[int]:
+    """The [band][category][origin][destination] fares as uint32, unpriced cells filled so a lookup
+    there never undercharges (see the module docstring); ValueError if a fare does not fit 32 bits."""
+    n = len(ids)
+    network_names = list(rules.networks)
     fares = array("I")
-    for b in range(len(bands)):
-        for c in range(len(categories)):
+    for b in range(len(flat)):
+        for c in range(len(per_category)):
             matrix = per_category[c][b]
             for i in range(n):
                 row = matrix[i * n:(i + 1) * n]
@@ -256,10 +245,11 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
                 except OverflowError:
                     raise ValueError(f"a fare from station {ids[i]} ({max(row)} fen) does not fit 32 bits; "
                                      f"cap it with max_fen") from None
+    return fares
 
-    flat_fares = array("I", (flat[b][c][k] for b in range(len(bands)) for c in range(len(categories))
-                             for k in range(len(network_names))))
 
+def _transfer_arrays(rules: FareRules, network_names: list[str]) -> tuple[array[int], bytes, array[int]]:
+    """[from network][to network] transfer discount (fen), discount percent and window (seconds)."""
     size = len(network_names) ** 2
     transfer_discount, transfer_window = array("I", [0] * size), array("I", [0] * size)
     transfer_percent = bytearray(size)
@@ -268,6 +258,36 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
         transfer_discount[k] = rule.discount_fen
         transfer_percent[k] = rule.discount_percent
         transfer_window[k] = rule.window_min * SECONDS_PER_MINUTE
+    return transfer_discount, bytes(transfer_percent), transfer_window
+
+
+def compile_rules(rules: FareRules, version: int, created_at: int | None = None) -> TableData:
+    """Turn validated rules into the fare table a gate loads; ValueError if the result is inconsistent."""
+    if not 0 <= version <= 0xFFFFFFFF:
+        raise ValueError(f"version {version} is outside 0..2^32-1")
+    stations = sorted(rules.stations, key=lambda s: s.id)
+    ids = [s.id for s in stations]
+    network_names = list(rules.networks)
+    network_of = [s.network for s in stations]
+    categories = list(rules.rider_categories.values())
+    bands = rules.band_names
+
+    distances = {
+        network_id: track_distances([s.id for s in stations if s.network == network_id],
+                                    ((e.from_station, e.to_station, e.distance_m) for e in network.edges))
+        for network_id, network in rules.networks.items() if network.fare_collection == "entry_exit"
+    }
+    adult = [_layer_matrix(rules, band, None, ids, network_of, distances) for band in bands]
+    per_category = _category_matrices(rules, bands, adult, ids, network_of, distances)
+    category_ids = list(rules.rider_categories)
+    flat = [[[_flat_price(rules, network, band, category_id) for network in network_names]
+             for category_id in category_ids] for band in bands]  # [band][category][network]
+
+    missing = _missing_exit_fares(rules, categories, network_of, per_category)
+    fares = _fare_array(rules, ids, network_of, per_category, flat, missing)
+    flat_fares = array("I", (flat[b][c][k] for b in range(len(bands)) for c in range(len(categories))
+                             for k in range(len(network_names))))
+    transfer_discount, transfer_percent, transfer_window = _transfer_arrays(rules, network_names)
 
     paid = rules.paid_area
     table = TableData(
@@ -286,7 +306,7 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
         fares=fares,
         flat_fares=flat_fares,
         transfer_discount=transfer_discount,
-        transfer_percent=bytes(transfer_percent),
+        transfer_percent=transfer_percent,
         transfer_window_s=transfer_window,
         max_transfers=rules.max_transfers,
         daily_cap=array("I", (c.daily_cap_fen for c in categories)),
