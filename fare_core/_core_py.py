@@ -268,6 +268,36 @@ def _minute_of_week(local: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------- decide
+def _discounted(d: TableData, base: int, transfer_from: int, network: int, category: int, day_spent: int,
+                month_spent: int) -> tuple[int, int, bool]:
+    """Transfer, then monthly discount, then the daily cap: (fare, flags, capped)."""
+    extra = 0
+    if transfer_from != NO_NETWORK:
+        pair = transfer_from * d.n_networks + network
+        base = max(0, base - d.transfer_discount[pair])
+        base -= base * d.transfer_percent[pair] // 100
+        extra |= Flag.TRANSFER
+    threshold = d.monthly_threshold[category]
+    if threshold and month_spent >= threshold:
+        base -= base * d.monthly_percent[category] // 100
+        extra |= Flag.MONTHLY_DISCOUNT
+    cap = d.daily_cap[category]
+    capped = bool(cap) and day_spent + base > cap
+    if capped:
+        base = max(0, cap - day_spent)
+        extra |= Flag.CAPPED
+    return base, extra, capped
+
+
+def _transfer_origin(d: TableData, rec: CardRecord, network: int, start: int) -> int:
+    """The network this leg transfers from, or NO_NETWORK when it starts a new journey."""
+    last = rec.last_network
+    if last >= d.n_networks or rec.transfers_used >= d.max_transfers:
+        return NO_NETWORK
+    window = d.transfer_window_s[last * d.n_networks + network]
+    return last if window and start - rec.last_time <= window else NO_NETWORK
+
+
 def _deny(reason: Reason, rec: CardRecord | None, balance_before: int, card_id: int) -> Decision:
     counter = rec.counter if rec is not None else 0
     balance = rec.balance if rec is not None else 0
@@ -351,33 +381,6 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
         new = rec_work.replace(flags=rec_work.flags & ~FLAG_ENTRY_OPEN, transfer_from=NO_NETWORK)
         return write(new, Reason.FREE_EXIT, flags, 0, topup)
 
-    def discounted(base: int, transfer_from: int) -> tuple[int, int, bool]:
-        """Transfer, then monthly discount, then the daily cap: (fare, flags, capped)."""
-        extra = 0
-        if transfer_from != NO_NETWORK:
-            pair = transfer_from * n_net + network
-            base = max(0, base - d.transfer_discount[pair])
-            base -= base * d.transfer_percent[pair] // 100
-            extra |= Flag.TRANSFER
-        threshold = d.monthly_threshold[category]
-        if threshold and month_spent >= threshold:
-            base -= base * d.monthly_percent[category] // 100
-            extra |= Flag.MONTHLY_DISCOUNT
-        cap = d.daily_cap[category]
-        capped = bool(cap) and day_spent + base > cap
-        if capped:
-            base = max(0, cap - day_spent)
-            extra |= Flag.CAPPED
-        return base, extra, capped
-
-    def transfer_origin(start: int) -> int:
-        """The network this leg transfers from, or NO_NETWORK when it starts a new journey."""
-        last = rec_work.last_network
-        if last >= n_net or rec_work.transfers_used >= d.max_transfers:
-            return NO_NETWORK
-        window = d.transfer_window_s[last * n_net + network]
-        return last if window and start - rec_work.last_time <= window else NO_NETWORK
-
     penalty = 0
     starts_leg = tap.direction == Direction.ENTRY or d.network_flat[network]
     if starts_leg and rec_work.flags & FLAG_ENTRY_OPEN:
@@ -394,7 +397,7 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
     if not d.network_flat[network] and tap.direction == Direction.ENTRY:
         if penalty > balance or balance - penalty < d.min_entry_balance:
             return deny(Reason.INSUFFICIENT_BALANCE)
-        transfer_from = transfer_origin(time)
+        transfer_from = _transfer_origin(d, rec_work, network, time)
         new = rec_work.replace(
             balance=balance - penalty, flags=rec_work.flags | FLAG_ENTRY_OPEN, entry_station=tap.station,
             entry_time=time, transfer_from=transfer_from,
@@ -404,8 +407,9 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
     if d.network_flat[network]:  # boarding a flat-fare vehicle: one tap, charged now
         band = d.band_of_minute[_minute_of_week(local)]
         base = d.flat_fares[(band * d.n_categories + category) * n_net + network]
-        transfer_from = transfer_origin(time)
-        fare, extra, capped = discounted(base, transfer_from)
+        transfer_from = _transfer_origin(d, rec_work, network, time)
+        fare, extra, capped = _discounted(d, base, transfer_from, network, category, day_spent,
+                                          month_spent)
         surcharge = 0
         entry_flags = rec_work.flags & ~FLAG_ENTRY_OPEN
     else:  # exit from an entry/exit network
@@ -424,7 +428,8 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
             base = d.fares[((band * d.n_categories + category) * d.n_stations + origin) * d.n_stations
                            + station]
         transfer_from = rec_work.transfer_from if rec_work.transfer_from < n_net else NO_NETWORK
-        fare, extra, capped = discounted(base, transfer_from)
+        fare, extra, capped = _discounted(d, base, transfer_from, network, category, day_spent,
+                                          month_spent)
         surcharge = d.overstay_surcharge if d.max_inside_s and inside > d.max_inside_s else 0
         if surcharge:
             extra |= Flag.OVERSTAY
