@@ -2,7 +2,9 @@
 
 Importable on its own, without side effects: the gate controller imports it, the simulator serves it.
 `framer` turns bytes into frames and back, `messages` frames into typed messages, `timing` says how
-long a request may take before it counts as lost. docs/protocol.md describes it for gate engineers.
+long a request may take before it counts as lost, `transactions` holds the controller's request
+rules (SEQs, resends, BUSY) without I/O, for the gate and the simulator's client alike.
+docs/protocol.md describes it for gate engineers.
 """
 
 from .framer import MAX_FRAME, MAX_PAYLOAD, START, Frame, FrameDecoder, crc16, decode, encode

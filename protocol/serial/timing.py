@@ -2,7 +2,8 @@
 
 Every request is answered by exactly one response or NAK, within `response_timeout()`; past it the
 controller resends the same frame with the same SEQ (the device answers a repeat from its cache
-instead of acting twice), at most RETRIES times, then declares the device unreachable.
+instead of acting twice), at most RETRIES times, then declares the device unreachable
+(transactions.py applies these figures).
 """
 
 from __future__ import annotations
