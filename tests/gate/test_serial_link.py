@@ -1,10 +1,12 @@
-"""The gate's serial link against a scripted device on a real pseudo-terminal."""
+"""The gate's serial link against a scripted device on a real pseudo-terminal, and its transport
+against a pseudo-terminal whose other side is not read (a stuck UART)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import pty
+import select
 import threading
 import time
 import tty
@@ -12,9 +14,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gate.serial_link import SILENT, LinkNak, LinkTimeout, ReaderLink, wake_up
+from gate.serial_link import LinkDown, LinkNak, LinkTimeout, ReaderLink, wake_up
 from protocol.serial import (
     FrameDecoder,
+    Heartbeat,
     HeartbeatReply,
     Message,
     Nak,
@@ -24,6 +27,7 @@ from protocol.serial import (
     Wallet,
     parse,
 )
+from protocol.serial.transactions import Wake
 
 Script = Callable[[int, Message], Message | None]  # (seq, request) -> answer or None (stay silent)
 Device = Callable[[Script], tuple[str, list[tuple[int, Message]]]]
@@ -165,9 +169,9 @@ async def test_an_answer_right_after_a_timeout_is_taken_without_a_resend(device:
     await link.open()
     try:
         pending = link.request(ReadWallet(7), Wallet, timeout=30.0)
-        seq = link._seq  # the SEQ just sent
+        seq = link._seqs.last  # the SEQ just sent
         flight = link._pending[seq]
-        wake_up(flight.woken, SILENT)
+        wake_up(flight.woken, Wake.SILENCE)
         link.feed(wallet.to_bytes(seq))
         assert await pending == wallet
         assert link.timeouts == 0
@@ -178,3 +182,111 @@ async def test_an_answer_right_after_a_timeout_is_taken_without_a_resend(device:
     finally:
         await link.close()
     assert len(seen) == 1
+
+
+# ------------------------------------------------------------------- a port that takes nothing
+@pytest.fixture
+def quiet_pty() -> Iterator[tuple[str, int]]:
+    """A pseudo-terminal whose device side nobody reads until the test does: writes fill it."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    yield os.ttyname(slave), master
+    os.close(master)
+    os.close(slave)
+
+
+async def _tick(ticks: list[float]) -> None:
+    while True:
+        ticks.append(time.monotonic())
+        await asyncio.sleep(0.005)
+
+
+def _fill(link: ReaderLink) -> int:
+    """Write line noise (zero bytes, skipped by a decoder) until the port holds some back."""
+    written = 0
+    while link.transport.out_pending == 0:
+        link.transport.write(bytes(4096))
+        written += 4096
+    return written
+
+
+def _read(master: int, n_bytes: int, limit_s: float = 5.0) -> bytes:
+    """The device side reads `n_bytes` (blocking, in a worker thread)."""
+    data = bytearray()
+    deadline = time.monotonic() + limit_s
+    while len(data) < n_bytes and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.05)[0]:
+            data += os.read(master, 65536)
+    return bytes(data)
+
+
+async def test_a_write_the_port_cannot_take_waits_on_the_loop_not_in_it(quiet_pty: tuple[str, int]) -> None:
+    path, master = quiet_pty
+    link = ReaderLink(path)
+    await link.open()
+    ticks: list[float] = []
+    ticker = asyncio.create_task(_tick(ticks))
+    try:
+        blob = bytes(range(256)) * 256  # 64 KiB: more than a pty buffers
+        started = time.monotonic()
+        link.transport.write(blob)
+        assert time.monotonic() - started < 0.05  # handed over, not waited for
+        held_back = link.transport.out_pending
+        assert 0 < held_back < len(blob)
+        before = len(ticks)
+        await asyncio.sleep(0.2)
+        assert len(ticks) - before >= 10  # the loop ran other tasks meanwhile
+        assert link.transport.out_pending == held_back and link.is_up  # nothing drained, not down
+        assert await asyncio.to_thread(_read, master, len(blob)) == blob  # whole and in order
+        assert link.transport.out_pending == 0
+    finally:
+        ticker.cancel()
+        await link.close()
+
+
+async def test_a_request_behind_a_full_port_goes_out_whole_once_the_device_reads(
+        quiet_pty: tuple[str, int]) -> None:
+    path, master = quiet_pty
+    link = ReaderLink(path)
+    await link.open()
+    ticks: list[float] = []
+    ticker = asyncio.create_task(_tick(ticks))
+    try:
+        noise = _fill(link)
+        pending = link.request(Heartbeat(), HeartbeatReply, timeout=10.0)  # returns at once
+        seq = link._seqs.last
+        before = len(ticks)
+        await asyncio.sleep(0.1)
+        assert len(ticks) - before >= 5
+        frame = Heartbeat().to_bytes(seq)
+        line = await asyncio.to_thread(_read, master, noise + len(frame))
+        assert line == bytes(noise) + frame  # the request came out whole, after the noise
+        os.write(master, HeartbeatReply(1, 2).to_bytes(seq))
+        assert await asyncio.wait_for(pending, 5.0) == HeartbeatReply(1, 2)
+    finally:
+        ticker.cancel()
+        await link.close()
+
+
+async def test_a_port_that_takes_nothing_for_too_long_is_down_and_reopened(
+        quiet_pty: tuple[str, int]) -> None:
+    path, _master = quiet_pty
+    states: list[bool] = []
+    link = ReaderLink(path, on_state=states.append, stall_s=0.3)
+    await link.open()
+    ticks: list[float] = []
+    ticker = asyncio.create_task(_tick(ticks))
+    try:
+        _fill(link)
+        pending = link.request(Heartbeat(), HeartbeatReply, timeout=30.0)
+        started = time.monotonic()
+        with pytest.raises(LinkDown, match="took no byte"):
+            await asyncio.wait_for(pending, 5.0)
+        assert 0.25 < time.monotonic() - started < 2.0  # the stall limit, not the 30 s timeout
+        assert len(ticks) >= 30  # the loop ran throughout
+        assert link.transport.stalls == 1 and link._pending == {}
+        assert await link.wait_up(3.0) and link.reopens == 1
+        assert states == [True, False, True]
+    finally:
+        ticker.cancel()
+        await link.close()
