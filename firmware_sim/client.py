@@ -1,10 +1,13 @@
 """A reference controller-side client for the protocol, synchronous, over any pyserial port.
 
 It is what the tests and the CLI's self-check use to play the gate controller, and a worked example
-of the rules in docs/protocol.md: a new SEQ per request (1..255, cycling), the same SEQ on a retry,
-responses matched by SEQ, events queued on the side, garbage and bad CRCs skipped by the decoder,
-a partial frame abandoned after an idle gap, and SerialException left to the caller (the port was
-unplugged: reopen it and resynchronise with GetStatus).
+of the rules in docs/protocol.md. The transaction rules are protocol/serial/transactions, the same
+ones the gate's asyncio link follows: a new SEQ per request (1..255, cycling), the same frame and SEQ
+on a resend (after a silent timeout, or at once after a corrupt frame), the first response with the
+SEQ is the answer. Events are queued on the side, garbage and bad CRCs skipped by the decoder, a
+partial frame abandoned after an idle gap, and SerialException left to the caller (the port was
+unplugged: reopen it and resynchronise with GetStatus). NAK BUSY is reported (NakError) unless
+`busy_retries` asks for the gate's policy: tests want to see the refusal.
 """
 
 from __future__ import annotations
@@ -14,18 +17,17 @@ import time
 
 import serial
 
-from protocol.serial.framer import FrameDecoder, encode
-from protocol.serial.messages import (
-    RESPONSE_TO,
-    Kind,
-    Message,
-    Nak,
-    NakReason,
-    PayloadError,
-    kind_of,
-    parse,
+from protocol.serial.framer import FrameDecoder
+from protocol.serial.messages import Kind, Message, Nak, NakReason, PayloadError, kind_of, parse
+from protocol.serial.timing import DEFAULT_BAUD, FRAME_GAP_S, RETRIES
+from protocol.serial.transactions import (
+    SeqCounter,
+    Step,
+    Transaction,
+    Verdict,
+    Wake,
+    busy_wait,
 )
-from protocol.serial.timing import DEFAULT_BAUD, FRAME_GAP_S, RETRIES, response_timeout
 
 
 class ClientError(Exception):
@@ -52,42 +54,62 @@ class SerialClient:
         self.decoder = FrameDecoder()
         self.events: collections.deque[tuple[int, Message]] = collections.deque(maxlen=10_000)
         self._responses: dict[int, Message] = {}
-        self._seq = 0
+        self._seqs = SeqCounter()
         self.retries_used = 0
         self.ignored_frames = 0
         self._last_byte_at = time.monotonic()
 
     def next_seq(self) -> int:
-        self._seq = self._seq % 255 + 1
-        return self._seq
+        return self._seqs.next()
 
     def send_raw(self, data: bytes) -> None:
         self.port.write(data)
 
-    def request(self, message: Message, timeout: float | None = None, retries: int = RETRIES) -> Message:
+    def request(self, message: Message, timeout: float | None = None, retries: int = RETRIES,
+                busy_retries: int = 0) -> Message:
         """Send `message` and return its response; NakError if refused, RequestTimeout if unanswered."""
-        seq = self.next_seq()
-        data = encode(message.to_frame(seq))
-        wait = response_timeout(message, self.baud) if timeout is None else timeout
-        self._responses.pop(seq, None)
-        for attempt in range(retries + 1):
-            if attempt:
-                self.retries_used += 1
-            self.port.write(data)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                self._pump(deadline - time.monotonic())
+        busy = 0
+        while True:
+            transaction = Transaction(self.next_seq(), message, baud=self.baud, timeout=timeout,
+                                      retries=retries)
+            self._responses.pop(transaction.seq, None)  # a stale answer to this SEQ's last use
+            verdict = self._exchange(transaction)
+            answer = transaction.answer
+            if verdict is Verdict.OK:
+                assert answer is not None
+                return answer
+            if verdict is Verdict.UNEXPECTED:
+                raise ClientError(f"{type(message).__name__} answered by {type(answer).__name__}")
+            assert isinstance(answer, Nak)
+            busy += verdict is Verdict.BUSY
+            wait = busy_wait(busy, busy_retries) if verdict is Verdict.BUSY else None
+            if wait is None:
+                raise NakError(message, answer.reason)
+            time.sleep(wait)
+
+    def _exchange(self, transaction: Transaction) -> Verdict:
+        """Send the transaction's frame, and again while the rules say so, until it has an answer."""
+        seq = transaction.seq
+        while True:
+            self.port.write(transaction.data)
+            deadline = time.monotonic() + transaction.timeout
+            why = Wake.SILENCE
+            while (remaining := deadline - time.monotonic()) > 0:
+                if self._pump(remaining):
+                    why = Wake.CORRUPTION
                 response = self._responses.pop(seq, None)
-                if response is None:
-                    continue
-                if isinstance(response, Nak):
-                    raise NakError(message, response.reason)
-                expected = RESPONSE_TO.get(type(message))
-                if expected is not None and not isinstance(response, expected):
-                    self.ignored_frames += 1  # a stale answer that reused this SEQ
-                    continue
-                return response
-        raise RequestTimeout(f"{type(message).__name__} unanswered after {retries + 1} tries")
+                if response is not None:
+                    transaction.take(response)
+                    why = Wake.ANSWER
+                if why is not Wake.SILENCE:
+                    break
+            step = transaction.after(why)
+            if step is Step.ANSWERED:
+                return transaction.verdict()
+            if step is Step.GIVE_UP:
+                raise RequestTimeout(f"{type(transaction.message).__name__} unanswered after "
+                                     f"{transaction.sends} tries")
+            self.retries_used += 1
 
     def next_event(self, kind: type[Message] | None = None, timeout: float = 2.0) -> Message:
         """The oldest queued event (of type `kind`), waiting up to `timeout`; TimeoutError if none."""
@@ -113,20 +135,23 @@ class SerialClient:
         while (remaining := deadline - time.monotonic()) > 0:
             self._pump(remaining)
 
-    def _pump(self, budget: float) -> None:
-        """Read once (at most `budget` seconds) and sort whatever frames completed."""
+    def _pump(self, budget: float) -> bool:
+        """Read once (at most `budget` seconds) and sort whatever frames completed; True if bytes
+        were thrown away meanwhile (a corrupt frame: it may have been an answer)."""
         wait = FRAME_GAP_S / 2 if budget >= FRAME_GAP_S / 2 else max(0.001, round(budget, 3))
         if self.port.timeout != wait:  # setting it reconfigures the port (a tcsetattr): only on change
             self.port.timeout = wait
         data = self.port.read(max(1, self.port.in_waiting))
         now = time.monotonic()
+        errors = self.decoder.bad_crc + self.decoder.length_errors
         if data:
             self._last_byte_at = now
             frames = self.decoder.feed(data)
         elif self.decoder.pending and now - self._last_byte_at > FRAME_GAP_S:
             frames = self.decoder.expire()
+            errors = -1  # a frame was cut short
         else:
-            return
+            return False
         for frame in frames:
             try:
                 message = parse(frame)
@@ -140,3 +165,4 @@ class SerialClient:
                 self._responses[frame.seq] = message
             else:
                 self.ignored_frames += 1
+        return errors != self.decoder.bad_crc + self.decoder.length_errors
