@@ -35,7 +35,7 @@ import fare_core
 from fare_core import Direction, Flag, GateMode, Reason, WalletError
 from fare_core.reasons import WELCOME, display_text
 from fare_core.record import SLOT_SIZE
-from protocol.mqtt import TapMessage, encode, tap_id
+from protocol.mqtt import Action, TapMessage, encode, tap_id
 from protocol.serial import (
     Alarm,
     BarrierClose,
@@ -87,6 +87,28 @@ class TapOutcome:
     decision_us: int
     tap_to_open_us: int | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+
+class _Tap:
+    """One tap between its steps: what was read and decided, and the gate's own time so far
+    (`host_ns`: from each frame read to the next request sent; `rx_ns`: the latest answer read)."""
+
+    __slots__ = ("action", "card_id", "decision", "decision_us", "host_ns", "rx_ns", "t_field_ns",
+                 "table_version", "tap", "wallet")
+
+    def __init__(self, card_id: int, t_field_ns: int, wallet: bytes, tap: fare_core.Tap,
+                 decision: fare_core.Decision, table_version: int, action: Action | None,
+                 decision_us: int) -> None:
+        self.card_id = card_id
+        self.t_field_ns = t_field_ns
+        self.wallet = wallet
+        self.tap = tap
+        self.decision = decision
+        self.table_version = table_version
+        self.action = action
+        self.decision_us = decision_us
+        self.host_ns = 0
+        self.rx_ns = 0
 
 
 class GateController:
@@ -216,11 +238,16 @@ class GateController:
 
     # -------------------------------------------------------------------------------- a tap
     async def tap(self, card_id: int, t_field_ns: int) -> TapOutcome | None:
-        """Serve one phone that just came into the field; None if its wallet could not be read."""
+        """Serve one phone that just came into the field; None if its wallet could not be read.
+
+        The steps, each a method below: read the wallet, decide (`_decide`, no I/O), write the new
+        record while journaling the tap (`_write_and_journal`), open and show (`_open_and_show`).
+        The steps are plain coroutine calls: no task hand-off between them on the tap path.
+        """
         wallet = await self.link.request(ReadWallet(card_id), Wallet)
         # The gate's own time on this tap: from each frame read to the next request sent.
         host_ns = self.link.last_sent_ns - t_field_ns
-        wallet_rx_ns = self.link.last_answer_ns
+        rx_ns = self.link.last_answer_ns
         if wallet.status != RfStatus.OK:
             self.metrics.taps.labels(outcome="read_failed").inc()
             zh, en = display_text(Reason.READ_FAILED, 0, 0)
@@ -235,79 +262,96 @@ class GateController:
         if table is None:
             await self._show(DisplayStyle.ALARM, *_NO_TABLE, 2000)
             return None
-        when = int(now)
+        t = self._decide(card_id, wallet.wallet, table, int(now), t_field_ns)
+        if t is None:
+            return None
+        t.host_ns, t.rx_ns = host_ns, rx_ns
+        seq = self.journal.next_seq()
+        if t.decision.record is None:  # nothing to write: journal and go on
+            await asyncio.to_thread(self.journal.append, seq, encode(self._tap_message(seq, t)))
+        elif not await self._write_and_journal(seq, t):
+            return TapOutcome(seq, card_id, Reason.READ_FAILED, False, 0, False, t.decision_us)
+        self._finalise(seq)  # the row is final: the barrier is not part of it
+        return await self._open_and_show(seq, t)
+
+    def _decide(self, card_id: int, wallet: bytes, table: fare_core.FareTable, when: int,
+                t_field_ns: int) -> _Tap | None:
+        """fare_core's decision on the wallet just read; None when a second phone came into the
+        field meanwhile (nobody is charged)."""
         action = self.state.action_for(card_id)
-        min_counter = self.state.min_counter(card_id)
         tap = fare_core.Tap(card_id, self.station_id, self.direction, when, gate_no=self.gate_no,
-                            mode=self.state.mode, min_counter=min_counter,
+                            mode=self.state.mode, min_counter=self.state.min_counter(card_id),
                             topup=action.topup if action else 0, unblock=bool(action and action.unblock))
-        decision = fare_core.decide(wallet.wallet, tap, table, self.state.denylist, self.sam)
+        decision = fare_core.decide(wallet, tap, table, self.state.denylist, self.sam)
         decision_us = (time.perf_counter_ns() - t_field_ns) // 1000
         if len(self._field_now) > 1:  # a second phone came in while reading: charge nobody
             self._done_in_field.discard(card_id)
             return None
         self.metrics.decision_seconds.observe(decision_us / 1e6)
         self._done_in_field.add(card_id)
+        return _Tap(card_id, t_field_ns, wallet, tap, decision, table.version, action, decision_us)
 
-        seq = self.journal.next_seq()
-        if decision.record is None:
-            message = self._tap_message(seq, tap, decision, wallet.wallet, table.version, action, decision_us)
-            await asyncio.to_thread(self.journal.append, seq, encode(message))
-        else:
-            # The write goes on the wire first; the tap is built and fsynced while the phone writes.
-            try:
-                written: Awaitable[WriteResult] | None = self.link.request(
-                    WriteSlot(card_id, decision.slot, decision.record), WriteResult)
-            except LinkError as exc:  # the port went down just now: nothing reached the phone
-                log.warning("gate %s: write to %016x not sent: %s", self.gate_id, card_id, exc)
-                written = None
-            write_sent_ns = self.link.last_sent_ns
-            try:
-                message = self._tap_message(seq, tap, decision, wallet.wallet, table.version, action,
-                                            decision_us)
-                journaled = asyncio.ensure_future(
-                    asyncio.to_thread(self.journal.append, seq, encode(message)))
-            except BaseException:  # a bug: still settle the write, so its SEQ is not held for ever
-                if written is not None:
-                    with contextlib.suppress(LinkError):
-                        await written
-                raise
-            try:
-                landed = await self._write(card_id, decision, written)
-                host_ns += write_sent_ns - wallet_rx_ns
-                wallet_rx_ns = self.link.last_answer_ns  # the write's answer, for the next gap
-            finally:
-                await journaled
-            if landed is not True:
-                if landed is None:  # unknown: keep what the write would have made, say so
-                    self._unconfirmed[card_id] = (int(decision.counter), bool(decision.allowed))
-                    update: dict[str, object] = {"allowed": False, "reason": Reason.READ_FAILED,
-                              "flags": message.flags | Flag.UNCONFIRMED}
-                else:  # known not to have landed: nothing was charged
-                    update = {"allowed": False, "reason": Reason.READ_FAILED, "flags": 0, "fare": 0,
-                              "balance_after": message.balance_before,
-                              "counter_after": message.counter_before, "action_id": None, "topup_applied": 0}
-                await asyncio.to_thread(self.journal.replace, seq, encode(message.model_copy(update=update)))
-                self._done_in_field.discard(card_id)
-                self._finalise(seq)
-                self.metrics.taps.labels(outcome="write_failed").inc()
-                zh, en = display_text(Reason.READ_FAILED, 0, 0)
-                await self._show(_STYLE_DENY, zh, en, 2000)
-                return TapOutcome(seq, card_id, Reason.READ_FAILED, False, 0, False, decision_us)
+    async def _write_and_journal(self, seq: int, t: _Tap) -> bool:
+        """Send the new record, journal the tap while the phone writes it, then settle: True when
+        the wallet holds it; False when it did not land (or may not have): the row has then been
+        rewritten as a tap that charged nothing and the commuter told to tap again."""
+        card_id, decision, record = t.card_id, t.decision, t.decision.record
+        assert record is not None
+        # The write goes on the wire first; the tap is built and fsynced while the phone writes.
+        try:
+            written: Awaitable[WriteResult] | None = self.link.request(
+                WriteSlot(card_id, decision.slot, record), WriteResult)
+        except LinkError as exc:  # the port went down just now: nothing reached the phone
+            log.warning("gate %s: write to %016x not sent: %s", self.gate_id, card_id, exc)
+            written = None
+        write_sent_ns = self.link.last_sent_ns
+        try:
+            message = self._tap_message(seq, t)
+            journaled = asyncio.ensure_future(asyncio.to_thread(self.journal.append, seq, encode(message)))
+        except BaseException:  # a bug: still settle the write, so its SEQ is not held for ever
+            if written is not None:
+                with contextlib.suppress(LinkError):
+                    await written
+            raise
+        try:
+            landed = await self._write(card_id, decision, written)
+            t.host_ns += write_sent_ns - t.rx_ns
+            t.rx_ns = self.link.last_answer_ns  # the write's answer, for the next gap
+        finally:
+            await journaled
+        if landed is True:
             self.state.remember_counter(card_id, decision.counter)
-            if action is not None and decision.flags & _ACTION_FLAGS:
-                self.state.action_applied(action)
-        self._finalise(seq)  # the row is final: the barrier is not part of it
+            if t.action is not None and decision.flags & _ACTION_FLAGS:
+                self.state.action_applied(t.action)
+            return True
+        if landed is None:  # unknown: keep what the write would have made, say so
+            self._unconfirmed[card_id] = (int(decision.counter), bool(decision.allowed))
+            update: dict[str, object] = {"allowed": False, "reason": Reason.READ_FAILED,
+                                         "flags": message.flags | Flag.UNCONFIRMED}
+        else:  # known not to have landed: nothing was charged
+            update = {"allowed": False, "reason": Reason.READ_FAILED, "flags": 0, "fare": 0,
+                      "balance_after": message.balance_before, "counter_after": message.counter_before,
+                      "action_id": None, "topup_applied": 0}
+        await asyncio.to_thread(self.journal.replace, seq, encode(message.model_copy(update=update)))
+        self._done_in_field.discard(card_id)
+        self._finalise(seq)
+        self.metrics.taps.labels(outcome="write_failed").inc()
+        zh, en = display_text(Reason.READ_FAILED, 0, 0)
+        await self._show(_STYLE_DENY, zh, en, 2000)
+        return False
 
+    async def _open_and_show(self, seq: int, t: _Tap) -> TapOutcome:
+        """Open the barrier first (the figure a commuter feels), then the display, lights, buzzer."""
+        decision = t.decision
         opened_us = None
         if decision.allowed:
             await self.link.request(BarrierOpen(self.direction, 1, self.hold_ms), Ack)
-            host_ns += self.link.last_sent_ns - wallet_rx_ns
-            opened_us = (time.perf_counter_ns() - t_field_ns) // 1000
+            host_ns = t.host_ns + self.link.last_sent_ns - t.rx_ns
+            opened_us = (time.perf_counter_ns() - t.t_field_ns) // 1000
             self.metrics.observe_open(opened_us / 1e6, host_ns / 1e9)
         self.metrics.taps.labels(outcome=Reason(decision.reason).name.lower()).inc()
-        outcome = TapOutcome(seq, card_id, decision.reason, decision.allowed, decision.fare,
-                             decision.allowed, decision_us, opened_us)
+        outcome = TapOutcome(seq, t.card_id, decision.reason, decision.allowed, decision.fare,
+                             decision.allowed, t.decision_us, opened_us)
         if self.on_tap:
             self.on_tap(outcome)
         await self._show(_STYLE_OK if decision.allowed else _STYLE_DENY, decision.display_zh,
@@ -381,8 +425,8 @@ class GateController:
         slot was valid), so the wallet needs no second MAC check here."""
         return int(decision.counter) - 1 if decision.record is not None else int(decision.counter)
 
-    def _tap_message(self, seq: int, tap: fare_core.Tap, d: fare_core.Decision, wallet: bytes,
-                     table_version: int, action: object, decision_us: int) -> TapMessage:
+    def _tap_message(self, seq: int, t: _Tap) -> TapMessage:
+        tap, d = t.tap, t.decision
         counter_before = self._counter_of(d)
         applied = d.record is not None and d.flags & _ACTION_FLAGS
         return TapMessage(
@@ -393,8 +437,8 @@ class GateController:
             fare=int(d.fare),
             balance_before=max(0, int(d.balance_before)), balance_after=max(0, int(d.balance_after)),
             counter_before=counter_before, counter_after=int(d.counter),
-            wallet_before=bytes(wallet).hex(), fare_table_version=table_version,
+            wallet_before=bytes(t.wallet).hex(), fare_table_version=t.table_version,
             denylist_version=self.state.denylist.version, min_counter=tap.min_counter,
-            action_id=getattr(action, "action_id", None) if applied else None,
-            topup_applied=int(d.topup), latency_us=decision_us,
+            action_id=getattr(t.action, "action_id", None) if applied else None,
+            topup_applied=int(d.topup), latency_us=t.decision_us,
         )
