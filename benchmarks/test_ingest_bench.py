@@ -25,7 +25,7 @@ from backend.db import make_engine, make_sessionmaker
 from backend.ingest.store import RawMessage, TapStore, parse, tap_row
 from backend.migrate import upgrade
 from backend.tables import TapRow
-from faregate.bench.ingest import tap_payload
+from faregate.simgate import tap_payload
 from protocol.mqtt import TapMessage, Topics, encode_taps
 
 BATCH = 2_000

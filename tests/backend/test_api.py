@@ -18,10 +18,9 @@ import fare_core
 from backend.api.main import create_app
 from backend.ingest.store import RawMessage, TapStore
 from backend.processor import Processor
+from faregate.simgate import TINY, SimGate, SimUplink
 from protocol.mqtt import DenyListDeltaMessage, DenyListSnapshotMessage, GateCommand, Topics, encode
 from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
-from tests.backend.gate_client import GateClient
-from tests.backend.simgate import TINY
 
 ADMIN = {"username": "admin", "password": "changethis"}
 CARD = "00000000deadbeef"
@@ -61,7 +60,8 @@ async def api(database: Database, broker: BrokerInfo) -> AsyncIterator[Api]:
 
 
 async def test_a_block_reaches_a_gate_subscribed_to_the_deny_list(api: Api, broker: BrokerInfo) -> None:
-    gate = GateClient(broker.url, broker.version, [api.topics.denylist_delta, api.topics.denylist_snapshot])
+    gate = SimUplink(broker.url, api.topics, [SimGate(12, 3)], version=broker.version)
+    gate.start()
     try:
         await asyncio.to_thread(gate.wait_ready)
         admin = await api.login(**ADMIN)
@@ -256,7 +256,8 @@ async def test_mode_command_reaches_the_gate_and_reports_count_taps(api: Api, br
         make_tap(3, allowed=False, reason=fare_core.Reason.INSUFFICIENT_BALANCE, counter_after=3),
     ]
     await store.store([RawMessage(api.topics.taps("12-3"), encode(t)) for t in taps])
-    gate = GateClient(broker.url, broker.version, [api.topics.command("12-3")])
+    gate = SimUplink(broker.url, api.topics, [SimGate(12, 3)], version=broker.version)
+    gate.start()
     try:
         await asyncio.to_thread(gate.wait_ready)
         response = await api.client.post(

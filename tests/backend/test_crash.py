@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 from backend.db import make_engine, make_sessionmaker
 from backend.migrate import upgrade
 from backend.tables import TapRow
+from faregate.simgate import SimGate, SimUplink
 from protocol.mqtt import Committed, Topics, encode
 from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
-from tests.backend.gate_client import GateClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +94,8 @@ async def test_killed_between_receive_and_commit_the_tap_is_stored_after_restart
         async with sessions() as session:
             return int((await session.execute(select(func.count()).select_from(TapRow))).scalar_one())
 
-    gate = GateClient(broker.url, broker.version, [topics.committed("12-3")])
+    gate = SimUplink(broker.url, topics, [SimGate(12, 3)], version=broker.version)
+    gate.start()
     first = second = None
     try:
         await asyncio.to_thread(gate.wait_ready)

@@ -18,6 +18,7 @@ from backend.ingest.worker import IngestWorker
 from backend.migrate import upgrade
 from backend.tables import AlarmRow, DeadLetterRow, GateRow, TapRow
 from fare_core.reasons import GateMode
+from faregate.simgate import SimGate, SimUplink
 from protocol.mqtt import (
     MAX_TAPS_PER_MESSAGE,
     Committed,
@@ -27,9 +28,9 @@ from protocol.mqtt import (
     Topics,
     encode,
     encode_taps,
+    parse_gate_id,
 )
 from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
-from tests.backend.gate_client import GateClient
 
 
 class Running:
@@ -67,14 +68,16 @@ async def ingest(database: Database, broker: BrokerInfo) -> AsyncIterator[Runnin
         await engine.dispose()
 
 
-async def gate_for(run: Running, broker: BrokerInfo, gate: str = "12-3") -> GateClient:
-    client = GateClient(broker.url, broker.version, [run.topics.committed(gate), run.topics.resend(gate)])
-    await asyncio.to_thread(client.wait_ready)
-    return client
+async def gate_for(run: Running, broker: BrokerInfo, gate: str = "12-3") -> SimUplink:
+    """The gate on its own uplink; the tests publish by hand what they need its journal to look like."""
+    uplink = SimUplink(broker.url, run.topics, [SimGate(*parse_gate_id(gate))], version=broker.version)
+    uplink.start()
+    await asyncio.to_thread(uplink.wait_ready)
+    return uplink
 
 
-def committed_through(client: GateClient, run: Running, gate: str = "12-3") -> int:
-    messages = client.messages(run.topics.committed(gate))
+def committed_through(uplink: SimUplink, run: Running, gate: str = "12-3") -> int:
+    messages = uplink.messages(run.topics.committed(gate))
     return max((Committed.model_validate_json(m).through_seq for m in messages), default=-1)
 
 
@@ -224,12 +227,14 @@ async def test_a_gap_left_open_raises_one_alarm(ingest: Running, broker: BrokerI
 
 async def test_gate_status_and_its_last_will_are_recorded(ingest: Running, broker: BrokerInfo) -> None:
     topic = ingest.topics.status("12-3")
-    gate = GateClient(
+    gate = SimUplink(
         broker.url,
-        broker.version,
-        [],
+        ingest.topics,
+        [SimGate(12, 3)],
+        version=broker.version,
         will=(topic, encode(GateStatus(gate_id="12-3", state=GateState.OFFLINE))),
     )
+    gate.start()
     try:
         await asyncio.to_thread(gate.wait_ready)
         online = GateStatus(

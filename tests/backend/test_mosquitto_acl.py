@@ -15,8 +15,8 @@ import pytest
 
 from backend.broker import free_port
 from backend.deploy.mosquitto_config import write_config
+from faregate.simgate import SimUplink
 from protocol.mqtt import Topics
-from tests.backend.gate_client import GateClient
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 pytestmark = pytest.mark.mosquitto
@@ -55,14 +55,19 @@ def secured(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Topics]]:
             process.stderr.close()
 
 
-def client(url: str, user: str | None, password: str | None, subscriptions: list[str]) -> GateClient:
-    return GateClient(url, "5", subscriptions, username=user, password=password)
+def client(
+    url: str, topics: Topics, user: str | None, password: str | None, subscriptions: list[str]
+) -> SimUplink:
+    """A client with just these subscriptions: the gate under test, or one playing the backend."""
+    uplink = SimUplink(url, topics, version="5", username=user, password=password, subscribe=subscriptions)
+    uplink.start()
+    return uplink
 
 
 def test_a_gate_publishes_only_its_own_taps(secured: tuple[str, dict[str, str], Topics]) -> None:
     url, passwords, topics = secured
-    backend = client(url, "backend", passwords["backend"], [f"$share/ingest/{topics.all_taps}"])
-    gate = client(url, "12-3", passwords["12-3"], [])
+    backend = client(url, topics, "backend", passwords["backend"], [f"$share/ingest/{topics.all_taps}"])
+    gate = client(url, topics, "12-3", passwords["12-3"], [])
     try:
         backend.wait_ready()
         gate.wait_ready()
@@ -85,11 +90,12 @@ def test_a_gate_reads_its_own_acks_and_the_shared_lists_only(
     url, passwords, topics = secured
     gate = client(
         url,
+        topics,
         "12-3",
         passwords["12-3"],
         [topics.committed("12-3"), topics.committed("12-4"), topics.denylist_delta],
     )
-    backend = client(url, "backend", passwords["backend"], [])
+    backend = client(url, topics, "backend", passwords["backend"], [])
     try:
         gate.wait_ready()
         backend.wait_ready()
@@ -111,8 +117,8 @@ def test_a_gate_reads_its_own_acks_and_the_shared_lists_only(
 def test_wrong_or_missing_credentials_are_refused(
     secured: tuple[str, dict[str, str], Topics], user: str | None, password: str | None
 ) -> None:
-    url, _, _ = secured
-    refused = client(url, user, password, [])
+    url, _, topics = secured
+    refused = client(url, topics, user, password, [])
     try:
         deadline = time.monotonic() + 10
         while refused.refused is None and time.monotonic() < deadline:

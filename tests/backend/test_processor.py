@@ -11,11 +11,16 @@ from backend.ingest.store import RawMessage, TapStore
 from backend.processor import Processor
 from backend.tables import ActionRow, AlarmRow, FareTableRow, LedgerRow, PhoneRow, TapRow, TripRow
 from fare_core.reasons import Direction
+from faregate.simgate import SimGate, new_phone, tiny_artefact
 from protocol.mqtt import TapMessage, Topics, encode
 from tests.backend.conftest import make_settings
-from tests.backend.simgate import SimGate, at, new_phone, tiny_artefact
 
 CARD = 0x0123456789ABCDEF
+
+
+def at(hour: int, minute: int = 0, day: int = 24) -> datetime:
+    """A UTC time on 2026-11-(day) (a Tuesday for 24): 02:00 UTC is 10:00 in Guangzhou (off-peak)."""
+    return datetime(2026, 11, day, hour, minute, tzinfo=UTC)
 
 
 async def setup(migrated: Any, **settings: Any) -> tuple[Any, TapStore, Processor]:
@@ -69,12 +74,12 @@ async def test_reconciliation_catches_a_wrong_fare(migrated: Any) -> None:
     wallet = new_phone(CARD)
     entry, wallet = alpha.tap(wallet, CARD, Direction.ENTRY, at(2, 0))
     honest, _ = delta.tap(wallet, CARD, Direction.EXIT, at(2, 30))
-    delta.seq -= 1
-    lying, _ = delta.tap(
+    lying, _ = delta.tap(  # the same tap reported again, with a fare it did not charge
         wallet,
         CARD,
         Direction.EXIT,
         at(2, 30),
+        seq=honest.seq,
         fare=honest.fare + 100,
         balance_after=honest.balance_after - 100,
     )
@@ -141,25 +146,11 @@ async def test_an_applied_action_leaves_the_pending_list(migrated: Any) -> None:
         )
         session.add(action)
     alpha = SimGate(1)
-    alpha_tap, _ = alpha.tap(new_phone(CARD, balance=100), CARD, Direction.ENTRY, at(2, 0))
-    # the gate applied the action: the report carries its id (a gate built on fare_core's topup)
-    import fare_core
-
-    context = fare_core.Tap(CARD, 1, Direction.ENTRY, int(at(2, 0).timestamp()), gate_no=1, topup=1000)
-    wallet = new_phone(CARD, balance=100)
-    decision = fare_core.decide(wallet, context, alpha.table, alpha.denylist, alpha.sam)
-    tap = alpha_tap.model_copy(
-        update={
-            "action_id": action.id,
-            "topup_applied": decision.topup,
-            "flags": decision.flags,
-            "balance_after": decision.balance_after,
-            "allowed": bool(decision.allowed),
-            "reason": fare_core.Reason(decision.reason),
-            "fare": decision.fare,
-            "counter_after": decision.counter if decision.record is not None else alpha_tap.counter_before,
-        }
+    # the gate applied the action: fare_core's topup, the report carrying the action's id
+    tap, _ = alpha.tap(
+        new_phone(CARD, balance=100), CARD, Direction.ENTRY, at(2, 0), topup=1000, action_id=action.id
     )
+    assert tap.topup_applied == 1000
     tap = type(tap).model_validate_json(encode(tap))
     await ingest(store, processor, tap)
     async with sessions() as session:
