@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import socket
 import tempfile
-import threading
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -28,7 +30,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.config import Settings
 from backend.mqtt import BrokerAddress
-from protocol.mqtt import MAX_TAPS_PER_MESSAGE, Topics, encode_taps, tap_id
+from faregate.simgate import SimGate, SimUplink, tap_payload
+from protocol.mqtt import MAX_TAPS_PER_MESSAGE, Topics, encode_taps
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,17 +162,21 @@ def _publisher_process(
     go: Any,
     results: Any,
 ) -> None:
-    """Child process: some of the simulated gates (payloads built before the clock starts)."""
-    sim = SimulatedGates(
-        url, version, Topics(prefix), gates, per_gate, window, first=first, tap_batch=tap_batch
-    )
-    sim.connect()
+    """Child process: some of the simulated gates on one client (payloads built before the clock starts)."""
+    sims = [
+        SimGate(1000 + g // 8, g % 8, window=window, batch_max=tap_batch)
+        for g in range(first, first + gates)
+    ]
+    for gate in sims:
+        gate.synthetic_taps(per_gate)
+    uplink = SimUplink(url, Topics(prefix), sims, version=version, record=False, keepalive=60)
+    uplink.connect()
     ready.set()
     go.wait()
     start = time.perf_counter()  # CLOCK_MONOTONIC: comparable between processes
-    elapsed = sim.run(timeout)
-    sim.close()
-    results.put((start, start + elapsed, sim.publishes, sim.ids))
+    elapsed = uplink.run(timeout)
+    uplink.close()
+    results.put((start, start + elapsed, uplink.publishes, list(uplink.gates)))
 
 
 def _embedded_broker_process(port: int, ready: Any, stop: Any) -> None:
@@ -228,148 +235,6 @@ def measure_baseline(
         subscriber.join(10)
 
 
-def tap_payload(station: int, gate_no: int, seq: int) -> bytes:
-    """One valid TapMessage as a gate encodes it (compact JSON), plausible and cheap to build."""
-    card = 0x1000_0000_0000_0000 + station * 256 + gate_no
-    return json.dumps(
-        {
-            "schema_version": 1,
-            "tap_id": tap_id(station, gate_no, seq),
-            "station_id": station,
-            "gate_no": gate_no,
-            "seq": seq,
-            "card_id": f"{card:016x}",
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_795_000_000 + seq)),
-            "direction": seq % 2,
-            "mode": 0,
-            "allowed": True,
-            "reason": 0,
-            "flags": 0,
-            "fare": 200,
-            "balance_before": 100_000,
-            "balance_after": 99_800,
-            "counter_before": seq,
-            "counter_after": seq + 1,
-            "wallet_before": "00" * 128,
-            "fare_table_version": 1,
-            "denylist_version": 0,
-            "min_counter": 0,
-            "action_id": None,
-            "topup_applied": 0,
-            "latency_us": 180,
-        },
-        separators=(",", ":"),
-    ).encode()
-
-
-class SimulatedGates:
-    """Many gates on one client: bounded window per gate, committed acks, resend requests, stall replay."""
-
-    def __init__(
-        self,
-        url: str,
-        version: str,
-        topics: Topics,
-        gates: int,
-        per_gate: int,
-        window: int,
-        first: int = 0,
-        tap_batch: int = 1,
-    ) -> None:
-        self.topics = topics
-        self.tap_batch = tap_batch
-        self.ids = [f"{1000 + g // 8}-{g % 8}" for g in range(first, first + gates)]
-        self.per_gate = per_gate
-        self.window = window
-        self.committed = dict.fromkeys(self.ids, 0)
-        self.next_seq = dict.fromkeys(self.ids, 1)
-        self.resend: list[tuple[str, int, int]] = []
-        self.publishes = 0
-        self.cond = threading.Condition()
-        self.client, self.address = _client(url, version, f"bench-gates-{uuid.uuid4().hex[:8]}")
-        # No paho in-flight limit: each gate's own window bounds the messages in flight (the bench refuses
-        # a gates x window over 65,535 message ids), and with a limit set paho scans every queued
-        # message on each PUBACK, which made this simulator, not the ingest, the bottleneck.
-        self.client.max_inflight_messages_set(0)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe(
-            [(topics.committed("+"), 1), (topics.resend("+"), 1)]
-        )
-        self.subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.payloads = {gate: self._payloads(gate) for gate in self.ids}
-
-    def _payloads(self, gate: str) -> list[bytes]:
-        station, gate_no = (int(x) for x in gate.split("-"))
-        return [tap_payload(station, gate_no, seq) for seq in range(1, self.per_gate + 1)]
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        gate = Topics.gate_of(message.topic)
-        if gate not in self.committed:
-            return  # another publisher process's gate
-        body = json.loads(message.payload)
-        with self.cond:
-            if message.topic.endswith("/committed"):
-                if body["through_seq"] > self.committed.get(gate, 0):
-                    self.committed[gate] = body["through_seq"]
-            else:
-                self.resend.append((gate, body["from_seq"], body["to_seq"]))
-            self.cond.notify()
-
-    def connect(self) -> None:
-        # paho is driven from this one thread (client.loop), not loop_start(): handing every publish
-        # to a network thread costs about two thirds of the throughput in GIL hand-offs.
-        self.client.connect(self.address.host, self.address.port)
-        deadline = time.monotonic() + 15
-        while not self.subscribed.is_set():
-            self.client.loop(0.05)
-            if time.monotonic() > deadline:
-                raise RuntimeError("simulated gates could not subscribe")
-
-    def _send(self, gate: str, first: int, last: int) -> None:
-        """Taps first..last of a gate, in messages of at most `tap_batch` taps (as a gate's uplink)."""
-        for start in range(first, last + 1, self.tap_batch):
-            group = self.payloads[gate][start - 1 : min(last, start + self.tap_batch - 1)]
-            self.client.publish(self.topics.taps(gate), encode_taps(group), qos=1)
-            self.publishes += 1
-            if self.publishes % 64 == 0:
-                self.client.loop(0)
-
-    def run(self, timeout: float) -> float:
-        start = time.perf_counter()
-        last_progress, last_total = time.monotonic(), 0
-        while True:
-            sent_any = False
-            for gate in self.ids:
-                first = self.next_seq[gate]
-                last = min(self.per_gate, self.committed[gate] + self.window)
-                if first <= last:
-                    self._send(gate, first, last)
-                    self.next_seq[gate] = last + 1
-                    sent_any = True
-            with self.cond:
-                requests, self.resend = self.resend, []
-                total = sum(self.committed.values())
-            for gate, first, last in requests:
-                if first <= min(last, self.next_seq[gate] - 1):
-                    self._send(gate, first, min(last, self.next_seq[gate] - 1))
-            if total >= self.per_gate * len(self.ids):
-                return time.perf_counter() - start
-            now = time.monotonic()
-            if total > last_total:
-                last_progress, last_total = now, total
-            elif now - last_progress > 5:  # a gate's stall timer: replay what is not committed
-                for gate in self.ids:
-                    self.next_seq[gate] = self.committed[gate] + 1
-                last_progress = now
-            if now - start > timeout:
-                return time.perf_counter() - start
-            self.client.loop(0 if sent_any else 0.005)
-
-    def close(self) -> None:
-        self.client.disconnect()
-
-
 async def _prepare_database(settings: Settings) -> None:
     from backend.db import make_engine
     from backend.migrate import upgrade
@@ -426,147 +291,181 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result["lost"] == 0 and result["duplicated"] == 0 else 1
 
 
+@dataclass
+class _Publishing:
+    """What the publisher processes report: the span of their runs, messages sent, the gates they were."""
+
+    elapsed: float
+    publishes: int
+    gate_ids: list[str]
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
+    _check_arguments(args)
+    ctx = multiprocessing.get_context("spawn")
+    with contextlib.ExitStack() as stack:
+        broker_name, url, version = stack.enter_context(_broker(args, ctx))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="faregate-bench-"))
+        values = _settings_values(args, url, version, tmp)
+        settings = Settings(**values)
+        stack.callback(lambda: asyncio.run(_drop_schema(settings)))
+        per_gate = max(1, args.taps // args.gates)
+        sent = per_gate * args.gates
+        gate_version = "3.1.1" if version == "3.1.1" else args.gate_mqtt_version
+        result: dict[str, Any] = {
+            "broker": broker_name,
+            "mqtt_version": version,
+            "gate_mqtt_version": gate_version,
+            "database": "postgresql" if settings.database_schema else "sqlite",
+            "gates": args.gates,
+            "window": args.window,
+            "tap_batch": args.tap_batch,
+            "workers": args.workers,
+            "publishers": args.publishers,
+        }
+        if not args.no_baseline:
+            result.update(_baseline(args, url, gate_version, version, sent))
+        asyncio.run(_prepare_database(settings))
+        stop = ctx.Event()
+        with _ingest_workers(ctx, values, args.workers, stop) as cpu:
+            publishing = _publish(ctx, args, url, gate_version, values["mqtt_prefix"], per_gate)
+        rows, unique = asyncio.run(_count(settings, publishing.gate_ids))
+        result.update(_figures(sent, publishing, rows, unique, sum(c.value for c in cpu)))
+        if "baseline_broker_taps_per_s" in result:
+            ratio = result["taps_per_s"] / result["baseline_broker_taps_per_s"]
+            result["ratio_to_baseline"] = round(ratio, 3)
+        return result
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
     if not 1 <= args.tap_batch <= MAX_TAPS_PER_MESSAGE:
         raise SystemExit(f"--tap-batch must be 1..{MAX_TAPS_PER_MESSAGE}")
     if args.gates * args.window > 65_535:
         raise SystemExit("--gates x --window must stay within MQTT's 65,535 message ids per client")
-    ctx = multiprocessing.get_context("spawn")
-    stop_broker = ctx.Event()
-    broker_process = None
-    if args.mqtt:
-        url, broker_name = args.mqtt, "given"
-        version = args.mqtt_version or "5"
-    elif _port_open("127.0.0.1", 1883):
-        url, broker_name, version = "mqtt://127.0.0.1:1883", "mosquitto", args.mqtt_version or "5"
-    else:
-        from backend.broker import free_port
 
-        port = free_port()
-        ready = ctx.Event()
-        broker_process = ctx.Process(target=_embedded_broker_process, args=(port, ready, stop_broker))
-        broker_process.start()
+
+@contextlib.contextmanager
+def _broker(args: argparse.Namespace, ctx: Any) -> Iterator[tuple[str, str, str]]:
+    """(name, URL, MQTT version) of the broker: the given one, Mosquitto on 1883, else an embedded amqtt
+    in a process of its own for the length of the run."""
+    if args.mqtt:
+        yield "given", args.mqtt, args.mqtt_version or "5"
+        return
+    if _port_open("127.0.0.1", 1883):
+        yield "mosquitto", "mqtt://127.0.0.1:1883", args.mqtt_version or "5"
+        return
+    from backend.broker import free_port
+
+    port = free_port()
+    ready, stop = ctx.Event(), ctx.Event()
+    process = ctx.Process(target=_embedded_broker_process, args=(port, ready, stop))
+    process.start()
+    try:
         ready.wait(15)
-        url, broker_name, version = f"mqtt://127.0.0.1:{port}", "amqtt", "3.1.1"
-    tmp = tempfile.TemporaryDirectory(prefix="faregate-bench-")
-    database = args.database or f"sqlite+aiosqlite:///{os.path.join(tmp.name, 'bench.db')}"
-    schema = f"bench_{uuid.uuid4().hex[:10]}" if database.startswith("postgresql") else None
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    values: dict[str, Any] = {
+        yield "amqtt", f"mqtt://127.0.0.1:{port}", "3.1.1"
+    finally:
+        stop.set()
+        process.join(10)
+
+
+def _settings_values(args: argparse.Namespace, url: str, version: str, tmp: str) -> dict[str, Any]:
+    """The ingest's settings: a fresh database (or PostgreSQL schema) and topic prefix for this run."""
+    database = args.database or f"sqlite+aiosqlite:///{os.path.join(tmp, 'bench.db')}"
+    return {
         "database_url": database,
-        "database_schema": schema,
+        "database_schema": f"bench_{uuid.uuid4().hex[:10]}" if database.startswith("postgresql") else None,
         "mqtt_url": url,
         "mqtt_version": version,
-        "mqtt_prefix": prefix,
+        "mqtt_prefix": f"bench{uuid.uuid4().hex[:8]}",
         "ingest_group": "" if version == "3.1.1" else "bench",
         "ingest_client_id": f"bench-ingest-{uuid.uuid4().hex[:8]}",
         "ingest_batch_size": args.batch,
         "ingest_batch_wait_ms": 20,
         "reconcile": False,
     }
-    settings = Settings(**values)
-    per_gate = max(1, args.taps // args.gates)
-    sent = per_gate * args.gates
-    gate_version = "3.1.1" if version == "3.1.1" else args.gate_mqtt_version
-    result: dict[str, Any] = {
-        "broker": broker_name,
-        "mqtt_version": version,
-        "gate_mqtt_version": gate_version,
-        "database": "postgresql" if schema else "sqlite",
-        "gates": args.gates,
-        "window": args.window,
-        "tap_batch": args.tap_batch,
-        "workers": args.workers,
-        "publishers": args.publishers,
+
+
+def _baseline(
+    args: argparse.Namespace, url: str, gate_version: str, version: str, sent: int
+) -> dict[str, int]:
+    size = len(encode_taps([tap_payload(1000, 0, 1)] * args.tap_batch))  # the run's own messages
+    messages = max(1, min(sent, 50_000) // args.tap_batch)
+    window = max(4, 500 // args.tap_batch)
+    per_s = measure_baseline(url, gate_version, version, messages, window, size)
+    return {
+        "baseline_broker_msgs_per_s": round(per_s),
+        "baseline_broker_taps_per_s": round(per_s * args.tap_batch),
     }
+
+
+@contextlib.contextmanager
+def _ingest_workers(ctx: Any, values: dict[str, Any], count: int, stop: Any) -> Iterator[list[Any]]:
+    """`count` ingest worker processes, started and subscribed; yields their CPU-seconds values, which
+    hold the figures once the block is left (the workers are stopped then)."""
+    workers = []
+    for number in range(count):
+        ready, cpu = ctx.Event(), ctx.Value("d", 0.0)
+        own = {**values, "ingest_client_id": f"{values['ingest_client_id']}-{number}"}
+        process = ctx.Process(target=_ingest_process, args=(own, stop, ready, cpu))
+        process.start()
+        workers.append((process, ready, cpu))
     try:
-        if not args.no_baseline:
-            size = len(encode_taps([tap_payload(1000, 0, 1)] * args.tap_batch))  # the run's own messages
-            messages = max(1, min(sent, 50_000) // args.tap_batch)
-            window = max(4, 500 // args.tap_batch)
-            per_s = measure_baseline(url, gate_version, version, messages, window, size)
-            result["baseline_broker_msgs_per_s"] = round(per_s)
-            result["baseline_broker_taps_per_s"] = round(per_s * args.tap_batch)
-        asyncio.run(_prepare_database(settings))
-        stop = ctx.Event()
-        workers = []
-        for number in range(args.workers):
-            ready, cpu = ctx.Event(), ctx.Value("d", 0.0)
-            own = {**values, "ingest_client_id": f"{values['ingest_client_id']}-{number}"}
-            workers.append((ctx.Process(target=_ingest_process, args=(own, stop, ready, cpu)), ready, cpu))
-            workers[-1][0].start()
-        try:
-            for _, ready, _ in workers:
-                if not ready.wait(30):
-                    raise RuntimeError("ingest worker did not start")
-            go, results = ctx.Event(), ctx.Queue()
-            publishers = []
-            share = [
-                args.gates // args.publishers + (i < args.gates % args.publishers)
-                for i in range(args.publishers)
-            ]
-            for number, count in enumerate(share):
-                ready = ctx.Event()
-                process = ctx.Process(
-                    target=_publisher_process,
-                    args=(
-                        url,
-                        gate_version,
-                        prefix,
-                        sum(share[:number]),
-                        count,
-                        per_gate,
-                        args.window,
-                        args.tap_batch,
-                        args.timeout,
-                        ready,
-                        go,
-                        results,
-                    ),
-                )
-                process.start()
-                publishers.append((process, ready))
-            for _, ready in publishers:
-                if not ready.wait(60):
-                    raise RuntimeError("publisher did not start")
-            go.set()
-            outcomes = [results.get(timeout=args.timeout + 60) for _ in publishers]
-            for process, _ in publishers:
-                process.join(30)
-            elapsed = max(o[1] for o in outcomes) - min(o[0] for o in outcomes)
-            publishes = sum(o[2] for o in outcomes)
-            gate_ids = [gate for o in outcomes for gate in o[3]]
-        finally:
-            stop.set()
-            for process, _, _ in workers:
-                process.join(30)
-                if process.is_alive():
-                    process.kill()
-        ingest_cpu_s = sum(cpu.value for _, _, cpu in workers)
-        rows, unique = asyncio.run(_count(settings, gate_ids))
-        result.update(
-            {
-                "taps_per_s": round(sent / elapsed),
-                "seconds": round(elapsed, 3),
-                "sent": sent,
-                "publishes": publishes,
-                "stored": unique,
-                "lost": sent - unique,
-                "duplicated": rows - unique,
-                # what the ingest itself costs, apart from the simulated gates and the broker sharing
-                # the machine: taps stored per CPU second of the ingest worker processes
-                "ingest_cpu_s": round(ingest_cpu_s, 3),
-                "ingest_taps_per_cpu_s": round(unique / ingest_cpu_s) if ingest_cpu_s else None,
-            }
-        )
-        if "baseline_broker_taps_per_s" in result:
-            result["ratio_to_baseline"] = round(
-                result["taps_per_s"] / result["baseline_broker_taps_per_s"], 3
-            )
+        for _, ready, _ in workers:
+            if not ready.wait(30):
+                raise RuntimeError("ingest worker did not start")
+        yield [cpu for _, _, cpu in workers]
     finally:
-        asyncio.run(_drop_schema(settings))
-        tmp.cleanup()
-        if broker_process is not None:
-            stop_broker.set()
-            broker_process.join(10)
-    return result
+        stop.set()
+        for process, _, _ in workers:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+
+
+def _publish(
+    ctx: Any, args: argparse.Namespace, url: str, gate_version: str, prefix: str, per_gate: int
+) -> _Publishing:
+    """The gates split over `--publishers` processes, all ready before one signal starts them."""
+    go, results = ctx.Event(), ctx.Queue()
+    gates, processes = args.gates, args.publishers
+    share = [gates // processes + (i < gates % processes) for i in range(processes)]
+    publishers = []
+    for number, count in enumerate(share):
+        ready = ctx.Event()
+        process = ctx.Process(
+            target=_publisher_process,
+            args=(url, gate_version, prefix, sum(share[:number]), count, per_gate, args.window,
+                  args.tap_batch, args.timeout, ready, go, results),
+        )
+        process.start()
+        publishers.append((process, ready))
+    for _, ready in publishers:
+        if not ready.wait(60):
+            raise RuntimeError("publisher did not start")
+    go.set()
+    outcomes = [results.get(timeout=args.timeout + 60) for _ in publishers]
+    for process, _ in publishers:
+        process.join(30)
+    return _Publishing(
+        elapsed=max(o[1] for o in outcomes) - min(o[0] for o in outcomes),
+        publishes=sum(o[2] for o in outcomes),
+        gate_ids=[gate for o in outcomes for gate in o[3]],
+    )
+
+
+def _figures(
+    sent: int, publishing: _Publishing, rows: int, unique: int, ingest_cpu_s: float
+) -> dict[str, Any]:
+    return {
+        "taps_per_s": round(sent / publishing.elapsed),
+        "seconds": round(publishing.elapsed, 3),
+        "sent": sent,
+        "publishes": publishing.publishes,
+        "stored": unique,
+        "lost": sent - unique,
+        "duplicated": rows - unique,
+        # what the ingest itself costs, apart from the simulated gates and the broker sharing the
+        # machine: taps stored per CPU second of the ingest worker processes
+        "ingest_cpu_s": round(ingest_cpu_s, 3),
+        "ingest_taps_per_cpu_s": round(unique / ingest_cpu_s) if ingest_cpu_s else None,
+    }
