@@ -1,59 +1,45 @@
-"""The backend's outgoing MQTT: one paho client shared by the API and the control handlers.
+"""The backend's outgoing MQTT: one client shared by the API and the control handlers.
 
-`publish()` waits for the broker's PUBACK (in a thread, so the event loop never blocks), which is
-what lets the API answer "deny-list version N published" truthfully.
+`publish()` returns only once the broker's PUBACK is in, which is what lets the API answer "deny-list
+version N published" truthfully. The client (backend/mqtt.py) runs on the caller's event loop and
+connects on the first publish.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import uuid
 
 from protocol.mqtt import Payload, Topics, encode
 
 from .config import Settings
-from .mqtt import Connected, make_client
-
-log = logging.getLogger("faregate.publisher")
+from .mqtt import MqttClient, PublishRefused
 
 
 class Publisher:
     def __init__(self, settings: Settings, client_id: str | None = None) -> None:
         self.settings = settings
         self.topics = Topics(settings.mqtt_prefix)
-        self.client, self._connect = make_client(
-            settings, client_id or f"faregate-api-{uuid.uuid4().hex[:8]}"
-        )
-        self._connected = Connected()
-        self.client.on_connect = self._connected.on_connect
-        self._started = False
+        self.mqtt = MqttClient(settings, client_id or f"faregate-api-{uuid.uuid4().hex[:8]}")
 
     def start(self) -> None:
-        """Connect in the background (paho reconnects by itself); publishing waits for the connection."""
-        if not self._started:
-            self.client.connect_async(**self._connect)
-            self.client.loop_start()
-            self._started = True
+        """Connect in the background (reconnecting with back-off); needs the running event loop."""
+        self.mqtt.start()
 
     def stop(self) -> None:
-        if self._started:
-            self.client.disconnect()
-            self.client.loop_stop()
-            self._started = False
+        """Close at once (synchronous); `aclose()` also waits for the connection task to end."""
+        self.mqtt.close()
+
+    async def aclose(self) -> None:
+        await self.mqtt.aclose()
 
     async def publish(
         self, topic: str, message: Payload | bytes, *, retain: bool = False, timeout: float = 10.0
     ) -> None:
+        """QoS 1. TimeoutError whenever the broker's PUBACK is not in within `timeout`: no connection,
+        the connection lost first (the message is then not sent again), or a v5 refusal; the API
+        routes answer 503 "saved, but not published" on it."""
         payload = message if isinstance(message, bytes) else encode(message)
-        self.start()
-
-        def _send() -> None:
-            if not self._connected.event.wait(timeout):
-                raise TimeoutError(f"MQTT broker not connected ({self._connected.reason or 'no answer'})")
-            info = self.client.publish(topic, payload, qos=1, retain=retain)
-            info.wait_for_publish(timeout)
-            if not info.is_published():
-                raise TimeoutError(f"no PUBACK for {topic} within {timeout} s")
-
-        await asyncio.to_thread(_send)
+        try:
+            await self.mqtt.publish(topic, payload, qos=1, retain=retain, timeout=timeout)
+        except (ConnectionError, PublishRefused) as error:
+            raise TimeoutError(f"{topic} not confirmed by the broker: {error}") from error

@@ -44,7 +44,7 @@ async def serve(
         tasks: list[asyncio.Task[Any]] = []
         wake_processor = asyncio.Event()
         publisher = Publisher(settings)
-        stack.callback(publisher.stop)
+        stack.push_async_callback(publisher.aclose)
         distributor = Distributor(sessions, publisher)
         if ingest:
             from .control import handle_control_message

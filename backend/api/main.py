@@ -77,7 +77,7 @@ def create_app(
             yield
         finally:
             if publisher is None:
-                pub.stop()
+                await pub.aclose()
             if owns_engine:
                 await engine.dispose()
 

@@ -1,33 +1,32 @@
-"""The ingest worker: paho subscriber (manual acks) -> batches -> TapStore -> PUBACK -> Committed.
+"""The ingest worker: MQTT subscriber (manual acks) -> batches -> TapStore -> PUBACK -> Committed.
 
-paho's network thread only appends incoming messages to a deque; the asyncio side takes batches of up
-to `ingest_batch_size` (waiting at most `ingest_batch_wait_ms` for a batch to fill), stores them in one
-transaction and only then acknowledges each message to the broker. A crash before the commit leaves
-every message of the batch unacknowledged, so the broker redelivers it to the persistent session, and
-the gate resends anything still missing. Nothing here raises out of the loop on bad input: a payload
-that is not a valid tap is dead-lettered (and acked, since redelivery cannot fix it).
+The MQTT client (backend/mqtt.py, on this event loop) only appends incoming messages to a deque; the
+worker takes batches of up to `ingest_batch_size` (waiting at most `ingest_batch_wait_ms` for a batch
+to fill), stores them in one transaction and only then acknowledges each message to the broker. A
+crash before the commit leaves every message of the batch unacknowledged, so the broker redelivers it
+to the persistent session, and the gate resends anything still missing. Nothing here raises out of the
+loop on bad input: a payload that is not a valid tap is dead-lettered (and acked, since redelivery
+cannot fix it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import select
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-import paho.mqtt.client as mqtt
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from protocol.mqtt import Committed, ResendRequest, Topics, encode
 
 from ..config import Settings
-from ..mqtt import make_client
+from ..mqtt import Message, MqttClient
 from .store import BatchResult, GateProgress, RawMessage, TapStore
 
 log = logging.getLogger("faregate.ingest")
@@ -35,7 +34,6 @@ log = logging.getLogger("faregate.ingest")
 GAP_GRACE_S = 1.0  # a gap younger than this may still be in flight on another worker
 RESEND_EVERY_S = 5.0  # ask a gate again at most this often for the same gap
 RETRY_DELAY_S = 1.0  # the database refused a batch: wait, keep the messages, retry
-READ_BURST = 2000  # packets read per readable event at most, so the event loop keeps turning
 
 
 @dataclass
@@ -47,6 +45,10 @@ class OpenGap:
     asked_at: float = 0.0
     missing: list[tuple[int, int]] = field(default_factory=list)
     alarmed: bool = False
+
+
+def _raw(message: Message) -> RawMessage:
+    return RawMessage(message.topic, message.payload, message.mid, message.qos)
 
 
 class IngestWorker:
@@ -66,81 +68,40 @@ class IngestWorker:
         self.store = TapStore(sessions)
         self.on_other = on_other  # status and request messages (control plane)
         self.on_stored = on_stored
-        self.client, self._connect = make_client(
-            settings, client_id or settings.ingest_client_id, manual_ack=True, persistent=True
+        self.mqtt = MqttClient(
+            settings,
+            client_id or settings.ingest_client_id,
+            manual_ack=True,
+            persistent=True,
+            subscriptions=[
+                (self.tap_subscription, 1),
+                (self.topics.all_status, 1),
+                (self.topics.all_requests, 1),
+            ],
+            on_message=self._on_message,
+            on_ready=lambda: log.info("ingest connected, subscribed to %s", self.tap_subscription),
         )
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self._incoming: deque[RawMessage] = deque()
+        self._incoming: deque[Message] = deque()
         self._wakeup = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._gaps: dict[str, OpenGap] = {}  # gates with taps missing above their committed seq
-        self.connected = asyncio.Event()
+        self.connected = self.mqtt.connected  # set while subscribed
         self.stats = {"received": 0, "stored": 0, "duplicates": 0, "dead_lettered": 0, "batches": 0}
-
-    # --- paho, driven by this event loop ------------------------------------------------------------
 
     @property
     def tap_subscription(self) -> str:
         group = self.settings.ingest_group
         return f"$share/{group}/{self.topics.all_taps}" if group else self.topics.all_taps
 
-    def _on_connect(
-        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _properties: Any = None
-    ) -> None:
-        if getattr(reason_code, "is_failure", False):
-            log.error("broker refused the ingest connection: %s", reason_code)
-            return
-        client.subscribe(
-            [(self.tap_subscription, 1), (self.topics.all_status, 1), (self.topics.all_requests, 1)]
-        )
-        log.info("ingest connected, subscribed to %s", self.tap_subscription)
-        self.connected.set()
-
-    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._incoming.append(RawMessage(message.topic, bytes(message.payload), message.mid, message.qos))
+    def _on_message(self, message: Message) -> None:
+        self._incoming.append(message)
         self._wakeup.set()
-
-    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Let the event loop watch paho's socket (as aiomqtt does) instead of a network thread:
-        on this 2-core machine a second thread costs about a third of the throughput in GIL hand-offs."""
-        client = self.client
-        client.on_socket_open = lambda _c, _u, sock: loop.add_reader(sock, self._read, sock)
-        client.on_socket_close = lambda _c, _u, sock: self._forget(loop.remove_reader, sock)
-        client.on_socket_register_write = lambda c, _u, sock: loop.add_writer(sock, c.loop_write)
-        client.on_socket_unregister_write = lambda _c, _u, sock: self._forget(loop.remove_writer, sock)
-
-    @staticmethod
-    def _forget(remove: Callable[[Any], bool], sock: Any) -> None:
-        remove(sock)
-
-    def _read(self, sock: Any) -> None:
-        """Read every packet already waiting (paho's loop_read takes one per call)."""
-        for _ in range(READ_BURST):
-            if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS or self.client.socket() is not sock:
-                return
-            if not select.select([cast(Any, sock)], [], [], 0)[0]:
-                return
-
-    async def _network(self, stop: asyncio.Event) -> None:
-        """paho's housekeeping (keepalive, retries) and reconnection, once a second."""
-        while not stop.is_set():
-            if self.client.loop_misc() == mqtt.MQTT_ERR_NO_CONN or not self.client.is_connected():
-                self.connected.clear()
-                try:
-                    self.client.reconnect()
-                except OSError as error:
-                    log.warning("broker unreachable (%s); retrying", error)
-            await asyncio.sleep(1.0)
 
     # --- asyncio side ------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Connect, then store batches until `stop` is set; always disconnects."""
-        self._loop = asyncio.get_running_loop()
-        self._attach(self._loop)
-        self.client.connect_async(**self._connect)
-        network = asyncio.create_task(self._network(stop))
+        """Connect, then store batches until `stop` is set; always disconnects (what is not committed
+        stays unacknowledged, for the broker to redeliver)."""
+        self.mqtt.start()
         gap_task = asyncio.create_task(self._gap_sweeper(stop))
         try:
             while not stop.is_set():
@@ -149,11 +110,10 @@ class IngestWorker:
                     await self._handle(batch)
         finally:
             gap_task.cancel()
-            network.cancel()
-            await asyncio.gather(gap_task, network, return_exceptions=True)
-            self.client.disconnect()
+            await asyncio.wait({gap_task})
+            await self.mqtt.aclose()
 
-    async def _next_batch(self, stop: asyncio.Event) -> list[RawMessage]:
+    async def _next_batch(self, stop: asyncio.Event) -> list[Message]:
         if not self._incoming:
             self._wakeup.clear()
             if not self._incoming:
@@ -168,20 +128,19 @@ class IngestWorker:
             deadline = time.monotonic() + self.settings.ingest_batch_wait_ms / 1000
             while len(self._incoming) < limit and time.monotonic() < deadline and not stop.is_set():
                 await asyncio.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
-        batch: list[RawMessage] = []
+        batch: list[Message] = []
         while self._incoming and len(batch) < limit:
             batch.append(self._incoming.popleft())
         return batch
 
-    async def _handle(self, batch: list[RawMessage]) -> None:
+    async def _handle(self, batch: list[Message]) -> None:
         taps = [m for m in batch if m.topic.endswith("/taps")]
         others = [m for m in batch if not m.topic.endswith("/taps")]
         if taps:
-            result = await self._store_until_done(taps)
+            result = await self._store_until_done([_raw(m) for m in taps])
             self.stats["received"] += result.received
             for message in taps:
-                if message.qos:
-                    self.client.ack(message.mid, message.qos)
+                self.mqtt.ack(message)
             self.stats["stored"] += result.stored
             self.stats["duplicates"] += result.duplicates
             self.stats["dead_lettered"] += result.dead_lettered
@@ -192,11 +151,10 @@ class IngestWorker:
         for message in others:
             if self.on_other is not None:
                 try:
-                    await self.on_other(message)
+                    await self.on_other(_raw(message))
                 except Exception:  # a control message must never stop the tap ingest
                     log.exception("control message on %s failed", message.topic)
-            if message.qos:
-                self.client.ack(message.mid, message.qos)
+            self.mqtt.ack(message)
 
     async def _store_until_done(self, taps: list[RawMessage]) -> BatchResult:
         """Store the batch, retrying while the database is unavailable (never ack what is not committed).
@@ -239,7 +197,8 @@ class IngestWorker:
         for gate in progress:
             assert isinstance(gate, GateProgress)
             committed = Committed(gate_id=gate.gate_id, through_seq=gate.committed_seq, time=now_wall)
-            self.client.publish(self.topics.committed(gate.gate_id), encode(committed), qos=1, retain=True)
+            # not awaited: the next commit or the gap sweep publishes again, and a gate replays on a stall
+            self.mqtt.publish_nowait(self.topics.committed(gate.gate_id), encode(committed), retain=True)
             if not gate.missing:
                 self._gaps.pop(gate.gate_id, None)
                 continue
@@ -248,7 +207,7 @@ class IngestWorker:
             if now - gap.first_seen >= GAP_GRACE_S and now - gap.asked_at >= RESEND_EVERY_S:
                 for start, end in gate.missing[:16]:
                     request = ResendRequest(gate_id=gate.gate_id, from_seq=start, to_seq=end, time=now_wall)
-                    self.client.publish(self.topics.resend(gate.gate_id), encode(request), qos=1)
+                    self.mqtt.publish_nowait(self.topics.resend(gate.gate_id), encode(request))
                     log.info("gate %s: asked to resend %d..%d", gate.gate_id, start, end)
                 gap.asked_at = now
 
