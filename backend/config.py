@@ -66,7 +66,6 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=500, ge=1, le=10_000)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     login_attempts_per_minute: int = Field(default=10, ge=1)
-    cors_origins: list[str] = []
 
     @model_validator(mode="after")
     def _no_default_secrets(self) -> Settings:
@@ -81,10 +80,6 @@ class Settings(BaseSettings):
             if len(self.admin_password) < 12:
                 raise ValueError("FAREGATE_ADMIN_PASSWORD must have at least 12 characters")
         return self
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
 
 @lru_cache
