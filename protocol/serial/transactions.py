@@ -93,8 +93,8 @@ def busy_wait(busy_naks: int, busy_retries: int = BUSY_RETRIES) -> float | None:
 class Transaction:
     """One request under one SEQ, from its first send to its answer or giving up."""
 
-    __slots__ = ("answer", "corrupt", "data", "expect", "fast_retries", "message", "resends", "retries",
-                 "seq", "silent", "timeout")
+    __slots__ = ("_timeout", "answer", "baud", "corrupt", "data", "expect", "fast_retries", "message",
+                 "resends", "retries", "seq", "silent")
 
     def __init__(self, seq: int, message: Message, expect: type[Message] | None = None, *,
                  baud: int = DEFAULT_BAUD, timeout: float | None = None, retries: int = RETRIES,
@@ -103,13 +103,22 @@ class Transaction:
         self.message = message
         self.expect = RESPONSE_TO.get(type(message)) if expect is None else expect
         self.data = message.to_bytes(seq)  # what goes on the wire, first time and every resend
-        self.timeout = response_timeout(message, baud) if timeout is None else timeout
+        self.baud = baud
+        self._timeout = timeout
         self.retries = retries
         self.fast_retries = fast_retries
         self.answer: Message | None = None
         self.silent = 0  # wake-ups by a timeout without an answer
         self.corrupt = 0  # wake-ups by a corrupt frame without an answer
         self.resends = 0
+
+    @property
+    def timeout(self) -> float:
+        """How long to wait for the answer before resending (worked out when first waited on, so
+        not between a caller's request and its frame reaching the wire)."""
+        if self._timeout is None:
+            self._timeout = response_timeout(self.message, self.baud)
+        return self._timeout
 
     @property
     def sends(self) -> int:
