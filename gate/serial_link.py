@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from protocol.serial import Frame, FrameDecoder, Message, Nak, NakReason, UnknownCommand, parse
+from protocol.serial import Frame, FrameDecoder, Kind, Message, Nak, NakReason, UnknownCommand, kind_of, parse
 from protocol.serial.messages import PayloadError
 from protocol.serial.timing import DEFAULT_BAUD, RETRIES
 from protocol.serial.transactions import (
@@ -135,18 +135,22 @@ class ReaderLink:
             self.bad_frames += 1
             log.warning("ignoring frame 0x%02x from device: %s", frame.command, exc)
             return
-        if not is_response(frame):
-            if self.on_event is not None:
-                self.on_event(message)
-            try:
-                self.events.put_nowait(message)
-            except asyncio.QueueFull:
-                log.error("event queue full; dropping %r", message)
+        if is_response(frame):
+            flight = self._pending.get(frame.seq)
+            if flight is not None and flight.take(message):  # else a repeat, or stale: ignored
+                self.last_answer_ns = self.transport.rx_ns
+                wake_up(flight.woken, Wake.ANSWER)
             return
-        flight = self._pending.get(frame.seq)
-        if flight is not None and flight.take(message):  # else a repeat, or stale: ignored
-            self.last_answer_ns = self.transport.rx_ns
-            wake_up(flight.woken, Wake.ANSWER)
+        if kind_of(frame.command) is not Kind.EVENT:  # a request code: the device never sends one
+            self.bad_frames += 1
+            log.warning("ignoring request frame 0x%02x from device", frame.command)
+            return
+        if self.on_event is not None:
+            self.on_event(message)
+        try:
+            self.events.put_nowait(message)
+        except asyncio.QueueFull:
+            log.error("event queue full; dropping %r", message)
 
     # ------------------------------------------------------------------------------ request
     def request(self, message: Message, expect: type[M], timeout: float | None = None) -> Awaitable[M]:

@@ -184,6 +184,22 @@ async def test_an_answer_right_after_a_timeout_is_taken_without_a_resend(device:
     assert len(seen) == 1
 
 
+async def test_a_request_frame_from_the_device_answers_nothing(device: Device) -> None:
+    """Only response codes answer requests; a request code read back (a looped-back line) is
+    neither an answer nor an event."""
+    path, _seen = device(lambda n, req: None)
+    link = ReaderLink(path, retries=0)
+    await link.open()
+    try:
+        pending = asyncio.ensure_future(link.request(Heartbeat(), HeartbeatReply, timeout=0.2))
+        link.feed(Heartbeat().to_bytes(link._seqs.last))
+        with pytest.raises(LinkTimeout):
+            await pending
+        assert link.bad_frames == 1 and link.events.empty()
+    finally:
+        await link.close()
+
+
 # ------------------------------------------------------------------- a port that takes nothing
 @pytest.fixture
 def quiet_pty() -> Iterator[tuple[str, int]]:
