@@ -183,20 +183,7 @@ async def test_fare_table_publish_list_and_roll_back(api: Api) -> None:
 
 def _tides_row_schema() -> dict[str, Any]:
     """The TIDES fare_transactions table schema (Frictionless) as a JSON Schema for one CSV row."""
-    candidates = [
-        Path(__file__).parents[3] / "shared" / "tides",
-        Path(__file__).parents[2] / "shared" / "tides",
-    ]
-    path = next(
-        (
-            p / "fare_transactions.schema.json"
-            for p in candidates
-            if (p / "fare_transactions.schema.json").exists()
-        ),
-        None,
-    )
-    if path is None:
-        pytest.fail("TIDES schema not found in ../shared/tides (beside the clone)")
+    path = Path(__file__).parents[1] / "fixtures" / "tides" / "fare_transactions.schema.json"  # vendored
     table = json.loads(path.read_text())
     patterns = {
         "date": r"^\d{4}-\d{2}-\d{2}$",
