@@ -209,7 +209,7 @@ async def test_an_unacknowledged_message_comes_back_to_the_persistent_session(
             assert worker.ack(again)
             await asyncio.sleep(0.3)  # the PUBACK reaches the broker
             relay.cut()
-            await worker.wait_connected(10)
+            await wait_for(lambda: relay.accepted == 3 and worker.connected.is_set())
             await asyncio.sleep(1.0)
             assert received.empty()  # acknowledged once: not redelivered
     finally:
