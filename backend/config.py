@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fare_core import DEVELOPMENT_SAM_KEY
 
 DEV_SECRET = "changethis"
+DEV_PAYMENT_SECRET = "changethis-payments"
 
 
 class Settings(BaseSettings):
@@ -66,11 +67,25 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=500, ge=1, le=10_000)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     login_attempts_per_minute: int = Field(default=10, ge=1)
+    # bodies of unauthenticated requests (/login, the payment webhook, no bearer token) are smaller
+    max_unauthenticated_body_bytes: int = Field(default=16 * 1024, ge=1024)
+    # direct peers (IP addresses or networks) whose X-Forwarded-For is believed; JSON list in the env
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    # commuter top-ups: a payment intent, credited only on the provider's signed confirmation
+    payment_webhook_secret: str = DEV_PAYMENT_SECRET  # HMAC-SHA256 key shared with the provider
+    payment_webhook_tolerance_s: int = Field(default=300, ge=10, le=3600)  # timestamp skew accepted
+    topup_max_fen: int = Field(default=50_000, ge=1, le=100_000_00)  # per top-up (500 yuan)
+    topup_max_fen_per_day: int = Field(default=200_000, ge=1)  # per phone, any rolling 24 hours
 
     @model_validator(mode="after")
     def _no_default_secrets(self) -> Settings:
         if self.environment != "development":
-            defaults = (("admin_password", DEV_SECRET), ("sam_master_key", DEVELOPMENT_SAM_KEY.hex()))
+            defaults = (
+                ("admin_password", DEV_SECRET),
+                ("sam_master_key", DEVELOPMENT_SAM_KEY.hex()),
+                ("payment_webhook_secret", DEV_PAYMENT_SECRET),
+            )
             for name, default in defaults:
                 if getattr(self, name) == default:
                     raise ValueError(

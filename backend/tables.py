@@ -312,3 +312,22 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(80))
     target: Mapped[str] = mapped_column(String(200), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class PaymentIntentRow(Base):
+    """A commuter's top-up request: pending until the payment provider's signed confirmation credits it
+    (once: the state moves pending -> confirmed in one conditional update, and the confirmation's
+    idempotency key is unique)."""
+
+    __tablename__ = "payment_intents"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    reference: Mapped[str] = mapped_column(String(40), unique=True)  # the provider echoes it back
+    card_id: Mapped[str] = mapped_column(CardIdCol)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(12), default="pending")  # pending / confirmed
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    confirmed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(100), nullable=True, unique=True)
+    action_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the top-up it created
+
+    __table_args__ = (Index("ix_payment_intents_card_created", "card_id", "created_at"),)

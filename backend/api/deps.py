@@ -32,6 +32,14 @@ def get_distributor(request: Request) -> Distributor:
     return request.app.state.distributor  # type: ignore[no-any-return]
 
 
+def client_address(request: Request) -> str:
+    """The caller's address: the direct peer, or the address a configured trusted proxy reports."""
+    peer = request.client.host if request.client else "?"
+    return request.app.state.trusted_proxies.client(  # type: ignore[no-any-return]
+        peer, request.headers.getlist("x-forwarded-for")
+    )
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 DistributorDep = Annotated[Distributor, Depends(get_distributor)]

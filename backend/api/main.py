@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -17,6 +16,7 @@ from ..distribution import Distributor
 from ..migrate import upgrade
 from ..publisher import Publisher
 from ..tables import OperatorRow
+from .limits import BodyLimit
 from .routes import (
     actions,
     alarms,
@@ -26,14 +26,17 @@ from .routes import (
     fares,
     gates,
     operators,
+    payments,
     phones,
     reports,
     summary,
     taps,
 )
-from .security import LoginLimiter, Role, hash_password
+from .security import LoginLimiter, Role, TrustedProxies, hash_password
 
 API = "/api/v1"
+#: Routes anyone can call without a bearer token: they get the small body limit.
+OPEN_PATHS = frozenset({f"{API}/login", f"{API}/payments/confirmations"})
 
 
 async def ensure_admin(sessions: async_sessionmaker, settings: Settings) -> None:  # type: ignore[type-arg]
@@ -88,20 +91,22 @@ def create_app(
         description="Operator and commuter API of the faregate fare-gate system. Money is integer fen.",
     )
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return JSONResponse(
-                {"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    app.state.trusted_proxies = TrustedProxies(settings.trusted_proxies)  # a bad entry fails here
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        unauthenticated_limit=settings.max_unauthenticated_body_bytes,
+        open_paths=OPEN_PATHS,
+    )
+    # No CORS middleware on purpose: the dashboard and the commuter page are served from this same
+    # origin, so a browser on any other origin gets no Access-Control-Allow-* header (docs/security.md).
 
     @app.get(f"{API}/health", tags=["health"])
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    for module in (auth, operators, gates, taps, phones, denylist, fares, actions, reports, alarms, commuter):
+    modules = (auth, operators, gates, taps, phones, denylist, fares, actions, reports, alarms, commuter)
+    for module in (*modules, payments):
         app.include_router(module.router, prefix=API)
     app.include_router(summary.router, prefix="/dashboard/api")  # the board's one aggregate
     mount_dashboard(app)  # the operator board at /, the commuter page at /commuter

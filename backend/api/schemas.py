@@ -348,12 +348,45 @@ class LatencyRow(BaseModel):
 
 
 class TopUpRequest(Body):
-    """Fen to add to one's own phone at its next tap."""
+    """Fen to add to one's own phone: a payment intent, credited once the provider confirms payment."""
 
     amount: FenAmount
 
 
+class PaymentIntentPublic(Public):
+    """A top-up waiting for payment, and what the payment provider needs to collect it."""
+
+    reference: str  # the merchant reference the provider quotes in its confirmation
+    card_id: str
+    amount: int
+    currency: str = "CNY"
+    state: str  # pending / confirmed
+    created_at: datetime
+    confirmed_at: datetime | None
+    action_id: int | None  # the over-the-air top-up created on confirmation
+    notify_path: str = "/api/v1/payments/confirmations"  # where the provider posts its confirmation
+
+
+class PaymentConfirmation(Body):
+    """The provider's confirmation of a payment (the raw body is what its signature covers)."""
+
+    idempotency_key: Annotated[str, Field(min_length=8, max_length=100, pattern=r"^[!-~]+$")]
+    reference: Annotated[str, Field(pattern=r"^pi_[0-9a-f]{32}$")]
+    amount: FenAmount
+    currency: Literal["CNY"]
+    status: Literal["succeeded"]
+
+
+class PaymentConfirmationResult(BaseModel):
+    """What the confirmation did: `credited` is true only for the call that credited the money."""
+
+    reference: str
+    state: str
+    credited: bool
+    action_id: int | None
+
+
 class ReportLostRequest(Body):
-    """Block the lost phone and move its balance to the new one."""
+    """Block the lost phone and move its balance to a new, unused phone (see docs/security.md)."""
 
     new_card_id: CardIdStr

@@ -1,10 +1,13 @@
-"""Passwords (scrypt), bearer tokens (random, stored as SHA-256), and a login rate limiter."""
+"""Passwords (scrypt), bearer tokens (random, stored as SHA-256), a login rate limiter, and the client
+address behind trusted proxies."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -76,3 +79,35 @@ class LoginLimiter:
                 return False
             session.add(LoginAttemptRow(key=key, at=now))
         return True
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrustedProxies:
+    """Which direct peers may tell us the client's address in X-Forwarded-For.
+
+    Anyone can send that header, so it is believed only from a configured proxy (none by default),
+    and then read from the right: each trusted proxy appends the address it saw, so the rightmost
+    entry that is not itself a trusted proxy is the real client; entries further left are whatever
+    the client wrote and are ignored."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks: list[IpNetwork] = [ipaddress.ip_network(n.strip(), strict=False) for n in networks]
+
+    def trusts(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def client(self, peer: str, forwarded_for: Iterable[str]) -> str:
+        """The client's address: the direct peer, or behind trusted proxies the first untrusted hop."""
+        if not self.networks or not self.trusts(peer):
+            return peer
+        hops = [hop.strip() for header in forwarded_for for hop in header.split(",")]
+        for hop in reversed(hops):
+            if hop and not self.trusts(hop):
+                return hop[:100]
+        return peer

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import delete, select
 
 from ...tables import OperatorRow, TokenRow
-from ..deps import Credentials, SessionDep, SettingsDep, ViewerDep, audit
+from ..deps import Credentials, SessionDep, SettingsDep, ViewerDep, audit, client_address
 from ..schemas import LoginRequest, TokenPublic
 from ..security import Role, new_token, token_hash, verify_password
 
@@ -19,7 +19,7 @@ router = APIRouter(tags=["auth"])
 async def login(
     body: LoginRequest, request: Request, session: SessionDep, settings: SettingsDep
 ) -> TokenPublic:
-    client = request.client.host if request.client else "?"
+    client = client_address(request)  # X-Forwarded-For counts only from a trusted proxy
     limiter = request.app.state.login_limiter
     if not await limiter.allow(request.app.state.sessions, f"{client}|{body.username}"):
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many login attempts; wait a minute")

@@ -1,19 +1,38 @@
-"""Commuter self-service: one's own phone only (balance, trips, top-up, report lost)."""
+"""Commuter self-service: one's own phone only (balance, trips, top-up, report lost).
+
+Both money-moving calls are built so that a commuter's token can move only the commuter's own money:
+a top-up is a payment intent that the payment provider must confirm (routes/payments.py) before anything
+is credited, and a lost phone's balance goes only to a phone nobody has ever used, exactly once.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import contextlib
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 from fastapi import APIRouter, HTTPException
-from sqlalchemy import select
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from ...distribution import Conflict
-from ...tables import LedgerRow, PhoneRow, TripRow
-from ..deps import DistributorDep, PageDep, PhoneDep, SessionDep, audit
-from ..schemas import ActionPublic, PhonePublic, ReportLostRequest, TopUpRequest, TripPublic
-from .actions import create_action
+from ...distribution import Conflict, Distributor
+from ...tables import (
+    ActionRow,
+    DenyListEntryRow,
+    LedgerRow,
+    PaymentIntentRow,
+    PhoneRow,
+    TapRow,
+    TripRow,
+)
+from ..deps import DistributorDep, PageDep, PhoneDep, SessionDep, SettingsDep, audit
+from ..schemas import PaymentIntentPublic, PhonePublic, ReportLostRequest, TopUpRequest, TripPublic
 
 router = APIRouter(prefix="/me", tags=["commuter"])
+
+LOST_REASON = "reported lost by its owner"
 
 
 @router.get("", response_model=PhonePublic)
@@ -33,88 +52,174 @@ async def my_trips(phone: PhoneDep, session: SessionDep, page: PageDep) -> list[
     return list(rows.scalars())
 
 
-@router.post("/topup", response_model=ActionPublic, status_code=201, responses={409: {}, 503: {}})
-async def top_up(body: TopUpRequest, phone: PhoneDep, session: SessionDep, distributor: DistributorDep):  # type: ignore[no-untyped-def]
-    """Add money at the phone's next tap (payment itself is out of scope here)."""
+@router.post(
+    "/topup", response_model=PaymentIntentPublic, status_code=201, responses={409: {}, 422: {}, 429: {}}
+)
+async def top_up(
+    body: TopUpRequest, phone: PhoneDep, session: SessionDep, settings: SettingsDep
+) -> PaymentIntentRow:
+    """Open a payment intent for one's own phone. Nothing is credited here: the money is added (as an
+    over-the-air top-up applied at the next tap) only when the payment provider's signed confirmation
+    for this intent's reference arrives. Bounded per call and per phone per rolling 24 hours."""
     if phone.status != "active":
         raise HTTPException(409, f"phone is {phone.status}")
-    return await create_action(
-        session,
-        distributor,
-        phone.card_id,
-        body.amount,
-        False,
-        "self-service top-up",
-        f"commuter:{phone.card_id}",
+    if body.amount > settings.topup_max_fen:
+        raise HTTPException(422, f"at most {settings.topup_max_fen} fen per top-up")
+    now = datetime.now(UTC)
+    recent = await session.scalar(
+        select(func.coalesce(func.sum(PaymentIntentRow.amount), 0)).where(
+            PaymentIntentRow.card_id == phone.card_id,
+            PaymentIntentRow.created_at >= now - timedelta(days=1),
+        )
     )
+    if int(recent or 0) + body.amount > settings.topup_max_fen_per_day:
+        raise HTTPException(429, f"at most {settings.topup_max_fen_per_day} fen of top-ups in 24 hours")
+    row = PaymentIntentRow(
+        reference=f"pi_{secrets.token_hex(16)}",
+        card_id=phone.card_id,
+        amount=body.amount,
+        state="pending",
+        created_at=now,
+    )
+    session.add(row)
+    actor = f"commuter:{phone.card_id}"
+    await audit(session, actor, "payment.intent", phone.card_id, f"{row.reference}: {body.amount} fen")
+    await session.commit()
+    return row
+
+
+async def unused(session: AsyncSession, card_id: str) -> bool:
+    """True when the backend has never seen this card id as a phone: no phone row (so no wallet state,
+    status or owner token), no phone replaced by it, and no tap, trip, ledger link, action, deny-list
+    entry or payment intent naming it."""
+    probes: list[Any] = [
+        select(PhoneRow.card_id).where(PhoneRow.card_id == card_id),
+        select(PhoneRow.card_id).where(PhoneRow.replaced_by == card_id),
+        select(TapRow.tap_id).where(TapRow.card_id == card_id),
+        select(TripRow.id).where(TripRow.card_id == card_id),
+        select(LedgerRow.id).where(LedgerRow.card_id == card_id),
+        select(ActionRow.id).where(ActionRow.card_id == card_id),
+        select(DenyListEntryRow.id).where(DenyListEntryRow.card_id == card_id),
+        select(PaymentIntentRow.id).where(PaymentIntentRow.card_id == card_id),
+    ]
+    for probe in probes:
+        if (await session.execute(probe.limit(1))).first() is not None:
+            return False
+    return True
+
+
+async def _deny_list_lost(distributor: Distributor, card_id: str) -> None:
+    """Put the lost phone on the deny-list (a no-op when it is listed already)."""
+    try:
+        with contextlib.suppress(Conflict):
+            await distributor.change_denylist([card_id], [], LOST_REASON, status="lost")
+    except TimeoutError as error:
+        raise HTTPException(503, f"saved, but the deny-list was not published: {error}") from error
 
 
 @router.post("/report-lost", response_model=PhonePublic, responses={409: {}, 503: {}})
 async def report_lost(
     body: ReportLostRequest, phone: PhoneDep, session: SessionDep, distributor: DistributorDep
 ) -> PhoneRow:
-    """Block the lost phone (deny-list delta to every gate) and move its balance to the new phone."""
-    if body.new_card_id == phone.card_id:
-        raise HTTPException(409, "the new phone must be another phone")
-    new = await session.get(PhoneRow, body.new_card_id)
-    if new is not None and new.status != "active":
-        raise HTTPException(409, f"the new phone is {new.status}")
-    old_card, balance, token_hash_value = phone.card_id, phone.balance, phone.commuter_token_hash
-    try:
-        await distributor.change_denylist([old_card], [], "reported lost by its owner", status="lost")
-    except Conflict as error:
-        raise HTTPException(409, str(error)) from error
-    await session.refresh(phone)
-    phone.commuter_token_hash = None
-    phone.replaced_by = body.new_card_id
-    balance_moved = phone.balance if phone.balance is not None else balance
-    phone.balance = 0
-    if new is None:
-        new = PhoneRow(card_id=body.new_card_id, status="active", status_reason="", balance=0, counter=0)
-        session.add(new)
-    await session.flush()
-    new.commuter_token_hash = token_hash_value
+    """Block the lost phone (deny-list delta to every gate) and move its balance to a new, unused phone.
+
+    The move is one conditional update of the old phone (still active, still held by this token,
+    balance unchanged), so of any number of retried or concurrent reports exactly one moves the money;
+    a retry after success (the token now follows the new phone) answers the new phone and changes
+    nothing, except finishing a deny-listing that failed the first time."""
+    new_card = body.new_card_id
+    if new_card == phone.card_id:
+        old = (await session.execute(select(PhoneRow).where(PhoneRow.replaced_by == new_card))).scalar()
+        if old is None:
+            raise HTTPException(409, "the new phone must be another phone")
+        if old.status == "lost":  # an operator's unblock since (status active) is not undone
+            await _deny_list_lost(distributor, old.card_id)
+        return phone
+    if phone.status != "active" or phone.replaced_by is not None:
+        raise HTTPException(409, f"phone is {phone.status}")
+    if not await unused(session, new_card):
+        raise HTTPException(409, "the new phone must be a phone never used before")
+    old_card, balance, owner = phone.card_id, phone.balance, phone.commuter_token_hash
     now = datetime.now(UTC)
-    if balance_moved > 0:  # the ledger shows where the money went; the new wallet gets it by an action
-        session.add(
-            LedgerRow(
-                card_id=old_card,
-                kind="transfer_out",
-                tap_id=None,
-                time=now,
-                amount=-balance_moved,
-                balance_before=balance_moved,
-                balance_after=0,
+    moved = cast(
+        CursorResult[Any],
+        await session.execute(
+            update(PhoneRow)
+            .where(
+                PhoneRow.card_id == old_card,
+                PhoneRow.commuter_token_hash == owner,
+                PhoneRow.replaced_by.is_(None),
+                PhoneRow.status == "active",
+                PhoneRow.balance == balance,
             )
-        )
-        session.add(
-            LedgerRow(
-                card_id=body.new_card_id,
-                kind="transfer_in",
-                tap_id=None,
-                time=now,
-                amount=balance_moved,
-                balance_before=0,
-                balance_after=balance_moved,
+            .values(
+                commuter_token_hash=None,
+                replaced_by=new_card,
+                balance=0,
+                status="lost",
+                status_reason=LOST_REASON,
             )
-        )
-    await audit(
-        session,
-        f"commuter:{old_card}",
-        "phone.report_lost",
-        old_card,
-        f"balance {balance_moved} fen moved to {body.new_card_id}",
+            .execution_options(synchronize_session=False)
+        ),
     )
-    await session.commit()
-    if balance_moved > 0:
-        await create_action(
-            session,
-            distributor,
-            body.new_card_id,
-            balance_moved,
-            False,
-            f"balance moved from lost phone {old_card}",
-            f"commuter:{old_card}",
+    if moved.rowcount != 1:
+        await session.rollback()
+        raise HTTPException(409, "the phone changed meanwhile (reported already?); reload and retry")
+    new = PhoneRow(
+        card_id=new_card,
+        status="active",
+        status_reason="",
+        balance=0,
+        counter=0,
+        commuter_token_hash=owner,
+    )
+    session.add(new)
+    action: ActionRow | None = None
+    if balance > 0:  # the ledger shows where the money went; the new wallet gets it by an action
+        for card, amount, before, after, kind in (
+            (old_card, -balance, balance, 0, "transfer_out"),
+            (new_card, balance, 0, balance, "transfer_in"),
+        ):
+            session.add(
+                LedgerRow(
+                    card_id=card,
+                    kind=kind,
+                    tap_id=None,
+                    time=now,
+                    amount=amount,
+                    balance_before=before,
+                    balance_after=after,
+                )
+            )
+        action = ActionRow(
+            card_id=new_card,
+            topup=balance,
+            unblock=False,
+            state="pending",
+            created_at=now,
+            created_by=f"commuter:{old_card}",
+            reason=f"balance moved from lost phone {old_card}",
         )
+        session.add(action)
+    try:
+        await session.flush()
+        await audit(
+            session,
+            f"commuter:{old_card}",
+            "phone.report_lost",
+            old_card,
+            f"from {old_card} to {new_card}: {balance} fen moved"
+            + (f" by action {action.id}" if action is not None else ""),
+        )
+        await session.commit()
+    except IntegrityError as error:  # the new card id was taken meanwhile
+        await session.rollback()
+        raise HTTPException(409, "the new phone must be a phone never used before") from error
+    await _deny_list_lost(distributor, old_card)
+    if action is not None:
+        try:
+            await distributor.publish_actions()
+        except TimeoutError as error:
+            raise HTTPException(503, f"saved as action {action.id}, but not published: {error}") from error
     await session.refresh(new)
     return new

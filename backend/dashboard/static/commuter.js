@@ -57,8 +57,8 @@ $("topup-form").addEventListener("submit", async (event) => {
     return;
   }
   try {
-    await me("POST", "/topup", { amount: fen });
-    flash(`Top-up of ${yuan(fen)} accepted: it is added at your next tap.`, "ok");
+    const intent = await me("POST", "/topup", { amount: fen });
+    flash(`Top-up of ${yuan(fen)} is waiting for payment (reference ${intent.reference}): once the payment is confirmed it is added at your next tap.`, "ok");
     $("amount").value = "";
   } catch (error) {
     flash(error instanceof ApiError ? `Refused: ${error.detail}` : String(error), "error");
