@@ -105,14 +105,21 @@ class TapRow(Base):
 
 
 class DeadLetterRow(Base):
-    """A payload that could not be stored as a tap, with the reason; kept for an operator to inspect."""
+    """A payload that could not be stored as a tap, with the reason; kept for an operator to inspect.
+
+    Only a bounded prefix of the payload is kept (a gate can send megabytes), with its size and hash."""
 
     __tablename__ = "dead_letters"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
     topic: Mapped[str] = mapped_column(String(300))
-    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)  # at most the first DEAD_LETTER_PREFIX bytes
     reason: Mapped[str] = mapped_column(Text)
+    gate_id: Mapped[str | None] = mapped_column(String(12), nullable=True)  # from the topic, if any
+    payload_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the whole payload's
+    payload_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # hex, whole payload
+
+    __table_args__ = (Index("ix_dead_letters_gate_received", "gate_id", "received_at"),)
 
 
 class GateRow(Base):
