@@ -89,6 +89,10 @@ StationId = Annotated[int, Field(ge=0, le=0xFFFF)]
 GateNo = Annotated[int, Field(ge=0, le=0xFF)]
 Seq = Annotated[int, Field(ge=1, le=(1 << 63) - 1)]
 GateIdStr = Annotated[str, Field(pattern=r"^\d{1,5}-\d{1,3}$")]
+#: Authentication fields (protocol/mqtt/auth.py): a gate's MAC, the backend's key id and signature, hex.
+Mac = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+KeyId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+Signature = Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
 
 
 class Payload(BaseModel):
@@ -132,6 +136,7 @@ class TapMessage(Payload):
     action_id: Annotated[int, Field(ge=1, le=(1 << 63) - 1)] | None = None  # action applied, if any
     topup_applied: Fen = 0  # fen added by that action on this tap
     latency_us: Annotated[int, Field(ge=0, le=U32_MAX)]  # card-in-field to decision, microseconds
+    mac: Mac | None = None  # the gate's MAC (auth.py); last field, the backend refuses it missing
 
     @model_validator(mode="after")
     def _consistent(self) -> TapMessage:
@@ -191,6 +196,11 @@ class GateStatus(Payload):
     host_p99_ms: Annotated[float, Field(ge=0)] | None = None  # the gate's own processing, same taps
     tailgating_alarms: Annotated[int, Field(ge=0)] | None = None  # since the gate started
     forced_door_alarms: Annotated[int, Field(ge=0)] | None = None  # since the gate started
+    # backend messages refused since the gate started: unsigned, badly signed or by an unknown key, or an
+    # ack above what the gate sent (an alarm: someone on the broker is sending in the backend's name)
+    auth_refused: Annotated[int, Field(ge=0)] | None = None
+    auth_alarm: Annotated[str, Field(max_length=200)] | None = None  # the latest refusal, for the operator
+    mac: Mac | None = None  # the gate's MAC (auth.py); last field, the backend refuses it missing
 
 
 class UpdateKind(StrEnum):
@@ -206,6 +216,7 @@ class SnapshotRequest(Payload):
     kind: UpdateKind  # what it needs
     have_version: Version  # the version it holds
     time: UtcTime  # when it asked
+    mac: Mac | None = None  # the gate's MAC (auth.py); last field, the backend refuses it missing
 
 
 # --- backend -> gate ---------------------------------------------------------------------------------
@@ -217,6 +228,8 @@ class Committed(Payload):
     gate_id: GateIdStr  # the gate addressed
     through_seq: Annotated[int, Field(ge=0)]  # highest seq with no gap below it that is committed
     time: UtcTime  # when the backend committed
+    key_id: KeyId | None = None  # the backend key that signed (auth.py); a gate refuses it missing
+    sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
 
 
 class ResendRequest(Payload):
@@ -226,6 +239,8 @@ class ResendRequest(Payload):
     from_seq: Seq  # first missing seq
     to_seq: Seq  # last missing seq (inclusive)
     time: UtcTime  # when the gap was seen
+    key_id: KeyId | None = None  # the backend key that signed (auth.py); a gate refuses it missing
+    sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
 
     @model_validator(mode="after")
     def _ordered(self) -> ResendRequest:
@@ -242,6 +257,8 @@ class GateCommand(Payload):
     mode: GateMode  # normal, free exit (emergency), closed, maintenance
     reason: Annotated[str, Field(max_length=200)] = ""  # why, for the gate log and display
     issued_at: UtcTime  # when the operator issued it
+    key_id: KeyId | None = None  # the backend key that signed (auth.py); a gate refuses it missing
+    sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
 
 
 CardIdList = Annotated[list[CardId], Field(max_length=MAX_LIST_ITEMS)]
@@ -256,6 +273,8 @@ class DenyListDeltaMessage(Payload):
     remove: CardIdList  # card ids no longer denied
     checksum: Checksum  # fare_core.DenyList checksum of the whole list after applying
     time: UtcTime  # when published
+    key_id: KeyId | None = None  # the backend key that signed (auth.py); a gate refuses it missing
+    sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
 
     @model_validator(mode="after")
     def _newer(self) -> DenyListDeltaMessage:
@@ -271,6 +290,8 @@ class DenyListSnapshotMessage(Payload):
     card_ids: CardIdList  # every denied card id
     checksum: Checksum  # fare_core.DenyList checksum of exactly these ids
     time: UtcTime  # when published
+    key_id: KeyId | None = None  # the backend key that signed (auth.py); a gate refuses it missing
+    sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
 
 
 class FareTableMessage(Payload):
@@ -280,6 +301,8 @@ class FareTableMessage(Payload):
     checksum: Checksum  # FareTable.checksum inside the artefact
     activate_at: UtcTime  # gates load it now and switch at this time (already past = at once)
     artefact: Annotated[str, Field(max_length=64 * 1024 * 1024)]  # fare_core.artefact bytes, base64
+    key_id: KeyId | None = None  # the backend key that signed (auth.py); a gate refuses it missing
+    sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
 
 
 class Action(Payload):
@@ -297,3 +320,5 @@ class ActionListMessage(Payload):
     version: Version  # grows with every change
     actions: Annotated[list[Action], Field(max_length=MAX_LIST_ITEMS)]  # pending actions
     time: UtcTime  # when published
+    key_id: KeyId | None = None  # the backend key that signed (auth.py); a gate refuses it missing
+    sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
