@@ -151,6 +151,11 @@ class LocalState:
             self.journal.set_state("next_activate_at", None)
         return self.fare_table
 
+    @property
+    def newest_fare_table_version(self) -> int:
+        """The newest fare table held, in force or pending (0: none at all, the gate must ask)."""
+        return max((t.version for t in (self.fare_table, self.next_table) if t is not None), default=0)
+
     def apply_fare_table(self, msg: FareTableMessage, now: datetime | None = None) -> UpdateResult:
         now = now or datetime.now(UTC)
         newest = max((t.version for t in (self.fare_table, self.next_table) if t is not None), default=0)
