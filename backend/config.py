@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fare_core import DEVELOPMENT_SAM_KEY
+from protocol.mqtt import DEVELOPMENT_SIGNING_SEED, DEVELOPMENT_UPLINK_MASTER_KEY
 
 DEV_SECRET = "changethis"
 DEV_PAYMENT_SECRET = "changethis-payments"
@@ -39,6 +41,9 @@ class Settings(BaseSettings):
     mqtt_prefix: str = Field(default="faregate", pattern=r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
     mqtt_username: str | None = None
     mqtt_password: str | None = None
+    # TLS to the broker: on with an mqtts:// URL (port 8883 by default) or when a CA file is given;
+    # the broker's certificate is verified against this CA (the system's CAs when unset)
+    mqtt_ca_file: str | None = None
 
     # ingest
     ingest: bool = True  # run the MQTT ingest inside `faregate backend`
@@ -55,6 +60,13 @@ class Settings(BaseSettings):
     # fare core
     # default: the simulator's development key, so a demo's taps reconcile (refused outside development)
     sam_master_key: str = Field(default=DEVELOPMENT_SAM_KEY.hex(), pattern=r"^[0-9a-fA-F]{32}$")
+
+    # message authentication (docs/security.md): the Ed25519 seed that signs every backend-to-gate
+    # message, and the master key each gate's uplink MAC key is diversified from (32 bytes, hex; the
+    # `_next` master is also accepted while gates are re-keyed); development defaults refused elsewhere
+    downlink_signing_key: str = Field(default=DEVELOPMENT_SIGNING_SEED.hex(), pattern=r"^[0-9a-fA-F]{64}$")
+    uplink_master_key: str = Field(default=DEVELOPMENT_UPLINK_MASTER_KEY.hex(), pattern=r"^[0-9a-fA-F]{64}$")
+    uplink_master_key_next: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
 
     # reports and exports
     service_utc_offset_min: int = Field(default=480, ge=-1439, le=1439)  # local time of the network
@@ -84,6 +96,8 @@ class Settings(BaseSettings):
             defaults = (
                 ("admin_password", DEV_SECRET),
                 ("sam_master_key", DEVELOPMENT_SAM_KEY.hex()),
+                ("downlink_signing_key", DEVELOPMENT_SIGNING_SEED.hex()),
+                ("uplink_master_key", DEVELOPMENT_UPLINK_MASTER_KEY.hex()),
                 ("payment_webhook_secret", DEV_PAYMENT_SECRET),
             )
             for name, default in defaults:
@@ -94,6 +108,18 @@ class Settings(BaseSettings):
                     )
             if len(self.admin_password) < 12:
                 raise ValueError("FAREGATE_ADMIN_PASSWORD must have at least 12 characters")
+        return self
+
+    @model_validator(mode="after")
+    def _mqtt_credentials_outside_development(self) -> Settings:
+        """An anonymous backend would mean a broker that lets anyone publish taps and commands."""
+        if self.environment != "development":
+            parts = urlsplit(self.mqtt_url if "://" in self.mqtt_url else f"mqtt://{self.mqtt_url}")
+            if not ((self.mqtt_username or parts.username) and (self.mqtt_password or parts.password)):
+                raise ValueError(
+                    "FAREGATE_MQTT_USERNAME and FAREGATE_MQTT_PASSWORD (or user:password in "
+                    f"FAREGATE_MQTT_URL) must be set for environment={self.environment!r}"
+                )
         return self
 
 

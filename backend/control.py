@@ -1,20 +1,123 @@
-"""Control-plane messages from gates: status (last seen, versions, mode) and snapshot requests."""
+"""Control-plane messages from gates: status (last seen, versions, mode) and snapshot requests.
+
+Both must carry the gate's MAC (docs/security.md): a forged one is dead-lettered and alarmed, never
+recorded or acted on. A gate reporting backend messages it refused for their signature raises a
+`downlink_refused` alarm each time its count grows.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from protocol.mqtt import GateState, GateStatus, SnapshotRequest, Topics, UpdateKind, parse_gate_id
 
 from .config import Settings
-from .ingest.store import RawMessage
+from .ingest import authn
+from .ingest.store import RawMessage, dead_letter_row
 from .tables import AlarmRow, DeadLetterRow, GateRow
 
 log = logging.getLogger("faregate.control")
+
+SNAPSHOT_WINDOW_S = 5.0  # one republish of a kind per window, whoever asks and however often
+REQUESTS_PER_GATE = 6  # requests one gate may make within a window (two per kind); more are dropped
+
+
+class SnapshotRequests:
+    """Snapshot requests coalesced per kind and rate-limited per gate.
+
+    The fare table, deny-list snapshot and action list go to one topic every gate reads (286 KB for a
+    fare table), so a republish for one gate is one for all: a kind is republished at once if it was
+    not within the last window, else once at the end of that window however many requests came
+    meanwhile (the later askers still get a republish after their request). A gate asking more than
+    REQUESTS_PER_GATE times within a window is ignored until it slows down. `republish_all` is the
+    same path for the backend's own (re)connection to the broker.
+    """
+
+    def __init__(
+        self,
+        republish: Callable[[UpdateKind], Awaitable[None]],
+        *,
+        window_s: float = SNAPSHOT_WINDOW_S,
+        per_gate: int = REQUESTS_PER_GATE,
+        retry_s: float = 1.0,
+    ) -> None:
+        self.republish = republish
+        self.window_s = window_s
+        self.per_gate = per_gate
+        self.retry_s = retry_s
+        self._done_at: dict[UpdateKind, float] = {}  # when each kind was last republished
+        self._pending: dict[UpdateKind, asyncio.Task[None]] = {}
+        self._asked: dict[str, deque[float]] = {}
+        self.republished: dict[UpdateKind, int] = dict.fromkeys(UpdateKind, 0)
+        self.dropped = 0  # requests over a gate's limit
+
+    def ask(self, gate: str, kind: UpdateKind) -> bool:
+        """A gate's request; False when the gate is over its limit (nothing is scheduled)."""
+        now = time.monotonic()
+        asked = self._asked.setdefault(gate, deque())
+        while asked and now - asked[0] > self.window_s:
+            asked.popleft()
+        if len(asked) >= self.per_gate:
+            self.dropped += 1
+            return False
+        asked.append(now)
+        if len(self._asked) > 10_000:  # forget gates that stopped asking (hostile topics cannot pile up)
+            quiet = [g for g, times in self._asked.items() if not times or now - times[-1] > self.window_s]
+            for other in quiet:
+                del self._asked[other]
+        self._schedule(kind)
+        return True
+
+    def republish_all(self) -> None:
+        """The backend (re)connected to the broker: a broker restarted without persistence has lost
+        the retained state, so every kind is republished (coalesced like a request)."""
+        for kind in UpdateKind:
+            self._schedule(kind)
+
+    def _schedule(self, kind: UpdateKind) -> None:
+        if kind in self._pending:  # one is already waiting for its turn: it serves this request too
+            return
+        last = self._done_at.get(kind)
+        delay = 0.0 if last is None else max(0.0, last + self.window_s - time.monotonic())
+        task = asyncio.get_running_loop().create_task(self._publish(kind, delay), name=f"republish {kind}")
+        self._pending[kind] = task
+
+    async def _publish(self, kind: UpdateKind, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+            while True:
+                try:
+                    await self.republish(kind)
+                except Exception as error:  # the broker or the database is away: try again later
+                    log.warning(
+                        "republishing the %s failed (%s); again in %.0f s", kind.value, error, self.retry_s
+                    )
+                    await asyncio.sleep(self.retry_s)
+                    continue
+                self.republished[kind] += 1
+                self._done_at[kind] = time.monotonic()  # requests during the publish were served by it
+                return
+        finally:
+            if self._pending.get(kind) is asyncio.current_task():
+                del self._pending[kind]
+
+    async def aclose(self) -> None:
+        tasks = list(self._pending.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def handle_control_message(
@@ -31,10 +134,16 @@ async def handle_control_message(
             status = GateStatus.model_validate_json(message.payload)
             if status.gate_id != gate:
                 raise ValueError(f"status of gate {status.gate_id} on the topic of gate {gate}")
+            await _authentic(settings, sessions, status, gate)
             await record_status(sessions, status, station_id, gate_no)
         elif leaf == "request":
             request = SnapshotRequest.model_validate_json(message.payload)
-            if distributor is not None:
+            if request.gate_id != gate:
+                raise ValueError(f"request of gate {request.gate_id} on the topic of gate {gate}")
+            await _authentic(settings, sessions, request, gate)
+            if isinstance(distributor, SnapshotRequests):
+                distributor.ask(gate, request.kind)  # coalesced, rate-limited, published in the background
+            elif distributor is not None:
                 await distributor.resend(request.kind)  # type: ignore[attr-defined]
             log.info(
                 "gate %s asked for a %s snapshot (has version %d)",
@@ -43,15 +152,45 @@ async def handle_control_message(
                 request.have_version,
             )
     except (ValidationError, ValueError) as error:
+        now = datetime.now(UTC)
         async with sessions.begin() as session:
-            session.add(
-                DeadLetterRow(
-                    received_at=datetime.now(UTC),
-                    topic=message.topic[:300],
-                    payload=bytes(message.payload),
-                    reason=f"invalid {leaf}: {error}"[:2000],
-                )
+            reason = f"invalid {leaf}: {error}"
+            session.add(DeadLetterRow(**dead_letter_row(message.topic, bytes(message.payload), reason, now)))
+
+
+async def _authentic(settings: Settings, sessions: async_sessionmaker[AsyncSession],
+                     message: GateStatus | SnapshotRequest, gate: str) -> None:
+    """Return if the gate's MAC verifies; otherwise alarm (bounded) and raise, to dead-letter it."""
+    why = authn.refusal(authn.gate_keys(settings), message, gate)
+    if why is not None:
+        async with sessions.begin() as session:
+            await authn.alarm_once(session, "uplink_forged", gate,
+                                   f"{type(message).__name__} {why}; dead-lettered", datetime.now(UTC))
+        raise ValueError(why)
+
+
+async def _downlink_refused(session: AsyncSession, status: GateStatus) -> None:
+    """An alarm when the gate's count of refused backend messages has grown since the last alarm (the
+    count leads the alarm's detail, so the comparison survives a backend restart)."""
+    count = status.auth_refused or 0
+    last = await session.scalar(
+        select(AlarmRow.detail)
+        .where(AlarmRow.kind == "downlink_refused", AlarmRow.gate_id == status.gate_id)
+        .order_by(AlarmRow.id.desc())
+        .limit(1)
+    )
+    before = int(last.split(" ", 1)[0]) if last and last.split(" ", 1)[0].isdigit() else 0
+    if count > before or (count and count < before):  # grown, or a restarted gate counting again
+        session.add(
+            AlarmRow(
+                created_at=datetime.now(UTC),
+                kind="downlink_refused",
+                severity="critical",
+                gate_id=status.gate_id,
+                detail=f"{count} backend message(s) refused by the gate for their signature; "
+                f"latest: {status.auth_alarm or '?'}"[:2000],
             )
+        )
 
 
 async def record_status(
@@ -79,6 +218,8 @@ async def record_status(
                     detail="the broker published the gate's last will",
                 )
             )
+        if status.auth_refused:
+            await _downlink_refused(session, status)
         row.state = status.state.value
         row.last_seen = status.time or datetime.now(UTC)
         if status.state == GateState.ONLINE:

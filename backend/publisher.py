@@ -2,7 +2,8 @@
 
 `publish()` returns only once the broker's PUBACK is in, which is what lets the API answer "deny-list
 version N published" truthfully. The client (backend/mqtt.py) runs on the caller's event loop and
-connects on the first publish.
+connects on the first publish. Every payload model that has a signature field is signed here with the
+backend's key, so no message to a gate can leave unsigned (docs/security.md).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import uuid
 from protocol.mqtt import Payload, Topics, encode
 
 from .config import Settings
+from .ingest.authn import signer
 from .mqtt import MqttClient, PublishRefused
 
 
@@ -20,6 +22,7 @@ class Publisher:
         self.settings = settings
         self.topics = Topics(settings.mqtt_prefix)
         self.mqtt = MqttClient(settings, client_id or f"faregate-api-{uuid.uuid4().hex[:8]}")
+        self.signer = signer(settings)
 
     def start(self) -> None:
         """Connect in the background (reconnecting with back-off); needs the running event loop."""
@@ -38,6 +41,8 @@ class Publisher:
         """QoS 1. TimeoutError whenever the broker's PUBACK is not in within `timeout`: no connection,
         the connection lost first (the message is then not sent again), or a v5 refusal; the API
         routes answer 503 "saved, but not published" on it."""
+        if isinstance(message, Payload) and "sig" in type(message).model_fields:
+            message = self.signer.sign(message)
         payload = message if isinstance(message, bytes) else encode(message)
         try:
             await self.mqtt.publish(topic, payload, qos=1, retain=retain, timeout=timeout)

@@ -36,6 +36,7 @@ import fare_core
 from backend.broker import free_port
 from backend.config import Settings
 from backend.db import make_engine
+from backend.deploy.accounts import BrokerAccounts
 from backend.runtime import serve
 from backend.tables import TapRow, TripRow
 from fare_core import Reason
@@ -43,6 +44,8 @@ from fare_core import rules as fare_rules
 from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Population
+from protocol.mqtt import gate_id
+from protocol.mqtt.auth import public_key_of
 from protocol.serial import Direction
 
 EXAMPLE = Path(fare_core.__file__).with_name("examples") / "guangzhou.toml"
@@ -59,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--mqtt", help="use this broker (mqtt://host:port) instead of the embedded one")
+    parser.add_argument("--broker-credentials", type=Path, metavar="FILE",
+                        help="`username password` lines for the backend (faregate-backend) and the gates "
+                             "(default: fresh passwords for this run)")
     parser.add_argument("--database", help="database URL (default: SQLite in the data directory)")
     parser.add_argument("--stations", type=int, default=3, help="stations (default 3)")
     parser.add_argument("--gates", type=int, default=2, help="entry gates and as many exit gates per station")
@@ -105,18 +111,38 @@ class Demo:
 
     async def _run(self, stack: contextlib.AsyncExitStack, data_dir: Path) -> dict[str, Any]:
         args = self.args
+        rules_text = EXAMPLE.read_text(encoding="utf-8")
+        stations = self._stations(fare_rules.parse_rules(rules_text, "toml"))
+        specs = [GateSpec(s, g, "entry") for s in stations for g in range(1, args.gates + 1)] + [
+            GateSpec(s, g, "exit") for s in stations for g in range(args.gates + 1, 2 * args.gates + 1)]
+        prefix = f"demo{uuid.uuid4().hex[:6]}"
+        # every client logs in: the backend as itself, each gate as its gate id (the ACL's username)
+        gates = [gate_id(s.station_id, s.gate_no) for s in specs]
+        accounts: BrokerAccounts | None = None
+        if args.broker_credentials:
+            accounts = BrokerAccounts.read(args.broker_credentials)
+        elif not args.mqtt:
+            accounts = BrokerAccounts.generate(gates)
+            accounts.write(data_dir / "broker-credentials")
+        login: dict[str, Any] = {}
+        if accounts is not None:
+            missing = [g for g in gates if g not in accounts.passwords]
+            if missing and args.mqtt:
+                raise SystemExit(f"{args.broker_credentials} has no password for gates {', '.join(missing)}")
+            accounts = accounts.with_gates(missing)
+            login = {"mqtt_username": accounts.backend_user, "mqtt_password": accounts.backend_password}
         if args.mqtt:
             mqtt_url, version, group = args.mqtt, "5", f"demo{uuid.uuid4().hex[:6]}"
         else:
             from backend.broker import embedded_broker
 
-            mqtt_url = await stack.enter_async_context(embedded_broker())
+            mqtt_url = await stack.enter_async_context(embedded_broker(None, accounts, prefix))
             version, group = "3.1.1", ""
         database = args.database or f"sqlite+aiosqlite:///{data_dir / 'faregate.db'}"
-        prefix = f"demo{uuid.uuid4().hex[:6]}"
         settings = Settings(environment="development", database_url=database, mqtt_url=mqtt_url,
                             mqtt_version=version, ingest_group=group, mqtt_prefix=prefix,  # type: ignore[arg-type]
-                            ingest_client_id=f"demo-ingest-{uuid.uuid4().hex[:6]}", ingest_batch_wait_ms=20)
+                            ingest_client_id=f"demo-ingest-{uuid.uuid4().hex[:6]}", ingest_batch_wait_ms=20,
+                            **login)
         port = args.port if args.port and port_free(args.port) else free_port()  # 0: any free port
         backend_stop = asyncio.Event()
         backend = asyncio.create_task(serve(settings, api=True, ingest=True, port=port, stop=backend_stop,
@@ -131,20 +157,21 @@ class Demo:
         client = await stack.enter_async_context(httpx.AsyncClient(base_url=base + API, timeout=30))
         token = await self._login(client, settings)
         client.headers["Authorization"] = f"Bearer {token}"
-        rules_text = EXAMPLE.read_text(encoding="utf-8")
         published = await client.post("/fare-tables", json={"rules": rules_text, "format": "toml"})
         published.raise_for_status()
-        stations = self._stations(fare_rules.parse_rules(rules_text, "toml"))
-        specs = [GateSpec(s, g, "entry") for s in stations for g in range(1, args.gates + 1)] + [
-            GateSpec(s, g, "exit") for s in stations for g in range(args.gates + 1, 2 * args.gates + 1)]
         population = Population.generate(args.riders, seed=args.seed, blocked_share=0.0)
         blocked = self.rng.sample([p.card_id for p in population], max(1, args.riders // 50))
         device = DeviceConfig(barrier=BarrierConfig(travel_ms=300, passage_ms=600))
         station = SimStation(data_dir / "gates", specs, population, None, device=device, mqtt_url=mqtt_url,
-                             prefix=prefix)
+                             prefix=prefix, passwords=accounts.passwords if accounts else None,
+                             uplink_master_key=bytes.fromhex(settings.uplink_master_key),
+                             backend_keys=[public_key_of(bytes.fromhex(settings.downlink_signing_key))])
         await stack.enter_async_context(station)
         print(f"faregate demo: {len(stations)} stations, {len(specs)} gates, {args.riders} commuters, "
               f"broker {mqtt_url}, database {database.split('://')[0]}")
+        if accounts is not None:
+            where = args.broker_credentials or data_dir / "broker-credentials"
+            print(f"broker: login required; {len(accounts.passwords)} accounts (backend, gates) in {where}")
         print(f"dashboard: {base}/   commuter page: {base}/commuter   API docs: {base}/docs")
         print(f"operator login: {settings.admin_username} / {settings.admin_password}")
         await self._wait_for_tables(station)

@@ -37,7 +37,18 @@ from fare_core.compiler import compile_rules
 from fare_core.reasons import Direction, GateMode, Reason
 from fare_core.record import CardRecord
 from fare_core.rules import load_rules
-from protocol.mqtt import TapMessage, Topics, encode, encode_taps, gate_id, tap_id
+from protocol.mqtt import (
+    DEVELOPMENT_UPLINK_MASTER_KEY,
+    TapMessage,
+    Topics,
+    derive_gate_key,
+    encode,
+    encode_taps,
+    gate_id,
+    tap_id,
+    with_mac,
+)
+from protocol.mqtt.auth import mac_json
 
 TINY = Path(fare_core.__file__).with_name("examples") / "tiny.toml"
 
@@ -73,11 +84,19 @@ class FareState:
         )
 
 
-def tap_payload(station: int, gate_no: int, seq: int) -> bytes:
-    """One valid tap as a gate encodes it (compact JSON), plausible and cheap to build: for benchmarks,
-    where fare_core's decision would cost more than the ingest being measured."""
+@functools.cache
+def development_mac_key(station: int, gate_no: int) -> bytes:
+    """A simulated gate's uplink MAC key: derived from the development master key, as the backend's
+    defaults derive it (docs/security.md)."""
+    return derive_gate_key(DEVELOPMENT_UPLINK_MASTER_KEY, gate_id(station, gate_no))
+
+
+def tap_payload(station: int, gate_no: int, seq: int, key: bytes | None = None) -> bytes:
+    """One valid tap as a gate encodes it (compact JSON, its MAC last), plausible and cheap to build:
+    for benchmarks, where fare_core's decision would cost more than the ingest being measured. The
+    JSON is pydantic's own serialisation of the TapMessage, so the MAC verifies (tested)."""
     card = 0x1000_0000_0000_0000 + station * 256 + gate_no
-    return json.dumps(
+    body = json.dumps(
         {
             "schema_version": 1,
             "tap_id": tap_id(station, gate_no, seq),
@@ -106,6 +125,7 @@ def tap_payload(station: int, gate_no: int, seq: int) -> bytes:
         },
         separators=(",", ":"),
     ).encode()
+    return mac_json("TapMessage", body, key or development_mac_key(station, gate_no))
 
 
 class SimGate:
@@ -123,10 +143,12 @@ class SimGate:
         fare: FareState | None = None,
         window: int = 200,
         batch_max: int = 50,
+        mac_key: bytes | None = None,
     ) -> None:
         self.station_id = station_id
         self.gate_no = gate_no
         self.id = gate_id(station_id, gate_no)
+        self.mac_key = mac_key or development_mac_key(station_id, gate_no)  # its taps carry its MAC
         self.window = window
         self.batch_max = batch_max
         self._fare = fare
@@ -198,7 +220,7 @@ class SimGate:
             "latency_us": 100,
         }
         values.update(lie)
-        message = TapMessage(**values)
+        message = with_mac(TapMessage(**values), self.mac_key)
         self.journal_tap(encode(message), seq=number)
         if decision.record is None:
             return message, wallet
@@ -218,7 +240,7 @@ class SimGate:
         """Journal `count` cheap plausible taps (tap_payload), as the benchmarks do before their clock."""
         first = self.seq + 1
         seqs = range(first, first + count)
-        self.journal.extend(tap_payload(self.station_id, self.gate_no, seq) for seq in seqs)
+        self.journal.extend(tap_payload(self.station_id, self.gate_no, seq, self.mac_key) for seq in seqs)
 
     def rewind(self, seq: int | None = None) -> None:
         """Publish again from `seq` (default: the first tap not committed), as after a reconnect."""

@@ -6,6 +6,7 @@ three exercise exactly what a gate runs.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from firmware_sim.population import Population
 from firmware_sim.sim import Presentation, Sim
 from gate.config import GateConfig, parse_config
 from gate.runtime import GateRuntime
+from protocol.mqtt import DEVELOPMENT_PUBLIC_KEY, DEVELOPMENT_UPLINK_MASTER_KEY, derive_gate_key, gate_id
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,9 @@ class SimStation:
     def __init__(self, data_dir: Path, gates: list[GateSpec], population: Population,
                  table: TableData | bytes | None, *, device: DeviceConfig | None = None,
                  mqtt_url: str | None = None, prefix: str = "faregate", denylist: DenyList | None = None,
-                 gate_overrides: dict[str, Any] | None = None) -> None:
+                 gate_overrides: dict[str, Any] | None = None, passwords: Mapping[str, str] | None = None,
+                 mqtt_options: Mapping[str, Any] | None = None, uplink_master_key: bytes | None = None,
+                 backend_keys: list[bytes] | None = None) -> None:
         self.data_dir = data_dir
         self.specs = gates
         self.population = population
@@ -41,16 +45,27 @@ class SimStation:
         self.prefix = prefix
         self.denylist = denylist
         self.gate_overrides = gate_overrides or {}
+        self.passwords = passwords or {}  # gate id -> broker password: each gate logs in as itself
+        self.mqtt_options = dict(mqtt_options or {})  # more [mqtt] settings, e.g. ca_file
+        # message authentication, as a deployment provisions it: each gate gets its own MAC key derived
+        # from the backend's uplink master key, and the backend's public signing key(s)
+        self.uplink_master_key = uplink_master_key or DEVELOPMENT_UPLINK_MASTER_KEY
+        self.backend_keys = backend_keys or [DEVELOPMENT_PUBLIC_KEY]
         self.sim: Sim | None = None
         self.gates: list[GateRuntime] = []
 
     def config_for(self, index: int) -> GateConfig:
         spec = self.specs[index]
+        gid = gate_id(spec.station_id, spec.gate_no)
+        login = {"username": gid, "password": self.passwords[gid]} if gid in self.passwords else {}
         return parse_config({
             "station_id": spec.station_id, "gate_no": spec.gate_no, "direction": spec.direction,
             "data_dir": str(self.data_dir / f"gate-{spec.station_id}-{spec.gate_no}"),
             "sam_key_hex": self.device.wallets.master_key, "baud": self.device.link.baud,
-            "mqtt": {"url": self.mqtt_url, "prefix": self.prefix, "heartbeat_s": 5.0, "stall_s": 5.0},
+            "uplink_key_hex": derive_gate_key(self.uplink_master_key, gid).hex(),
+            "backend_keys": [key.hex() for key in self.backend_keys],
+            "mqtt": {"url": self.mqtt_url, "prefix": self.prefix, "heartbeat_s": 5.0, "stall_s": 5.0,
+                     **login, **self.mqtt_options},
             **self.gate_overrides,
         })
 

@@ -7,15 +7,21 @@ process through the same GateRuntime class (see runtime.py).
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fare_core import DEVELOPMENT_SAM_KEY, Direction
-from protocol.mqtt import MAX_TAPS_PER_MESSAGE
+from protocol.mqtt import (
+    DEVELOPMENT_PUBLIC_KEY,
+    DEVELOPMENT_UPLINK_MASTER_KEY,
+    MAX_TAPS_PER_MESSAGE,
+    derive_gate_key,
+)
 
 TEST_SAM_KEY = DEVELOPMENT_SAM_KEY.hex()  # the simulator's key; refused outside development
 
@@ -31,8 +37,11 @@ class _Section(BaseModel):
 class MqttConfig(_Section):
     url: str | None = "mqtt://127.0.0.1:1883"  # None: run offline, the journal keeps every tap
     prefix: str = "faregate"
-    username: str | None = None
+    username: str | None = None  # default: the URL's user:password@, if any
     password: str | None = None
+    # TLS: on with an mqtts:// URL (port 8883 by default) or a CA file; the broker's certificate and
+    # host name are verified against this CA (the system's CAs when unset)
+    ca_file: Path | None = None
     window: Annotated[int, Field(ge=1, le=20_000)] = 500  # QoS 1 publishes in flight
     batch_max: Annotated[int, Field(ge=1, le=MAX_TAPS_PER_MESSAGE)] = 50  # taps in one message (backlog)
     heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
@@ -43,14 +52,33 @@ class MqttConfig(_Section):
     def _mqtt_url(cls, value: str | None) -> str | None:
         if value is not None:
             parts = urlsplit(value)
-            if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-                raise ValueError("must look like mqtt://host:port")
+            if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
+                raise ValueError("must look like mqtt://host:port or mqtts://host:port")
         return value
+
+    @model_validator(mode="after")
+    def _login_from_url(self) -> MqttConfig:
+        """user:password@ in the URL logs in, unless username/password are given apart."""
+        parts = urlsplit(self.url or "")
+        if self.username is None and parts.username:
+            object.__setattr__(self, "username", unquote(parts.username))
+            object.__setattr__(self, "password", unquote(parts.password) if parts.password else None)
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url or "").scheme in ("mqtts", "ssl") or self.ca_file is not None
 
     @property
     def host_port(self) -> tuple[str, int]:
         parts = urlsplit(self.url or "")
-        return parts.hostname or "127.0.0.1", parts.port or 1883
+        return parts.hostname or "127.0.0.1", parts.port or (8883 if self.tls else 1883)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for the broker connection (certificate and host name checked), or None."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
 
 class GateConfig(_Section):
@@ -70,6 +98,13 @@ class GateConfig(_Section):
     # CPU wake-up latency limit held through /dev/cpu_dma_latency (gate/tuning.py); None: leave it
     cpu_latency_us: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     mqtt: MqttConfig = MqttConfig()
+    # message authentication (docs/security.md): the gate's own uplink MAC key, diversified by the backend
+    # from its master key (None: the development master key's, refused in production), and the backend's
+    # Ed25519 public keys, raw hex: the current one and, during a rotation, the next
+    uplink_key_hex: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    backend_keys: Annotated[
+        list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]], Field(min_length=1, max_length=2)
+    ] = [DEVELOPMENT_PUBLIC_KEY.hex()]
 
     @field_validator("sam_key_hex")
     @classmethod
@@ -80,6 +115,12 @@ class GateConfig(_Section):
     def _no_test_key_in_production(self) -> GateConfig:
         if self.environment == "production" and self.sam_key_hex == TEST_SAM_KEY:
             raise ValueError("sam_key_hex: the simulator's test key is refused in production")
+        if self.environment == "production":
+            development = derive_gate_key(DEVELOPMENT_UPLINK_MASTER_KEY, self.gate_id).hex()
+            if self.uplink_key_hex is None or self.uplink_key_hex.lower() == development:
+                raise ValueError("uplink_key_hex: set this gate's own key (the development key is refused)")
+            if DEVELOPMENT_PUBLIC_KEY.hex() in (key.lower() for key in self.backend_keys):
+                raise ValueError("backend_keys: the development signing key is refused in production")
         return self
 
     @property
@@ -93,6 +134,17 @@ class GateConfig(_Section):
     @property
     def sam_key(self) -> bytes:
         return bytes.fromhex(self.sam_key_hex)
+
+    @property
+    def uplink_key(self) -> bytes:
+        """What this gate MACs its taps and status with."""
+        if self.uplink_key_hex is None:
+            return derive_gate_key(DEVELOPMENT_UPLINK_MASTER_KEY, self.gate_id)
+        return bytes.fromhex(self.uplink_key_hex)
+
+    @property
+    def backend_public_keys(self) -> list[bytes]:
+        return [bytes.fromhex(key) for key in self.backend_keys]
 
 
 def load_config(path: str | Path, **overrides: object) -> GateConfig:

@@ -35,7 +35,14 @@ import fare_core
 from fare_core import Direction, Flag, GateMode, Reason, WalletError
 from fare_core.reasons import WELCOME, display_text
 from fare_core.record import SLOT_SIZE
-from protocol.mqtt import Action, TapMessage, encode, tap_id
+from protocol.mqtt import (
+    DEVELOPMENT_UPLINK_MASTER_KEY,
+    Action,
+    TapMessage,
+    derive_gate_key,
+    encode_with_mac,
+    tap_id,
+)
 from protocol.serial import (
     Alarm,
     BarrierClose,
@@ -268,7 +275,7 @@ class GateController:
         t.host_ns, t.rx_ns = host_ns, rx_ns
         seq = self.journal.next_seq()
         if t.decision.record is None:  # nothing to write: journal and go on
-            await asyncio.to_thread(self.journal.append, seq, encode(self._tap_message(seq, t)))
+            await asyncio.to_thread(self.journal.append, seq, self._encode_tap(self._tap_message(seq, t)))
         elif not await self._write_and_journal(seq, t):
             return TapOutcome(seq, card_id, Reason.READ_FAILED, False, 0, False, t.decision_us)
         self._finalise(seq)  # the row is final: the barrier is not part of it
@@ -307,7 +314,8 @@ class GateController:
         write_sent_ns = self.link.last_sent_ns
         try:
             message = self._tap_message(seq, t)
-            journaled = asyncio.ensure_future(asyncio.to_thread(self.journal.append, seq, encode(message)))
+            encoded = self._encode_tap(message)
+            journaled = asyncio.ensure_future(asyncio.to_thread(self.journal.append, seq, encoded))
         except BaseException:  # a bug: still settle the write, so its SEQ is not held for ever
             if written is not None:
                 with contextlib.suppress(LinkError):
@@ -332,7 +340,8 @@ class GateController:
             update = {"allowed": False, "reason": Reason.READ_FAILED, "flags": 0, "fare": 0,
                       "balance_after": message.balance_before, "counter_after": message.counter_before,
                       "action_id": None, "topup_applied": 0}
-        await asyncio.to_thread(self.journal.replace, seq, encode(message.model_copy(update=update)))
+        rewritten = self._encode_tap(message.model_copy(update=update))
+        await asyncio.to_thread(self.journal.replace, seq, rewritten)
         self._done_in_field.discard(card_id)
         self._finalise(seq)
         self.metrics.taps.labels(outcome="write_failed").inc()
@@ -442,3 +451,12 @@ class GateController:
             action_id=getattr(t.action, "action_id", None) if applied else None,
             topup_applied=int(d.topup), latency_us=t.decision_us,
         )
+
+    tap_key: bytes | None = None  # the gate's uplink MAC key; gate/runtime.py sets it from the config
+
+    def _encode_tap(self, message: TapMessage) -> bytes:
+        """A tap's journaled (and published) bytes: its JSON with the gate's MAC, made once, here, so
+        the backend can tell this gate's taps from anyone else's on the broker (docs/security.md)."""
+        if self.tap_key is None:  # a controller built without a runtime: the development key
+            self.tap_key = derive_gate_key(DEVELOPMENT_UPLINK_MASTER_KEY, message.gate_id)
+        return encode_with_mac(message, self.tap_key)

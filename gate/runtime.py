@@ -37,6 +37,7 @@ class GateRuntime:
             station_id=config.station_id, gate_no=config.gate_no, direction=config.fare_direction,
             link=self.link, journal=self.journal, state=self.state, sam=fare_core.Sam(config.sam_key),
             metrics=self.metrics, rssi_min_dbm=config.rssi_min_dbm, hold_ms=config.hold_ms)
+        self.controller.tap_key = config.uplink_key  # every tap is journaled with its MAC
         self.uplink: Uplink | None = None
         if config.mqtt.url:
             host, port = config.mqtt.host_port
@@ -47,7 +48,8 @@ class GateRuntime:
                 heartbeat_s=config.mqtt.heartbeat_s, stall_s=config.mqtt.stall_s,
                 on_mode=self.controller.apply_mode,
                 extra_status=self.metrics.status_fields, username=config.mqtt.username,
-                password=config.mqtt.password)
+                password=config.mqtt.password, tls_context=config.mqtt.ssl_context(),
+                mac_key=config.uplink_key, backend_keys=config.backend_public_keys)
             self.controller.on_final = self.uplink.tap_journaled
             self.controller.on_alarm = self._alarm
         self._metrics_server: asyncio.Server | None = None

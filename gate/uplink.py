@@ -13,6 +13,12 @@ the gate keeps deciding offline meanwhile, its journal growing. Updates (deny-li
 actions, mode) go through LocalState, which applies them all or nothing; a refused one makes the gate
 ask for a snapshot.
 
+Trust (docs/security.md): every message from the backend must carry a valid signature by one of the
+backend keys in the gate's configuration before anything is applied; an unsigned or badly signed one
+is refused, counted (`auth_refused`) and reported at once in the gate's status, with no snapshot asked
+(a forger must not make gates flood the backend). A committed ack must name this gate and may not go
+past the highest seq this gate has handed to the broker. Everything the gate sends carries its MAC.
+
 MQTT 3.1.1 by default: the embedded amqtt broker speaks nothing newer, and a gate needs no v5 feature.
 """
 
@@ -21,15 +27,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 from pydantic import ValidationError
 
 from protocol.mqtt import (
+    DEVELOPMENT_PUBLIC_KEY,
+    DEVELOPMENT_UPLINK_MASTER_KEY,
     MAX_TAPS_PER_MESSAGE,
     ActionListMessage,
     Committed,
@@ -39,18 +48,23 @@ from protocol.mqtt import (
     GateCommand,
     GateState,
     GateStatus,
+    Payload,
     ResendRequest,
     SnapshotRequest,
     Topics,
     UpdateKind,
-    encode,
+    Verifier,
+    derive_gate_key,
     encode_taps,
+    encode_with_mac,
 )
+from protocol.mqtt.auth import AuthError
 
 from .journal import Journal
 from .state import LocalState, Outcome, UpdateResult
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Payload)
 
 SOFTWARE = "faregate-gate/0.1"
 
@@ -63,7 +77,9 @@ class Uplink:
                  heartbeat_s: float = 30.0, stall_s: float = 10.0,
                  on_mode: Callable[[], Awaitable[None]] | None = None,
                  extra_status: Callable[[], dict[str, Any]] | None = None,
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None,
+                 tls_context: ssl.SSLContext | None = None, mac_key: bytes | None = None,
+                 backend_keys: list[bytes] | None = None) -> None:
         self.gate_id = gate_id
         self.host, self.port = host, port
         self.topics = Topics(prefix)
@@ -79,6 +95,21 @@ class Uplink:
         self.on_mode = on_mode
         self.extra_status = extra_status
         self.username, self.password = username, password
+        self.tls_context = tls_context  # None: plain TCP
+        # None: the development keys (gate/config.py refuses them in production)
+        self.mac_key = mac_key or derive_gate_key(DEVELOPMENT_UPLINK_MASTER_KEY, gate_id)
+        self.verifier = Verifier(backend_keys or [DEVELOPMENT_PUBLIC_KEY])
+        self.auth_refused = 0  # backend messages refused: unsigned, badly signed, or an impossible ack
+        self.auth_alarm: str | None = None  # the latest refusal
+        self._alarm_published = 0.0
+        self._sent_through = journal.committed_through  # highest seq handed to the broker, ever
+        # No fare table, or one older than a fare table message announced: ask the backend, first after
+        # `fare_table_ask_s` (the retained copy normally comes right after subscribing), then backing
+        # off to `fare_table_ask_max_s`, until one is held (a broker restarted without persistence).
+        self.fare_table_ask_s = 2.0
+        self.fare_table_ask_max_s = 60.0
+        self.fare_table_requests = 0
+        self._announced_fare_table = 0  # the newest version a (trusted) fare table message named
         self.connected = asyncio.Event()
         self._wake = asyncio.Event()
         self._cursor = 0  # highest seq handed to the broker in this connection
@@ -119,12 +150,12 @@ class Uplink:
             delay = min(delay * 2, 5.0)
 
     async def _session(self) -> None:
-        offline = encode(GateStatus(gate_id=self.gate_id, state=GateState.OFFLINE))
+        offline = encode_with_mac(GateStatus(gate_id=self.gate_id, state=GateState.OFFLINE), self.mac_key)
         will = aiomqtt.Will(self.topics.status(self.gate_id), offline, qos=1, retain=True)
         async with aiomqtt.Client(
             self.host, self.port, identifier=f"faregate-gate-{self.gate_id}", will=will,
             protocol=aiomqtt.ProtocolVersion.V311, clean_session=True, keepalive=15,
-            username=self.username, password=self.password,
+            username=self.username, password=self.password, tls_context=self.tls_context,
             max_queued_outgoing_messages=None,
         ) as client:
             self._client = client
@@ -140,6 +171,7 @@ class Uplink:
             # Not a TaskGroup: it would wrap a lost broker's MqttError in an ExceptionGroup, and the
             # reconnect loop must see the MqttError itself.
             tasks = {asyncio.create_task(self._publisher(client)), asyncio.create_task(self._heartbeat()),
+                     asyncio.create_task(self._fare_table_watch()),
                      asyncio.create_task(self._receiver(client))}
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -193,6 +225,7 @@ class Uplink:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 self._cursor = max(self._cursor, group[-1][0])
+                self._sent_through = max(self._sent_through, self._cursor)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -209,57 +242,110 @@ class Uplink:
             fare_table_version=table.version if table is not None else 0,
             denylist_version=self.state.denylist.version, actions_version=self.state.actions_version,
             last_seq=self.journal.last_seq, journal_pending=self.journal.pending_count(), software=SOFTWARE,
+            auth_refused=self.auth_refused, auth_alarm=self.auth_alarm,
             **(self.extra_status() if self.extra_status else {}),
         )
-        await client.publish(self.topics.status(self.gate_id), encode(status), qos=1, retain=True)
+        await client.publish(self.topics.status(self.gate_id), encode_with_mac(status, self.mac_key), qos=1,
+                             retain=True)
 
     async def publish_status_soon(self) -> None:
         """A status outside the heartbeat (an alarm): skipped quietly while the broker is away."""
         with contextlib.suppress(aiomqtt.MqttError):
             await self.publish_status()
 
+    def _fare_table_missing(self) -> bool:
+        held = self.state.newest_fare_table_version
+        return held == 0 or held < self._announced_fare_table
+
+    async def _fare_table_watch(self) -> None:
+        """Ask for the fare table while none is held (or only a stale one), backing off; a gate never
+        sits refusing commuters "No fare table" because a retained message went missing."""
+        delay = self.fare_table_ask_s
+        while True:
+            await asyncio.sleep(delay)
+            if not self._fare_table_missing():
+                delay = self.fare_table_ask_s
+                continue
+            log.info("gate %s: no current fare table (holds %d); asking the backend", self.gate_id,
+                     self.state.newest_fare_table_version)
+            await self._ask_snapshot(UpdateKind.FARE_TABLE, self.state.newest_fare_table_version)
+            self.fare_table_requests += 1
+            delay = min(delay * 2, self.fare_table_ask_max_s)
+
     async def _ask_snapshot(self, kind: UpdateKind, have: int) -> None:
         if self._client is None:
             return
         request = SnapshotRequest(gate_id=self.gate_id, kind=kind, have_version=have, time=datetime.now(UTC))
-        await self._client.publish(self.topics.request(self.gate_id), encode(request), qos=1)
+        await self._client.publish(self.topics.request(self.gate_id), encode_with_mac(request, self.mac_key),
+                                   qos=1)
 
     # ---------------------------------------------------------------------------- receiving
     async def _on_message(self, topic: str, payload: bytes) -> None:
         t = self.topics
         try:
             if topic == t.committed(self.gate_id):
-                committed = Committed.model_validate_json(payload)
-                if committed.through_seq > self.journal.committed_through:
+                committed = self._trusted(Committed.model_validate_json(payload))
+                if committed.gate_id != self.gate_id:
+                    raise AuthError(f"ack for gate {committed.gate_id}")
+                if committed.through_seq > self._sent_through:  # signed, yet impossible: keep the taps
+                    self.rejected_updates += 1
+                    log.warning("gate %s: ack through %d ignored, this gate sent through %d", self.gate_id,
+                                committed.through_seq, self._sent_through)
+                elif committed.through_seq > self.journal.committed_through:
                     await asyncio.to_thread(self.journal.mark_committed, committed.through_seq)
                     self._last_progress = time.monotonic()
             elif topic == t.resend(self.gate_id):
-                resend = ResendRequest.model_validate_json(payload)
+                resend = self._trusted(ResendRequest.model_validate_json(payload))
+                if resend.gate_id != self.gate_id:
+                    raise AuthError(f"resend request for gate {resend.gate_id}")
                 self._cursor = min(self._cursor, max(resend.from_seq - 1, self.journal.committed_through))
                 self._wake.set()
             elif topic == t.command(self.gate_id):
-                await self._updated(self.state.apply_command(GateCommand.model_validate_json(payload)),
-                                    mode_changed=True)
+                command = self._trusted(GateCommand.model_validate_json(payload))
+                if command.gate_id != self.gate_id:
+                    raise AuthError(f"command for gate {command.gate_id}")
+                await self._updated(self.state.apply_command(command), mode_changed=True)
             elif topic == t.denylist_delta:
                 delta = DenyListDeltaMessage.model_validate_json(payload)
+                delta = await asyncio.to_thread(self._trusted, delta)  # a big list: off the tap loop
                 result = await asyncio.to_thread(self.state.apply_denylist_delta, delta)
                 await self._updated(result, UpdateKind.DENYLIST, self.state.denylist.version)
             elif topic == t.denylist_snapshot:
                 snapshot = DenyListSnapshotMessage.model_validate_json(payload)
+                snapshot = await asyncio.to_thread(self._trusted, snapshot)
                 result = await asyncio.to_thread(self.state.apply_denylist_snapshot, snapshot)
                 await self._updated(result, UpdateKind.DENYLIST, self.state.denylist.version)
             elif topic == t.fare_table:
-                table = FareTableMessage.model_validate_json(payload)
+                table = self._trusted(FareTableMessage.model_validate_json(payload))
+                self._announced_fare_table = max(self._announced_fare_table, table.version)
                 current = self.state.fare_table.version if self.state.fare_table else 0
                 await self._updated(self.state.apply_fare_table(table), UpdateKind.FARE_TABLE, current)
             elif topic == t.actions:
-                await self._updated(self.state.apply_actions(ActionListMessage.model_validate_json(payload)))
+                actions = self._trusted(ActionListMessage.model_validate_json(payload))
+                await self._updated(self.state.apply_actions(actions))
+        except AuthError as exc:
+            await self._refuse(topic, str(exc))
         except ValidationError as exc:
             self.rejected_updates += 1
             log.warning("gate %s: malformed message on %s refused: %s", self.gate_id, topic,
                         exc.errors()[0].get("msg") if exc.errors() else exc)
             if topic == t.denylist_delta:
                 await self._ask_snapshot(UpdateKind.DENYLIST, self.state.denylist.version)
+
+    def _trusted(self, message: M) -> M:
+        """`message` if one of the backend's keys signed it; AuthError otherwise (nothing is applied)."""
+        self.verifier.check(message)
+        return message
+
+    async def _refuse(self, topic: str, why: str) -> None:
+        """Count and report a message refused for its signature (or an impossible ack): the status
+        goes out at once, at most once a second, so a flood of forgeries cannot flood the broker."""
+        self.auth_refused += 1
+        self.auth_alarm = f"{topic.rsplit('/', 1)[-1]}: {why}"[:200]
+        log.warning("gate %s: refused a message on %s: %s", self.gate_id, topic, why)
+        if time.monotonic() - self._alarm_published >= 1.0:
+            self._alarm_published = time.monotonic()
+            await self.publish_status_soon()
 
     async def _updated(self, result: UpdateResult, kind: UpdateKind | None = None, have: int = 0,
                        mode_changed: bool = False) -> None:

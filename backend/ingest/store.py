@@ -12,11 +12,12 @@ does not hold.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pydantic_core
@@ -26,11 +27,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from protocol.mqtt import MAX_TAPS_PER_MESSAGE, TapMessage, Topics
+from protocol.mqtt import MAX_TAPS_PER_MESSAGE, GateKeys, TapMessage, Topics, encode, parse_gate_id
 
 from ..tables import AlarmRow, DeadLetterRow, GateRow, TapRow
+from . import authn
 
 MAX_REASON = 2000
+# Larger than any valid tap message (MAX_TAPS_PER_MESSAGE taps of under 1 KiB each, compact JSON):
+# refused before it is parsed, so a hostile payload costs its size once, not a parse.
+MAX_TAP_PAYLOAD_BYTES = MAX_TAPS_PER_MESSAGE * 2048
+DEAD_LETTER_PREFIX = 4096  # bytes of a dead-lettered payload kept; its size and SHA-256 cover the rest
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,40 @@ class BatchResult:
     duplicates: int = 0
     dead_lettered: int = 0
     gates: dict[str, GateProgress] = field(default_factory=dict)
+    dead_by_gate: Counter[str] = field(default_factory=Counter)  # for the per-gate dead-letter alarm
+
+    def add(self, other: BatchResult) -> None:
+        """Fold in the result of a part of the same batch (stored one part at a time)."""
+        self.received += other.received
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+        self.gates.update(other.gates)
+        self.dead_by_gate.update(other.dead_by_gate)
+
+
+def topic_gate(topic: str) -> str | None:
+    """The gate a per-gate topic names, if it is a well-formed gate id (it is stored in a column)."""
+    try:
+        gate = Topics.gate_of(topic)
+        parse_gate_id(gate)
+    except ValueError:
+        return None
+    return gate
+
+
+def dead_letter_row(topic: str, payload: bytes, reason: str, now: datetime) -> dict[str, Any]:
+    """A dead_letters row: a bounded prefix of the payload with its full size and SHA-256, so a
+    megabyte payload costs 4 KiB of the table and can still be recognised when it comes again."""
+    return {
+        "received_at": now,
+        "topic": topic[:300],
+        "gate_id": topic_gate(topic),
+        "payload": payload[:DEAD_LETTER_PREFIX],
+        "payload_size": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "reason": reason[:MAX_REASON],
+    }
 
 
 class TapInsert:
@@ -178,6 +218,8 @@ def parse(message: RawMessage) -> list[TapMessage | Refused]:
     """Every tap a taps-topic payload carries (one object, or an array of them), each either valid or
     refused with its reason, so one bad element of an array is dead-lettered and the others stored."""
     payload = bytes(message.payload)
+    if len(payload) > MAX_TAP_PAYLOAD_BYTES:
+        return [Refused(payload, f"{len(payload)} bytes in one message; at most {MAX_TAP_PAYLOAD_BYTES}")]
     try:
         topic_gate = Topics.gate_of(message.topic)
     except ValueError as error:
@@ -220,8 +262,9 @@ def _check_gate(tap: TapMessage | Refused, topic_gate: str) -> TapMessage | Refu
 class TapStore:
     """Writes batches; one instance per ingest worker (stateless apart from the session factory)."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], keys: GateKeys | None = None) -> None:
         self.sessions = sessions
+        self.keys = keys or authn.gate_keys(None)  # the gates' MAC keys (development ones by default)
 
     async def store(self, messages: Sequence[RawMessage]) -> BatchResult:
         now = datetime.now(UTC)
@@ -229,26 +272,47 @@ class TapStore:
         taps: dict[str, dict[str, Any]] = {}
         dead: list[dict[str, Any]] = []
         received = 0
+        sent: dict[str, tuple[TapMessage, str]] = {}  # tap id -> the tap and its topic, for a conflict
+        repeats: list[tuple[dict[str, Any], TapMessage, str]] = []  # an id seen twice in this batch
+        forged: dict[str, int] = {}
         for message in messages:
-            for parsed in parse(message):
+            try:
+                parsed_all = parse(message)
+            except Exception as error:  # parse() refuses what it knows; anything else is this message's
+                reason = f"unparseable: {type(error).__name__}: {error}"
+                parsed_all = [Refused(bytes(message.payload), reason)]
+            refusals = authn.tap_refusals(self.keys, parsed_all, bytes(message.payload))  # the gates' MACs
+            for parsed, why in zip(parsed_all, refusals, strict=True):
                 received += 1
+                if isinstance(parsed, TapMessage) and why:
+                    forged[parsed.gate_id] = forged.get(parsed.gate_id, 0) + 1  # dead-lettered and alarmed
+                    parsed = Refused(encode(parsed), why)
                 if isinstance(parsed, Refused):
-                    dead.append(
-                        {
-                            "received_at": now,
-                            "topic": message.topic[:300],
-                            "payload": parsed.payload,
-                            "reason": parsed.reason,
-                        }
-                    )
-                else:
-                    taps.setdefault(parsed.tap_id, tap_row(parsed, now))  # same tap twice in one batch
+                    dead.append(dead_letter_row(message.topic, parsed.payload, parsed.reason, now))
+                    result.dead_by_gate[dead[-1]["gate_id"] or "?"] += 1
+                elif parsed.tap_id not in sent:
+                    sent[parsed.tap_id] = parsed, message.topic
+                    taps[parsed.tap_id] = tap_row(parsed, now)
+                else:  # the same tap id twice in one batch: stored once, compared below
+                    repeats.append((tap_row(parsed, now), parsed, message.topic))
         result.received = received
         result.duplicates = received - len(dead) - len(taps)
         async with self.sessions.begin() as session:
             if taps:
                 result.stored = await _tap_insert(session)(session, list(taps.values()))
                 result.duplicates += len(taps) - result.stored
+            if result.stored < len(taps) or repeats:  # a duplicate must be the same tap, not another
+                candidates = [(row, *sent[tap]) for tap, row in taps.items()] + repeats
+                clashes = await authn.conflicts(session, [c[0] for c in candidates], now)
+                clashing = {id(row) for row in clashes}
+                for row, tap, topic in candidates:
+                    if id(row) in clashing:
+                        why = f"tap_conflict: {row['tap_id']}"
+                        dead.append(dead_letter_row(topic, encode(tap), why, now))
+                        result.dead_by_gate[row["gate_id"]] += 1
+                result.duplicates -= len(clashing)
+            if forged:
+                await authn.forged_alarms(session, forged, now)
             if dead:
                 await session.execute(_insert(session, DeadLetterRow), dead)
                 result.dead_lettered = len(dead)
@@ -273,20 +337,41 @@ class TapStore:
         return result
 
     async def dead_letter(self, message: RawMessage, reason: str) -> BatchResult:
-        """Keep a message the database refused as a tap, with the reason."""
+        """Keep a message that could not be stored as taps (the database refused it, or handling it
+        raised), with the reason."""
+        row = dead_letter_row(message.topic, bytes(message.payload), reason, datetime.now(UTC))
         async with self.sessions.begin() as session:
-            await session.execute(
-                _insert(session, DeadLetterRow),
-                [
-                    {
-                        "received_at": datetime.now(UTC),
-                        "topic": message.topic[:300],
-                        "payload": bytes(message.payload),
-                        "reason": reason[:MAX_REASON],
-                    }
-                ],
+            await session.execute(_insert(session, DeadLetterRow), [row])
+        result = BatchResult(received=1, dead_lettered=1)
+        result.dead_by_gate[row["gate_id"] or "?"] += 1
+        return result
+
+    async def dead_letter_alarm(self, gate_id: str, count: int, window_s: float) -> bool:
+        """One `dead_letters` alarm for a gate per window (several workers may count the same burst);
+        True if this call raised it."""
+        now = datetime.now(UTC)
+        gate = None if gate_id == "?" else gate_id  # "?": a topic without a valid gate id
+        same_gate = AlarmRow.gate_id.is_(None) if gate is None else AlarmRow.gate_id == gate
+        async with self.sessions.begin() as session:
+            already = await session.scalar(
+                select(AlarmRow.id).where(
+                    AlarmRow.kind == "dead_letters",
+                    same_gate,
+                    AlarmRow.created_at >= now - timedelta(seconds=window_s),
+                )
             )
-        return BatchResult(received=1, dead_lettered=1)
+            if already is not None:
+                return False
+            session.add(
+                AlarmRow(
+                    created_at=now,
+                    kind="dead_letters",
+                    severity="warning",
+                    gate_id=gate,
+                    detail=f"{count} messages dead-lettered within {window_s:.0f} s",
+                )
+            )
+        return True
 
     async def gap_alarm(self, gate_id: str, missing: Sequence[tuple[int, int]], age_s: float) -> None:
         """One `tap_gap` alarm per gap (keyed by its first missing tap, so several workers seeing the

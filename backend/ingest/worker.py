@@ -4,36 +4,92 @@ The MQTT client (backend/mqtt.py, on this event loop) only appends incoming mess
 worker takes batches of up to `ingest_batch_size` (waiting at most `ingest_batch_wait_ms` for a batch
 to fill), stores them in one transaction and only then acknowledges each message to the broker. A
 crash before the commit leaves every message of the batch unacknowledged, so the broker redelivers it
-to the persistent session, and the gate resends anything still missing. Nothing here raises out of the
-loop on bad input: a payload that is not a valid tap is dead-lettered (and acked, since redelivery
-cannot fix it).
+to the persistent session, and the gate resends anything still missing.
+
+One bad message can never stop the ingest. Only a database outage (`is_outage`) holds a batch's acks
+back and retries it; any other failure is a message's: the batch is split in halves until the failing
+message stands alone, the others are stored, and that message is dead-lettered and acked (redelivery
+cannot fix it). N dead letters from one gate within a window raise one `dead_letters` alarm.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from protocol.mqtt import Committed, ResendRequest, Topics, encode
 
 from ..config import Settings
 from ..mqtt import Message, MqttClient
-from .store import BatchResult, GateProgress, RawMessage, TapStore
+from . import authn
+from .store import BatchResult, GateProgress, RawMessage, Refused, TapStore, parse
 
 log = logging.getLogger("faregate.ingest")
 
 GAP_GRACE_S = 1.0  # a gap younger than this may still be in flight on another worker
 RESEND_EVERY_S = 5.0  # ask a gate again at most this often for the same gap
-RETRY_DELAY_S = 1.0  # the database refused a batch: wait, keep the messages, retry
+RETRY_DELAY_S = 1.0  # the database is unavailable: wait, keep the messages, retry
+DEAD_LETTER_ALARM_COUNT = 20  # this many dead letters from one gate...
+DEAD_LETTER_ALARM_WINDOW_S = 60.0  # ...within this many seconds raise one alarm (one per window)
+
+# PostgreSQL SQLSTATE classes a message's values can cause: data exception (22), integrity constraint
+# (23), program limit exceeded (54, e.g. a value too large for an index). Every other class (connection
+# 08, resources 53, operator intervention 57 with admin shutdown and statement timeout, system error 58,
+# internal XX, transaction rollback 40, schema or privilege 42, ...) is the database's, not a message's.
+MESSAGE_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and seen not in chain and len(chain) < 10:
+        chain.append(seen)
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return chain
+
+
+def is_outage(error: BaseException) -> bool:
+    """True when `error` says the database cannot take taps now, whatever the message: then the batch
+    is kept unacknowledged and retried. False when the message may be the cause: it is isolated.
+
+    Outage: the network (OSError, a connection SQLAlchemy invalidated, DisconnectionError), the pool
+    (its TimeoutError), sqlite3's OperationalError (locked, I/O, no such table) and DatabaseError
+    (a damaged file), a PostgreSQL error outside MESSAGE_SQLSTATE_CLASSES, and any other database
+    error not known to come from a value. Not an outage: an error from a value (ValueError, TypeError,
+    OverflowError anywhere in the chain, sqlite3's IntegrityError, DataError, InterfaceError,
+    ProgrammingError (binding), PostgreSQL classes 22, 23, 54), and any exception that is not the
+    database's at all (a RecursionError, a bug meeting one odd payload).
+    """
+    chain = _causes(error)
+    if any(isinstance(e, (ValueError, TypeError, OverflowError, RecursionError)) for e in chain):
+        return False  # a value the driver could not encode, or our own code choking on a payload
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    for cause in chain:
+        if isinstance(cause, (OSError, DisconnectionError, PoolTimeoutError)):
+            return True
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and len(sqlstate) == 5:
+            return sqlstate[:2] not in MESSAGE_SQLSTATE_CLASSES
+        if isinstance(
+            cause,
+            (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, sqlite3.ProgrammingError),
+        ):
+            return False
+        if isinstance(cause, (sqlite3.OperationalError, sqlite3.DatabaseError)):
+            return True
+    return isinstance(error, DBAPIError)  # an unknown database error: hold the acks, do not guess
 
 
 @dataclass
@@ -62,12 +118,18 @@ class IngestWorker:
         client_id: str | None = None,
         on_other: Callable[[RawMessage], Awaitable[None]] | None = None,
         on_stored: Callable[[BatchResult], None] | None = None,
+        on_connected: Callable[[], None] | None = None,
+        dead_letter_alarm: tuple[int, float] = (DEAD_LETTER_ALARM_COUNT, DEAD_LETTER_ALARM_WINDOW_S),
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.mqtt_prefix)
-        self.store = TapStore(sessions)
+        self.store = TapStore(sessions, authn.gate_keys(settings))  # taps need their gate's MAC
+        self.signer = authn.signer(settings)  # what it sends gates is signed (docs/security.md)
         self.on_other = on_other  # status and request messages (control plane)
         self.on_stored = on_stored
+        self.on_connected = on_connected  # every (re)connection: the backend republishes its state
+        self.dead_letter_alarm = dead_letter_alarm  # (count, window in seconds)
+        self._dead_letters: defaultdict[str, deque[float]] = defaultdict(deque)  # per gate, recent
         self.mqtt = MqttClient(
             settings,
             client_id or settings.ingest_client_id,
@@ -79,7 +141,7 @@ class IngestWorker:
                 (self.topics.all_requests, 1),
             ],
             on_message=self._on_message,
-            on_ready=lambda: log.info("ingest connected, subscribed to %s", self.tap_subscription),
+            on_ready=self._on_ready,
         )
         self._incoming: deque[Message] = deque()
         self._wakeup = asyncio.Event()
@@ -91,6 +153,11 @@ class IngestWorker:
     def tap_subscription(self) -> str:
         group = self.settings.ingest_group
         return f"$share/{group}/{self.topics.all_taps}" if group else self.topics.all_taps
+
+    def _on_ready(self) -> None:
+        log.info("ingest connected, subscribed to %s", self.tap_subscription)
+        if self.on_connected is not None:
+            self.on_connected()
 
     def _on_message(self, message: Message) -> None:
         self._incoming.append(message)
@@ -146,6 +213,8 @@ class IngestWorker:
             self.stats["dead_lettered"] += result.dead_lettered
             self.stats["batches"] += 1
             self._publish_progress(result.gates.values())
+            if result.dead_by_gate:
+                await self._count_dead_letters(result)
             if self.on_stored is not None:
                 self.on_stored(result)
         for message in others:
@@ -159,35 +228,92 @@ class IngestWorker:
     async def _store_until_done(self, taps: list[RawMessage]) -> BatchResult:
         """Store the batch, retrying while the database is unavailable (never ack what is not committed).
 
-        A row the database itself refuses (integrity or data error) must not block the others: the
-        batch is then stored one message at a time and the refused one dead-lettered with the error.
+        Any other failure may be one message's: the batch is stored in halves, down to the message
+        that fails alone, which is dead-lettered with the error (`_store_alone`).
         """
         while True:
             try:
                 return await self.store.store(taps)
-            except (IntegrityError, DataError) as error:
-                if len(taps) == 1:
-                    return await self._dead_letter_until_done(taps[0], f"database refused the tap: {error}")
-                merged = BatchResult()
-                for message in taps:
-                    one = await self._store_until_done([message])
-                    merged.received += one.received
-                    merged.stored += one.stored
-                    merged.duplicates += one.duplicates
-                    merged.dead_lettered += one.dead_lettered
-                    merged.gates.update(one.gates)
-                return merged
             except Exception as error:
+                if is_outage(error):
+                    log.warning(
+                        "storing %d tap message(s) failed, database unavailable (%s); retrying in %.0f s",
+                        len(taps),
+                        error,
+                        RETRY_DELAY_S,
+                    )
+                    await asyncio.sleep(RETRY_DELAY_S)
+                    continue
+                if len(taps) == 1:
+                    return await self._store_alone(taps[0], error)
                 log.warning(
-                    "storing %d tap(s) failed (%s); retrying in %.0f s", len(taps), error, RETRY_DELAY_S
+                    "a batch of %d failed (%s: %s); storing it in halves",
+                    len(taps),
+                    type(error).__name__,
+                    error,
                 )
-                await asyncio.sleep(RETRY_DELAY_S)
+                merged = BatchResult()
+                half = len(taps) // 2
+                merged.add(await self._store_until_done(taps[:half]))
+                merged.add(await self._store_until_done(taps[half:]))
+                return merged
+
+    async def _store_alone(self, message: RawMessage, error: Exception) -> BatchResult:
+        """One message failed on its own: if it carries several taps, store each tap alone (one bad
+        tap must not take its neighbours with it); what still fails is dead-lettered."""
+        reason = f"refused while storing: {type(error).__name__}: {error}"
+        try:
+            parts = [
+                RawMessage(message.topic, part.payload if isinstance(part, Refused) else encode(part))
+                for part in parse(message)
+            ]
+        except Exception:  # parse() raised: the message is the fault, whole
+            parts = []
+        if len(parts) < 2:
+            return await self._dead_letter_until_done(message, reason)
+        merged = BatchResult()
+        for part in parts:
+            merged.add(await self._store_until_done([part]))
+        return merged
+
+    async def _count_dead_letters(self, result: BatchResult) -> None:
+        """Raise one alarm when a gate's dead letters reach the count within the window."""
+        count, window = self.dead_letter_alarm
+        now = time.monotonic()
+        for gate, number in result.dead_by_gate.items():
+            recent = self._dead_letters[gate]
+            recent.extend([now] * min(number, count))
+            while recent and now - recent[0] > window:
+                recent.popleft()
+            if len(recent) < count:
+                continue
+            try:
+                raised = await self.store.dead_letter_alarm(gate, len(recent), window)
+            except Exception as error:  # an alarm is not worth holding taps back for
+                log.warning("dead-letter alarm for gate %s not stored: %s", gate, error)
+                continue
+            recent.clear()
+            if raised:
+                log.warning("gate %s: %d messages dead-lettered within %.0f s", gate, count, window)
+        for gate, recent in list(self._dead_letters.items()):  # bounded by the gates of one window
+            while recent and now - recent[0] > window:
+                recent.popleft()
+            if not recent:
+                del self._dead_letters[gate]
 
     async def _dead_letter_until_done(self, message: RawMessage, reason: str) -> BatchResult:
         while True:
             try:
                 return await self.store.dead_letter(message, reason)
             except Exception as error:
+                if not is_outage(error):  # not even its dead letter can be written: log it, go on
+                    log.error(
+                        "message on %s (%d bytes) dropped, its dead letter failed too: %s",
+                        message.topic[:300],
+                        len(message.payload),
+                        error,
+                    )
+                    return BatchResult(received=1)
                 log.warning("database unavailable (%s); retrying in %.0f s", error, RETRY_DELAY_S)
                 await asyncio.sleep(RETRY_DELAY_S)
 
@@ -198,7 +324,8 @@ class IngestWorker:
             assert isinstance(gate, GateProgress)
             committed = Committed(gate_id=gate.gate_id, through_seq=gate.committed_seq, time=now_wall)
             # not awaited: the next commit or the gap sweep publishes again, and a gate replays on a stall
-            self.mqtt.publish_nowait(self.topics.committed(gate.gate_id), encode(committed), retain=True)
+            self.mqtt.publish_nowait(self.topics.committed(gate.gate_id), encode(self.signer.sign(committed)),
+                                     retain=True)
             if not gate.missing:
                 self._gaps.pop(gate.gate_id, None)
                 continue
@@ -207,7 +334,8 @@ class IngestWorker:
             if now - gap.first_seen >= GAP_GRACE_S and now - gap.asked_at >= RESEND_EVERY_S:
                 for start, end in gate.missing[:16]:
                     request = ResendRequest(gate_id=gate.gate_id, from_seq=start, to_seq=end, time=now_wall)
-                    self.mqtt.publish_nowait(self.topics.resend(gate.gate_id), encode(request))
+                    self.mqtt.publish_nowait(self.topics.resend(gate.gate_id),
+                                             encode(self.signer.sign(request)))
                     log.info("gate %s: asked to resend %d..%d", gate.gate_id, start, end)
                 gap.asked_at = now
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import shutil
 import socket
 import uuid
 import warnings
@@ -27,7 +28,8 @@ from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.migrate import upgrade
 from fare_core.reasons import Direction, GateMode, Reason
-from protocol.mqtt import TapMessage, tap_id
+from protocol.mqtt import DEVELOPMENT_UPLINK_MASTER_KEY, TapMessage, derive_gate_key, tap_id, with_mac
+from tests.gate.brokers import MOSQUITTO, ShippedMosquitto
 
 POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 MOSQUITTO_URL = "mqtt://127.0.0.1:1883"
@@ -79,10 +81,48 @@ class BrokerInfo:
     group: str  # shared subscription group ("" = plain)
 
 
-@pytest.fixture(params=["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+# Test modules whose `broker` also takes the third variant, "mosquitto-shipped": a second Mosquitto
+# started once per session from the shipped configuration (backend/deploy: login, per-gate ACL,
+# persistence, queue limits), logged in as the backend account. Only the MQTT suites: the others test
+# the API or the database and gain nothing from a third broker.
+SHIPPED_SUITES = {"test_ingest", "test_simgate"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "broker" not in metafunc.fixturenames:
+        return
+    variants = ["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)]
+    if metafunc.module.__name__.rsplit(".", 1)[-1] in SHIPPED_SUITES:
+        variants.append(pytest.param("mosquitto-shipped", marks=pytest.mark.mosquitto))
+    metafunc.parametrize("broker", variants, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def shipped_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShippedMosquitto]:
+    """The shipped configuration on a free port for the whole session (stopped at its end)."""
+    tools = os.path.exists(MOSQUITTO) and shutil.which("mosquitto_passwd") is not None
+    if not tools:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mosquitto or mosquitto_passwd is not installed and CI=true")
+        pytest.skip("mosquitto or mosquitto_passwd is not installed")
+    broker = ShippedMosquitto(["12-3", "12-4"])
+    broker.start_blocking()
+    try:
+        yield broker
+    finally:
+        broker.stop_blocking()
+        broker.cleanup()
+
+
+@pytest.fixture
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[BrokerInfo]:
+    if request.param == "mosquitto-shipped":
+        shipped = request.getfixturevalue("shipped_mosquitto")
+        yield BrokerInfo("mosquitto-shipped", shipped.url, "5", f"g{uuid.uuid4().hex[:8]}")
+        return
     if request.param == "amqtt":
-        async with embedded_broker() as url:
+        # open: MQTT behaviour is tested here; tests/backend/test_broker_auth.py attacks the login and ACL
+        async with embedded_broker(allow_anonymous=True) as url:
             yield BrokerInfo("amqtt", url, "3.1.1", "")
         # amqtt may leave the server side of a just-closed connection to the garbage collector;
         # collect it here, where it is known to be amqtt's, not in whichever test runs next.
@@ -125,7 +165,8 @@ async def migrated(
 def make_tap(
     seq: int = 1, *, station_id: int = 12, gate_no: int = 3, card_id: int = 0xDEADBEEF, **fields: Any
 ) -> TapMessage:
-    """A valid tap with plausible numbers; any field can be overridden."""
+    """A valid tap with plausible numbers and its gate's MAC (development keys); any field can be
+    overridden (a `mac` given is kept as given)."""
     values: dict[str, Any] = {
         "tap_id": tap_id(station_id, gate_no, seq),
         "station_id": station_id,
@@ -152,7 +193,9 @@ def make_tap(
     values.update(fields)
     if "tap_id" not in fields:
         values["tap_id"] = tap_id(values["station_id"], values["gate_no"], values["seq"])
-    return TapMessage(**values)
+    tap = TapMessage(**values)
+    key = derive_gate_key(DEVELOPMENT_UPLINK_MASTER_KEY, tap.gate_id)
+    return tap if "mac" in fields else with_mac(tap, key)
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

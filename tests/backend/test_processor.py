@@ -12,7 +12,7 @@ from backend.processor import Processor
 from backend.tables import ActionRow, AlarmRow, FareTableRow, LedgerRow, PhoneRow, TapRow, TripRow
 from fare_core.reasons import Direction
 from faregate.simgate import SimGate, new_phone, tiny_artefact
-from protocol.mqtt import TapMessage, Topics, encode
+from protocol.mqtt import TapMessage, Topics, encode, with_mac
 from tests.backend.conftest import make_settings
 
 CARD = 0x0123456789ABCDEF
@@ -172,8 +172,9 @@ async def test_unconfirmed_write_is_settled_by_the_next_tap(migrated: Any) -> No
     for card in (landed_card, lost_card):
         wallet = new_phone(card, balance=5000)
         entry, written = alpha.tap(wallet, card, Direction.ENTRY, at(2, 0))
-        unconfirmed = entry.model_copy(update={"allowed": False, "reason": Reason.READ_FAILED,
-                                               "flags": entry.flags | Flag.UNCONFIRMED})
+        unconfirmed = with_mac(entry.model_copy(update={  # the gate rewrites the row, under its MAC
+            "allowed": False, "reason": Reason.READ_FAILED, "flags": entry.flags | Flag.UNCONFIRMED}),
+            alpha.mac_key)
         await ingest(store, processor, unconfirmed)
         # the write landed on one phone, not on the other: the next tap reads what the phone holds
         after = written if card == landed_card else wallet

@@ -17,7 +17,14 @@ from backend.config import Settings
 from backend.control import handle_control_message
 from backend.dashboard import STATIC, mount
 from backend.ingest.store import RawMessage
-from protocol.mqtt import GateState, GateStatus, Topics, encode
+from protocol.mqtt import (
+    DEVELOPMENT_UPLINK_MASTER_KEY,
+    GateState,
+    GateStatus,
+    Topics,
+    derive_gate_key,
+    encode_with_mac,
+)
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -111,8 +118,9 @@ async def test_gate_figures_stay_when_the_last_will_arrives(tmp_path: Path) -> N
         online = GateStatus(gate_id="7-1", state=GateState.ONLINE, time=datetime.now(UTC),
                             tap_to_open_p50_ms=80.5, tap_to_open_p99_ms=120.0, host_p99_ms=0.9,
                             tailgating_alarms=2, forced_door_alarms=0)
-        for payload in (encode(online), b"{not a status",
-                        encode(GateStatus(gate_id="7-1", state=GateState.OFFLINE))):
+        key = derive_gate_key(DEVELOPMENT_UPLINK_MASTER_KEY, "7-1")  # the gate's own MAC key
+        for payload in (encode_with_mac(online, key), b"{not a status",
+                        encode_with_mac(GateStatus(gate_id="7-1", state=GateState.OFFLINE), key)):
             await handle_control_message(settings, sessions, RawMessage(topic, payload))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

@@ -29,7 +29,14 @@ from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Phone, Population
 from firmware_sim.sim import Sim
 from gate.journal import Journal
-from protocol.mqtt import DenyListDeltaMessage, SnapshotRequest, Topics, encode
+from protocol.mqtt import (
+    DEVELOPMENT_SIGNING_SEED,
+    DenyListDeltaMessage,
+    Signer,
+    SnapshotRequest,
+    Topics,
+    encode,
+)
 
 from .brokers import Broker
 
@@ -251,7 +258,8 @@ async def test_denylist_delta_with_bad_checksum_is_refused(broker: Broker, tmp_p
             await operator.subscribe(topics.request(gate.config.gate_id), qos=1)
             bad = DenyListDeltaMessage(version=1, base_version=0, add=[0x7000], remove=[],
                                        checksum="00" * 24, time=datetime.now(UTC))
-            await operator.publish(topics.denylist_delta, encode(bad), qos=1)
+            signed = Signer(DEVELOPMENT_SIGNING_SEED).sign(bad)  # genuine, but on the wrong base
+            await operator.publish(topics.denylist_delta, encode(signed), qos=1)
             async with asyncio.timeout(10):
                 async for message in operator.messages:
                     request = SnapshotRequest.model_validate_json(bytes(message.payload))  # type: ignore[arg-type]

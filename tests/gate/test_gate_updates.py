@@ -22,6 +22,7 @@ from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Phone, Population
 from protocol.mqtt import (
+    DEVELOPMENT_SIGNING_SEED,
     Action,
     ActionListMessage,
     DenyListDeltaMessage,
@@ -29,6 +30,7 @@ from protocol.mqtt import (
     GateCommand,
     GateStatus,
     Payload,
+    Signer,
     Topics,
     encode,
 )
@@ -58,6 +60,8 @@ async def broker() -> AsyncIterator[Amqtt]:
 
 
 async def publish(broker: Amqtt, topic: str, message: Payload, retain: bool = False) -> None:
+    """Publish as the backend does: signed with its (development) key."""
+    message = Signer(DEVELOPMENT_SIGNING_SEED).sign(message)
     async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V311) as client:
         await client.publish(topic, encode(message), qos=1, retain=retain)
 

@@ -100,4 +100,14 @@ def test_default_secrets_are_refused_outside_development() -> None:
         Settings(environment="production")
     with pytest.raises(ValidationError, match="SAM_MASTER_KEY"):
         Settings(environment="production", admin_password="a-real-long-secret")
-    Settings(environment="production", admin_password="a-real-long-secret", sam_master_key="ab" * 16)
+    real = {"admin_password": "a-real-long-secret", "sam_master_key": "ab" * 16}
+    with pytest.raises(ValidationError, match="DOWNLINK_SIGNING_KEY"):
+        Settings(environment="production", **real)
+    real["downlink_signing_key"] = "cd" * 32
+    with pytest.raises(ValidationError, match="UPLINK_MASTER_KEY"):
+        Settings(environment="production", **real)
+    real["uplink_master_key"] = "ef" * 32
+    fields = Settings.model_fields
+    real.update({k: v for k, v in (("payment_webhook_secret", "a-real-webhook-secret"), ("mqtt_username",
+                 "backend"), ("mqtt_password", "a-real-password")) if k in fields})
+    Settings(environment="production", **real)
