@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 from .config import Settings
@@ -34,6 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="PORT",
         help="also run the embedded amqtt broker on 127.0.0.1:PORT and use it (MQTT 3.1.1)",
+    )
+    parser.add_argument(
+        "--broker-credentials",
+        type=Path,
+        metavar="FILE",
+        help="with --embedded-broker: `username password` lines of the gates that may log in (what "
+        "python -m backend.deploy.mosquitto_config prints); the backend logs in as FAREGATE_MQTT_USERNAME "
+        "(default faregate-backend) with FAREGATE_MQTT_PASSWORD (default: generated for the run)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -64,6 +73,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"faregate backend: configuration error: {error}")
         return 2
+    accounts = None
+    if args.embedded_broker:  # the broker's accounts and ACL; anonymous clients are refused
+        from .deploy.accounts import BACKEND_USER, BrokerAccounts
+
+        user, password = settings.mqtt_username or BACKEND_USER, settings.mqtt_password
+        if args.broker_credentials:
+            accounts = BrokerAccounts.read(args.broker_credentials, user, password)
+        else:
+            accounts = BrokerAccounts.generate([], user, password)
+            print("faregate backend: no --broker-credentials: only the backend can log in to the broker")
+        login = {"mqtt_username": accounts.backend_user, "mqtt_password": accounts.backend_password}
+        settings = settings.model_copy(update=login)
     from .runtime import serve
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -76,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 host=args.host,
                 port=args.port,
                 embedded_broker_port=args.embedded_broker,
+                embedded_broker_accounts=accounts,
             )
         )
     return 0

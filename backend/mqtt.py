@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import logging
 import select
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,19 +49,33 @@ class BrokerAddress:
     port: int
     username: str | None = None
     password: str | None = None
+    tls: bool = False
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
-        """mqtt://[user:password@]host[:port] (port 1883 by default)."""
+        """mqtt://[user:password@]host[:port] (port 1883 by default); mqtts:// is TLS (port 8883)."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise ValueError(f"unsupported MQTT URL {url!r} (expected mqtt://host:port)")
+        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
+            raise ValueError(f"unsupported MQTT URL {url!r} (expected mqtt://host:port or mqtts://)")
+        tls = parts.scheme in ("mqtts", "ssl")
         return cls(
             parts.hostname,
-            parts.port or 1883,
+            parts.port or (8883 if tls else 1883),
             unquote(parts.username) if parts.username else None,
             unquote(parts.password) if parts.password else None,
+            tls,
         )
+
+
+class _HandshakeClosingSocket(ssl.SSLSocket):
+    """paho leaves a socket whose TLS handshake failed (an untrusted broker) open: close it here."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
 
 
 def make_client(
@@ -89,6 +104,10 @@ def make_client(
     password = address.password or settings.mqtt_password
     if username:
         client.username_pw_set(username, password)
+    if address.tls or settings.mqtt_ca_file:  # the broker's certificate and host name are verified
+        context = ssl.create_default_context(cafile=settings.mqtt_ca_file)
+        context.sslsocket_class = _HandshakeClosingSocket
+        client.tls_set_context(context)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     connect: dict[str, Any] = {"host": address.host, "port": address.port, "keepalive": 30}
@@ -398,7 +417,9 @@ class MqttClient:
         for _ in range(self.read_burst):
             if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or client.socket() is not sock:
                 return
-            if not select.select([cast(Any, sock)], [], [], 0)[0]:
+            # TLS: bytes already decrypted into the SSL object are invisible to select()
+            pending = getattr(sock, "pending", None)
+            if not (pending and pending()) and not select.select([cast(Any, sock)], [], [], 0)[0]:
                 return
 
     def _write(self, conn: _Connection, sock: Any) -> None:

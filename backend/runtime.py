@@ -10,6 +10,7 @@ from typing import Any
 
 from .config import Settings
 from .db import make_engine, make_sessionmaker
+from .deploy.accounts import BrokerAccounts
 from .distribution import Conflict, Distributor
 from .migrate import upgrade
 from .publisher import Publisher
@@ -26,6 +27,7 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     embedded_broker_port: int | None = None,
+    embedded_broker_accounts: BrokerAccounts | None = None,
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
 ) -> None:
@@ -36,7 +38,8 @@ async def serve(
         if embedded_broker_port:
             from .broker import embedded_broker
 
-            await stack.enter_async_context(embedded_broker(embedded_broker_port))
+            broker = embedded_broker(embedded_broker_port, embedded_broker_accounts, settings.mqtt_prefix)
+            await stack.enter_async_context(broker)
         engine = make_engine(settings)
         stack.push_async_callback(engine.dispose)
         await upgrade(engine, settings)

@@ -16,30 +16,11 @@ import secrets
 import subprocess
 from pathlib import Path
 
-from protocol.mqtt import Topics, parse_gate_id
+from protocol.mqtt import parse_gate_id
+
+from .acl import acl_text
 
 CONF = Path(__file__).parent / "mosquitto" / "mosquitto.conf"
-
-
-def acl_text(prefix: str, backend_user: str) -> str:
-    t = Topics(prefix)
-    lines = [
-        "# written by backend.deploy.mosquitto; %u is the username (a gate logs in as its gate id)",
-        f"user {backend_user}",
-        f"topic readwrite {prefix}/#",
-        "",
-        "# every other user is a gate, limited to its own topics",
-    ]
-    for topic in (t.taps("%u"), t.status("%u"), t.request("%u")):
-        lines.append(f"pattern write {topic}")
-    for topic in (t.committed("%u"), t.resend("%u"), t.command("%u")):
-        lines.append(f"pattern read {topic}")
-    lines += [
-        f"pattern read {prefix}/denylist/#",
-        f"pattern read {t.fare_table}",
-        f"pattern read {t.actions}",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def write_config(
@@ -51,23 +32,36 @@ def write_config(
     gate_passwords: dict[str, str] | None = None,
     port: int = 1883,
     run_as: str | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
+    acl_prefix: str | None = None,
 ) -> dict[str, str]:
-    """Write mosquitto.conf, faregate.passwd and faregate.acl into `out`; returns {gate: password}."""
+    """Write mosquitto.conf, faregate.passwd and faregate.acl into `out`; returns {gate: password}.
+
+    `tls` (CA file, certificate, key) makes the listener TLS-only. `acl_prefix` (default `prefix`) may
+    hold '+' levels, for one broker shared by several prefixes (the test session's Mosquitto).
+    """
     for gate in gates:
         parse_gate_id(gate)  # refuse anything that is not a gate id (it becomes an ACL username)
     out.mkdir(parents=True, exist_ok=True)
     passwords = {gate: (gate_passwords or {}).get(gate) or secrets.token_urlsafe(18) for gate in gates}
     passwd = out / "faregate.passwd"
-    passwd.write_text("")
+    passwd.touch(0o600)
     passwd.chmod(0o600)
-    for user, password in [(backend_user, backend_password), *passwords.items()]:
-        subprocess.run(
-            ["mosquitto_passwd", "-b", str(passwd), user, password], check=True, capture_output=True
-        )
-    (out / "faregate.acl").write_text(acl_text(prefix, backend_user))
+    accounts = [(backend_user, backend_password), *passwords.items()]
+    if any(not password or "\n" in password for _, password in accounts):
+        raise ValueError("a password must be one non-empty line")
+    # plain `user:password` lines hashed in place by one mosquitto_passwd run (-U), not one run per user
+    passwd.write_text("".join(f"{user}:{password}\n" for user, password in accounts))
+    subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
+    (out / "faregate.acl").write_text(acl_text(acl_prefix or prefix, backend_user))
     conf = CONF.read_text().replace("password_file faregate.passwd", f"password_file {passwd}")
     conf = conf.replace("acl_file faregate.acl", f"acl_file {out / 'faregate.acl'}")
-    conf = conf.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+    listener = f"listener {port} 127.0.0.1"
+    if tls:
+        cafile, certfile, keyfile = tls
+        listener += f"\ncafile {cafile}\ncertfile {certfile}\nkeyfile {keyfile}\ntls_version tlsv1.2"
+    conf = conf.replace("listener 1883 127.0.0.1", listener)
+    conf = conf.replace("persistence_location ./", f"persistence_location {out}/")
     if run_as:  # the account mosquitto runs as when started by root (it must read the password file)
         conf += f"user {run_as}\n"
     (out / "mosquitto.conf").write_text(conf)

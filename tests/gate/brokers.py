@@ -1,16 +1,19 @@
 """Brokers a gate test can stop and start: the embedded amqtt, and a private Mosquitto process on a
-free 127.0.0.1 port (the machine's shared Mosquitto must never be stopped by a test)."""
+free 127.0.0.1 port (the machine's shared Mosquitto must never be stopped by a test), open or with the
+shipped configuration (accounts, ACL, persistence, queue limits)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import getpass
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +21,8 @@ from typing import Protocol
 import pytest
 
 from backend.broker import embedded_broker, free_port
+from backend.deploy.accounts import BrokerAccounts
+from backend.deploy.mosquitto_config import write_config
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -54,7 +59,8 @@ class Amqtt:
 
     async def start(self) -> None:
         self._stack = contextlib.AsyncExitStack()
-        await self._stack.enter_async_context(embedded_broker(self.port))
+        # open: these tests are about MQTT behaviour; tests/backend/test_broker_auth.py attacks the login
+        await self._stack.enter_async_context(embedded_broker(self.port, allow_anonymous=True))
 
     async def stop(self) -> None:
         if self._stack is not None:
@@ -96,3 +102,39 @@ class PrivateMosquitto:
 
     def cleanup(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class ShippedMosquitto(PrivateMosquitto):
+    """A private Mosquitto on the shipped mosquitto.conf (backend/deploy): login required, the per-gate
+    ACL, persistence on (so a restart keeps retained messages and the ingest's session), its queue
+    limits. `url` logs in as the backend account, which may use any prefix here ('+' in the ACL)."""
+
+    name = "mosquitto-shipped"
+
+    def __init__(self, gates: list[str] | None = None) -> None:
+        super().__init__()
+        self.accounts = BrokerAccounts.generate(gates or [])
+        write_config(self._dir, "shipped", self.accounts.gates, self.accounts.backend_user,
+                     self.accounts.backend_password, dict(self.accounts.passwords), port=self.port,
+                     run_as=getpass.getuser(), acl_prefix="+")
+        self._conf = self._dir / "mosquitto.conf"
+        self.url = self.url_for(self.accounts.backend_user)
+
+    def start_blocking(self) -> None:
+        """start() for a synchronous (session) fixture, which may run while an event loop does."""
+        self._proc = subprocess.Popen([MOSQUITTO, "-c", str(self._conf)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not port_open(self.port):
+            if time.monotonic() > deadline or self._proc.poll() is not None:
+                raise RuntimeError("shipped mosquitto did not start")
+            time.sleep(0.05)
+
+    def stop_blocking(self) -> None:
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            proc.terminate()
+            proc.wait(10)
+
+    def url_for(self, user: str) -> str:
+        return f"mqtt://{user}:{self.accounts.passwords[user]}@127.0.0.1:{self.port}"
