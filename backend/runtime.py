@@ -50,14 +50,22 @@ async def serve(
         stack.push_async_callback(publisher.aclose)
         distributor = Distributor(sessions, publisher)
         if ingest:
-            from .control import handle_control_message
+            from .control import SnapshotRequests, handle_control_message
             from .ingest.worker import IngestWorker
 
+            # gates' snapshot requests and the ingest's own (re)connections: coalesced republishes
+            snapshots = SnapshotRequests(distributor.resend)
+            stack.push_async_callback(snapshots.aclose)
+
             async def on_other(message: Any) -> None:
-                await handle_control_message(settings, sessions, message, distributor)
+                await handle_control_message(settings, sessions, message, snapshots)
 
             worker = IngestWorker(
-                settings, sessions, on_other=on_other, on_stored=lambda result: wake_processor.set()
+                settings,
+                sessions,
+                on_other=on_other,
+                on_stored=lambda result: wake_processor.set(),
+                on_connected=snapshots.republish_all,  # a broker restarted empty gets the state back
             )
             tasks.append(asyncio.create_task(worker.run(stop), name="ingest"))
         if processor:
@@ -80,7 +88,10 @@ async def serve(
 
             app = create_app(settings, engine=engine, publisher=publisher, migrate=False)
             server = uvicorn.Server(
-                uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+                uvicorn.Config(
+                    app, host=host, port=port, log_level="warning", lifespan="on",
+                    proxy_headers=False,  # the app trusts X-Forwarded-For only from FAREGATE_TRUSTED_PROXIES
+                )
             )
 
             async def api_task() -> None:

@@ -400,12 +400,6 @@ def backend_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="backend/runtime.py starts uvicorn with proxy_headers on (its default), so uvicorn rewrites "
-    "the client address from X-Forwarded-For for loopback peers before the app sees it; needs "
-    "uvicorn.Config(..., proxy_headers=False) there (the app decides, by Settings.trusted_proxies)",
-)
 def test_forwarded_for_cannot_dodge_the_login_limit_of_the_real_server(backend_process: str) -> None:
     wrong = {"username": "admin", "password": "wrong"}
     codes = [
