@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.payments import SimulatedProvider
 from faregate.station import GateSpec
 from firmware_sim.population import Phone
 
@@ -218,7 +219,16 @@ async def test_commuter_page_shows_balance_tops_up_and_reports_a_lost_phone(
 
         await commuter.fill("#amount", "12.50")
         await commuter.click("#topup-form button[type=submit]")
-        await commuter.wait_for_selector("#flash.ok")
+        flash = commuter.locator("#flash.ok")
+        await flash.wait_for()
+        # a top-up is a payment intent: nothing is credited until the provider's signed confirmation
+        assert (await system.api.get(f"{API}/actions", params={"card_id": card})).json() == []
+        reference = re.search(r"reference (pi_[0-9a-f]+)", await flash.inner_text())
+        assert reference, await flash.inner_text()
+        provider = SimulatedProvider(system.settings.payment_webhook_secret)
+        body, headers = provider.confirmation(reference[1], 1250)
+        confirmed = await system.api.post(f"{API}/payments/confirmations", content=body, headers=headers)
+        assert confirmed.status_code == 200, confirmed.text
         actions = (await system.api.get(f"{API}/actions", params={"card_id": card})).json()
         assert [(a["topup"], a["state"]) for a in actions] == [(1250, "pending")]
 
