@@ -37,6 +37,7 @@ from backend.broker import free_port
 from backend.config import Settings
 from backend.db import make_engine
 from backend.deploy.accounts import BrokerAccounts
+from backend.payments import SimulatedProvider
 from backend.runtime import serve
 from backend.tables import TapRow, TripRow
 from fare_core import Reason
@@ -95,6 +96,7 @@ class Demo:
         self.rng = random.Random(args.seed)
         self.stop = asyncio.Event()
         self.presented: list[Any] = []  # every commuter sent to a gate
+        self.recharged: list[int] = []  # fen of each air recharge the provider confirmed
 
     async def run(self) -> dict[str, Any]:
         args = self.args
@@ -180,13 +182,15 @@ class Demo:
              ).raise_for_status()
         started = time.monotonic()
         traffic = asyncio.create_task(self._traffic(station, specs, population, blocked))
+        recharges = asyncio.create_task(self._air_recharges(client, settings, population, blocked))
         while not self.stop.is_set() and time.monotonic() - started < args.duration:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 2.0)
             print(await self._progress(settings, station, time.monotonic() - started), flush=True)
-        traffic.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await traffic
+        for task in (traffic, recharges):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self._settle()  # commuters already at a gate finish their tap before anything is counted
         await self._drain(station)
         return await self._summary(settings, station)
@@ -249,6 +253,30 @@ class Demo:
             if card not in blocked:
                 riding.append((now + self.rng.uniform(8, 25), card, specs[gate].station_id))
 
+    async def _air_recharges(self, client: httpx.AsyncClient, settings: Settings, population: Population,
+                             blocked: list[int]) -> None:
+        """Now and then a commuter tops up over the air as a real one would: a payment intent from the
+        commuter page's API, then the (simulated) provider's signed confirmation; the money reaches the
+        wallet at the phone's next tap."""
+        provider = SimulatedProvider(settings.payment_webhook_secret)
+        riders = [p.card_id for p in population if p.card_id not in blocked]
+        pause = self.rng.uniform(1.0, 3.0)  # the first soon, so even a short demo shows one
+        while riders:
+            await asyncio.sleep(pause)
+            pause = self.rng.uniform(3.0, 8.0)
+            card = f"{self.rng.choice(riders):016x}"
+            issued = await client.post(f"/phones/{card}/commuter-token")
+            issued.raise_for_status()
+            amount = self.rng.choice([2000, 5000, 10000])
+            intent = await client.post("/me/topup", json={"amount": amount},
+                                       headers={"Authorization": f"Bearer {issued.json()['token']}"})
+            if intent.status_code != 201:  # over the daily bound, or the phone was just blocked
+                continue
+            body, headers = provider.confirmation(intent.json()["reference"], amount)
+            confirmed = await client.post("/payments/confirmations", content=body, headers=headers)
+            if confirmed.status_code == 200 and confirmed.json()["credited"]:
+                self.recharged.append(amount)
+
     async def _progress(self, settings: Settings, station: SimStation, elapsed: float) -> str:
         stored, revenue, _ = await self._counts(settings)
         backlog = sum(g.journal.pending_count() for g in station.gates)
@@ -298,4 +326,5 @@ class Demo:
                             outcomes[s.labels["outcome"]] += int(s.value)
         return {"taps": stored, "journaled": journaled, "trips": trips, "revenue_fen": revenue,
                 "denials": denials, "gate_outcomes": dict(outcomes), "lost": max(0, journaled - stored),
+                "air_recharges": len(self.recharged), "air_recharged_fen": sum(self.recharged),
                 "gates": len(station.gates)}

@@ -25,6 +25,9 @@ def test_demo_runs_a_station_and_loses_nothing(tmp_path: object) -> None:
     assert summary["lost"] == 0
     assert summary["revenue_fen"] >= 0 and summary["trips"] > 0
     assert summary["gate_outcomes"].get("ok", 0) > 0
+    # air recharges went through the payment flow: intent, then the provider's signed confirmation
+    assert summary["air_recharges"] >= 1
+    assert summary["air_recharged_fen"] >= 2000 * summary["air_recharges"]
 
 
 @pytest.mark.slow
