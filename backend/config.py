@@ -100,12 +100,12 @@ class Settings(BaseSettings):
                 ("uplink_master_key", DEVELOPMENT_UPLINK_MASTER_KEY.hex()),
                 ("payment_webhook_secret", DEV_PAYMENT_SECRET),
             )
-            for name, default in defaults:
-                if getattr(self, name) == default:
-                    raise ValueError(
-                        f"FAREGATE_{name.upper()} still has its development default; "
-                        f"set a secret for environment={self.environment!r}"
-                    )
+            left = [f"FAREGATE_{n.upper()}" for n, default in defaults if getattr(self, n) == default]
+            if left:  # every one named at once, so an operator fixes them in one go
+                raise ValueError(
+                    f"{', '.join(left)} still {'has its' if len(left) == 1 else 'have their'} development"
+                    f" default; set a secret for environment={self.environment!r}"
+                )
             if len(self.admin_password) < 12:
                 raise ValueError("FAREGATE_ADMIN_PASSWORD must have at least 12 characters")
         return self
