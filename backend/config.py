@@ -77,9 +77,12 @@ class Settings(BaseSettings):
     admin_password: str = DEV_SECRET  # the first admin account, created when none exists
     token_ttl_s: int = Field(default=12 * 3600, ge=60)
     max_page_size: int = Field(default=500, ge=1, le=10_000)
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     login_attempts_per_minute: int = Field(default=10, ge=1)
-    # bodies of unauthenticated requests (/login, the payment webhook, no bearer token) are smaller
+    # request bodies (api/limits.py): the large limit only for the fare-table upload with a bearer token,
+    # the authenticated one on every other route with a bearer token, the smallest without one and on
+    # the routes open to all (/login, the payment webhook)
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_authenticated_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_unauthenticated_body_bytes: int = Field(default=16 * 1024, ge=1024)
     # direct peers (IP addresses or networks) whose X-Forwarded-For is believed; JSON list in the env
     trusted_proxies: list[str] = Field(default_factory=list)

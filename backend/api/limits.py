@@ -9,9 +9,14 @@ RequestBodyLimitMiddleware / FastAPI's `max_body_size` exist only in recent rele
 lower bounds predate them) and set one limit per route, while here the limit also depends on whether
 the caller presents a token.
 
-Two limits: `max_body_bytes` for requests carrying a bearer token, and the much smaller
-`max_unauthenticated_body_bytes` for everything else and for the routes anyone can call (login, the
-payment webhook), since those are open to the whole network without a token.
+Three limits, chosen from the method, the path and the headers alone (the token itself is checked only
+after the body is read, so a made-up `Bearer x` must buy nothing much):
+
+- `max_body_bytes` (8 MiB): only the routes that need big bodies (`large_routes`: the fare-table upload)
+  and only with a bearer header;
+- `max_authenticated_body_bytes` (64 KiB): every other route with a bearer header;
+- `max_unauthenticated_body_bytes` (16 KiB): without a bearer header, and always on the routes anyone can
+  call (login, the payment webhook), since those are open to the whole network without a token.
 """
 
 from __future__ import annotations
@@ -34,22 +39,32 @@ class BodyLimit:
         self,
         app: ASGIApp,
         *,
-        limit: int,
+        large_limit: int,
+        authenticated_limit: int,
         unauthenticated_limit: int,
+        large_routes: frozenset[tuple[str, str]],
         open_paths: frozenset[str],
     ) -> None:
+        """`large_routes` are (method, path) pairs, matched exactly; `open_paths` are paths."""
         self.app = app
-        self.limit = limit
-        self.unauthenticated_limit = min(limit, unauthenticated_limit)
+        self.large_limit = large_limit
+        self.authenticated_limit = min(large_limit, authenticated_limit)
+        self.unauthenticated_limit = min(self.authenticated_limit, unauthenticated_limit)
+        self.large_routes = large_routes
         self.open_paths = open_paths
 
     def limit_for(self, scope: Scope) -> int:
-        if scope.get("path") in self.open_paths:
+        path = scope.get("path")
+        if path in self.open_paths:
             return self.unauthenticated_limit
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                return self.limit
-        return self.unauthenticated_limit
+        if not any(
+            name == b"authorization" and value[:7].lower() == b"bearer "
+            for name, value in scope.get("headers", ())
+        ):
+            return self.unauthenticated_limit
+        if (scope.get("method"), path) in self.large_routes:
+            return self.large_limit
+        return self.authenticated_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

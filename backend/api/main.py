@@ -35,8 +35,11 @@ from .routes import (
 from .security import LoginLimiter, Role, TrustedProxies, hash_password
 
 API = "/api/v1"
-#: Routes anyone can call without a bearer token: they get the small body limit.
+#: Routes anyone can call without a bearer token: they get the smallest body limit.
 OPEN_PATHS = frozenset({f"{API}/login", f"{API}/payments/confirmations"})
+#: The only routes that need big bodies (method, path): with a bearer header they get the large limit,
+#: every other route the authenticated one (api/limits.py).
+LARGE_BODY_ROUTES = frozenset({("POST", f"{API}/fare-tables")})
 
 
 async def ensure_admin(sessions: async_sessionmaker, settings: Settings) -> None:  # type: ignore[type-arg]
@@ -94,8 +97,10 @@ def create_app(
     app.state.trusted_proxies = TrustedProxies(settings.trusted_proxies)  # a bad entry fails here
     app.add_middleware(
         BodyLimit,
-        limit=settings.max_body_bytes,
+        large_limit=settings.max_body_bytes,
+        authenticated_limit=settings.max_authenticated_body_bytes,
         unauthenticated_limit=settings.max_unauthenticated_body_bytes,
+        large_routes=LARGE_BODY_ROUTES,
         open_paths=OPEN_PATHS,
     )
     # No CORS middleware on purpose: the dashboard and the commuter page are served from this same

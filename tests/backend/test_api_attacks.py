@@ -323,6 +323,60 @@ async def test_a_chunked_body_is_cut_off_at_the_limit(quiet: Api) -> None:
     assert (await quiet.client.post("/api/v1/login", json=ADMIN)).status_code == 200
 
 
+@SQLITE_ONLY
+async def test_a_made_up_bearer_token_buys_no_large_body(quiet: Api) -> None:
+    """The attack: any `Authorization: Bearer <anything>` header bought the 8 MiB limit on every route not
+    open to all, and that body was read and JSON-parsed before the token was checked."""
+    settings = quiet.app.state.settings
+    small = settings.max_authenticated_body_bytes
+    assert small < settings.max_body_bytes
+    fake = {"Authorization": "Bearer made-up"}
+    routes = (
+        f"/api/v1/phones/{ALICE}/block",
+        f"/api/v1/phones/{ALICE}/unblock",
+        "/api/v1/actions",
+        "/api/v1/operators",
+        "/api/v1/fare-tables/1/rollback",
+        "/api/v1/me/report-lost",
+    )
+    for path in routes:
+        body = Chunks(1024 * 1024, 4096)
+        response = await quiet.client.post(path, content=body, headers=fake)
+        assert response.status_code == 413, (path, response.text)
+        assert body.sent <= small + body.size, path  # nothing read past the chunk that crossed the limit
+    # a real token buys no more on those routes, nor does another method on the upload's path
+    admin = await quiet.admin()
+    body = Chunks(1024 * 1024, 4096)
+    assert (await quiet.client.post("/api/v1/actions", content=body, headers=admin)).status_code == 413
+    assert body.sent <= small + body.size
+    body = Chunks(1024 * 1024, 4096)
+    response = await quiet.client.put("/api/v1/fare-tables", content=body, headers=admin)
+    assert response.status_code in (405, 413)
+    assert body.sent <= small + body.size
+    # a declared length over the small limit is refused before any of the body is read
+    declared = Chunks(1024 * 1024, 4096)
+    headers = {**fake, "Content-Length": str(1024 * 1024)}
+    response = await quiet.client.post("/api/v1/actions", content=declared, headers=headers)
+    assert response.status_code == 413 and declared.sent == 0
+
+
+@SQLITE_ONLY
+async def test_an_operator_still_uploads_a_large_fare_table(api: Api) -> None:
+    """The fare-table upload keeps the large limit: a few hundred KiB of rules publish as before."""
+    admin = await api.admin()
+    account = {"username": "otto", "password": "otto-password-long", "role": "operator"}
+    assert (await api.client.post("/api/v1/operators", headers=admin, json=account)).status_code == 201
+    login = await api.client.post("/api/v1/login", json={"username": "otto", "password": account["password"]})
+    operator = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    rules = (ROOT / "fare_core" / "examples" / "tiny.toml").read_text()
+    rules += "".join(f"# padding line {i:06d} {'x' * 60}\n" for i in range(5_000))  # about 400 KiB
+    assert 300 * 1024 < len(rules) < api.app.state.settings.max_body_bytes
+    assert len(rules) > 4 * api.app.state.settings.max_authenticated_body_bytes
+    response = await api.client.post("/api/v1/fare-tables", headers=operator, json={"rules": rules})
+    assert response.status_code == 201, response.text
+    assert response.json()["version"] == 1
+
+
 # --- client address: X-Forwarded-For only from a trusted proxy ----------------------------------------
 
 
