@@ -129,10 +129,10 @@ class PublishRefused(Exception):
     """The broker answered a publish with an MQTT v5 failure reason (not authorised, quota, ...)."""
 
 
-class Message(NamedTuple):
-    """One message received; `connection` numbers the connection that delivered it, since only that
-    connection may acknowledge it (message ids are per connection). A tuple: the cheapest record to
-    build on the receive path."""
+class Delivery(NamedTuple):
+    """One MQTT message received (not called Message: that is the serial protocol's, issue 11);
+    `connection` numbers the connection that delivered it, since only that connection may acknowledge
+    it (message ids are per connection). A tuple: the cheapest record to build on the receive path."""
 
     topic: str
     payload: bytes
@@ -140,6 +140,10 @@ class Message(NamedTuple):
     mid: int
     retain: bool
     connection: int
+
+
+#: The old name, kept only until backend/ingest/worker.py imports `Delivery`; then delete it.
+Message = Delivery
 
 
 class _Connection:
@@ -187,7 +191,7 @@ class MqttClient:
         url: str | None = None,
         version: str | None = None,
         subscriptions: Sequence[tuple[str, int]] = (),
-        on_message: Callable[[Message], None] | None = None,
+        on_message: Callable[[Delivery], None] | None = None,
         on_ready: Callable[[], None] | None = None,
         read_burst: int = READ_BURST,
     ) -> None:
@@ -473,7 +477,7 @@ class MqttClient:
     def _on_message(self, _client: mqtt.Client, conn: _Connection, message: mqtt.MQTTMessage) -> None:
         if self.on_message is None:
             return
-        received = Message(
+        received = Delivery(
             message.topic, bytes(message.payload), message.qos, message.mid, message.retain, conn.number
         )
         try:
@@ -549,7 +553,7 @@ class MqttClient:
             return False
         return conn.client.publish(topic, payload, qos=qos, retain=retain).rc == mqtt.MQTT_ERR_SUCCESS
 
-    def ack(self, message: Message) -> bool:
+    def ack(self, message: Delivery) -> bool:
         """Acknowledge a message received in manual-ack mode. False when the connection that delivered
         it has ended: the broker then redelivers it to a persistent session, never acked twice."""
         if message.qos == 0:

@@ -18,7 +18,7 @@ import pytest
 
 from backend.broker import free_port
 from backend.config import Settings
-from backend.mqtt import BrokerAddress, Message, MqttClient, MqttDisconnected
+from backend.mqtt import BrokerAddress, Delivery, MqttClient, MqttDisconnected
 from backend.publisher import Publisher
 from tests.backend.conftest import BrokerInfo, wait_for
 
@@ -185,7 +185,7 @@ async def test_an_unacknowledged_message_comes_back_to_the_persistent_session(
     topic = f"{settings.mqtt_prefix}/gates/1-1/taps"
     subscription = f"$share/{broker.group}/{topic}" if broker.group else topic
     client_id = f"ingest-{uuid.uuid4().hex[:10]}"
-    received: asyncio.Queue[Message] = asyncio.Queue()
+    received: asyncio.Queue[Delivery] = asyncio.Queue()
     worker = MqttClient(
         settings,
         client_id,
