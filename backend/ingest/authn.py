@@ -12,8 +12,6 @@ minute, so a flood of forgeries costs one row a minute, not one a message.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -23,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from protocol.mqtt import DEVELOPMENT_UPLINK_MASTER_KEY, GateKeys, Payload, Signer, TapMessage
-from protocol.mqtt.auth import MAC_BYTES
+from protocol.mqtt.auth import MAC_BYTES, tag_valid, tagged
 
 from ..config import Settings
 from ..tables import AlarmRow, TapRow
@@ -56,31 +54,21 @@ def signer(settings: Settings) -> Signer:
 
 
 _MAC_SUFFIX = len(b',"mac":"') + 2 * MAC_BYTES + len(b'"}')
+_TAP_NAME = TapMessage.__name__
 
 
-def raw_elements(payload: bytes, count: int) -> list[bytes] | None:
-    """The bytes of each tap of a taps payload as a gate sends it (one object, or `[a,b,...]` joined
-    by bare commas), or None when it is not laid out so. Strings in a tap are pattern-bound (no quotes),
-    so `},{` occurs only between elements; a payload laid out otherwise is checked the slow way."""
-    if count == 1 and payload[:1] == b"{":
-        return [payload]
-    if payload[:2] != b"[{" or payload[-2:] != b"}]":
-        return None
-    parts = payload[2:-2].split(b"},{")
-    if len(parts) != count:
-        return None
-    return [b"{" + part + b"}" for part in parts]
-
-
-def tap_refusals(keys: GateKeys, taps: Sequence[Any], payload: bytes) -> list[str | None]:
-    """`refusal` for every parsed element of one taps payload (non-taps give None). Fast path: the MAC
-    over the received bytes themselves, which is the canonical form when the gate's JSON arrives as
-    it left (measured: saves re-serialising each tap); anything else is checked on its canonical form."""
-    raw = raw_elements(payload, len(taps))
+def tap_refusals(keys: GateKeys, parsed: Sequence[tuple[Any, bytes | None]]) -> list[str | None]:
+    """`refusal` for every element of one taps payload, each given with the exact bytes it was parsed
+    from (store.parse_raw), or None for those bytes when it was not parsed from a span of its own; non-taps
+    give None. Fast path: the MAC over those bytes themselves, which is the canonical form when the
+    gate's JSON arrives as it left (measured: saves re-serialising each tap). It is sound only because
+    the tap was parsed from exactly the bytes the MAC is checked over, never from a neighbour's (the
+    splicing attack of tests/backend/test_mac_splicing.py); anything else is checked on its canonical
+    form, re-serialised from the parsed model, so what is verified is what is stored."""
     reasons: list[str | None] = []
-    for index, tap in enumerate(taps):
+    for tap, raw in parsed:
         if not isinstance(tap, TapMessage) or (
-                raw is not None and _raw_mac_valid(keys.keys_for(tap.gate_id), raw[index], tap.mac)):
+                raw is not None and _raw_mac_valid(keys.keys_for(tap.gate_id), raw, tap.mac)):
             reasons.append(None)
         else:
             reasons.append(refusal(keys, tap))
@@ -88,14 +76,10 @@ def tap_refusals(keys: GateKeys, taps: Sequence[Any], payload: bytes) -> list[st
 
 
 def _raw_mac_valid(keys: Iterable[bytes], raw: bytes, mac: str | None) -> bool:
-    """The element's own bytes end in `,"mac":"<mac>"}` and the MAC covers what precedes it."""
+    """The tap's own bytes end in `,"mac":"<mac>"}` and the MAC covers what precedes it."""
     if mac is None or len(raw) <= _MAC_SUFFIX or raw[-_MAC_SUFFIX:] != b',"mac":"' + mac.encode() + b'"}':
         return False
-    data = b"TapMessage\0" + raw[:-_MAC_SUFFIX] + b"}"
-    for key in keys:
-        if hmac.compare_digest(hashlib.blake2s(data, key=key, digest_size=MAC_BYTES).hexdigest(), mac):
-            return True
-    return False
+    return tag_valid(tagged(_TAP_NAME, raw[:-_MAC_SUFFIX] + b"}"), mac, keys)
 
 
 def refusal(keys: GateKeys, message: Payload, gate_id: str | None = None) -> str | None:

@@ -217,30 +217,66 @@ _TAP_ARRAY = TypeAdapter(list[TapMessage])
 def parse(message: RawMessage) -> list[TapMessage | Refused]:
     """Every tap a taps-topic payload carries (one object, or an array of them), each either valid or
     refused with its reason, so one bad element of an array is dead-lettered and the others stored."""
+    return [tap for tap, _ in parse_raw(message)]
+
+
+def parse_raw(message: RawMessage) -> list[tuple[TapMessage | Refused, bytes | None]]:
+    """`parse`, each element with the exact bytes it was parsed from when it was parsed from bytes of
+    its own (the MAC's fast path, authn.tap_refusals, checks the MAC over those bytes), else None.
+
+    A gate's array is `[a,b,...]` joined by bare commas. It is cut on `},{` and each piece validated
+    ON ITS OWN as a tap: when every piece is a valid tap, each is a complete JSON object, so the pieces
+    are exactly the array's elements and each tap is bound to its own bytes. When the cut does not give
+    one valid tap per piece (a `},{` inside a string or a nested array, whitespace between elements,
+    a non-tap element), the array is parsed whole and no element gets bytes: each is verified on its
+    re-serialised canonical form instead. Never the MAC of one piece for the tap parsed from another."""
     payload = bytes(message.payload)
     if len(payload) > MAX_TAP_PAYLOAD_BYTES:
-        return [Refused(payload, f"{len(payload)} bytes in one message; at most {MAX_TAP_PAYLOAD_BYTES}")]
+        return [(Refused(payload, f"{len(payload)} bytes in one message; at most {MAX_TAP_PAYLOAD_BYTES}"),
+                 None)]
     try:
         topic_gate = Topics.gate_of(message.topic)
     except ValueError as error:
-        return [Refused(payload, str(error))]
+        return [(Refused(payload, str(error)), None)]
     if payload.lstrip()[:1] != b"[":
-        return [_check_gate(_validate_one(payload), topic_gate)]
-    try:  # the common case: every element valid, validated in one pass
+        return [(_check_gate(_validate_one(payload), topic_gate), payload)]
+    spans = _own_spans(payload)
+    if spans is not None:
+        return [(_check_gate(tap, topic_gate), raw) for tap, raw in spans]
+    try:  # every element valid, validated in one pass
         taps: list[TapMessage | Refused] = list(_TAP_ARRAY.validate_json(payload))
     except ValidationError:
         try:  # pydantic-core's parser caps nesting (json.loads would raise RecursionError, not ValueError)
             elements = pydantic_core.from_json(payload)
         except ValueError as error:
-            return [Refused(payload, f"undecodable tap array: {error}"[:MAX_REASON])]
+            return [(Refused(payload, f"undecodable tap array: {error}"[:MAX_REASON]), None)]
         if isinstance(elements, list) and len(elements) > MAX_TAPS_PER_MESSAGE:  # refuse before the work
-            return [Refused(payload, f"{len(elements)} taps in one message; at most {MAX_TAPS_PER_MESSAGE}")]
+            return [(Refused(payload, f"{len(elements)} taps in one message; at most {MAX_TAPS_PER_MESSAGE}"),
+                     None)]
         taps = [_validate_one(json.dumps(e, separators=(",", ":")).encode()) for e in elements]
     if not taps:
-        return [Refused(payload, "empty tap array")]
+        return [(Refused(payload, "empty tap array"), None)]
     if len(taps) > MAX_TAPS_PER_MESSAGE:
-        return [Refused(payload, f"{len(taps)} taps in one message; at most {MAX_TAPS_PER_MESSAGE}")]
-    return [_check_gate(tap, topic_gate) for tap in taps]
+        return [(Refused(payload, f"{len(taps)} taps in one message; at most {MAX_TAPS_PER_MESSAGE}"), None)]
+    return [(_check_gate(tap, topic_gate), None) for tap in taps]
+
+
+def _own_spans(payload: bytes) -> list[tuple[TapMessage, bytes]] | None:
+    """A gate's compact array cut into its elements, each validated from its own bytes, or None when
+    the cut does not yield one valid tap per piece (then the caller parses the array whole)."""
+    if payload[:2] != b"[{" or payload[-2:] != b"}]":
+        return None
+    parts = payload[2:-2].split(b"},{")
+    if len(parts) > MAX_TAPS_PER_MESSAGE:
+        return None
+    spans = []
+    for part in parts:
+        raw = b"{" + part + b"}"
+        try:
+            spans.append((TapMessage.model_validate_json(raw), raw))
+        except ValidationError:
+            return None
+    return spans
 
 
 def _validate_one(payload: bytes) -> TapMessage | Refused:
@@ -277,12 +313,12 @@ class TapStore:
         forged: dict[str, int] = {}
         for message in messages:
             try:
-                parsed_all = parse(message)
+                parsed_all = parse_raw(message)
             except Exception as error:  # parse() refuses what it knows; anything else is this message's
                 reason = f"unparseable: {type(error).__name__}: {error}"
-                parsed_all = [Refused(bytes(message.payload), reason)]
-            refusals = authn.tap_refusals(self.keys, parsed_all, bytes(message.payload))  # the gates' MACs
-            for parsed, why in zip(parsed_all, refusals, strict=True):
+                parsed_all = [(Refused(bytes(message.payload), reason), None)]
+            refusals = authn.tap_refusals(self.keys, parsed_all)  # the gates' MACs, each over its own bytes
+            for (parsed, _), why in zip(parsed_all, refusals, strict=True):
                 received += 1
                 if isinstance(parsed, TapMessage) and why:
                     forged[parsed.gate_id] = forged.get(parsed.gate_id, 0) + 1  # dead-lettered and alarmed

@@ -46,9 +46,25 @@ class AuthError(ValueError):
     """A message is unsigned, signed by a key the receiver does not hold, or its MAC/signature is wrong."""
 
 
+def tagged(name: str, body: bytes) -> bytes:
+    """The one construction of what is signed or MACed: a model's name, a zero byte, then `body` (its
+    compact JSON without the authentication fields). Every signer and verifier goes through here."""
+    return name.encode() + b"\0" + body
+
+
 def canonical(message: Payload, leave_out: frozenset[str]) -> bytes:
     """What is signed or MACed: the model's name, a zero byte, its compact JSON without `leave_out`."""
-    return type(message).__name__.encode() + b"\0" + message.model_dump_json(exclude=set(leave_out)).encode()
+    return tagged(type(message).__name__, message.model_dump_json(exclude=set(leave_out)).encode())
+
+
+def mac_tag(data: bytes, key: bytes) -> str:
+    """The MAC (hex) of `tagged` bytes under one gate key."""
+    return hashlib.blake2s(data, key=key, digest_size=MAC_BYTES).hexdigest()
+
+
+def tag_valid(data: bytes, received: str, keys: Iterable[bytes]) -> bool:
+    """True when `received` is the MAC of the `tagged` bytes `data` under one of `keys`."""
+    return any(hmac.compare_digest(mac_tag(data, key), received) for key in keys)
 
 
 # --- uplink: per-gate MAC ------------------------------------------------------------------------------
@@ -62,7 +78,7 @@ def derive_gate_key(master_key: bytes, gate_id: str) -> bytes:
 
 
 def compute_mac(message: Payload, key: bytes) -> str:
-    return hashlib.blake2s(canonical(message, MAC_FIELDS), key=key, digest_size=MAC_BYTES).hexdigest()
+    return mac_tag(canonical(message, MAC_FIELDS), key)
 
 
 def with_mac(message: P, key: bytes) -> P:
@@ -73,16 +89,13 @@ def with_mac(message: P, key: bytes) -> P:
 def encode_with_mac(message: Payload, key: bytes) -> bytes:
     """The wire bytes of `message` with its MAC, serialised once: `mac` is the model's last field, so
     the wire is the canonical JSON with `,"mac":"…"` put before its closing brace (the tap path)."""
-    body = message.model_dump_json(exclude=set(MAC_FIELDS)).encode()
-    tag = hashlib.blake2s(type(message).__name__.encode() + b"\0" + body, key=key, digest_size=MAC_BYTES)
-    return body[:-1] + b',"mac":"' + tag.hexdigest().encode() + b'"}'
+    return mac_json(type(message).__name__, message.model_dump_json(exclude=set(MAC_FIELDS)).encode(), key)
 
 
 def mac_json(name: str, body: bytes, key: bytes) -> bytes:
     """`body` (canonical JSON of a `name` model without its mac) with its MAC, for code that builds the
     JSON itself (faregate/simgate.py's cheap benchmark taps)."""
-    tag = hashlib.blake2s(name.encode() + b"\0" + body, key=key, digest_size=MAC_BYTES)
-    return body[:-1] + b',"mac":"' + tag.hexdigest().encode() + b'"}'
+    return body[:-1] + b',"mac":"' + mac_tag(tagged(name, body), key).encode() + b'"}'
 
 
 def mac_valid(message: Payload, keys: Iterable[bytes]) -> bool:
@@ -90,12 +103,7 @@ def mac_valid(message: Payload, keys: Iterable[bytes]) -> bool:
     received = getattr(message, "mac", None)
     if not received:
         return False
-    data = canonical(message, MAC_FIELDS)
-    for key in keys:
-        expected = hashlib.blake2s(data, key=key, digest_size=MAC_BYTES).hexdigest()
-        if hmac.compare_digest(expected, received):
-            return True
-    return False
+    return tag_valid(canonical(message, MAC_FIELDS), received, keys)
 
 
 class GateKeys:
