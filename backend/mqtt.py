@@ -23,13 +23,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, cast
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from protocol.mqtt.address import NotAnMqttUrl, parse_mqtt_url
 
 from .config import Settings
 
@@ -54,17 +55,13 @@ class BrokerAddress:
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
         """mqtt://[user:password@]host[:port] (port 1883 by default); mqtts:// is TLS (port 8883)."""
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
-            raise ValueError(f"unsupported MQTT URL {url!r} (expected mqtt://host:port or mqtts://)")
-        tls = parts.scheme in ("mqtts", "ssl")
-        return cls(
-            parts.hostname,
-            parts.port or (8883 if tls else 1883),
-            unquote(parts.username) if parts.username else None,
-            unquote(parts.password) if parts.password else None,
-            tls,
-        )
+        try:
+            parsed = parse_mqtt_url(url if "://" in url else f"mqtt://{url}")
+        except NotAnMqttUrl:
+            raise ValueError(
+                f"unsupported MQTT URL {url!r} (expected mqtt://host:port or mqtts://)"
+            ) from None
+        return cls(parsed.host, parsed.port_or_default(), parsed.username, parsed.password, parsed.tls)
 
 
 class _HandshakeClosingSocket(ssl.SSLSocket):

@@ -11,7 +11,6 @@ import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -22,6 +21,7 @@ from protocol.mqtt import (
     MAX_TAPS_PER_MESSAGE,
     derive_gate_key,
 )
+from protocol.mqtt.address import PORT, TLS_PORT, MqttUrl, NotAnMqttUrl, parse_mqtt_url
 
 TEST_SAM_KEY = DEVELOPMENT_SAM_KEY.hex()  # the simulator's key; refused outside development
 
@@ -51,28 +51,36 @@ class MqttConfig(_Section):
     @classmethod
     def _mqtt_url(cls, value: str | None) -> str | None:
         if value is not None:
-            parts = urlsplit(value)
-            if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
-                raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+            try:
+                parse_mqtt_url(value)
+            except NotAnMqttUrl:
+                raise ValueError("must look like mqtt://host:port or mqtts://host:port") from None
         return value
+
+    @property
+    def _parsed(self) -> MqttUrl | None:
+        return parse_mqtt_url(self.url) if self.url is not None else None
 
     @model_validator(mode="after")
     def _login_from_url(self) -> MqttConfig:
         """user:password@ in the URL logs in, unless username/password are given apart."""
-        parts = urlsplit(self.url or "")
-        if self.username is None and parts.username:
-            object.__setattr__(self, "username", unquote(parts.username))
-            object.__setattr__(self, "password", unquote(parts.password) if parts.password else None)
+        parsed = self._parsed
+        if self.username is None and parsed is not None and parsed.username:
+            object.__setattr__(self, "username", parsed.username)
+            object.__setattr__(self, "password", parsed.password)
         return self
 
     @property
     def tls(self) -> bool:
-        return urlsplit(self.url or "").scheme in ("mqtts", "ssl") or self.ca_file is not None
+        parsed = self._parsed
+        return (parsed is not None and parsed.tls) or self.ca_file is not None
 
     @property
     def host_port(self) -> tuple[str, int]:
-        parts = urlsplit(self.url or "")
-        return parts.hostname or "127.0.0.1", parts.port or (8883 if self.tls else 1883)
+        parsed = self._parsed
+        if parsed is None:
+            return "127.0.0.1", TLS_PORT if self.tls else PORT
+        return parsed.host, parsed.port_or_default(self.tls)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for the broker connection (certificate and host name checked), or None."""
