@@ -2,7 +2,10 @@
 
 Both must carry the gate's MAC (docs/security.md): a forged one is dead-lettered and alarmed, never
 recorded or acted on. A gate reporting backend messages it refused for their signature raises a
-`downlink_refused` alarm each time its count grows.
+`downlink_refused` alarm when its count grows (at most one unacknowledged alarm a minute per gate, as
+every alarm an attacker can trigger). A MAC does not stop a replay, so a status whose `time` is not
+newer than the gate's `last_seen` is ignored and counted (`stale_statuses`): replayed statuses can
+neither move `last_seen` backwards, undo newer versions, nor alternate to raise alarms.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -30,6 +33,8 @@ log = logging.getLogger("faregate.control")
 
 SNAPSHOT_WINDOW_S = 5.0  # one republish of a kind per window, whoever asks and however often
 REQUESTS_PER_GATE = 6  # requests one gate may make within a window (two per kind); more are dropped
+#: Statuses ignored per gate because their `time` was not newer than the gate's last_seen (replays).
+stale_statuses: Counter[str] = Counter()
 
 
 class SnapshotRequests:
@@ -171,7 +176,8 @@ async def _authentic(settings: Settings, sessions: async_sessionmaker[AsyncSessi
 
 async def _downlink_refused(session: AsyncSession, status: GateStatus) -> None:
     """An alarm when the gate's count of refused backend messages has grown since the last alarm (the
-    count leads the alarm's detail, so the comparison survives a backend restart)."""
+    count leads the alarm's detail, so the comparison survives a backend restart), or is lower (a
+    restarted gate counting again); through `alarm_once`, so never more than one a minute per gate."""
     count = status.auth_refused or 0
     last = await session.scalar(
         select(AlarmRow.detail)
@@ -181,23 +187,26 @@ async def _downlink_refused(session: AsyncSession, status: GateStatus) -> None:
     )
     before = int(last.split(" ", 1)[0]) if last and last.split(" ", 1)[0].isdigit() else 0
     if count > before or (count and count < before):  # grown, or a restarted gate counting again
-        session.add(
-            AlarmRow(
-                created_at=datetime.now(UTC),
-                kind="downlink_refused",
-                severity="critical",
-                gate_id=status.gate_id,
-                detail=f"{count} backend message(s) refused by the gate for their signature; "
-                f"latest: {status.auth_alarm or '?'}"[:2000],
-            )
+        await authn.alarm_once(
+            session, "downlink_refused", status.gate_id,
+            f"{count} backend message(s) refused by the gate for their signature; "
+            f"latest: {status.auth_alarm or '?'}", datetime.now(UTC),
         )
 
 
 async def record_status(
     sessions: async_sessionmaker[AsyncSession], status: GateStatus, station_id: int, gate_no: int
-) -> None:
+) -> bool:
+    """Record a gate's (authenticated) status; False when it is ignored as not newer than the last."""
     async with sessions.begin() as session:
         row = await session.get(GateRow, status.gate_id)
+        if row is not None and status.time is not None and row.last_seen is not None \
+                and status.time <= row.last_seen:  # a replay (or a reordered old status): ignored, counted
+            stale_statuses[status.gate_id] += 1
+            log.info("gate %s: status of %s not newer than its last seen %s; ignored (%d so far)",
+                     status.gate_id, status.time.isoformat(), row.last_seen.isoformat(),
+                     stale_statuses[status.gate_id])
+            return False
         if row is None:
             row = GateRow(
                 gate_id=status.gate_id,
@@ -221,7 +230,8 @@ async def record_status(
         if status.auth_refused:
             await _downlink_refused(session, status)
         row.state = status.state.value
-        row.last_seen = status.time or datetime.now(UTC)
+        if status.time is not None:  # the gate's own clock; a last will (no time) leaves it, so the
+            row.last_seen = status.time  # backend's clock never orders the gate's statuses
         if status.state == GateState.ONLINE:
             for name in (
                 "mode",
@@ -239,6 +249,7 @@ async def record_status(
                 value = getattr(status, name)
                 if value is not None:
                     setattr(row, name, int(value) if name == "mode" else value)
+    return True
 
 
 __all__ = ["UpdateKind", "handle_control_message", "record_status"]

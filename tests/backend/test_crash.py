@@ -118,10 +118,13 @@ async def test_killed_between_receive_and_commit_the_tap_is_stored_after_restart
                 for m in gate.messages(topics.committed("12-3"))
             )
 
-        try:  # Mosquitto redelivers to the persistent session...
-            await wait_for(committed, timeout=8)
-        except AssertionError:  # ...amqtt may have dropped the in-flight message: the gate resends
-            await asyncio.to_thread(gate.publish, topics.taps("12-3"), encode(tap))
+        if broker.name == "amqtt":  # amqtt may drop the unacked QoS 1 message (docs/mqtt.md): a resend
+            try:
+                await wait_for(committed, timeout=8)
+            except AssertionError:
+                await asyncio.to_thread(gate.publish, topics.taps("12-3"), encode(tap))
+                await wait_for(committed, timeout=15)
+        else:  # Mosquitto must redeliver to the persistent session: no resend to fall back on
             await wait_for(committed, timeout=15)
         assert await stored() == 1
     finally:

@@ -8,7 +8,7 @@ taken for a duplicate (issue 12).
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -114,9 +114,20 @@ async def test_a_forged_status_is_refused_and_a_gate_reporting_forgeries_raises_
         await asyncio.to_thread(gate.publish, topic, encode_with_mac(reporting, KEY))
         (alarm,) = await wait_for(lambda: alarms(ingest, "downlink_refused"))
         assert alarm.gate_id == "12-3" and alarm.detail.startswith("3 ") and "unsigned" in alarm.detail
-        await asyncio.to_thread(gate.publish, topic, encode_with_mac(reporting, KEY))  # same count
-        await wait_for(lambda: ingest.count(GateRow))
-        await asyncio.sleep(0.3)
+        later = datetime.now(UTC) + timedelta(seconds=1)  # newer than `reporting`: not taken for a replay
+        same_count = reporting.model_copy(update={"time": later})
+        await asyncio.to_thread(gate.publish, topic, encode_with_mac(same_count, KEY))  # same count
+        # a sentinel published after it: once it is recorded, the status before it has been handled
+        sentinel = same_count.model_copy(update={"time": later + timedelta(seconds=1),
+                                                 "fare_table_version": 8})
+        await asyncio.to_thread(gate.publish, topic, encode_with_mac(sentinel, KEY))
+
+        async def sentinel_recorded() -> bool:
+            async with ingest.sessions() as session:
+                row = await session.get(GateRow, "12-3")
+                return row is not None and row.fare_table_version == 8
+
+        await wait_for(sentinel_recorded)
         assert len(await alarms(ingest, "downlink_refused")) == 1
     finally:
         gate.close()
