@@ -18,17 +18,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from backend.db import make_engine, make_sessionmaker
+from backend.ingest import authn
 from backend.ingest.worker import IngestWorker
 from backend.migrate import upgrade
 from backend.tables import AlarmRow, DeadLetterRow
 from faregate.simgate import SimGate, SimUplink, development_mac_key, tap_payload
-from protocol.mqtt import Topics
+from protocol.mqtt import TapMessage, Topics
 from tests.backend.conftest import MOSQUITTO_URL, BrokerInfo, Database, make_settings, require_service
 
 pytestmark = [pytest.mark.security, pytest.mark.mosquitto]
@@ -58,6 +61,7 @@ class Harness:
         self.gate.start()
         self.gate.wait_ready()
         self.seq = 0
+        self.genuine: set[str] = set()  # ids in the forged range whose content verifies (slow-path oracle)
 
     def call(self, coroutine: Any, timeout: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
@@ -93,6 +97,14 @@ class Harness:
     def publish(self, payload: bytes) -> None:
         self.gate.publish(self.topics.taps("12-3"), payload)
 
+    def no_forged_tap_is_stored(self, payload: bytes) -> None:
+        """After `payload` was handled (the next good tap is stored): every stored tap in the range the
+        hostile payloads use (seq >= FORGED) is one whose parsed content carries its gate's valid MAC,
+        judged independently of the ingest's fast path (each element re-serialised and verified)."""
+        self.genuine |= genuine_ids(payload)
+        stored = {row[0] for row in self.query("SELECT tap_id FROM taps WHERE seq >= ?", FORGED)}
+        assert stored <= self.genuine, f"forged tap(s) stored: {sorted(stored - self.genuine)}"
+
     def good_tap_is_stored(self, timeout: float = 15.0) -> None:
         """Publish the gate's next good tap and wait until its row is in the database."""
         self.seq += 1
@@ -112,6 +124,27 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
         yield running
     finally:
         running.close()
+
+
+FORGED = 1_000_000  # hostile payloads use seqs from here up; the good taps stay far below
+KEYS = authn.gate_keys(None)
+
+
+def genuine_ids(payload: bytes) -> set[str]:
+    """The tap ids of the elements of `payload` whose parsed content verifies under the gate's key."""
+    try:
+        value = pydantic_core.from_json(payload)
+    except ValueError:
+        return set()
+    ids = set()
+    for element in value if isinstance(value, list) else [value]:
+        try:
+            tap = TapMessage.model_validate_json(json.dumps(element, separators=(",", ":")))
+        except (ValidationError, TypeError, ValueError):
+            continue
+        if authn.refusal(KEYS, tap) is None:
+            ids.add(tap.tap_id)
+    return ids
 
 
 def _good_tap(seq: int) -> dict[str, Any]:
@@ -169,9 +202,62 @@ def test_after_any_payload_the_next_good_tap_is_stored(harness: Harness) -> None
     def one(payload: bytes) -> None:
         harness.publish(payload)
         harness.good_tap_is_stored()
+        harness.no_forged_tap_is_stored(payload)
 
     one()
     assert harness.worker is not None and harness.worker.stats["dead_lettered"] > 0
+
+
+@st.composite
+def mixed_array(draw: st.DrawFn) -> bytes:
+    """Genuine and forged taps (a genuine tap's MAC on other content) in one array, laid out to make a
+    cut on `},{` misalign: genuine taps hidden in rejected elements or in a duplicate key's discarded
+    value, whitespace between elements."""
+    def genuine(seq: int) -> bytes:
+        return tap_payload(12, 3, seq, key=KEY)
+
+    def forged(seq: int) -> bytes:
+        tap = json.loads(genuine(seq))
+        tap.update(seq=seq + 500_000, tap_id=f"12-3:{seq + 500_000}", fare=0)  # the genuine MAC kept
+        return json.dumps(tap, separators=(",", ":")).encode()
+
+    parts = []
+    for _ in range(draw(st.integers(1, 8))):
+        seq = draw(st.integers(FORGED, FORGED + 400_000))
+        kind = draw(st.sampled_from(["genuine", "forged", "hidden", "duplicate", "junk"]))
+        if kind == "genuine":
+            parts.append(genuine(seq))
+        elif kind == "forged":
+            parts.append(forged(seq))
+        elif kind == "hidden":
+            parts.append(b'{"z":[{},' + genuine(seq) + b",{}]}")
+        elif kind == "duplicate":  # `fare` twice: the first value (discarded) holds a genuine tap
+            cover = draw(st.sampled_from([genuine, forged]))(seq + 1)
+            parts.append(b'{"fare":[{},' + genuine(seq) + b",{}]," + cover[1:])
+        else:
+            parts.append(draw(st.sampled_from([b"1", b'{"x":0}', b"[]", b'{"a":[[{},{}]]}'])))
+    separators = draw(st.lists(st.sampled_from([b",", b",", b", ", b",\n", b" , "]),
+                               min_size=len(parts), max_size=len(parts)))
+    return b"[" + b"".join(p + sep for p, sep in zip(parts[:-1], separators, strict=False)) + parts[-1] + b"]"
+
+
+def test_mixed_genuine_and_forged_arrays_store_only_the_genuine_taps(harness: Harness) -> None:
+    real = tap_payload(12, 3, FORGED + 7, key=KEY)
+    forged = json.loads(real)
+    forged.update(seq=FORGED + 999, tap_id=f"12-3:{FORGED + 999}", fare=0)
+    forgery = json.dumps(forged, separators=(",", ":")).encode()
+    splice = b'[{"z":[{},' + real + b",{}]}," + forgery + b',1,{"x":0}]'
+
+    @settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @example(splice)  # the reviewer's PoC: stored the forgery before the fix
+    @given(mixed_array())
+    def one(payload: bytes) -> None:
+        harness.publish(payload)
+        harness.good_tap_is_stored()
+        harness.no_forged_tap_is_stored(payload)
+
+    one()
+    assert harness.query("SELECT count(*) FROM taps WHERE seq >= ?", FORGED)[0][0] > 0  # genuine ones stored
 
 
 def test_a_huge_payload_is_dead_lettered_as_a_bounded_prefix_with_its_size_and_hash(harness: Harness) -> None:
