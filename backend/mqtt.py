@@ -139,9 +139,6 @@ class Delivery(NamedTuple):
     connection: int
 
 
-#: The old name, kept only until backend/ingest/worker.py imports `Delivery`; then delete it.
-Message = Delivery
-
 
 class _Connection:
     """One TCP connection and the paho client made for it."""

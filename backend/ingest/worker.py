@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from protocol.mqtt import Committed, ResendRequest, Topics, encode
 
 from ..config import Settings
-from ..mqtt import Message, MqttClient
+from ..mqtt import Delivery, MqttClient
 from . import authn
 from .store import BatchResult, GateProgress, RawMessage, Refused, TapStore, parse
 
@@ -103,7 +103,7 @@ class OpenGap:
     alarmed: bool = False
 
 
-def _raw(message: Message) -> RawMessage:
+def _raw(message: Delivery) -> RawMessage:
     return RawMessage(message.topic, message.payload, message.mid, message.qos)
 
 
@@ -143,7 +143,7 @@ class IngestWorker:
             on_message=self._on_message,
             on_ready=self._on_ready,
         )
-        self._incoming: deque[Message] = deque()
+        self._incoming: deque[Delivery] = deque()
         self._wakeup = asyncio.Event()
         self._gaps: dict[str, OpenGap] = {}  # gates with taps missing above their committed seq
         self.connected = self.mqtt.connected  # set while subscribed
@@ -159,7 +159,7 @@ class IngestWorker:
         if self.on_connected is not None:
             self.on_connected()
 
-    def _on_message(self, message: Message) -> None:
+    def _on_message(self, message: Delivery) -> None:
         self._incoming.append(message)
         self._wakeup.set()
 
@@ -180,7 +180,7 @@ class IngestWorker:
             await asyncio.wait({gap_task})
             await self.mqtt.aclose()
 
-    async def _next_batch(self, stop: asyncio.Event) -> list[Message]:
+    async def _next_batch(self, stop: asyncio.Event) -> list[Delivery]:
         if not self._incoming:
             self._wakeup.clear()
             if not self._incoming:
@@ -195,12 +195,12 @@ class IngestWorker:
             deadline = time.monotonic() + self.settings.ingest_batch_wait_ms / 1000
             while len(self._incoming) < limit and time.monotonic() < deadline and not stop.is_set():
                 await asyncio.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
-        batch: list[Message] = []
+        batch: list[Delivery] = []
         while self._incoming and len(batch) < limit:
             batch.append(self._incoming.popleft())
         return batch
 
-    async def _handle(self, batch: list[Message]) -> None:
+    async def _handle(self, batch: list[Delivery]) -> None:
         taps = [m for m in batch if m.topic.endswith("/taps")]
         others = [m for m in batch if not m.topic.endswith("/taps")]
         if taps:
