@@ -158,7 +158,7 @@ class LocalState:
 
     def apply_fare_table(self, msg: FareTableMessage, now: datetime | None = None) -> UpdateResult:
         now = now or datetime.now(UTC)
-        newest = max((t.version for t in (self.fare_table, self.next_table) if t is not None), default=0)
+        newest = self.newest_fare_table_version
         if msg.version <= newest:
             return UpdateResult(Outcome.IGNORED, f"fare table {msg.version} is not newer than {newest}")
         try:

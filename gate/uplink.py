@@ -10,14 +10,19 @@ backend stores by tap id, so repeats are harmless.
 
 The connection is a plain reconnect loop around `async with aiomqtt.Client` (aiomqtt's own advice);
 the gate keeps deciding offline meanwhile, its journal growing. Updates (deny-list, fare table,
-actions, mode) go through LocalState, which applies them all or nothing; a refused one makes the gate
-ask for a snapshot.
+actions, mode) go through LocalState, which applies them all or nothing; a verified one it refuses makes
+the gate ask for a snapshot.
 
 Trust (docs/security.md): every message from the backend must carry a valid signature by one of the
 backend keys in the gate's configuration before anything is applied; an unsigned or badly signed one
 is refused, counted (`auth_refused`) and reported at once in the gate's status, with no snapshot asked
-(a forger must not make gates flood the backend). A committed ack must name this gate and may not go
-past the highest seq this gate has handed to the broker. Everything the gate sends carries its MAC.
+(a forger must not make gates flood the backend). A message that does not even parse is refused the
+same way: unparsed, it cannot be verified, so it is unverified input like any forgery. Only a verified
+message that cannot be applied (a delta on the wrong base, a bad checksum) makes the gate ask for a
+snapshot, besides the fare-table watch (none held, or older than announced; with back-off). A committed
+ack must name this gate and may not go past the highest seq this gate can have handed to the broker
+(`_ack_bound`); one that does is refused and reported the same way. Everything the gate sends carries
+its MAC.
 
 MQTT 3.1.1 by default: the embedded amqtt broker speaks nothing newer, and a gate needs no v5 feature.
 """
@@ -99,10 +104,12 @@ class Uplink:
         # None: the development keys (gate/config.py refuses them in production)
         self.mac_key = mac_key or derive_gate_key(DEVELOPMENT_UPLINK_MASTER_KEY, gate_id)
         self.verifier = Verifier(backend_keys or [DEVELOPMENT_PUBLIC_KEY])
-        self.auth_refused = 0  # backend messages refused: unsigned, badly signed, or an impossible ack
+        self.auth_refused = 0  # backend messages refused: malformed, unsigned, badly signed, impossible ack
         self.auth_alarm: str | None = None  # the latest refusal
         self._alarm_published = 0.0
-        self._sent_through = journal.committed_through  # highest seq handed to the broker, ever
+        # Highest seq that may have been handed to the broker, ever: every tap journaled before this
+        # start (a previous run may have published them all), then what this process publishes.
+        self._sent_through = journal.last_seq
         # No fare table, or one older than a fare table message announced: ask the backend, first after
         # `fare_table_ask_s` (the retained copy normally comes right after subscribing), then backing
         # off to `fare_table_ask_max_s`, until one is held (a broker restarted without persistence).
@@ -287,11 +294,10 @@ class Uplink:
                 committed = self._trusted(Committed.model_validate_json(payload))
                 if committed.gate_id != self.gate_id:
                     raise AuthError(f"ack for gate {committed.gate_id}")
-                if committed.through_seq > self._sent_through:  # signed, yet impossible: keep the taps
-                    self.rejected_updates += 1
-                    log.warning("gate %s: ack through %d ignored, this gate sent through %d", self.gate_id,
-                                committed.through_seq, self._sent_through)
-                elif committed.through_seq > self.journal.committed_through:
+                if committed.through_seq > self._ack_bound:  # signed, yet impossible: keep the taps
+                    raise AuthError(f"ack through {committed.through_seq}, this gate can have sent "
+                                    f"through {self._ack_bound} only")
+                if committed.through_seq > self.journal.committed_through:
                     await asyncio.to_thread(self.journal.mark_committed, committed.through_seq)
                     self._last_progress = time.monotonic()
             elif topic == t.resend(self.gate_id):
@@ -316,7 +322,8 @@ class Uplink:
                 result = await asyncio.to_thread(self.state.apply_denylist_snapshot, snapshot)
                 await self._updated(result, UpdateKind.DENYLIST, self.state.denylist.version)
             elif topic == t.fare_table:
-                table = self._trusted(FareTableMessage.model_validate_json(payload))
+                table = FareTableMessage.model_validate_json(payload)
+                table = await asyncio.to_thread(self._trusted, table)  # up to 64 MiB: off the tap loop
                 self._announced_fare_table = max(self._announced_fare_table, table.version)
                 current = self.state.fare_table.version if self.state.fare_table else 0
                 await self._updated(self.state.apply_fare_table(table), UpdateKind.FARE_TABLE, current)
@@ -326,11 +333,21 @@ class Uplink:
         except AuthError as exc:
             await self._refuse(topic, str(exc))
         except ValidationError as exc:
-            self.rejected_updates += 1
-            log.warning("gate %s: malformed message on %s refused: %s", self.gate_id, topic,
-                        exc.errors()[0].get("msg") if exc.errors() else exc)
-            if topic == t.denylist_delta:
-                await self._ask_snapshot(UpdateKind.DENYLIST, self.state.denylist.version)
+            # Unverifiable, so untrusted: refused like a forgery, and never answered with a snapshot
+            # request (anyone on a shared topic could otherwise make every gate ask at once).
+            errors = exc.errors()
+            await self._refuse(topic, f"malformed: {errors[0].get('msg') if errors else exc}")
+
+    @property
+    def _ack_bound(self) -> int:
+        """The highest seq a genuine `Committed` can name: the highest seq this gate can have handed to
+        the broker. Every tap journaled before this process started counts (the journal's last seq
+        is persisted with each tap, and a previous run may have published them all just before it
+        stopped, so the backend's retained ack, read right after a restart, may cover all of them);
+        after that, only what this process has published. Not the journal's live last seq: a tap
+        journaled since, not yet final or not yet sent, cannot be in the backend's database, and an
+        ack over it would drop a row the controller may still rewrite."""
+        return self._sent_through
 
     def _trusted(self, message: M) -> M:
         """`message` if one of the backend's keys signed it; AuthError otherwise (nothing is applied)."""
@@ -338,7 +355,8 @@ class Uplink:
         return message
 
     async def _refuse(self, topic: str, why: str) -> None:
-        """Count and report a message refused for its signature (or an impossible ack): the status
+        """Count and report a message refused unverified (malformed, unsigned, badly signed) or
+        impossible though signed (another gate's, an ack past what was sent): the status
         goes out at once, at most once a second, so a flood of forgeries cannot flood the broker."""
         self.auth_refused += 1
         self.auth_alarm = f"{topic.rsplit('/', 1)[-1]}: {why}"[:200]

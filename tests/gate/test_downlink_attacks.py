@@ -22,6 +22,9 @@ from fare_core.table_data import TableData
 from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Phone, Population
+from gate.journal import Journal
+from gate.state import LocalState
+from gate.uplink import Uplink
 from protocol.mqtt import (
     DEVELOPMENT_SIGNING_SEED,
     DEVELOPMENT_UPLINK_MASTER_KEY,
@@ -36,11 +39,14 @@ from protocol.mqtt import (
     GateStatus,
     Payload,
     Signer,
+    SnapshotRequest,
     Topics,
+    UpdateKind,
     derive_gate_key,
     encode,
 )
 from protocol.mqtt.auth import mac_valid
+from tests.backend.conftest import make_tap
 from tests.gate.test_gate_updates import EXAMPLES
 
 from .brokers import Broker
@@ -151,9 +157,9 @@ async def test_forged_committed_during_an_outage_leaves_the_journal_whole(statio
     uplink = gate.uplink
     assert uplink is not None
     topics = Topics(station.prefix)
-    for _ in range(3):  # no backend: the taps wait in the journal
+    for n in range(1, 4):  # no backend: the taps wait in the journal
         await station.tap(CARD, 0)
-        await asyncio.sleep(0.3)
+        await eventually(lambda n=n: gate.journal.last_seq >= n)  # type: ignore[misc]
     await eventually(lambda: uplink._sent_through == gate.journal.last_seq)
     pending = gate.journal.pending_count()
     assert pending == gate.journal.last_seq >= 2
@@ -161,19 +167,104 @@ async def test_forged_committed_during_an_outage_leaves_the_journal_whole(statio
     for payload in forgeries(forged):
         await publish(broker, topics.committed("1-1"), payload, retain=True)
     await eventually(lambda: uplink.auth_refused == 3)
-    # a genuine ack for another gate, and a genuine ack past what this gate sent: refused too
+    # a genuine ack for another gate, and a genuine ack past what this gate sent: refused and reported
     await publish(broker, topics.committed("1-1"),
                   encode(BACKEND.sign(Committed(gate_id="9-9", through_seq=1, time=datetime.now(UTC)))))
     await eventually(lambda: uplink.auth_refused == 4)
-    rejected = uplink.rejected_updates
     await publish(broker, topics.committed("1-1"), encode(BACKEND.sign(forged)))
-    await eventually(lambda: uplink.rejected_updates == rejected + 1)
-    assert gate.journal.pending_count() == pending and gate.journal.committed_through == 0
-    # the backend's real ack drops exactly what it covers
+    await eventually(lambda: uplink.auth_refused == 5)
+    assert uplink.auth_alarm is not None and "ack through 1000000000" in uplink.auth_alarm
+    # the sentinel, published after them all: the backend's real ack drops exactly what it covers, so
+    # every earlier ack has been handled by now, and none of them dropped a tap
     await publish(broker, topics.committed("1-1"),
                   encode(BACKEND.sign(Committed(gate_id="1-1", through_seq=1, time=datetime.now(UTC)))))
     await eventually(lambda: gate.journal.committed_through == 1)
-    assert gate.journal.pending_count() == pending - 1
+    assert gate.journal.pending_count() == pending - 1 and uplink.auth_refused == 5
+
+
+async def test_a_retained_ack_read_after_a_restart_applies_and_one_past_the_journal_is_refused(
+        broker: Broker, tmp_path: Path) -> None:
+    """The backend's retained ack covers taps a previous run published: the restarted gate applies it
+    (every seq journaled before the start may have been sent) without a refusal; an ack over a tap
+    journaled since, not yet handed to the broker, is refused and reported like any impossible ack."""
+    gate_id, backlog = "12-3", 20
+    prefix = f"rs{tmp_path.name[-10:].replace('_', '')}"
+    topics = Topics(prefix)
+    port = int(broker.url.rsplit(":", 1)[1])
+
+    def ack(through: int) -> bytes:
+        return encode(BACKEND.sign(Committed(gate_id=gate_id, through_seq=through, time=datetime.now(UTC))))
+
+    with Journal(tmp_path / "journal.db") as journal:
+        for seq in range(1, backlog + 1):  # published by the previous run, then it stopped
+            journal.append(seq, encode(make_tap(seq)))
+        # while the gate was down the backend committed them all: its ack waits, retained
+        await publish(broker, topics.committed(gate_id), ack(backlog), retain=True)
+        final = backlog
+        # one message in flight at a time: this run has handed only seq 1 to the broker when it reads
+        # the retained ack
+        uplink = Uplink(gate_id=gate_id, host="127.0.0.1", port=port, prefix=prefix, journal=journal,
+                        state=LocalState(tmp_path / "state", journal), final_seq=lambda: final, window=1,
+                        batch_max=1, stall_s=600)
+        await uplink.start()
+        try:
+            await eventually(lambda: journal.committed_through == backlog)
+            assert uplink.auth_refused == 0 and uplink.auth_alarm is None
+            # a tap journaled since, its outcome not yet final, so never sent: an ack over it is impossible
+            journal.append(backlog + 1, encode(make_tap(backlog + 1)))
+            await publish(broker, topics.committed(gate_id), ack(backlog + 1))
+            await eventually(lambda: uplink.auth_refused == 1)
+            assert uplink.auth_alarm is not None and "ack through 21" in uplink.auth_alarm
+            assert journal.committed_through == backlog and journal.pending_count() == 1
+            # once final and sent, the same ack is possible and drops it
+            final = backlog + 1
+            uplink.tap_journaled(final)
+            await eventually(lambda: uplink._sent_through == final)
+            await publish(broker, topics.committed(gate_id), ack(backlog + 1))
+            await eventually(lambda: journal.committed_through == backlog + 1)
+            assert uplink.auth_refused == 1
+        finally:
+            await uplink.stop()
+
+
+async def test_malformed_downlink_is_refused_and_never_answered_with_a_snapshot_request(
+        station: SimStation, broker: Broker) -> None:
+    """Junk on a shared topic (anyone on the broker can post it) is unverifiable: counted and reported
+    as refused, and no gate asks for a snapshot because of it. Only a verified delta that cannot be
+    applied (the sentinel, published last) makes the gate ask."""
+    gate = station.gates[0]
+    uplink, state = gate.uplink, gate.state
+    assert uplink is not None
+    topics = Topics(station.prefix)
+    now = datetime.now(UTC)
+    junk = [b"", b"not json", b'{"version": "x"}', b"[1, 2, 3]",
+            b'{"version": 5, "base_version": 4, "add": [], "remove": [], "checksum": 7}']
+    shared = [topics.denylist_delta, topics.denylist_snapshot, topics.fare_table, topics.actions,
+              topics.committed("1-1"), topics.resend("1-1"), topics.command("1-1")]
+    async with aiomqtt.Client("127.0.0.1", int(broker.url.rsplit(":", 1)[1]),
+                              protocol=aiomqtt.ProtocolVersion.V311) as watcher:
+        await watcher.subscribe(topics.request("1-1"), qos=1)
+        for topic in shared:
+            for payload in junk:
+                await publish(broker, topic, payload)
+        await eventually(lambda: uplink.auth_refused == len(shared) * len(junk))
+        assert uplink.auth_alarm is not None and "malformed" in uplink.auth_alarm
+        # genuine and applied, then genuine on the wrong base: refused after verification, so it asks
+        await publish(broker, topics.denylist_delta, encode(BACKEND.sign(DenyListDeltaMessage(
+            version=1, base_version=0, add=[], remove=[], checksum=DenyList([], version=1).checksum,
+            time=now))))
+        await eventually(lambda: state.denylist.version == 1)
+        await publish(broker, topics.denylist_delta, encode(BACKEND.sign(DenyListDeltaMessage(
+            version=3, base_version=2, add=[], remove=[], checksum=DenyList([], version=3).checksum,
+            time=now))))
+        async with asyncio.timeout(10):
+            async for received in watcher.messages:
+                request = SnapshotRequest.model_validate_json(bytes(received.payload))  # type: ignore[arg-type]
+                if request.kind is UpdateKind.DENYLIST:
+                    break
+    # the gate's requests arrive in the order it sent them: the first is the sentinel's
+    assert request.have_version == 1
+    assert uplink.auth_refused == len(shared) * len(junk) and state.denylist.version == 1
 
 
 async def test_key_rotation_accepts_the_next_key_and_refuses_a_retired_one(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -159,6 +161,39 @@ async def test_fare_table_and_denylist_updates(tmp_path: Path, broker: Amqtt, ta
         refused = await st.tap(CARD + 1, 0, patience_s=1.5)
         assert refused.denied and refused.passed_at is None
         assert DenyList.load(gate.config.data_dir / "denylist.snapshot").version == 1
+
+
+async def test_a_tap_does_not_wait_behind_a_fare_table_being_verified(tmp_path: Path, broker: Amqtt,
+                                                                      table: TableData) -> None:
+    """Verifying a fare table message re-serialises the whole artefact (hundreds of KB, up to 64 MiB):
+    done off the event loop, so a commuter tapping meanwhile is served at once."""
+    async with station(tmp_path, broker, table, [GateSpec(1, 1, "entry")]) as st:
+        gate = st.gates[0]
+        uplink = gate.uplink
+        assert uplink is not None
+        await asyncio.wait_for(uplink.connected.wait(), 10)
+        started, finished = threading.Event(), threading.Event()
+        check = uplink.verifier.check
+
+        def slow_check(message: Payload) -> None:  # a verification that takes 3 s
+            if not isinstance(message, FareTableMessage):
+                return check(message)
+            started.set()
+            time.sleep(3.0)
+            try:
+                return check(message)
+            finally:
+                finished.set()
+
+        uplink.verifier.check = slow_check  # type: ignore[method-assign]
+        blob = artefact.pack(compiler.compile_rules(rules.load_rules(EXAMPLES / "tiny.toml"), version=5))
+        await publish(broker, Topics(PREFIX).fare_table, FareTableMessage(
+            version=5, checksum=FareTable.from_bytes(blob).checksum,
+            activate_at=datetime.now(UTC) - timedelta(seconds=1), artefact=base64.b64encode(blob).decode()))
+        assert await asyncio.to_thread(started.wait, 10)
+        entry = await st.tap(CARD, 0)
+        assert entry.passed_at is not None and not finished.is_set()  # served while it was verified
+        await eventually(lambda: gate.state.fare_table is not None and gate.state.fare_table.version == 5)
 
 
 async def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path, broker: Amqtt,
