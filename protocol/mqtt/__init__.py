@@ -17,7 +17,9 @@ from .auth import (
     with_mac,
 )
 from .messages import (
+    MAX_ARTEFACT_CHARS,
     MAX_LIST_ITEMS,
+    MAX_MESSAGE_BYTES,
     MAX_TAPS_PER_MESSAGE,
     U32_MAX,
     U64_MAX,
@@ -54,7 +56,7 @@ __all__ = [
     "DEVELOPMENT_PUBLIC_KEY",
     "DEVELOPMENT_SIGNING_SEED",
     "DEVELOPMENT_UPLINK_MASTER_KEY",
-    "MAX_LIST_ITEMS",
+    "MAX_ARTEFACT_CHARS", "MAX_LIST_ITEMS", "MAX_MESSAGE_BYTES",
     "MAX_TAPS_PER_MESSAGE",
     "U32_MAX",
     "U64_MAX",

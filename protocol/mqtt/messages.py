@@ -33,6 +33,11 @@ from .topics import gate_id, tap_id
 U64_MAX = (1 << 64) - 1
 U32_MAX = (1 << 32) - 1
 MAX_LIST_ITEMS = 1_000_000  # deny-list items in one MQTT message; larger lists go over HTTP
+#: The largest payload the contract allows on any topic: a full MAX_LIST_ITEMS deny-list snapshot is
+#: ~19 MB, a fare table artefact at most MAX_ARTEFACT_CHARS. The shipped Mosquitto's max_packet_size
+#: is sized from it (backend/deploy/mosquitto/mosquitto.conf; a test keeps the two in step).
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+MAX_ARTEFACT_CHARS = 24 * 1024 * 1024  # base64 of an 18 MB table: ~1,400 stations, 4 categories, 2 bands
 
 _HEX16 = re.compile(r"[0-9a-fA-F]{16}")
 
@@ -300,7 +305,7 @@ class FareTableMessage(Payload):
     version: Version  # FareTable.version inside the artefact
     checksum: Checksum  # FareTable.checksum inside the artefact
     activate_at: UtcTime  # gates load it now and switch at this time (already past = at once)
-    artefact: Annotated[str, Field(max_length=64 * 1024 * 1024)]  # fare_core.artefact bytes, base64
+    artefact: Annotated[str, Field(max_length=MAX_ARTEFACT_CHARS)]  # fare_core.artefact bytes, base64
     key_id: KeyId | None = None  # the backend key that signed (auth.py); a gate refuses it missing
     sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
 

@@ -126,3 +126,18 @@ def test_wrong_or_missing_credentials_are_refused(
         assert refused.refused is not None and not refused.connected.is_set()
     finally:
         refused.close()
+
+
+def test_the_shipped_packet_limit_carries_the_largest_message_the_contract_allows() -> None:
+    """A deny-list snapshot the protocol accepts must not be dropped by the broker it ships with."""
+    from datetime import UTC, datetime
+
+    from protocol.mqtt import MAX_LIST_ITEMS, MAX_MESSAGE_BYTES, DenyListSnapshotMessage, encode
+
+    conf = (Path(__file__).parents[2] / "backend" / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    (limit,) = [int(line.split()[1]) for line in conf.splitlines() if line.startswith("max_packet_size ")]
+    assert limit >= MAX_MESSAGE_BYTES + 64 * 1024  # room for the topic and the MQTT header
+    ids = range(0xFFFF_FFFF_0000_0000, 0xFFFF_FFFF_0000_0000 + MAX_LIST_ITEMS)
+    snapshot = DenyListSnapshotMessage(version=1, card_ids=list(ids), checksum="0" * 16,
+                                       time=datetime(2026, 12, 2, tzinfo=UTC), key_id="0" * 16, sig="00" * 64)
+    assert len(encode(snapshot)) <= MAX_MESSAGE_BYTES
