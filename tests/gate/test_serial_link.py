@@ -297,8 +297,10 @@ async def test_a_port_that_takes_nothing_for_too_long_is_down_and_reopened(
         pending = link.request(Heartbeat(), HeartbeatReply, timeout=30.0)
         started = time.monotonic()
         with pytest.raises(LinkDown, match="took no byte"):
-            await asyncio.wait_for(pending, 5.0)
-        assert 0.25 < time.monotonic() - started < 2.0  # the stall limit, not the 30 s timeout
+            await asyncio.wait_for(pending, 20.0)
+        # The stall limit, not the request's 30 s timeout. Not tighter: on a loaded machine the kernel
+        # moves a pty's buffered bytes on in late bursts, and each burst the port takes restarts the limit.
+        assert 0.25 < time.monotonic() - started < 15.0
         assert len(ticks) >= 30  # the loop ran throughout
         assert link.transport.stalls == 1 and link._pending == {}
         assert await link.wait_up(3.0) and link.reopens == 1
