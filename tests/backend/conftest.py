@@ -12,6 +12,8 @@ import gc
 import os
 import shutil
 import socket
+import subprocess
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -217,3 +220,17 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval
 @pytest.fixture
 def unique() -> Iterator[str]:
     yield uuid.uuid4().hex[:10]
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], limit_s: float = 30.0) -> None:
+    """Wait for a backend process started by a test to answer /health (fail if it exits or is late)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise AssertionError("backend did not start")
+        time.sleep(0.1)

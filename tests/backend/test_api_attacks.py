@@ -27,7 +27,7 @@ from backend.api.main import create_app
 from backend.broker import free_port
 from backend.payments import SIGNATURE_HEADER, TIMESTAMP_HEADER, SimulatedProvider, signature
 from backend.tables import ActionRow, AuditRow, LedgerRow, PaymentIntentRow, PhoneRow, TapRow
-from tests.backend.conftest import BrokerInfo, Database, make_settings
+from tests.backend.conftest import BrokerInfo, Database, make_settings, wait_healthy
 
 pytestmark = pytest.mark.security
 
@@ -433,16 +433,7 @@ def backend_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise AssertionError("backend did not start")
-            time.sleep(0.1)
+        wait_healthy(url, process)
         yield url
     finally:
         process.terminate()

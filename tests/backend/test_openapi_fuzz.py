@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from backend.broker import free_port
+from tests.backend.conftest import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,16 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise AssertionError("backend did not start")
-            time.sleep(0.1)
+        wait_healthy(url, process)
         token = httpx.post(
             f"{url}/api/v1/login", json={"username": "admin", "password": "changethis"}, timeout=10
         ).json()["access_token"]
