@@ -66,6 +66,8 @@ class Flag(IntFlag):
     UNCONFIRMED = 1024  # set by the gate: the wallet write's outcome is unknown (answer lost, phone
     # gone before a read-back); fare and counters are what the write would have made, the barrier
     # stayed shut, and the phone's next tap anywhere tells whether its counter moved
+    RECOVERED = 2048  # set by the gate: a re-tap found its own UNCONFIRMED write landed and let the
+    # rider through on it; nothing written, nothing charged (the wallet read shows the landed record)
 
 
 # (Chinese, English); "{fare}" and "{balance}" are yuan with two decimals.
