@@ -1,4 +1,5 @@
-"""`faregate gate --serial URL --config gate.toml`: run one gate controller until SIGINT/SIGTERM."""
+"""`faregate gate --serial URL --config gate.toml [--fare-table FILE]`: run one gate controller until
+SIGINT/SIGTERM, printing what it decides tap by tap."""
 
 from __future__ import annotations
 
@@ -6,9 +7,16 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from fare_core import FareCoreError, FareTable
+from fare_core.reasons import Reason
 
 from .config import ConfigError, load_config
+from .controller import TapOutcome
 from .runtime import GateRuntime
 from .tuning import limit_cpu_latency, use_realtime
 
@@ -18,6 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serial", help="pyserial URL of the reader: /dev/ttyUSB0, a pty path, socket://...")
     parser.add_argument("--mqtt", help="broker URL (mqtt://host:port), overrides the configuration")
     parser.add_argument("--data-dir", help="journal and state directory, overrides the configuration")
+    parser.add_argument(
+        "--fare-table",
+        type=Path,
+        metavar="FILE",
+        help="commission the gate offline with a compiled fare table (faregate fares compile -o FILE); "
+        "the backend's signed tables replace it when they come",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -27,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, serial=args.serial, data_dir=args.data_dir)
         if args.mqtt:
             config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"url": args.mqtt})})
+        if args.fare_table is not None:
+            install_fare_table(args.fare_table, config.data_dir)
     except ConfigError as exc:
         raise SystemExit(f"faregate gate: {exc}") from exc
     if config.realtime_priority is not None:
@@ -35,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     cpu_limit = limit_cpu_latency(config.cpu_latency_us) if config.cpu_latency_us is not None else None
     try:
         return asyncio.run(_serve(GateRuntime(config)))
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+        return 130
     finally:
         if cpu_limit is not None:
             cpu_limit.release()
@@ -46,12 +65,60 @@ async def _serve(runtime: GateRuntime) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
+    log = logging.getLogger("faregate.gate")
+    if runtime.state.newest_fare_table_version == 0:
+        log.warning("no fare table: every tap is refused until the backend sends one "
+                    "or the gate is started with --fare-table FILE")
+    runtime.controller.on_tap = _print_taps(runtime.controller.on_tap, log)
     # Everything built so far lives as long as the gate: keep it out of the cyclic collector, so a
     # collection during a tap walks only what the taps themselves allocate (shorter tail latency).
     gc.collect()
     gc.freeze()
     runtime.controller.collector.take_over()  # from now on the collector runs between taps only
-    logging.getLogger(__name__).info("gate %s running on %s", runtime.config.gate_id, runtime.link.url)
+    log.info("gate %s running on %s", runtime.config.gate_id, runtime.link.url)
     await stop.wait()
     await runtime.stop()
     return 0
+
+
+def install_fare_table(path: Path, data_dir: Path) -> None:
+    """Put a compiled fare table where the gate loads it from, after checking it is one; never over a
+    newer table the gate already holds (that would undo what the backend sent)."""
+    try:
+        table = FareTable.from_bytes(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"--fare-table {path}: {exc.strerror}") from exc
+    except FareCoreError as exc:
+        raise ConfigError(f"--fare-table {path} is not a compiled fare table ({exc}); "
+                          f"make one with: faregate fares compile RULES.toml -o {path}") from exc
+    target = data_dir / "faretable.fgt"
+    if target.exists():
+        try:
+            held = FareTable.from_bytes(target.read_bytes()).version
+        except FareCoreError:
+            held = -1  # unreadable: replace it
+        if held > table.version:
+            raise ConfigError(f"--fare-table {path} is version {table.version} but the gate holds "
+                              f"version {held}; delete {target} to go back to an older table")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".fgt.partial")
+    partial.write_bytes(path.read_bytes())
+    os.replace(partial, target)
+    logging.getLogger("faregate.gate").warning(
+        "fare table version %d from %s installed (commissioned offline, not signed by a backend)",
+        table.version, path)
+
+
+def _print_taps(chained: Callable[[TapOutcome], None] | None,
+                log: logging.Logger) -> Callable[[TapOutcome], None]:
+    """One console line per tap: who, what was decided, what it cost, how fast the barrier opened."""
+    def on_tap(outcome: TapOutcome) -> None:
+        if chained is not None:
+            chained(outcome)
+        verdict = "OPEN" if outcome.opened else "REFUSED"
+        opened = f", barrier {outcome.tap_to_open_us / 1000:.1f} ms" if outcome.tap_to_open_us else ""
+        known = outcome.reason in Reason._value2member_map_
+        reason = Reason(outcome.reason).name if known else str(outcome.reason)
+        log.info("tap %016x: %s %s, fare ¥%d.%02d (decided in %d µs%s)", outcome.card_id, verdict, reason,
+                 outcome.fare // 100, outcome.fare % 100, outcome.decision_us, opened)
+    return on_tap
