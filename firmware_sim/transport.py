@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import pty
 import select
@@ -149,7 +150,12 @@ class PtyLink:
         self._slave = -1
         self.slave_path = ""
         self.dropped_bytes = 0
-        self.reopen()
+        self._claim = -1
+        try:
+            self.reopen()
+        except BaseException:
+            self._release()
+            raise
 
     @property
     def name(self) -> str:
@@ -160,7 +166,9 @@ class PtyLink:
         return self._master >= 0
 
     def reopen(self) -> None:
-        self.close()
+        self._close_pair()
+        if self.link_path is not None and self._claim < 0:  # given up by close() (an unplug)
+            self._claim = _claim_link(self.link_path)
         master, slave = pty.openpty()
         tty.setraw(slave)
         attrs = termios.tcgetattr(slave)
@@ -209,6 +217,16 @@ class PtyLink:
         return written
 
     def close(self) -> None:
+        """Close both ends and give the link path up (another simulator may claim it now)."""
+        self._close_pair()
+        self._release()
+
+    def _release(self) -> None:
+        if self._claim >= 0:
+            os.close(self._claim)  # closing the descriptor drops its lock
+            self._claim = -1
+
+    def _close_pair(self) -> None:
         with self._lock:
             master, slave = self._master, self._slave
             self._master = self._slave = -1
@@ -221,6 +239,22 @@ class PtyLink:
 
     def __repr__(self) -> str:
         return f"PtyLink({self.name!r}, open={self.is_open})"
+
+
+def _claim_link(link: Path) -> int:
+    """Hold an exclusive lock on `<link>.lock` for as long as this link lives, so a second simulator
+    told to use the same path refuses at once instead of taking the symlink over (and deleting it
+    when it exits, under the first one's controller). The kernel drops the lock when the process dies,
+    so a killed simulator never leaves the path stuck; a stale lock file is harmless."""
+    lock_path = link.with_name(link.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(errno.EBUSY, f"{link} is in use by another simulator (stop it, or choose "
+                                   f"another --link)") from None
+    return fd
 
 
 class TcpLink:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import termios
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,21 @@ def test_tcp_link_accepts_and_echoes() -> None:
             assert port.read(3) == b"xyz"
     finally:
         link.close()
+
+
+def test_a_second_simulator_refuses_a_link_in_use_and_takes_it_once_freed(tmp_path: Path) -> None:
+    link = tmp_path / "gate0"
+    first = PtyLink(link)
+    try:
+        target = os.readlink(link)
+        with pytest.raises(OSError, match="in use by another simulator"):
+            PtyLink(link)
+        assert os.readlink(link) == target  # the first one's symlink is untouched
+    finally:
+        first.close()
+    assert not link.exists()
+    second = PtyLink(link)  # free again: a stopped (or killed) simulator never leaves it stuck
+    try:
+        assert os.readlink(link) == second.slave_path
+    finally:
+        second.close()
