@@ -18,7 +18,8 @@ write again. A repeat of a request still in progress (an RF read) is ignored; it
 
 Device faults: `hang(seconds)` - the firmware stops (input ignored, nothing sent, state kept);
 `unplug(down_s)` - the port disappears (the controller gets SerialException) and comes back;
-`power_cycle(down_s)` - the same, and the device reboots (a write in progress is torn).
+`power_cycle(down_s)` - the same, and the device reboots (a write in progress is torn);
+`cut_power(down_s)` - a power cycle that starts at this very instant (from a timed action).
 """
 
 from __future__ import annotations
@@ -194,6 +195,18 @@ class GateDevice:
         device boots afresh (new boot_id, barrier closed, display blank, counters zero, Boot event)."""
         with self.lock:
             self._log("fault", {"fault": "power_cycle", "seconds": down_s})
+        self._reboot = True
+        self._unplug_for = down_s
+
+    def cut_power(self, down_s: float) -> None:
+        """Cut the power at this instant (under the lock, at the device time of the calling action):
+        an RF write stops where it stands, nothing more is answered or sent, and the device reboots
+        after `down_s` as with power_cycle. For a fault at an exact phase of a write (Reader.arm_write);
+        power_cycle, called from outside, takes effect when the receive thread next looks."""
+        with self.lock:
+            self._log("fault", {"fault": "power_cut", "seconds": down_s})
+            self.reader.power_off()
+            self._hung_until = float("inf")  # dark until the reboot below clears it
         self._reboot = True
         self._unplug_for = down_s
 

@@ -13,13 +13,18 @@ with the bytes that had landed (linear in the elapsed write time) applied byte-e
 true wallet. Every method runs under the sim lock (the device's receive thread or the scheduler), at
 the action's device time (scheduler.py): an operation starts when its request's last byte arrived
 and its answer is ready exactly its RF time later, however late a thread wakes up.
+
+Faults at a phase of a write (`arm_write`): an action (the phone pulled away, the power cut, the
+controller killed) runs at an exact point of the next write: when k of the slot's 64 bytes have
+landed (k = 0..63, a torn write), once all have landed but before the verify ends (the write is on
+the phone, its answer not yet sent: WRITTEN), or just after the answer was sent (ANSWERED).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from protocol.serial.messages import (
     SLOT_SIZE,
@@ -40,6 +45,10 @@ from .wallets import WalletStore
 
 Respond = Callable[[Message], None]
 
+#: Phases of a write beyond the bytes landed (0..SLOT_SIZE-1) at which an armed action can run.
+WRITTEN: Final = SLOT_SIZE  # every byte landed, the verify still running: no answer sent yet
+ANSWERED: Final = SLOT_SIZE + 1  # verified and answered: the answer is on its way to the controller
+
 
 @dataclass(slots=True)
 class Presence:
@@ -49,6 +58,7 @@ class Presence:
     distance_cm: float
     slowness: float = 1.0
     flaky_write: bool = False  # its writes land corrupted (verify fails)
+    handset: int = 0  # which of the card's handsets (wallets.py: 0 genuine, >= 1 a clone)
 
 
 @dataclass(slots=True)
@@ -63,6 +73,8 @@ class RfOperation:
     verify: float = 0.0
     written: bool = False  # the write finished; only the verify is left
     timers: list[Timer] = field(default_factory=list)
+    handset: int = 0
+    after_answer: Callable[[], None] | None = None  # an armed action at ANSWERED
 
 
 class Reader:
@@ -76,6 +88,21 @@ class Reader:
         self.field: dict[int, Presence] = {}
         self.busy: RfOperation | None = None
         self._reported: tuple[int, ...] = ()
+        self._armed: list[tuple[int | None, int, Callable[[], None]]] = []  # (card or any, phase, action)
+
+    def arm_write(self, card_id: int | None, phase: int, action: Callable[[], None]) -> None:
+        """Run `action` (under the lock) during the next write to `card_id` (None: to any phone), at
+        `phase`: once that many bytes of the slot have landed (0..63), at WRITTEN or at ANSWERED."""
+        if not 0 <= phase <= ANSWERED:
+            raise ValueError(f"phase {phase} is not 0..{ANSWERED}")
+        self._armed.append((card_id, phase, action))
+
+    def _take_armed(self, card_id: int) -> tuple[int, Callable[[], None]] | None:
+        for index, (card, phase, action) in enumerate(self._armed):
+            if card is None or card == card_id:
+                del self._armed[index]
+                return phase, action
+        return None
 
     # ------------------------------------------------------------ the field
 
@@ -124,7 +151,7 @@ class Reader:
             respond(Wallet(card_id, RfStatus.NO_PHONE))
             return
         duration = self.config.read_ms / 1000 * presence.slowness
-        op = RfOperation("read", card_id, self.scheduler.now(), duration, respond)
+        op = RfOperation("read", card_id, self.scheduler.now(), duration, respond, handset=presence.handset)
         if duration <= RF_READ_MAX_S:
             op.timers.append(self.scheduler.call_later(duration, self._read_done, op))
         else:  # too slow a phone: the reader's RF timeout ends the read
@@ -139,7 +166,8 @@ class Reader:
             return
         duration = self.config.write_ms / 1000 * presence.slowness
         verify = self.config.verify_ms / 1000 * presence.slowness
-        op = RfOperation("write", card_id, self.scheduler.now(), duration, respond, slot, record, verify)
+        op = RfOperation("write", card_id, self.scheduler.now(), duration, respond, slot, record, verify,
+                         handset=presence.handset)
         if duration + verify <= RF_WRITE_MAX_S:
             flaky = presence.flaky_write
             op.timers.append(self.scheduler.call_later(duration, self._write_landed, op, flaky))
@@ -147,6 +175,14 @@ class Reader:
         else:  # too slow a phone: the RF timeout cuts the write off where it stands (a torn write)
             op.timers.append(self.scheduler.call_later(RF_WRITE_MAX_S, self._break_off, op))
         self.busy = op
+        armed = self._take_armed(card_id)
+        if armed is not None:
+            phase, action = armed
+            if phase == ANSWERED:
+                op.after_answer = action
+            else:  # half a byte past the phase's boundary (WRITTEN: half-way through the verify)
+                at = duration * (phase + 0.5) / SLOT_SIZE if phase < SLOT_SIZE else duration + verify / 2
+                op.timers.append(self.scheduler.call_later(at, action))
 
     def _presence(self, card_id: int) -> Presence | None:
         if not self.within_threshold(card_id) or card_id not in self.wallets:
@@ -161,21 +197,23 @@ class Reader:
         op.respond(message)
 
     def _read_done(self, op: RfOperation) -> None:
-        self._finish(op, Wallet(op.card_id, RfStatus.OK, self.wallets.wallet(op.card_id)))
+        self._finish(op, Wallet(op.card_id, RfStatus.OK, self.wallets.wallet(op.card_id, op.handset)))
 
     def _write_landed(self, op: RfOperation, flaky: bool) -> None:
         record = op.record
         if flaky:  # the phone's flash stored one byte wrong
             record = record[:10] + bytes([record[10] ^ 0x40]) + record[11:]
-        self.wallets.write(op.card_id, op.slot, record)
+        self.wallets.write(op.card_id, op.slot, record, handset=op.handset)
         op.written = True
 
     def _write_verified(self, op: RfOperation) -> None:
-        same = self.wallets.slot(op.card_id, op.slot) == op.record
+        same = self.wallets.slot(op.card_id, op.slot, op.handset) == op.record
         outcome = WriteOutcome.OK if same else WriteOutcome.FAILED
         self._log("write", {"card_id": op.card_id, "slot": op.slot, "outcome": outcome.name,
                             "bytes_written": SLOT_SIZE, "rf_s": op.duration + op.verify})
         self._finish(op, WriteResult(op.card_id, op.slot, outcome, SLOT_SIZE))
+        if op.after_answer is not None:
+            op.after_answer()
 
     def power_off(self) -> None:
         """The reader loses power: an RF operation stops where it stands, with no answer (a write in
@@ -189,7 +227,7 @@ class Reader:
         if op.kind == "write" and not op.written:
             elapsed = max(0.0, self.scheduler.now() - op.started)
             landed = min(SLOT_SIZE - 1, int(SLOT_SIZE * elapsed / op.duration)) if op.duration > 0 else 0
-            self.wallets.write(op.card_id, op.slot, op.record, torn_at=landed)
+            self.wallets.write(op.card_id, op.slot, op.record, torn_at=landed, handset=op.handset)
             self._log("write", {"card_id": op.card_id, "slot": op.slot, "outcome": "POWER_LOST",
                                 "bytes_written": landed})
 
@@ -210,7 +248,7 @@ class Reader:
         else:
             elapsed = max(0.0, self.scheduler.now() - op.started)
             landed = min(SLOT_SIZE - 1, int(SLOT_SIZE * elapsed / op.duration)) if op.duration > 0 else 0
-            self.wallets.write(op.card_id, op.slot, op.record, torn_at=landed)
+            self.wallets.write(op.card_id, op.slot, op.record, torn_at=landed, handset=op.handset)
         self._log("write", {"card_id": op.card_id, "slot": op.slot, "outcome": "TORN",
                             "bytes_written": landed})
         self._finish(op, WriteResult(op.card_id, op.slot, WriteOutcome.TORN, landed))

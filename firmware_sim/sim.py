@@ -6,6 +6,8 @@
         sim.wait(tap, timeout=5)
         tap.barrier_opened_at, tap.displays, tap.wallet_after, sim.record(card_id)
         sim.inject(0, FaultKind.BIT_FLIP); sim.hang(0, 1.0); sim.unplug(0, 0.5)
+        sim.during_write(0, card_id, phase=20, fault="pull")  # torn after 20 of 64 bytes landed
+        handset = sim.clone(card_id); sim.present(card_id, gate=1, handset=handset)
 
 It runs in threads (one scheduler, two per gate), usable in-process by tests and benchmarks and by the
 CLI; see scheduler.py for why threads rather than asyncio.
@@ -36,7 +38,7 @@ from .config import DeviceConfig
 from .device import GateDevice, Record
 from .faults import FaultKind
 from .population import Phone, Population
-from .reader import Presence
+from .reader import ANSWERED, Presence
 from .scheduler import Scheduler, Timer
 from .transport import Link, PtyLink, TcpLink
 from .wallets import WalletStore
@@ -56,6 +58,7 @@ class Presentation:
     tailgater: bool
     patience_s: float
     react_s: float
+    handset: int = 0  # 0 the genuine phone, >= 1 a clone (Sim.clone)
     presented_at: float | None = None
     withdrawn_at: float | None = None
     authorised_at: float | None = None  # the controller sent BarrierOpen for this commuter
@@ -163,26 +166,36 @@ class Sim:
             self.population.add(phone)
             self.wallets.issue(phone.record())
 
-    def wallet(self, card_id: int) -> bytes:
-        """The true wallet bytes of a phone now."""
-        return self.wallets.wallet(card_id)
+    def wallet(self, card_id: int, handset: int = 0) -> bytes:
+        """The true wallet bytes of a phone (or of one of its clones) now."""
+        return self.wallets.wallet(card_id, handset)
 
-    def record(self, card_id: int) -> fare_core.CardRecord:
+    def record(self, card_id: int, handset: int = 0) -> fare_core.CardRecord:
         """The record in force on the phone (fare_core.WalletError if none is valid)."""
-        return self.wallets.record(card_id)[0]
+        return self.wallets.record(card_id, handset)[0]
+
+    def clone(self, card_id: int) -> int:
+        """A cloned SIM: a second handset with a byte-exact copy of the wallet now, under the same card
+        id. Returns its handset number for `present(..., handset=)`. Keep a phone and its clone at
+        different gates: one reader tells phones apart by card id only."""
+        with self.lock:
+            return self.wallets.clone(card_id)
 
     # ------------------------------------------------------------ commuters
 
     def present(self, card_id: int, gate: int = 0, at: float | None = None, *, distance_cm: float = 3.0,
                 direction: Direction = Direction.ENTRY, dwell_s: float | None = None, walk: bool = True,
-                tailgater: bool = False, patience_s: float = 4.0, react_s: float = 0.15) -> Presentation:
+                tailgater: bool = False, patience_s: float = 4.0, react_s: float = 0.15,
+                handset: int = 0) -> Presentation:
         """A commuter taps phone `card_id` at `gate` at time `at` (sim seconds; None = now)."""
         if card_id not in self.wallets:
             raise KeyError(f"phone {card_id:016x} is not in the population")
+        if handset not in self.wallets.handsets(card_id):
+            raise KeyError(f"phone {card_id:016x} has no handset {handset}")
         self._check_gate(gate)
         when = self.now() if at is None else at
         presentation = Presentation(card_id, gate, Direction(direction), when, distance_cm, dwell_s, walk,
-                                    tailgater, patience_s, react_s)
+                                    tailgater, patience_s, react_s, handset)
         self.scheduler.call_at(self.t0 + when, self._arrive, presentation)
         return presentation
 
@@ -263,6 +276,41 @@ class Sim:
         self._check_gate(gate)
         self.gates[gate].power_cycle(down_s)
 
+    def during_write(self, gate: int, card_id: int | None, phase: int, fault: str = "pull",
+                     down_s: float = 1.0, action: Any = None) -> None:
+        """A fault at an exact phase of the next write to `card_id` (None: any phone) at `gate`:
+        `phase` is the bytes of the slot landed (0..63), reader.WRITTEN (all landed, not yet verified
+        nor answered) or reader.ANSWERED (the answer just sent). `fault`: "pull" (the commuter pulls
+        the phone away: a torn write), "power" (the gate's power is cut for `down_s`), or "call"
+        (run `action()` under the sim lock, e.g. to kill the controller at that instant)."""
+        self._check_gate(gate)
+        device = self.gates[gate]
+        if fault == "pull":
+            if phase == ANSWERED:
+                raise ValueError("a phone pulled after the answer tears nothing; use a later tap")
+
+            def pull() -> None:
+                op = device.reader.busy
+                card = op.card_id if op is not None else card_id
+                for p in list(self._active[gate]):
+                    if p.card_id == card:
+                        self._withdraw(p)
+                if card is not None:
+                    device.reader.remove(card)
+
+            run: Any = pull
+        elif fault == "power":
+            def cut() -> None:
+                device.cut_power(down_s)
+
+            run = cut
+        elif fault == "call" and action is not None:
+            run = action
+        else:
+            raise ValueError(f"fault is 'pull', 'power' or 'call' (with an action), not {fault!r}")
+        with self.lock:
+            device.reader.arm_write(card_id, phase, run)
+
     def _check_gate(self, gate: int) -> None:
         if not 0 <= gate < len(self.gates):
             raise IndexError(f"no gate {gate}; this station has {len(self.gates)}")
@@ -272,10 +320,10 @@ class Sim:
     def _arrive(self, p: Presentation) -> None:
         phone = self.population.phones.get(p.card_id)
         p.presented_at = self.now()
-        p.wallet_before = self.wallets.wallet(p.card_id)
+        p.wallet_before = self.wallets.wallet(p.card_id, p.handset)
         self._active[p.gate].append(p)
         slowness, flaky = (phone.slowness, phone.flaky_write) if phone else (1.0, False)
-        self.gates[p.gate].reader.place(Presence(p.card_id, p.distance_cm, slowness, flaky))
+        self.gates[p.gate].reader.place(Presence(p.card_id, p.distance_cm, slowness, flaky, p.handset))
         barrier = self.gates[p.gate].barrier
         if p.walk and barrier.authorised == UNLIMITED and barrier.direction == p.direction:
             p.authorised_at = p.presented_at  # free passage (emergency exit): just walk through
@@ -313,7 +361,7 @@ class Sim:
             timer.cancel()
         if p in self._active[p.gate]:
             self._active[p.gate].remove(p)
-        p.wallet_after = self.wallets.wallet(p.card_id)
+        p.wallet_after = self.wallets.wallet(p.card_id, p.handset)
         p.done.set()
 
     def _on_record(self, record: Record) -> None:
