@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -13,8 +13,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from fare_core.reasons import Direction, Flag
-
+from ... import tides
 from ...tables import DeadLetterRow, TapRow, TripRow
 from ..deps import PageDep, SessionDep, SettingsDep, ViewerDep
 from ..schemas import CardIdStr, DeadLetterPublic, StationQuery, TapPublic, TripPublic
@@ -46,21 +45,6 @@ CSV_FIELDS = [
     "latency_us",
     "reconciled",
     "trip_id",
-]
-TIDES_FIELDS = [
-    "transaction_id",
-    "service_date",
-    "event_timestamp",
-    "amount",
-    "currency_type",
-    "fare_action",
-    "device_id",
-    "stop_id",
-    "num_riders",
-    "fare_media_id",
-    "fare_capped",
-    "token_id",
-    "balance",
 ]
 
 
@@ -150,35 +134,16 @@ async def export_tides(
     since: Since = None,
     until: Until = None,
 ) -> StreamingResponse:
-    """Allowed taps as TIDES fare_transactions (amounts in yuan; the service day starts at 04:00 local)."""
-    query = tap_filters(select(TapRow), gate_id, station_id, None, since, until, True, None)
-    offset = timedelta(minutes=settings.service_utc_offset_min - settings.service_day_start_min)
-
-    def row(tap: TapRow) -> list[Any]:
-        action = "Enter" if tap.direction == Direction.ENTRY else "Exit"
-        if tap.flags & Flag.TRANSFER and tap.fare == 0:
-            action = "Transfer entrance" if tap.direction == Direction.ENTRY else "Transfer exit"
-        return [
-            tap.tap_id,
-            (tap.time + offset).date().isoformat(),
-            tap.time.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            _yuan(tap.fare),
-            "CNY",
-            action,
-            tap.gate_id,
-            str(tap.station_id),
-            1,
-            "Mobile NFC",
-            "true" if tap.flags & Flag.CAPPED else "false",
-            tap.card_id,
-            _yuan(tap.balance_after),
-        ]
-
-    return _csv(session, query, TIDES_FIELDS, row, "fare_transactions.csv")
-
-
-def _yuan(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
+    """TIDES fare_transactions: every column of the schema in its order; passages, and the top-ups,
+    refunds, adjustments and transfers the ledger delivered to wallets (docs/tides.md). Amounts in
+    yuan; the service day starts at 04:00 local."""
+    query = tap_filters(tides.export_query(), gate_id, station_id, None, since, until, None, None)
+    day = tides.ServiceDay(settings.service_utc_offset_min, settings.service_day_start_min)
+    return StreamingResponse(
+        tides.fare_transactions_csv(session, query, day, EXPORT_MAX),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="fare_transactions.csv"'},
+    )
 
 
 def _csv(
@@ -250,5 +215,5 @@ async def list_dead_letters(_: ViewerDep, session: SessionDep, page: PageDep) ->
     ]
 
 
-__all__ = ["CSV_FIELDS", "TIDES_FIELDS", "router"]
+__all__ = ["CSV_FIELDS", "router"]
 _ = UTC
