@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -66,8 +65,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for chatty in ("transitions", "amqtt"):  # the embedded broker's state machine logs every step
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    quiet = logging.DEBUG if args.log_level == "debug" else logging.WARNING
+    # the embedded broker's state machine logs every step, and alembic 7 lines a start: debug only
+    for chatty in ("transitions", "amqtt", "alembic"):
+        logging.getLogger(chatty).setLevel(max(quiet, logging.getLogger().level))
     try:
         settings = settings_from_args(args)
     except ValueError as error:
@@ -85,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
             print("faregate backend: no --broker-credentials: only the backend can log in to the broker")
         login = {"mqtt_username": accounts.backend_user, "mqtt_password": accounts.backend_password}
         settings = settings.model_copy(update=login)
-    from .runtime import serve
+    from .runtime import PortInUse, serve
 
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(
             serve(
                 settings,
@@ -100,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
                 embedded_broker_accounts=accounts,
             )
         )
+    except PortInUse as error:
+        print(f"faregate backend: {error.strerror}")
+        return 3
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping: stop at once, without a traceback
+        return 130
     return 0
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from typing import Any
 
 from .config import Settings
@@ -16,6 +17,34 @@ from .migrate import upgrade
 from .publisher import Publisher
 
 log = logging.getLogger("faregate.backend")
+
+
+class PortInUse(OSError):
+    """A port the backend must listen on is taken: said in one line before anything starts."""
+
+
+def listen_socket(host: str, port: int, what: str) -> socket.socket:
+    """Bind the port now, before anything claims to be running, and hand the socket to the server, so
+    the check and the listening are one act (no window in which another process can take it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is not "taken"
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise PortInUse(
+            error.errno, f"cannot listen for the {what} on {host}:{port}: {error.strerror} "
+            f"(another faregate backend running? choose another port with --port)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_free(host: str, port: int, what: str) -> None:
+    """Raise PortInUse now if `port` is taken (for a server that binds its own socket, the embedded
+    broker: it binds a moment later, so the check narrows the failure to a clear message)."""
+    listen_socket(host, port, what).close()
 
 
 async def serve(
@@ -35,7 +64,11 @@ async def serve(
     if install_signals:  # a program embedding the backend (the demo) keeps its own handlers
         install_stop_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
+        api_socket = listen_socket(host, port, "API") if api else None
+        if api_socket is not None:
+            stack.callback(api_socket.close)
         if embedded_broker_port:
+            check_free("127.0.0.1", embedded_broker_port, "embedded MQTT broker")
             from .broker import embedded_broker
 
             broker = embedded_broker(embedded_broker_port, embedded_broker_accounts, settings.mqtt_prefix)
@@ -95,7 +128,7 @@ async def serve(
             )
 
             async def api_task() -> None:
-                serve_task = asyncio.create_task(server.serve())
+                serve_task = asyncio.create_task(server.serve(sockets=[api_socket]))
                 await stop.wait()
                 server.should_exit = True
                 await serve_task

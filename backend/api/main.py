@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -87,10 +88,13 @@ def create_app(
             if owns_engine:
                 await engine.dispose()
 
-    app = FastAPI(
+    # FastAPI's own /docs and /redoc load their scripts from a CDN (a blank page offline);
+    # fastapi-offline serves the same pages from the Swagger UI and ReDoc files its package ships
+    app: FastAPI = FastAPIOffline(
         title="faregate backend",
         version="0.1.0",
         lifespan=lifespan,
+        static_url="/docs/assets",
         description="Operator and commuter API of the faregate fare-gate system. Money is integer fen.",
     )
 
