@@ -127,8 +127,10 @@ async def serve(
                 )
             )
 
-            async def api_task() -> None:
-                serve_task = asyncio.create_task(server.serve(sockets=[api_socket]))
+            assert api_socket is not None
+
+            async def api_task(listening: socket.socket = api_socket) -> None:
+                serve_task = asyncio.create_task(server.serve(sockets=[listening]))
                 await stop.wait()
                 server.should_exit = True
                 await serve_task
