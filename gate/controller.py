@@ -16,6 +16,11 @@ whether the new record landed (its counter). If it did, the tap stands; if not, 
 rewritten, before anyone sees it, as a tap that charged nothing (reason READ_FAILED), and the commuter
 is asked to tap again. A row is published only once its outcome is final (`final_seq`).
 
+If the phone left before the read-back, nobody knows: the row is rewritten flagged UNCONFIRMED (barrier
+shut) and the write kept durably (gate/unconfirmed.py). The phone's next tap here settles it: if the
+wallet holds the record written, the write landed and a RECOVERED tap is journaled and published
+(nothing written, fare 0) and the barrier opens as first decided; if not, the tap is decided afresh.
+
 Two phones in the field: "one phone at a time", nothing read, nothing charged. A phone that stays in
 the field after its tap is not charged again until it has left. A phone weaker than the distance
 threshold is ignored (the reader already filters; the gate checks again).
@@ -33,7 +38,7 @@ from datetime import UTC, datetime
 
 import fare_core
 from fare_core import Direction, Flag, GateMode, Reason, WalletError
-from fare_core.reasons import WELCOME, display_text
+from fare_core.reasons import WELCOME, display_text, yuan
 from fare_core.record import SLOT_SIZE
 from protocol.mqtt import (
     DEVELOPMENT_UPLINK_MASTER_KEY,
@@ -73,6 +78,7 @@ from .journal import Journal
 from .metrics import GateMetrics
 from .serial_link import LinkError, ReaderLink
 from .state import LocalState
+from .unconfirmed import UnconfirmedWrite, UnconfirmedWrites
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +149,7 @@ class GateController:
         self.on_alarm: Callable[[Alarm], None] | None = None
         self._in_field: set[int] = set()  # as the event loop has processed it
         self._field_now: set[int] = set()  # as the line reports it this instant (see _observe)
-        self._unconfirmed: dict[int, tuple[int, bool]] = {}  # card -> (counter written, allowed)
+        self.unconfirmed = UnconfirmedWrites(journal, clock)  # kept across restarts, in the journal
         self._field_seen_ns = 0
         link.on_event = self._observe
         self._done_in_field: set[int] = set()
@@ -192,13 +198,20 @@ class GateController:
                 self.collector.between_taps()
 
     async def link_up(self) -> None:
-        """After the port (re)opened: learn who is in the field, restore the barrier for the mode."""
+        """After the port (re)opened: learn who is in the field, restore the barrier for the mode.
+
+        The field report joins the line's events, so the one loop in `_run` serves it: served here
+        instead, it would race a FieldChanged for the same phone (two taps at once, one deciding on
+        what the other just settled, e.g. a RECOVERED tap and a refused exit beside it)."""
         await self.apply_mode()
         try:
             report = await self.link.request(PollField(), FieldReport)
         except LinkError:
             return
-        await self._field(report.phones)
+        event = FieldChanged(report.phones)
+        self._observe(event)
+        with contextlib.suppress(asyncio.QueueFull):
+            self.link.events.put_nowait(event)
 
     async def apply_mode(self) -> None:
         mode = self.state.mode
@@ -260,8 +273,8 @@ class GateController:
             zh, en = display_text(Reason.READ_FAILED, 0, 0)
             await self._show(_STYLE_DENY, zh, en, 2000)
             return None
-        if card_id in self._unconfirmed:
-            recovered = await self._recover(card_id, wallet.wallet)
+        if card_id in self.unconfirmed:
+            recovered = await self._recover(card_id, wallet.wallet, t_field_ns, host_ns, rx_ns)
             if recovered is not None:
                 return recovered
         now = self.clock()
@@ -333,15 +346,19 @@ class GateController:
                 self.state.action_applied(t.action)
             return True
         if landed is None:  # unknown: keep what the write would have made, say so
-            self._unconfirmed[card_id] = (int(decision.counter), bool(decision.allowed))
             update: dict[str, object] = {"allowed": False, "reason": Reason.READ_FAILED,
                                          "flags": message.flags | Flag.UNCONFIRMED}
+            unconfirmed = self._encode_tap(message.model_copy(update=update))
+            await self.unconfirmed.remember(UnconfirmedWrite(
+                card_id, seq, self.clock(), int(decision.slot), bytes(record), int(decision.counter),
+                bool(decision.allowed), int(decision.reason), t.table_version, message.action_id),
+                unconfirmed)
         else:  # known not to have landed: nothing was charged
             update = {"allowed": False, "reason": Reason.READ_FAILED, "flags": 0, "fare": 0,
                       "balance_after": message.balance_before, "counter_after": message.counter_before,
                       "action_id": None, "topup_applied": 0}
-        rewritten = self._encode_tap(message.model_copy(update=update))
-        await asyncio.to_thread(self.journal.replace, seq, rewritten)
+            rewritten = self._encode_tap(message.model_copy(update=update))
+            await asyncio.to_thread(self.journal.replace, seq, rewritten)
         self._done_in_field.discard(card_id)
         self._finalise(seq)
         self.metrics.taps.labels(outcome="write_failed").inc()
@@ -402,23 +419,66 @@ class GateController:
             return bool(record.counter >= decision.counter)
         return None
 
-    async def _recover(self, card_id: int, wallet: bytes) -> TapOutcome | None:
-        """A phone whose last write here was unconfirmed taps again: if the write did land, let the
-        commuter through on it (no second charge); if not, forget it and decide afresh."""
-        expected, allowed = self._unconfirmed.pop(card_id)
-        try:
-            record, _slot = fare_core.read_wallet(wallet, card_id, self.sam)
-        except WalletError:
+    async def _recover(self, card_id: int, wallet: bytes, t_field_ns: int, host_ns: int,
+                       rx_ns: int) -> TapOutcome | None:
+        """A phone whose last write here was unconfirmed taps again. If the wallet holds the record that
+        write put there, it landed: journal a RECOVERED tap (nothing written, fare 0; the backend
+        settles the unconfirmed one from it) and let the commuter through as first decided. If not
+        (it did not land, or the phone was written elsewhere since), forget it: None, decide afresh."""
+        pending = self.unconfirmed.take(card_id)
+        assert pending is not None
+        record = None if self.unconfirmed.expired(pending) else pending.landed_in(wallet, self.sam)
+        if record is None:
+            await self.unconfirmed.forget(card_id)
             return None
-        if record.counter != expected:
+        if len(self._field_now) > 1:  # a second phone came in while reading: open for nobody
+            self.unconfirmed.keep(pending)
             return None
+        decision_us = (time.perf_counter_ns() - t_field_ns) // 1000
         self._done_in_field.add(card_id)
+        seq = self.journal.next_seq()
+        allowed = pending.allowed
+        message = self._recovered_message(seq, pending, wallet, record, decision_us)
+        await asyncio.to_thread(self.journal.append, seq, self._encode_tap(message), card_id)
+        self._finalise(seq)
+        self.state.remember_counter(card_id, pending.counter)
+        action = self.state.action_for(card_id)
+        if action is not None and action.action_id == pending.action_id:
+            self.state.action_applied(action)  # the landed write applied it: never again here
+        opened_us = None
         if allowed:
             await self.link.request(BarrierOpen(self.direction, 1, self.hold_ms), Ack)
+            opened_us = (time.perf_counter_ns() - t_field_ns) // 1000
+            self.metrics.observe_open(opened_us / 1e6, (host_ns + self.link.last_sent_ns - rx_ns) / 1e9)
         self.metrics.taps.labels(outcome="recovered").inc()
-        zh, en = ("请通行", "Please pass") if allowed else display_text(Reason.READ_FAILED, 0, 0)
+        outcome = TapOutcome(seq, card_id, int(message.reason), allowed, 0, allowed, decision_us, opened_us,
+                             extra={"recovered": True, "recovers_seq": pending.seq})
+        if self.on_tap:
+            self.on_tap(outcome)
+        if allowed:
+            zh, en = f"请通行 余额 {yuan(record.balance)} 元", f"Please pass  Balance ¥{yuan(record.balance)}"
+        else:
+            zh, en = display_text(pending.reason, 0, record.balance)
         await self._show(_STYLE_OK if allowed else _STYLE_DENY, zh, en, 3000)
-        return TapOutcome(0, card_id, Reason.OK, allowed, 0, allowed, 0, extra={"recovered": True})
+        await self.link.request(Lights(Light.GREEN if allowed else Light.RED), Ack)
+        await self.link.request(Buzzer(BuzzerPattern.BEEP if allowed else BuzzerPattern.DOUBLE), Ack)
+        return outcome
+
+    def _recovered_message(self, seq: int, pending: UnconfirmedWrite, wallet: bytes,
+                           record: fare_core.CardRecord, decision_us: int) -> TapMessage:
+        """The RECOVERED tap: this gate, now; allowed as first decided; the wallet as read, unchanged."""
+        allowed = pending.allowed
+        balance = max(0, record.balance)
+        return TapMessage(
+            tap_id=tap_id(self.station_id, self.gate_no, seq), station_id=self.station_id,
+            gate_no=self.gate_no, seq=seq, card_id=pending.card_id,
+            time=datetime.fromtimestamp(int(self.clock()), UTC), direction=self.direction,
+            mode=GateMode(self.state.mode), allowed=allowed,
+            reason=Reason.OK if allowed else Reason(pending.reason), flags=int(Flag.RECOVERED), fare=0,
+            balance_before=balance, balance_after=balance, counter_before=record.counter,
+            counter_after=record.counter, wallet_before=bytes(wallet).hex(),
+            fare_table_version=pending.fare_table_version, denylist_version=self.state.denylist.version,
+            min_counter=self.state.min_counter(pending.card_id), latency_us=decision_us)
 
     def _finalise(self, seq: int) -> None:
         self.final_seq = seq

@@ -7,7 +7,10 @@ the tap, so a seq is never used for two taps, even across crashes. Taps stay unt
 client's queue is memory only.
 
 A small key/value table keeps the gate's other state that must survive a restart (mode, the last
-command id applied, the action ids applied): one file to back up, one fsync discipline.
+command id applied, the action ids applied): one file to back up, one fsync discipline. The
+`unconfirmed` table keeps the wallet writes whose landing the gate could not learn, by card, until the
+phone's next tap here settles them (gate/unconfirmed.py); it is written in the same transaction as the
+tap row that goes with it.
 
 One connection, guarded by a lock, so the controller can commit from a worker thread (overlapping
 the fsync with the wallet write on the serial line) while the uplink reads from the event loop.
@@ -24,7 +27,14 @@ from typing import Any
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS taps (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS unconfirmed (card TEXT PRIMARY KEY, seq INTEGER NOT NULL, at REAL NOT NULL,
+                                        detail TEXT NOT NULL);
 """
+
+
+def _card_key(card_id: int) -> str:
+    """A card id as the unconfirmed table keys it: 16 hex digits (a u64 overflows SQLite's INTEGER)."""
+    return f"{card_id:016x}"
 
 
 class JournalError(RuntimeError):
@@ -59,8 +69,9 @@ class Journal:
     def next_seq(self) -> int:
         return self._last_seq + 1
 
-    def append(self, seq: int, payload: bytes) -> None:
-        """Store tap `seq` durably; it must be exactly the next seq."""
+    def append(self, seq: int, payload: bytes, resolves: int | None = None) -> None:
+        """Store tap `seq` durably; it must be exactly the next seq. `resolves`: a card whose
+        unconfirmed write this tap settles (a RECOVERED tap), forgotten in the same transaction."""
         with self._lock:
             if seq != self._last_seq + 1:
                 raise JournalError(f"seq {seq} is not the next one ({self._last_seq + 1})")
@@ -68,6 +79,8 @@ class Journal:
             try:
                 self._db.execute("INSERT INTO taps (seq, payload) VALUES (?, ?)", (seq, payload))
                 self._set_meta("last_seq", str(seq))
+                if resolves is not None:
+                    self._db.execute("DELETE FROM unconfirmed WHERE card = ?", (_card_key(resolves),))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -81,6 +94,35 @@ class Journal:
             if not self._committed < seq <= self._last_seq:
                 raise JournalError(f"seq {seq} is not an uncommitted tap")
             self._db.execute("UPDATE taps SET payload = ? WHERE seq = ?", (payload, seq))
+
+    def replace_unconfirmed(self, seq: int, payload: bytes, card_id: int, at: float, detail: str) -> None:
+        """Rewrite tap `seq` as unconfirmed (as `replace`) and keep the card's unconfirmed write
+        (`at`, `detail`), in one transaction: a crash leaves both or neither."""
+        with self._lock:
+            if not self._committed < seq <= self._last_seq:
+                raise JournalError(f"seq {seq} is not an uncommitted tap")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE taps SET payload = ? WHERE seq = ?", (payload, seq))
+                self._db.execute(
+                    "INSERT INTO unconfirmed (card, seq, at, detail) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(card) DO UPDATE SET seq = excluded.seq, at = excluded.at,"
+                    " detail = excluded.detail", (_card_key(card_id), seq, at, detail))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def unconfirmed_writes(self) -> list[tuple[int, int, float, str]]:
+        """(card id, seq, at, detail) of every unconfirmed write kept, oldest seq first."""
+        with self._lock:
+            rows = self._db.execute("SELECT card, seq, at, detail FROM unconfirmed ORDER BY seq").fetchall()
+        return [(int(card, 16), int(seq), float(at), str(detail)) for card, seq, at, detail in rows]
+
+    def forget_unconfirmed(self, card_id: int) -> None:
+        """The card's unconfirmed write is settled (it did not land, or can no longer be told)."""
+        with self._lock:
+            self._db.execute("DELETE FROM unconfirmed WHERE card = ?", (_card_key(card_id),))
 
     def pending(self, after: int = 0, limit: int = 1000,
                 through: int | None = None) -> list[tuple[int, bytes]]:

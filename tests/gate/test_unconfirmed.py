@@ -1,0 +1,240 @@
+"""Unconfirmed wallet writes resolve to one truth (issue #15, point 3), on the simulated hardware loop.
+
+The exit gate's reader loses power in the middle of a wallet write, so the gate never hears whether
+the write landed, and the phone is gone before it could read the wallet back: the tap is journaled
+UNCONFIRMED with the barrier shut. The commuter taps again at the same gate. If the write had landed,
+the gate journals a RECOVERED tap (nothing written, fare 0) and opens; if not, it decides afresh and
+charges once. Across a gate restart between the two taps, the same. The simulator's wallet bytes
+are the ground truth: the phone is charged exactly once whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fare_core import Direction, Flag, Reason, compiler, rules
+from fare_core.table_data import TableData
+from faregate.station import GateSpec, SimStation
+from firmware_sim.config import BarrierConfig, DeviceConfig
+from firmware_sim.population import Phone, Population
+from firmware_sim.reader import RfOperation
+from firmware_sim.sim import Sim
+from gate.journal import Journal
+from gate.runtime import GateRuntime
+from gate.unconfirmed import RECOVERY_WINDOW_S, UnconfirmedWrite, UnconfirmedWrites
+
+from .test_gate_e2e import assert_wallets_match_journal
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "fare_core" / "examples"
+ENTRY_GATE, EXIT_GATE = 0, 1
+SPECS = [GateSpec(1, 1, "entry"), GateSpec(3, 2, "exit")]
+DEVICE = DeviceConfig(barrier=BarrierConfig(travel_ms=40, passage_ms=80))
+CARD = 0x5A01
+
+
+@pytest.fixture(scope="module")
+def table() -> TableData:
+    return compiler.compile_rules(rules.load_rules(EXAMPLES / "tiny.toml"), version=3)
+
+
+def rider() -> Population:
+    return Population([Phone(card_id=CARD, balance=1000)])
+
+
+def cut_power_during_next_write(sim: Sim, gate: int, card: int, *, after_it_landed: bool,
+                                down_s: float = 0.6) -> threading.Event:
+    """At `card`'s next wallet write on `gate`, the reader loses power — once the record has landed
+    (before its verify answers) or before a byte of it did — and the commuter takes the phone away.
+    The gate hears no answer and cannot read the wallet back. Set when it happened."""
+    device, cut = sim.gate(gate), threading.Event()
+    reader = device.reader
+
+    def power_cut() -> None:  # under the sim lock, at the device time of the write's step
+        reader.power_off()  # the write stops where it stands; no answer will come
+        device.power_cycle(down_s)  # the port goes away and the device boots afresh
+        sim.withdraw(card, gate)  # the commuter walks off with the phone
+        cut.set()
+
+    if after_it_landed:
+        landed = reader._write_landed
+
+        def landed_then_cut(op: RfOperation, flaky: bool) -> None:
+            landed(op, flaky)
+            if op.card_id == card and not cut.is_set():
+                power_cut()
+
+        reader._write_landed = landed_then_cut  # type: ignore[method-assign]
+    else:
+        write = reader.write
+
+        def write_then_cut(card_id: int, slot: int, record: bytes, respond: Any) -> None:
+            write(card_id, slot, record, respond)
+            if card_id == card and not cut.is_set():
+                power_cut()
+
+        reader.write = write_then_cut  # type: ignore[method-assign]
+    return cut
+
+
+def rows(runtime: GateRuntime) -> list[dict[str, Any]]:
+    return [json.loads(payload) for _seq, payload in runtime.journal.pending(limit=100_000)]
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def enter_then_exit_unconfirmed(st: SimStation, *, landed: bool) -> dict[str, Any]:
+    """The rider enters, then exits with the power cut mid-write; returns the UNCONFIRMED row, once
+    the exit gate has journaled it final and its reader is back."""
+    assert st.sim is not None
+    entry = await st.tap(CARD, ENTRY_GATE)
+    assert entry.passed_at is not None
+    cut = cut_power_during_next_write(st.sim, EXIT_GATE, CARD, after_it_landed=landed)
+    first = await st.tap(CARD, EXIT_GATE, patience_s=1.5)
+    assert cut.is_set() and first.authorised_at is None and first.passed_at is None
+    gate = st.gates[EXIT_GATE]
+    await wait_until(lambda: gate.journal.last_seq == 1 and gate.controller.final_seq == 1)
+    [row] = rows(gate)
+    assert row["flags"] & Flag.UNCONFIRMED and not row["allowed"] and row["reason"] == Reason.READ_FAILED
+    assert (row["counter_before"], row["counter_after"]) == (1, 2) and row["fare"] > 0
+    assert CARD in gate.controller.unconfirmed
+    await wait_until(lambda: gate.link.reopens >= 1 and gate.link.is_up)  # the reader rebooted
+    return row
+
+
+def assert_recovered(row: dict[str, Any], seq: int, wallet: bytes) -> None:
+    """The RECOVERED tap as docs/ledger.md has it: allowed, fare 0, nothing written, the wallet read."""
+    assert row["tap_id"] == f"3-2:{seq}" and row["seq"] == seq
+    assert row["card_id"] == f"{CARD:016x}"
+    assert (row["station_id"], row["gate_no"], row["direction"]) == (3, 2, Direction.EXIT)
+    assert row["flags"] == Flag.RECOVERED
+    assert (row["allowed"], row["reason"], row["fare"]) == (True, Reason.OK, 0)
+    assert row["wallet_before"] == wallet.hex()
+    assert row["counter_before"] == row["counter_after"] == 2
+    assert row["action_id"] is None and row["topup_applied"] == 0
+    assert isinstance(row["mac"], str) and len(row["mac"]) == 32
+
+
+async def test_exit_write_landed_answer_lost_the_retap_opens_and_is_journaled_recovered(
+        tmp_path: Path, table: TableData) -> None:
+    async with SimStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
+        assert st.sim is not None
+        unconfirmed = await enter_then_exit_unconfirmed(st, landed=True)
+        landed = st.sim.record(CARD)  # the ground truth: the exit write is on the phone
+        assert (landed.counter, landed.balance) == (2, 1000 - unconfirmed["fare"])
+        wallet = st.sim.wallet(CARD)
+        again = await st.tap(CARD, EXIT_GATE)
+        assert again.authorised_at is not None and again.passed_at is not None and not again.denied
+        assert again.display is not None and "Please pass" in again.display[1]
+        gate = st.gates[EXIT_GATE]
+        unconfirmed_row, recovered = rows(gate)
+        assert unconfirmed_row == unconfirmed
+        assert_recovered(recovered, 2, wallet)
+        assert recovered["balance_before"] == recovered["balance_after"] == landed.balance
+        assert st.sim.wallet(CARD) == wallet  # nothing written on the re-tap: charged exactly once
+        assert CARD not in gate.controller.unconfirmed and gate.journal.unconfirmed_writes() == []
+        assert_wallets_match_journal(st, [CARD])
+
+
+async def test_the_same_across_a_gate_restart_after_the_backend_took_the_unconfirmed_row(
+        tmp_path: Path, table: TableData) -> None:
+    """The gate restarts between the two taps (its memory is gone), and the backend had already
+    committed the UNCONFIRMED row, so the journal no longer holds it: the re-tap still recovers."""
+    async with SimStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
+        assert st.sim is not None
+        unconfirmed = await enter_then_exit_unconfirmed(st, landed=True)
+        gate = st.gates[EXIT_GATE]
+        gate.journal.mark_committed(1)  # as the backend's ack does
+        assert rows(gate) == []
+        await gate.stop()
+        st.gates[EXIT_GATE] = gate = await st.start_gate(EXIT_GATE)
+        assert CARD in gate.controller.unconfirmed  # rebuilt from the journal
+        wallet = st.sim.wallet(CARD)
+        again = await st.tap(CARD, EXIT_GATE)
+        assert again.passed_at is not None and not again.denied
+        [recovered] = rows(gate)
+        assert_recovered(recovered, 2, wallet)
+        record = st.sim.record(CARD)
+        assert (record.counter, record.balance) == (2, 1000 - unconfirmed["fare"])  # charged once
+        assert st.sim.wallet(CARD) == wallet
+        assert gate.journal.unconfirmed_writes() == []
+
+
+async def test_a_write_that_did_not_land_is_decided_afresh_after_a_restart_and_charged_once(
+        tmp_path: Path, table: TableData) -> None:
+    async with SimStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
+        assert st.sim is not None
+        unconfirmed = await enter_then_exit_unconfirmed(st, landed=False)
+        assert st.sim.record(CARD).counter == 1  # nothing of the exit write is on the phone
+        gate = st.gates[EXIT_GATE]
+        await gate.stop()
+        st.gates[EXIT_GATE] = gate = await st.start_gate(EXIT_GATE)
+        assert CARD in gate.controller.unconfirmed
+        wallet = st.sim.wallet(CARD)
+        again = await st.tap(CARD, EXIT_GATE)
+        assert again.passed_at is not None and not again.denied
+        _unconfirmed, fresh = rows(gate)
+        assert fresh["tap_id"] == "3-2:2" and fresh["flags"] & (Flag.RECOVERED | Flag.UNCONFIRMED) == 0
+        assert (fresh["allowed"], fresh["reason"], fresh["fare"]) == (True, Reason.OK, unconfirmed["fare"])
+        assert (fresh["counter_before"], fresh["counter_after"]) == (1, 2)
+        assert fresh["wallet_before"] == wallet.hex()
+        record = st.sim.record(CARD)
+        assert (record.counter, record.balance) == (2, 1000 - unconfirmed["fare"])  # charged once
+        assert CARD not in gate.controller.unconfirmed and gate.journal.unconfirmed_writes() == []
+        assert_wallets_match_journal(st, [CARD])
+
+
+# ------------------------------------------------------------------------ the set on its own
+
+
+def write(card: int, seq: int, at: float) -> UnconfirmedWrite:
+    return UnconfirmedWrite(card, seq, at, 1, bytes(range(64)), 2, True, Reason.OK, 3, None)
+
+
+def test_the_set_survives_a_reopen_and_drops_what_is_past_the_window(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    now = 1_800_000_000.0
+    with Journal(path) as journal:
+        for seq in range(1, 5):
+            journal.append(seq, b"tap")
+        journal.replace_unconfirmed(1, b"stale by the clock", 0xA, now - RECOVERY_WINDOW_S - 1,
+                                    write(0xA, 1, 0).detail())
+        journal.replace_unconfirmed(2, b"kept", 0xB, now - 60, write(0xB, 2, 0).detail())
+        journal.replace_unconfirmed(3, b"kept", (1 << 64) - 1, now + 3600, write(0, 3, 0).detail())
+        assert [seq for seq, payload in journal.pending() if payload == b"kept"] == [2, 3]
+    with Journal(path) as journal:
+        kept = UnconfirmedWrites(journal, clock=lambda: now)
+        assert len(kept) == 2 and 0xB in kept and (1 << 64) - 1 in kept and 0xA not in kept
+        assert [card for card, *_ in journal.unconfirmed_writes()] == [0xB, (1 << 64) - 1]
+        taken = kept.take(0xB)
+        assert taken is not None and taken.record == bytes(range(64)) and taken.at == now - 60
+        journal.append(5, b"the RECOVERED tap", resolves=0xB)
+    with Journal(path) as journal:
+        assert [card for card, *_ in journal.unconfirmed_writes()] == [(1 << 64) - 1]
+        # a clock stepped back cannot keep an entry for ever: the bound in taps drops it
+        assert len(UnconfirmedWrites(journal, clock=lambda: now, window_taps=2)) == 1  # seq 3, 2 taps ago
+        journal.append(6, b"one more tap")
+        assert len(UnconfirmedWrites(journal, clock=lambda: now, window_taps=2)) == 0
+        assert journal.unconfirmed_writes() == []
+
+
+def test_a_row_already_committed_cannot_be_rewritten_unconfirmed(tmp_path: Path) -> None:
+    from gate.journal import JournalError
+
+    with Journal(tmp_path / "j.db") as journal:
+        journal.append(1, b"tap")
+        journal.mark_committed(1)
+        with pytest.raises(JournalError):
+            journal.replace_unconfirmed(1, b"late", 0xC, 0.0, write(0xC, 1, 0).detail())
+        assert journal.unconfirmed_writes() == []
