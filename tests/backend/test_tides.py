@@ -8,6 +8,7 @@ import json
 import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -195,8 +196,12 @@ async def test_every_money_movement_and_passage_in_the_schema_order(
         ("1-1:19", "Enter", "5.00", "false", "1", "23.00"),
     ]
     assert recovered not in text
-    # every row that moves money on the wallet, in order, adds up to the wallet's balance
     rows = list(csv.DictReader(io.StringIO(text)))
+    # the balance column follows the wallet: each row adds its credit or takes its fare
+    fen = [int(Decimal(r["balance"]) * 100) for r in rows]
+    for previous, row, after in zip(fen, rows[1:], fen[1:], strict=False):
+        credit = row["fare_action"] in ("Add", "Adjust", "Combine")
+        assert after == previous + (1 if credit else -1) * int(Decimal(row["amount"]) * 100), row
     assert all(r["currency_type"] == "CNY" and r["token_id"] == CARD for r in rows)
     assert {r["service_date"] for r in rows} == {"2026-11-22"}
 
