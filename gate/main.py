@@ -119,6 +119,6 @@ def _print_taps(chained: Callable[[TapOutcome], None] | None,
         opened = f", barrier {outcome.tap_to_open_us / 1000:.1f} ms" if outcome.tap_to_open_us else ""
         known = outcome.reason in Reason._value2member_map_
         reason = Reason(outcome.reason).name if known else str(outcome.reason)
-        log.info("tap %016x: %s %s, fare ¥%d.%02d (decided in %d µs%s)", outcome.card_id, verdict, reason,
-                 outcome.fare // 100, outcome.fare % 100, outcome.decision_us, opened)
+        log.info("tap %016x: %s %s, fare ¥%d.%02d (wallet read and decided in %.1f ms%s)", outcome.card_id,
+                 verdict, reason, outcome.fare // 100, outcome.fare % 100, outcome.decision_us / 1000, opened)
     return on_tap
