@@ -251,9 +251,10 @@ cdef class FareTable:
     cdef const unsigned char[::1] transfer_percent, monthly_percent
     cdef const unsigned int[::1] fares, flat_fares, transfer_discount, transfer_window
     cdef const unsigned int[::1] daily_cap, monthly_threshold, same_station_fare, missing_exit_fare
-    cdef int n_stations, n_networks, n_categories
+    cdef const unsigned int[::1] min_entry_balance
+    cdef int n_stations, n_networks, n_categories, denylisted_exit
     cdef int64_t utc_offset_s, day_start_s, max_transfers, max_inside_s, overstay_surcharge
-    cdef int64_t same_station_window_s, anti_passback_s, min_entry_balance, max_balance
+    cdef int64_t same_station_window_s, anti_passback_s, max_balance
 
     def __init__(self, data, checksum=None):
         try:
@@ -281,6 +282,7 @@ cdef class FareTable:
         self.monthly_threshold = _u32(data.monthly_threshold)
         self.same_station_fare = _u32(data.same_station_fare)
         self.missing_exit_fare = _u32(data.missing_exit_fare)
+        self.min_entry_balance = _u32(data.min_entry_balance)
         self.n_stations = data.n_stations
         self.n_networks = data.n_networks
         self.n_categories = data.n_categories
@@ -291,8 +293,8 @@ cdef class FareTable:
         self.overstay_surcharge = data.overstay_surcharge
         self.same_station_window_s = data.same_station_window_s
         self.anti_passback_s = data.anti_passback_s
-        self.min_entry_balance = data.min_entry_balance
         self.max_balance = data.max_balance
+        self.denylisted_exit = data.denylisted_exit
 
     @classmethod
     def from_bytes(cls, blob):
@@ -468,6 +470,12 @@ cdef inline int _transfer_origin(FareTable t, const Rec* r, int network, int64_t
     return last if window and start - r.last_time <= window else NO_NETWORK
 
 
+cdef inline int _block(Rec* work, const Rec* old) noexcept nogil:
+    """Mark a deny-listed phone's new record blocked; F_BLOCKED_NOW when the old one was not."""
+    work.status = STATUS_BLOCKED
+    return F_BLOCKED_NOW if old.status != STATUS_BLOCKED else 0
+
+
 cdef object _write(Sam sam, Rec* new, const Rec* old, int old_slot, int reason, int flags, int64_t fare,
                    int64_t before, int64_t topup):
     cdef uint8_t image[SLOT_SIZE]
@@ -480,6 +488,26 @@ cdef object _write(Sam sam, Rec* new, const Rec* old, int old_slot, int reason, 
 
 cdef inline object _deny(int reason, const Rec* r, uint64_t card_id):
     return _decision(reason, 0, 0, r.balance, r.balance, r.counter, -1, None, card_id, 0)
+
+
+cdef object _refuse_listed(Sam sam, const Rec* rec, int slot, uint64_t card_id):
+    """A deny-listed phone refused, its wallet marked blocked if it is not yet (the twin's refuse_listed)."""
+    cdef Rec work
+    if rec.status == STATUS_BLOCKED:
+        return _deny(R_DENYLISTED, rec, card_id)
+    work = rec[0]
+    work.status = STATUS_BLOCKED
+    return _write(sam, &work, rec, slot, R_DENYLISTED, F_BLOCKED_NOW, 0, rec.balance, 0)
+
+
+cdef inline bint _lets_out(FareTable t, Tap tap, const Rec* rec) noexcept:
+    """An exit of an entry/exit network with an open entry, under the let-out rule (the twin's)."""
+    cdef int station
+    if (t.denylisted_exit != DENYLISTED_EXIT_LET_OUT or tap.direction != DIR_EXIT
+            or not rec.flags & FLAG_ENTRY_OPEN):
+        return False
+    station = t.station_idx[tap.station]
+    return station >= 0 and not t.network_flat[t.station_network[station]]
 
 
 def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam not None):
@@ -509,20 +537,18 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
         listed = (<CompiledDenyList>denylist).contains_c(card_id)
     else:
         listed = card_id in denylist
-    if listed:
-        if rec.status == STATUS_BLOCKED:
-            return _deny(R_DENYLISTED, &rec, card_id)
-        work = rec
-        work.status = STATUS_BLOCKED
-        return _write(sam, &work, &rec, slot, R_DENYLISTED, F_BLOCKED_NOW, 0, before, 0)
+    # Refused, except at an exit from the paid area the table lets it out of: charged as any exit
+    # (without its pending actions) and blocked in the same write.
+    if listed and not _lets_out(t, tap, &rec):
+        return _refuse_listed(sam, &rec, slot, card_id)
 
     cdef int flags = 0
     cdef int64_t topup = 0
     work = rec
-    if tap.unblock and rec.status == STATUS_BLOCKED:
+    if tap.unblock and rec.status == STATUS_BLOCKED and not listed:
         work.status = STATUS_ACTIVE
         flags |= F_UNBLOCKED
-    if tap.topup:
+    if tap.topup and not listed:
         if work.balance + tap.topup <= t.max_balance:
             work.balance += tap.topup
             topup = tap.topup
@@ -533,7 +559,7 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
     cdef int reason = R_OK
 
     # Denials from here on still write an applied action, so a top-up is never lost.
-    if work.status != STATUS_ACTIVE:
+    if work.status != STATUS_ACTIVE and not listed:
         reason = R_CARD_BLOCKED
     cdef int station = t.station_idx[tap.station]
     if reason == R_OK and station < 0:
@@ -548,6 +574,8 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
     if reason == R_OK and work.expiry_day and day_number > work.expiry_day:
         reason = R_EXPIRED
     if reason != R_OK:
+        if listed:
+            return _refuse_listed(sam, &rec, slot, card_id)
         if changed:
             return _write(sam, &work, &rec, slot, reason, flags, 0, before, topup)
         return _deny(reason, &rec, card_id)
@@ -562,6 +590,8 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
     if tap.mode == MODE_FREE_EXIT:  # an exit in an emergency: recorded, never charged
         work.flags &= ~FLAG_ENTRY_OPEN
         work.transfer_from = NO_NETWORK
+        if listed:
+            flags |= _block(&work, &rec)
         return _write(sam, &work, &rec, slot, R_FREE_EXIT, flags, 0, before, topup)
 
     cdef int64_t penalty = 0
@@ -585,7 +615,7 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
                 work.last_network = NO_NETWORK
 
     if reason == R_OK and not flat and tap.direction == DIR_ENTRY:
-        if penalty > balance or balance - penalty < t.min_entry_balance:
+        if penalty > balance or balance - penalty < t.min_entry_balance[category]:
             reason = R_INSUFFICIENT_BALANCE
         else:
             transfer_from = _transfer_origin(t, &work, network, time)
@@ -634,6 +664,8 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
         if total > balance:
             reason = R_INSUFFICIENT_BALANCE
     if reason != R_OK:
+        if listed:
+            return _refuse_listed(sam, &rec, slot, card_id)
         if changed:
             return _write(sam, &work, &rec, slot, reason, flags, 0, before, topup)
         return _deny(reason, &rec, card_id)
@@ -650,7 +682,10 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
     work.day_spent = <uint32_t>_min64(U32_MAX, day_spent + priced.fare)
     work.month_number = <uint16_t>month_number
     work.month_spent = <uint32_t>_min64(U32_MAX, month_spent + priced.fare)
-    if surcharge:
+    if listed:
+        flags |= _block(&work, &rec)
+        reason = R_DENYLISTED_EXIT_CHARGED
+    elif surcharge:
         reason = R_OVERSTAY_SURCHARGE
     elif penalty:
         reason = R_MISSING_EXIT_CHARGED

@@ -24,7 +24,7 @@ from .record import (
     U32_MAX,
     CardRecord,
 )
-from .table_data import TableData
+from .table_data import DENYLISTED_EXIT_LET_OUT, TableData
 from .tapcheck import check_tap
 
 __all__ = [
@@ -298,6 +298,17 @@ def _transfer_origin(d: TableData, rec: CardRecord, network: int, start: int) ->
     return last if window and start - rec.last_time <= window else NO_NETWORK
 
 
+def _lets_out(table: FareTable, tap: Tap, rec: CardRecord) -> bool:
+    """Whether the fare table lets this deny-listed phone out: an exit of an entry/exit network, the
+    wallet showing an open entry (the rider is inside the paid area), the rule set to let out."""
+    d = table.data
+    if (d.denylisted_exit != DENYLISTED_EXIT_LET_OUT or tap.direction != Direction.EXIT
+            or not rec.flags & FLAG_ENTRY_OPEN):
+        return False
+    station = table.station_index(tap.station)
+    return station >= 0 and not d.network_flat[d.station_network[station]]
+
+
 def _deny(reason: Reason, rec: CardRecord | None, balance_before: int, card_id: int) -> Decision:
     counter = rec.counter if rec is not None else 0
     balance = rec.balance if rec is not None else 0
@@ -326,21 +337,27 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
         return Decision(reason, flags, fare, balance_before, new.balance, new.counter, 1 - slot, image,
                         card_id, topup)
 
-    if card_id in denylist:
+    def refuse_listed() -> Decision:
+        # A deny-listed phone is refused, and its wallet marked blocked if it is not yet.
         if rec.status == STATUS_BLOCKED:
             return _deny(Reason.DENYLISTED, rec, balance_before, card_id)
         return write(rec.replace(status=STATUS_BLOCKED), Reason.DENYLISTED, Flag.BLOCKED_NOW, 0, 0)
 
+    # A deny-listed phone is refused, except at an exit from the paid area the fare table lets it out
+    # of: then it is charged as any exit (without its pending actions) and blocked in the same write.
+    listed = card_id in denylist
+    if listed and not _lets_out(table, tap, rec):
+        return refuse_listed()
+
     d = table.data
     flags = 0
     topup = 0
+    rec_work = rec
     # The action list first: a top-up or unblock waiting for this phone is applied at this tap.
-    if tap.unblock and rec.status == STATUS_BLOCKED:
+    if tap.unblock and rec.status == STATUS_BLOCKED and not listed:
         rec_work = rec.replace(status=STATUS_ACTIVE)
         flags |= Flag.UNBLOCKED
-    else:
-        rec_work = rec
-    if tap.topup:
+    if tap.topup and not listed:
         if rec_work.balance + tap.topup <= d.max_balance:
             rec_work = rec_work.replace(balance=rec_work.balance + tap.topup)
             topup = tap.topup
@@ -350,12 +367,22 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
     changed = bool(flags & (Flag.UNBLOCKED | Flag.TOPUP_APPLIED))
 
     def deny(reason: Reason) -> Decision:
+        if listed:  # the exit cannot be made as the rule says (no balance, ...): refused as listed
+            return refuse_listed()
         # A denied tap still writes an applied action, so a top-up is never lost.
         if changed:
             return write(rec_work, reason, flags, 0, topup)
         return _deny(reason, rec, balance_before, card_id)
 
-    if rec_work.status != STATUS_ACTIVE:
+    def blocked_if_listed(new: CardRecord) -> CardRecord:
+        nonlocal flags
+        if not listed:
+            return new
+        if rec.status != STATUS_BLOCKED:
+            flags |= Flag.BLOCKED_NOW
+        return new.replace(status=STATUS_BLOCKED)
+
+    if rec_work.status != STATUS_ACTIVE and not listed:
         return deny(Reason.CARD_BLOCKED)
     station = table.station_index(tap.station)
     if station < 0:
@@ -378,7 +405,8 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
     balance = rec_work.balance
 
     if tap.mode == GateMode.FREE_EXIT:  # an exit in an emergency: recorded, never charged
-        new = rec_work.replace(flags=rec_work.flags & ~FLAG_ENTRY_OPEN, transfer_from=NO_NETWORK)
+        new = blocked_if_listed(rec_work.replace(flags=rec_work.flags & ~FLAG_ENTRY_OPEN,
+                                                 transfer_from=NO_NETWORK))
         return write(new, Reason.FREE_EXIT, flags, 0, topup)
 
     penalty = 0
@@ -395,7 +423,7 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
         rec_work = rec_work.replace(transfers_used=0, last_network=NO_NETWORK)
 
     if not d.network_flat[network] and tap.direction == Direction.ENTRY:
-        if penalty > balance or balance - penalty < d.min_entry_balance:
+        if penalty > balance or balance - penalty < d.min_entry_balance[category]:
             return deny(Reason.INSUFFICIENT_BALANCE)
         transfer_from = _transfer_origin(d, rec_work, network, time)
         new = rec_work.replace(
@@ -445,7 +473,10 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
         last_station=tap.station, last_time=time, last_network=network,
         day_number=day_number, day_spent=min(U32_MAX, day_spent + fare),
         month_number=month_number, month_spent=min(U32_MAX, month_spent + fare))
-    if surcharge:
+    if listed:
+        new = blocked_if_listed(new)
+        reason = Reason.DENYLISTED_EXIT_CHARGED
+    elif surcharge:
         reason = Reason.OVERSTAY_SURCHARGE
     elif penalty:
         reason = Reason.MISSING_EXIT_CHARGED

@@ -1,11 +1,11 @@
 """The fare table artefact: TableData as versioned, checksummed bytes that a gate loads in milliseconds.
 
-Byte layout (layout 1), every integer little-endian whatever the host:
+Byte layout (layout 2), every integer little-endian whatever the host:
 
     offset  size  field
     ------  ----  ------------------------------------------------------------------
          0     4  magic b"FGFT"
-         4     2  u16 layout (1)
+         4     2  u16 layout (2)
          6     2  u16 header size (64)
          8     4  u32 table version
         12     8  i64 created_at (UTC seconds)
@@ -21,7 +21,7 @@ Byte layout (layout 1), every integer little-endian whatever the host:
         40     4  u32 overstay_surcharge
         44     4  u32 same_station_window_s
         48     4  u32 anti_passback_s
-        52     4  u32 min_entry_balance
+        52     4  u32 denylisted_exit (0 let out charged, 1 refuse; table_data.DENYLISTED_EXIT_*)
         56     4  u32 max_balance
         60     4  u32 L = length of the labels block
     ------  ----  ------------------------------------------------------------------
@@ -40,6 +40,7 @@ Byte layout (layout 1), every integer little-endian whatever the host:
                   monthly_percent    u8  x C
                   same_station_fare  u32 x C
                   missing_exit_fare  u32 x C*S
+                  min_entry_balance  u32 x C
                   labels             L bytes of UTF-8 JSON:
                                      {"name", "networks", "categories", "bands", "extra"}
     end-32    32  SHA-256 of every byte before it
@@ -48,10 +49,17 @@ The file's size follows from the header, so a truncated or padded file is caught
 even computed; the SHA-256 then catches any changed byte; TableData.validate() catches a well-formed
 file with impossible contents. Arrays are loaded with array.frombytes (one memcpy each), never an
 element-by-element loop. checksum_of() is the stored SHA-256 (`head -c -32 FILE | sha256sum` by hand).
+
+Layout 1 (tables compiled before the deny-list and per-category minimum rules) still loads: its header
+holds one u32 min_entry_balance at offset 52 and no min_entry_balance array. It loads as the same rules
+compile today: that minimum for every category the table charges something, none for a category it
+never charges (TableData.charges_nothing), and a deny-listed phone inside the paid area let out and
+charged. pack() writes layout 2 only; any other layout is refused by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -59,10 +67,16 @@ import sys
 from array import array
 
 from fare_core.errors import FareTableError
-from fare_core.table_data import MINUTES_PER_WEEK, TableData
+from fare_core.table_data import (
+    DENYLISTED_EXIT_LET_OUT,
+    MINUTES_PER_WEEK,
+    TableData,
+    minimum_for_paying_categories,
+)
 
 MAGIC = b"FGFT"
-LAYOUT = 1
+LAYOUT = 2
+READABLE_LAYOUTS = (1, 2)
 DIGEST_SIZE = 32
 _HEADER = struct.Struct("<4sHHIqhHHBBB3x8I")
 HEADER_SIZE = _HEADER.size
@@ -84,7 +98,9 @@ _ARRAYS: tuple[tuple[str, str | None, object], ...] = (
     ("monthly_percent", None, lambda s, n, c, b: c),
     ("same_station_fare", "I", lambda s, n, c, b: c),
     ("missing_exit_fare", "I", lambda s, n, c, b: c * s),
+    ("min_entry_balance", "I", lambda s, n, c, b: c),  # from layout 2
 )
+_LAYOUT1_ARRAYS = _ARRAYS[:-1]
 _ITEM_SIZE = {"H": 2, "I": 4, None: 1}
 assert HEADER_SIZE == 64
 assert array("H").itemsize == 2 and array("I").itemsize == 4, "this host's C int is not 32 bits"
@@ -124,7 +140,7 @@ def pack(table: TableData) -> bytes:
             MAGIC, LAYOUT, HEADER_SIZE, table.version, table.created_at, table.utc_offset_min,
             table.day_start_min, table.n_stations, table.n_networks, table.n_categories, table.n_bands,
             table.max_transfers, table.max_inside_s, table.overstay_surcharge, table.same_station_window_s,
-            table.anti_passback_s, table.min_entry_balance, table.max_balance, len(labels),
+            table.anti_passback_s, table.denylisted_exit, table.max_balance, len(labels),
         )
     except struct.error as exc:
         raise FareTableError(f"cannot pack table header: {exc}") from None
@@ -158,15 +174,17 @@ def unpack(blob: bytes) -> TableData:
                              f"{HEADER_SIZE + DIGEST_SIZE}-byte minimum")
     (magic, layout, header_size, version, created_at, utc_offset_min, day_start_min, s, n, c, b,
      max_transfers, max_inside_s, overstay_surcharge, same_station_window_s, anti_passback_s,
-     min_entry_balance, max_balance, labels_size) = _HEADER.unpack_from(view)
+     header_52, max_balance, labels_size) = _HEADER.unpack_from(view)
     if magic != MAGIC:
         raise FareTableError(f"not a fare table: magic {bytes(magic)!r}, expected {MAGIC!r}")
-    if layout != LAYOUT:
-        raise FareTableError(f"fare table layout {layout} is not supported (this build reads {LAYOUT})")
+    if layout not in READABLE_LAYOUTS:
+        raise FareTableError(f"fare table layout {layout} is not supported (this build reads layouts "
+                             f"{', '.join(map(str, READABLE_LAYOUTS))})")
+    arrays = _ARRAYS if layout == LAYOUT else _LAYOUT1_ARRAYS
     if header_size != HEADER_SIZE:
         raise FareTableError(f"fare table header size {header_size}, expected {HEADER_SIZE}")
     sizes = [count(s, n, c, b) * _ITEM_SIZE[typecode]  # type: ignore[operator]
-             for _, typecode, count in _ARRAYS]
+             for _, typecode, count in arrays]
     expected = HEADER_SIZE + sum(sizes) + labels_size + DIGEST_SIZE
     if len(view) != expected:
         what = "truncated" if len(view) < expected else "has trailing bytes"
@@ -177,12 +195,17 @@ def unpack(blob: bytes) -> TableData:
 
     fields: dict[str, object] = {}
     offset = HEADER_SIZE
-    for (name, typecode, _), size in zip(_ARRAYS, sizes, strict=True):
+    for (name, typecode, _), size in zip(arrays, sizes, strict=True):
         chunk = view[offset:offset + size]
         fields[name] = bytes(chunk) if typecode is None else _array(typecode, chunk)
         offset += size
     try:
         labels = json.loads(bytes(view[offset:offset + labels_size]).decode("utf-8"))
+        if layout == 1:  # one minimum for everyone, and no deny-list rule: see the module docstring
+            fields["min_entry_balance"] = array("I", [0] * c)  # replaced below, once fares are known
+            denylisted_exit = DENYLISTED_EXIT_LET_OUT
+        else:
+            denylisted_exit = header_52
         table = TableData(
             version=version, created_at=created_at, name=str(labels["name"]),
             utc_offset_min=utc_offset_min, day_start_min=day_start_min,
@@ -192,9 +215,13 @@ def unpack(blob: bytes) -> TableData:
             extra={str(k): str(v) for k, v in labels["extra"].items()},
             max_transfers=max_transfers, max_inside_s=max_inside_s, overstay_surcharge=overstay_surcharge,
             same_station_window_s=same_station_window_s, anti_passback_s=anti_passback_s,
-            min_entry_balance=min_entry_balance, max_balance=max_balance,
+            max_balance=max_balance, denylisted_exit=denylisted_exit,
             **fields,  # type: ignore[arg-type]
         )
+        if layout == 1:
+            table.validate()  # the sizes charges_nothing() reads
+            table = dataclasses.replace(
+                table, min_entry_balance=minimum_for_paying_categories(table, header_52))
         if (table.n_networks, table.n_categories, table.n_bands) != (n, c, b):
             raise ValueError(f"labels name {table.n_networks} networks, {table.n_categories} categories, "
                              f"{table.n_bands} bands; the header says {n}, {c}, {b}")

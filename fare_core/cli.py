@@ -23,7 +23,7 @@ from fare_core.artefact import checksum_of, pack, unpack
 from fare_core.compiler import band_at, compile_rules, fare_index
 from fare_core.errors import FareTableError
 from fare_core.rules import FareRules, RulesError, load_rules
-from fare_core.table_data import TableData
+from fare_core.table_data import DENYLISTED_EXIT_REFUSE, TableData
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -173,8 +173,11 @@ def _show(args: argparse.Namespace) -> int:
         print(f"size      {len(blob)} bytes")
         print(_dimensions(table))
         print(f"utc offset {table.utc_offset_min} min, service day from {table.day_start_min // 60:02d}:"
-              f"{table.day_start_min % 60:02d}; max balance {table.max_balance} fen, min to enter "
-              f"{table.min_entry_balance} fen")
+              f"{table.day_start_min % 60:02d}; max balance {table.max_balance} fen")
+        pairs = zip(table.category_names, table.min_entry_balance, strict=True)
+        minimums = ", ".join(f"{name} {fen}" for name, fen in pairs)
+        print(f"min to enter (fen): {minimums}; deny-listed phone at an exit with an open entry: "
+              f"{'refused' if table.denylisted_exit == DENYLISTED_EXIT_REFUSE else 'let out, charged'}")
         print("sample (adult, first band, fen):")
         print(_sample(table))
         return 0

@@ -10,6 +10,10 @@ category (`rider_category`): those fares are the category's as written. Preceden
 band and pair: the category's own OD fare, its own distance/zone rule, then the adult OD fare, the
 adult distance/zone rule (discounted); within each, a band's own rule beats a rule for all bands.
 
+The minimum entry balance applies to the categories the rules list (min_entry_categories), or, when they
+list none, to every category the compiled table charges anything: a free or fully discounted category
+gets 0. The deny-list rule compiles to table_data.DENYLISTED_EXIT_*.
+
 Table cells no trip uses are filled so that a lookup there can never undercharge: a pair of stations on
 different networks holds the origin's missing-exit fare, and a flat-network (bus) row holds that
 network's flat fare.
@@ -17,6 +21,7 @@ network's flat fare.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -33,7 +38,13 @@ from fare_core.rules import (
     ZoneLegRule,
     timeframe_minutes,
 )
-from fare_core.table_data import MINUTES_PER_WEEK, TableData
+from fare_core.table_data import (
+    DENYLISTED_EXIT_LET_OUT,
+    DENYLISTED_EXIT_REFUSE,
+    MINUTES_PER_WEEK,
+    TableData,
+    minimum_for_paying_categories,
+)
 
 UNPRICED = -1  # a matrix cell no rule of the layer prices
 SECONDS_PER_MINUTE = 60
@@ -318,8 +329,9 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
         same_station_fare=array("I", (c.discounted(paid.same_station_fare_fen) for c in categories)),
         missing_exit_fare=array("I", missing),
         anti_passback_s=paid.anti_passback_min * SECONDS_PER_MINUTE,
-        min_entry_balance=rules.min_entry_balance_fen,
+        min_entry_balance=array("I", [rules.min_entry_balance_fen] * len(categories)),
         max_balance=rules.max_balance_fen,
+        denylisted_exit=_DENYLISTED_EXIT[rules.deny_list.exit_with_open_entry],
         extra={
             "rules_sha256": rules_digest(rules),
             "station_names": json.dumps({str(s.id): s.name for s in stations}, ensure_ascii=False,
@@ -327,4 +339,17 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
         },
     )
     table.validate()
-    return table
+    return dataclasses.replace(table, min_entry_balance=_min_entry_balances(rules, table))
+
+
+_DENYLISTED_EXIT = {"let_out_charged": DENYLISTED_EXIT_LET_OUT, "refuse": DENYLISTED_EXIT_REFUSE}
+
+
+def _min_entry_balances(rules: FareRules, table: TableData) -> array[int]:
+    """[category] fen needed to enter: the rules' minimum for the listed categories (by default every
+    category the table charges anything), 0 for the others."""
+    fen = rules.min_entry_balance_fen
+    if rules.min_entry_categories is None:
+        return minimum_for_paying_categories(table, fen)
+    listed = set(rules.min_entry_categories)
+    return array("I", (fen if name in listed else 0 for name in table.category_names))

@@ -43,6 +43,8 @@ class Reason(IntEnum):
     WRONG_CATEGORY = 20  # the card's category is not in the fare table
     TWO_CARDS = 21  # set by the gate, not decide(): two phones in the field
     READ_FAILED = 22  # set by the gate, not decide(): the wallet could not be read or written
+    DENYLISTED_EXIT_CHARGED = 5  # allowed; a deny-listed phone inside the paid area let out, charged the
+    # normal fare, its wallet blocked in the same write (the fare table's deny_list rule)
 
     @property
     def allowed(self) -> bool:
@@ -94,6 +96,8 @@ _TEXT: dict[int, tuple[str, str]] = {
     Reason.WRONG_CATEGORY: ("票种无效", "Ticket type not valid"),
     Reason.TWO_CARDS: ("请一次只刷一部手机", "One phone at a time"),
     Reason.READ_FAILED: ("读卡失败 请重试", "Read failed - try again"),
+    Reason.DENYLISTED_EXIT_CHARGED: ("此卡已挂失 扣费 {fare} 元 请到客服中心",
+                                     "Phone blocked - fare ¥{fare} - see customer service"),
 }
 
 WELCOME = ("欢迎", "Welcome")

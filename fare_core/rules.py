@@ -239,6 +239,18 @@ class PaidArea(_Model):
     anti_passback_min: Minutes = 0
 
 
+class DenyListRules(_Model):
+    """What a deny-listed phone gets where the back office's reconciliation must decide the same.
+
+    New entries and flat-fare (bus) boardings of a deny-listed phone are always refused. At an exit of an
+    entry/exit network, with the wallet showing an open entry (the rider is inside the paid area):
+    "let_out_charged" opens the gate and charges the normal fare, blocking the wallet in the same write
+    (the genuine owner of a cloned phone is not trapped inside); "refuse" refuses it like any other tap.
+    """
+
+    exit_with_open_entry: Literal["let_out_charged", "refuse"] = "let_out_charged"
+
+
 class FareRules(_Model):
     """Everything an operator decides about fares; compile_rules() turns it into a TableData."""
 
@@ -246,6 +258,9 @@ class FareRules(_Model):
     utc_offset_min: Annotated[int, Field(gt=-MINUTES_PER_DAY, lt=MINUTES_PER_DAY)] = 480
     service_day_start: str = "04:00"
     min_entry_balance_fen: Purse = 0
+    # The categories the minimum applies to; None: every category the compiled table charges anything
+    # (a free or fully discounted category is never refused for a balance it will not be charged).
+    min_entry_categories: list[Name] | None = None
     max_balance_fen: Purse = 100_000
     max_transfers: Annotated[int, Field(ge=0, le=254)] = 1  # the card counts transfers in a byte
     networks: dict[Name, Network] = Field(min_length=1)
@@ -256,6 +271,7 @@ class FareRules(_Model):
     leg_rules: list[LegRule] = Field(min_length=1)
     transfer_rules: list[TransferRule] = []
     paid_area: PaidArea = PaidArea()
+    deny_list: DenyListRules = DenyListRules()
 
     @field_validator("service_day_start")
     @classmethod
@@ -427,6 +443,13 @@ class _Checker:
                 self.add(where, f"give at most one discount kind, not {' and '.join(kinds)}")
             if category.monthly_percent_off and not category.monthly_threshold_fen:
                 self.add(f"{where}.monthly_threshold_fen", "must be > 0 when monthly_percent_off is set")
+        known = self.rules.rider_categories
+        for i, name in enumerate(self.rules.min_entry_categories or []):
+            where = f"min_entry_categories[{i}]"
+            if name not in known:
+                self.add(where, f"unknown rider category {name!r} (known: {', '.join(known)})")
+            elif name in (self.rules.min_entry_categories or [])[:i]:
+                self.add(where, f"{name!r} is listed twice")
 
     def check_leg_rules(self) -> None:
         r = self.rules
@@ -628,6 +651,8 @@ def _why(error: Any) -> str:
     for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
         if key in ctx and kind.startswith(("greater", "less")):
             return f"must be {op} {ctx[key]}"
+    if kind == "literal_error" and "expected" in ctx:
+        return f"must be {ctx['expected']}"
     if kind == "too_short":
         return f"must have at least {ctx.get('min_length')} entries"
     if kind == "too_long":

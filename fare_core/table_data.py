@@ -15,6 +15,8 @@ Array layouts (all row-major, indices are dense 0..n-1):
 - missing_exit_fare[category * n_stations + origin]: charged at the next entry when an entry at
   `origin` was never closed by an exit.
 - band_of_minute[local minute of the week, Monday 00:00 = 0]: time band index.
+- min_entry_balance[category]: fen a wallet of that category must hold to enter an entry/exit network
+  (0: no minimum, as for a category that is never charged).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from dataclasses import dataclass, field
 MINUTES_PER_WEEK = 7 * 24 * 60
 NO_NETWORK = 255
 MAX_STATION_ID = 0xFFFF
+
+# What a deny-listed phone gets at an exit of an entry/exit network while its wallet shows an open entry.
+# New entries and flat-fare boardings of a deny-listed phone are always refused.
+DENYLISTED_EXIT_LET_OUT = 0  # allowed and charged the normal fare; the wallet is blocked in that write
+DENYLISTED_EXIT_REFUSE = 1  # refused like any other tap of a deny-listed phone
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,9 @@ class TableData:
     same_station_fare: array[int]  # 'I', n_categories: ...costs this
     missing_exit_fare: array[int]  # 'I', n_categories * n_stations
     anti_passback_s: int  # a second entry at the same station within this window is refused
-    min_entry_balance: int  # fen a wallet must hold to enter
+    min_entry_balance: array[int]  # 'I', n_categories: fen a wallet must hold to enter; 0 = no minimum
     max_balance: int  # fen a wallet may hold (top-ups beyond it are refused)
+    denylisted_exit: int  # DENYLISTED_EXIT_LET_OUT or DENYLISTED_EXIT_REFUSE
     extra: dict[str, str] = field(default_factory=dict)  # free-form labels (source rules hash, ...)
 
     @property
@@ -93,6 +101,7 @@ class TableData:
             "monthly_percent": c,
             "same_station_fare": c,
             "missing_exit_fare": c * s,
+            "min_entry_balance": c,
         }
         for name, size in expect.items():
             got = len(getattr(self, name))
@@ -111,11 +120,33 @@ class TableData:
         if not (-24 * 60 < self.utc_offset_min < 24 * 60 and 0 <= self.day_start_min < 24 * 60):
             raise ValueError("utc_offset_min or day_start_min out of range")
         for name in ("version", "max_transfers", "max_inside_s", "overstay_surcharge",
-                     "same_station_window_s", "anti_passback_s", "min_entry_balance", "max_balance"):
+                     "same_station_window_s", "anti_passback_s", "max_balance"):
             value = getattr(self, name)
             if not (0 <= value <= 0xFFFFFFFF):
                 raise ValueError(f"{name}: {value} is outside 0..2^32-1")
         if self.max_transfers > 254:
             raise ValueError("max_transfers: a card counts at most 254 transfers")
-        if self.max_balance > 0x7FFFFFFF or self.min_entry_balance > 0x7FFFFFFF:
+        if self.max_balance > 0x7FFFFFFF or any(x > 0x7FFFFFFF for x in self.min_entry_balance):
             raise ValueError("max_balance and min_entry_balance must fit a signed 32-bit purse")
+        if self.denylisted_exit not in (DENYLISTED_EXIT_LET_OUT, DENYLISTED_EXIT_REFUSE):
+            raise ValueError(f"denylisted_exit: {self.denylisted_exit} is neither "
+                             f"{DENYLISTED_EXIT_LET_OUT} (let out) nor {DENYLISTED_EXIT_REFUSE} (refuse)")
+
+    def charges_nothing(self, category: int) -> bool:
+        """True when every price the table holds for `category` is 0 (a free or fully discounted rider):
+        no fare in any band, no flat fare, no same-station or missing-exit fare. The overstay surcharge,
+        the same for every category, is not a fare of the category and is left out."""
+        s, n, c = self.n_stations, self.n_networks, self.n_categories
+        for band in range(self.n_bands):
+            row = band * c + category
+            if any(self.fares[row * s * s:(row + 1) * s * s]) or any(self.flat_fares[row * n:(row + 1) * n]):
+                return False
+        missing_exit = self.missing_exit_fare[category * s:(category + 1) * s]
+        return not (self.same_station_fare[category] or any(missing_exit))
+
+
+def minimum_for_paying_categories(table: TableData, fen: int) -> array[int]:
+    """min_entry_balance of `fen` for every category the table charges something, 0 for one it never
+    charges: what a rule without a list of categories means (and what a layout-1 artefact's single
+    minimum becomes)."""
+    return array("I", (0 if table.charges_nothing(c) else fen for c in range(table.n_categories)))

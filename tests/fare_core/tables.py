@@ -9,6 +9,7 @@ Fares in fen, adult (student is half):      off-peak  peak (weekdays 07:30-09:00
 Bus 200 (student 100). Metro<->bus transfer within 90 min: 100 fen off, at most 2 per journey.
 Adult daily cap 1000; adult 20% off once 10000 spent in the month; over 4 h inside: +500;
 missing exit: the maximum fare from the entry station. China Standard Time, service day from 04:00.
+Both categories need 200 fen to enter the metro; a deny-listed phone inside is let out, charged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from array import array
 from datetime import datetime, timedelta, timezone
 
-from fare_core.table_data import MINUTES_PER_WEEK, TableData
+from fare_core.table_data import DENYLISTED_EXIT_LET_OUT, MINUTES_PER_WEEK, TableData
 
 CST = timezone(timedelta(hours=8))
 A, B, C, BUS = 101, 102, 103, 201
@@ -69,7 +70,8 @@ def build_table(**overrides: object) -> TableData:
         daily_cap=array("I", [1000, 0]), monthly_threshold=array("I", [10000, 0]),
         monthly_percent=bytes([20, 0]), max_inside_s=4 * 3600, overstay_surcharge=500,
         same_station_window_s=300, same_station_fare=array("I", [0, 0]),
-        missing_exit_fare=missing, anti_passback_s=1200, min_entry_balance=200, max_balance=100000,
+        missing_exit_fare=missing, anti_passback_s=1200, min_entry_balance=array("I", [200, 200]),
+        max_balance=100000, denylisted_exit=DENYLISTED_EXIT_LET_OUT,
     )
     fields.update(overrides)
     table = TableData(**fields)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ import json
 import struct
 from array import array
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -18,8 +19,15 @@ from fare_core import artefact
 from fare_core.artefact import HEADER_SIZE, LAYOUT, MAGIC, checksum_of, pack, unpack
 from fare_core.compiler import compile_rules
 from fare_core.errors import FareTableError
+from fare_core.reasons import Direction
+from fare_core.record import CardRecord
 from fare_core.rules import load_rules
-from fare_core.table_data import MINUTES_PER_WEEK, TableData
+from fare_core.table_data import (
+    DENYLISTED_EXIT_LET_OUT,
+    DENYLISTED_EXIT_REFUSE,
+    MINUTES_PER_WEEK,
+    TableData,
+)
 
 EXAMPLES = Path(fare_core.__file__).parent / "examples"
 
@@ -59,7 +67,7 @@ def test_header_fields(tiny: TableData, tiny_blob: bytes) -> None:
     s, n, c, b = tiny.n_stations, tiny.n_networks, tiny.n_categories, tiny.n_bands
     assert struct.unpack_from("<HBBB", tiny_blob, 24) == (s, n, c, b)
     # the fares dominate: 4 bytes each, after station ids, their networks, networks' kinds and the week
-    arrays = (2 * s + s + n + MINUTES_PER_WEEK + 4 * b * c * s * s + 4 * b * c * n + 9 * n * n + 13 * c
+    arrays = (2 * s + s + n + MINUTES_PER_WEEK + 4 * b * c * s * s + 4 * b * c * n + 9 * n * n + 17 * c
               + 4 * c * s)
     labels = struct.unpack_from("<I", tiny_blob, 60)[0]
     assert len(tiny_blob) == HEADER_SIZE + arrays + labels + 32
@@ -123,7 +131,10 @@ def test_wrong_magic(tiny_blob: bytes) -> None:
 def test_wrong_layout(tiny_blob: bytes) -> None:
     body = bytearray(tiny_blob[:-32])
     struct.pack_into("<H", body, 4, LAYOUT + 1)
-    with pytest.raises(FareTableError, match=f"layout {LAYOUT + 1} is not supported"):
+    with pytest.raises(FareTableError, match=f"layout {LAYOUT + 1} is not supported .*reads layouts 1, 2"):
+        unpack(rehash(bytes(body)))
+    struct.pack_into("<H", body, 4, 0)
+    with pytest.raises(FareTableError, match="layout 0 is not supported"):
         unpack(rehash(bytes(body)))
 
 
@@ -150,6 +161,49 @@ def test_inconsistent_contents_behind_a_good_checksum(tiny: TableData, tiny_blob
     struct.pack_into("<H", body, HEADER_SIZE + 2, 1)  # two stations with id 1
     with pytest.raises(FareTableError, match="duplicate station id"):
         unpack(rehash(bytes(body)))
+
+
+def test_rule_fields_in_the_header_and_the_last_array(tiny: TableData, tiny_blob: bytes) -> None:
+    # offset 52: what a deny-listed phone gets at an exit; the per-category minimum closes the arrays
+    assert struct.unpack_from("<I", tiny_blob, 52) == (DENYLISTED_EXIT_LET_OUT,)
+    labels = struct.unpack_from("<I", tiny_blob, 60)[0]
+    end = len(tiny_blob) - 32 - labels
+    c = tiny.n_categories
+    assert struct.unpack_from(f"<{c}I", tiny_blob, end - 4 * c) == (200, 200, 0, 200)  # senior is free
+    refusing = dataclasses.replace(tiny, denylisted_exit=DENYLISTED_EXIT_REFUSE)
+    assert unpack(pack(refusing)).denylisted_exit == DENYLISTED_EXIT_REFUSE
+
+    body = bytearray(tiny_blob[:-32])
+    struct.pack_into("<I", body, 52, 2)
+    with pytest.raises(FareTableError, match="inconsistent: denylisted_exit: 2"):
+        unpack(rehash(bytes(body)))
+
+
+def test_layout_1_artefact_still_loads(tiny: TableData) -> None:
+    """tiny.toml compiled (version 41) by the build before layout 2, kept as its bytes: it loads with
+    its one minimum for the categories that pay, none for the free senior, and deny-listed phones let
+    out; everything else as it was."""
+    blob = (Path(__file__).parent / "data" / "tiny_layout1.fgt").read_bytes()
+    assert struct.unpack_from("<H", blob, 4) == (1,)
+    old = unpack(blob)
+    assert old.category_names == ("adult", "student", "senior", "staff")
+    assert list(old.min_entry_balance) == [200, 200, 0, 200]
+    assert old.denylisted_exit == DENYLISTED_EXIT_LET_OUT
+    same = dataclasses.replace(tiny, version=41, extra=old.extra)
+    assert old == same  # the rules digest differs: the rules model gained fields since
+    assert checksum_of(blob) == hashlib.sha256(blob[:-32]).hexdigest()
+    assert pack(old) != blob and unpack(pack(old)) == old  # written again, it is layout 2
+
+
+def test_layout_1_artefact_decides_as_the_rules_do_now(impl: Any) -> None:
+    core = impl.core
+    sam = core.Sam(bytes(16))
+    table = core.FareTable.from_bytes((Path(__file__).parent / "data" / "tiny_layout1.fgt").read_bytes())
+    when = 1_795_500_000
+    for category, balance, allowed in ((2, 0, True), (0, 150, False), (0, 200, True)):
+        wallet = core.new_wallet(CardRecord(card_id=7, category=category, balance=balance), sam)
+        out = core.decide(wallet, core.Tap(7, 1, Direction.ENTRY, when), table, impl.denylist.DenyList(), sam)
+        assert out.allowed is allowed, (category, balance, out)
 
 
 def _relabel(tiny_blob: bytes, labels: bytes) -> bytes:
@@ -223,7 +277,8 @@ def tables(draw: st.DrawFn) -> TableData:
         daily_cap=u32s(c), monthly_threshold=u32s(c), monthly_percent=small(c, 101),
         max_inside_s=draw(u32), overstay_surcharge=draw(u32), same_station_window_s=draw(u32),
         same_station_fare=u32s(c), missing_exit_fare=u32s(c * s), anti_passback_s=draw(u32),
-        min_entry_balance=draw(st.integers(0, 0x7FFFFFFF)), max_balance=draw(st.integers(0, 0x7FFFFFFF)),
+        min_entry_balance=array("I", draw(st.lists(st.integers(0, 0x7FFFFFFF), min_size=c, max_size=c))),
+        max_balance=draw(st.integers(0, 0x7FFFFFFF)), denylisted_exit=draw(st.sampled_from((0, 1))),
         extra=draw(st.dictionaries(name, st.text(max_size=20), max_size=3)),
     )
 

@@ -1,7 +1,7 @@
 """The compiled core holds exactly the codes the Python definitions say, and writes none of its own.
 
-The expected values are built here from reasons.py and record.py directly, not through the generator
-(fare_core/_codes.py), so a generator that dropped or renamed a value fails too.
+The expected values are built here from reasons.py, record.py and table_data.py directly, not through
+the generator (fare_core/_codes.py), so a generator that dropped or renamed a value fails too.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import fare_core
-from fare_core import record
+from fare_core import record, table_data
 from fare_core.reasons import DENY_FROM, Direction, Flag, GateMode, Reason
 
 
@@ -24,6 +24,8 @@ def _python_definitions() -> dict[str, int]:
     for name in ("LAYOUT", "SLOT_SIZE", "WALLET_SIZE", "MAC_OFFSET", "NO_NETWORK", "STATUS_ACTIVE",
                  "STATUS_BLOCKED", "FLAG_ENTRY_OPEN", "DAYS_1970_TO_2000", "U32_MAX"):
         expected[name] = getattr(record, name)
+    for name in ("DENYLISTED_EXIT_LET_OUT", "DENYLISTED_EXIT_REFUSE"):
+        expected[name] = getattr(table_data, name)
     expected.update((f"OFF_{field.upper()}", offset) for field, offset in record.FIELD_OFFSETS.items())
     return expected
 

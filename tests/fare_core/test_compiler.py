@@ -12,8 +12,8 @@ import pytest
 
 import fare_core
 from fare_core.compiler import band_at, compile_rules, fare_index, minute_of_week, track_distances
-from fare_core.rules import DistanceLegRule, FareRules, load_rules, parse_rules
-from fare_core.table_data import MINUTES_PER_WEEK, TableData
+from fare_core.rules import DistanceLegRule, FareRules, RulesError, load_rules, parse_rules
+from fare_core.table_data import DENYLISTED_EXIT_LET_OUT, DENYLISTED_EXIT_REFUSE, MINUTES_PER_WEEK, TableData
 
 EXAMPLES = Path(fare_core.__file__).parent / "examples"
 ADULT, STUDENT, SENIOR, STAFF = range(4)
@@ -310,9 +310,63 @@ def test_caps_monthly_and_paid_area(tiny: TableData) -> None:
     assert tiny.max_inside_s == 4 * 3600 and tiny.overstay_surcharge == 500
     assert tiny.same_station_window_s == 300 and list(tiny.same_station_fare) == [0, 0, 0, 0]
     assert tiny.anti_passback_s == 600
-    assert tiny.min_entry_balance == 200 and tiny.max_balance == 100_000
+    assert list(tiny.min_entry_balance) == [200, 200, 0, 200] and tiny.max_balance == 100_000
     assert tiny.utc_offset_min == 480 and tiny.day_start_min == 240
     assert tiny.version == 7 and tiny.created_at == 1_700_000_000 and tiny.name == "tiny"
+
+
+def test_min_entry_balance_by_default_spares_the_categories_never_charged(tiny: TableData) -> None:
+    # tiny.toml names no categories: adult, student and staff pay fares, the senior rides free
+    assert list(tiny.min_entry_balance) == [200, 200, 0, 200]
+    data = tiny_data()
+    data["rider_categories"]["staff"]["fen_off"] = 10_000  # more than any fare: fully discounted
+    assert list(compile_data(data).min_entry_balance) == [200, 200, 0, 0]
+    # a free category that its own leg rule charges is charged, so the minimum applies to it
+    data = tiny_data()
+    data["leg_rules"].append({"kind": "flat", "network": "bus", "rider_category": "senior", "fare_fen": 100})
+    assert list(compile_data(data).min_entry_balance) == [200, 200, 200, 200]
+
+
+def test_min_entry_categories_list_where_the_minimum_applies() -> None:
+    data = tiny_data()
+    data["min_entry_categories"] = ["adult", "senior"]  # listed, the free senior needs it too
+    assert list(compile_data(data).min_entry_balance) == [200, 0, 200, 0]
+    data["min_entry_categories"] = []
+    assert list(compile_data(data).min_entry_balance) == [0, 0, 0, 0]
+    data = tiny_data()
+    data["min_entry_balance_fen"] = 0
+    assert list(compile_data(data).min_entry_balance) == [0, 0, 0, 0]
+
+
+def test_deny_list_exit_rule() -> None:
+    assert compile_data(tiny_data()).denylisted_exit == DENYLISTED_EXIT_LET_OUT  # the default
+    data = tiny_data()
+    data["deny_list"] = {"exit_with_open_entry": "refuse"}
+    assert compile_data(data).denylisted_exit == DENYLISTED_EXIT_REFUSE
+    data["deny_list"] = {"exit_with_open_entry": "let_out_charged"}
+    assert compile_data(data).denylisted_exit == DENYLISTED_EXIT_LET_OUT
+
+
+@pytest.mark.parametrize(("toml", "expected"), [
+    ('[deny_list]\nexit_with_open_entry = "let out"',
+     "deny_list.exit_with_open_entry: must be 'let_out_charged' or 'refuse'"),
+    ('[deny_list]\nexit_with_open_entry = 1',
+     "deny_list.exit_with_open_entry: must be 'let_out_charged' or 'refuse'"),
+    ('[deny_list]\nexits = "refuse"', "deny_list.exits: unknown field"),
+    ('min_entry_categories = ["adult", "pensioner"]',
+     "min_entry_categories[1]: unknown rider category 'pensioner' (known: adult, student, senior, staff)"),
+    ('min_entry_categories = "adult"', "min_entry_categories: must be a list"),
+    ('min_entry_categories = ["adult", 2]', "min_entry_categories[1]: must be a string"),
+])
+def test_malformed_rule_values_are_refused_naming_the_path(toml: str, expected: str) -> None:
+    text = (EXAMPLES / "tiny.toml").read_text(encoding="utf-8")
+    if toml.startswith("["):  # a table goes at the end of the file...
+        text += f"\n{toml}\n"
+    else:  # ...a key among the top-level keys, before the first table
+        text = text.replace("\nstations = [", f"\n{toml}\nstations = [", 1)
+    with pytest.raises(RulesError) as info:
+        compile_rules(parse_rules(text, "toml"), 1)
+    assert expected in str(info.value), str(info.value)
 
 
 def test_same_station_fare_per_category() -> None:

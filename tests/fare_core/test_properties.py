@@ -3,11 +3,17 @@
 - encode/decode round trip; the compiled and twin codecs write the same bytes;
 - any flipped bit of a slot is caught; a tear at any byte leaves the old or the new record;
 - fares are never negative; balance before + top-up - fare = balance after; caps never exceeded;
-- the compiled core and the twin decide identically.
+- the compiled core and the twin decide identically;
+- a deny-listed phone passes only out of the paid area, under the let-out rule, and leaves blocked.
+
+Each example draws one of several tables: the minimum entry balance for all, some or no categories,
+and either deny-list exit rule.
 """
 
 from __future__ import annotations
 
+from array import array
+from itertools import product
 from typing import Any
 
 import pytest
@@ -15,10 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fare_core
-from fare_core import Direction, GateMode, WalletError
+from fare_core import Direction, Flag, GateMode, Reason, WalletError
 from fare_core.record import SLOT_SIZE, CardRecord
+from fare_core.table_data import DENYLISTED_EXIT_LET_OUT, DENYLISTED_EXIT_REFUSE
 
-from .tables import BUS, STATIONS, build_table, local
+from .tables import BUS, STATIONS, A, B, C, build_table, local
 
 MASTER = bytes(range(16, 32))
 BASE = local(2026, 11, 24, 6)
@@ -57,9 +64,39 @@ taps = st.fixed_dictionaries({
     "unblock": st.booleans(),
 })
 listed = st.booleans()
+# Valid cards, mostly inside the paid area, at the metro: where the entry minimum and the
+# deny-list exit rule decide, which the broader strategy above seldom reaches past its other checks.
+metro = st.sampled_from((A, B, C))
+inside = st.builds(
+    CardRecord,
+    card_id=st.just(0xFEEDFACE12345678), category=st.integers(0, 1), balance=st.integers(0, 1500),
+    status=st.sampled_from((0, 0, 0, 1)), counter=st.integers(500, 1000),
+    flags=st.sampled_from((1, 1, 1, 0)),
+    entry_station=metro, entry_time=st.integers(BASE - 6 * 3600, BASE + 3600),
+    transfer_from=st.sampled_from((0, 1, 255)), transfers_used=st.integers(0, 2), last_station=stations,
+    last_time=near, last_network=st.sampled_from((0, 1, 255)), day_number=st.integers(9830, 9832),
+    day_spent=st.integers(0, 1200), month_number=st.just(322), month_spent=st.integers(0, 12000),
+)
+metro_taps = st.fixed_dictionaries({
+    "station": st.sampled_from((A, B, C, BUS)),
+    "direction": st.sampled_from((Direction.ENTRY, Direction.EXIT)),
+    "time": st.integers(BASE, BASE + 4 * 3600),  # a stay of up to 10 h: overstays and not
+    "mode": st.sampled_from((GateMode.NORMAL,) * 4 + (GateMode.FREE_EXIT,)),
+    "min_counter": st.just(0), "topup": st.sampled_from((0, 0, 1000)), "unblock": st.booleans(),
+})
+# (record, tap): a rider inside tapping at the metro, or anything a gate meets
+cases = st.one_of(st.tuples(inside, metro_taps), st.tuples(realistic, taps))
 
-_TABLE = build_table()
-_ENV = {name: (core, dl, core.Sam(MASTER), core.FareTable(_TABLE)) for name, (core, dl) in IMPLS.items()}
+# [adult, student] minimum to enter, and the deny-list exit rule
+_TABLES = [build_table(min_entry_balance=array("I", minimum), denylisted_exit=rule)
+           for minimum, rule in product(([200, 200], [0, 200], [200, 0], [0, 0], [1000, 50]),
+                                        (DENYLISTED_EXIT_LET_OUT, DENYLISTED_EXIT_REFUSE))]
+_TABLE = _TABLES[0]
+tables = st.integers(0, len(_TABLES) - 1)
+_ENV = {name: (core, dl, core.Sam(MASTER), [core.FareTable(t) for t in _TABLES])
+        for name, (core, dl) in IMPLS.items()}
+_BOTH = {name: (core, dl, core.Sam(MASTER), [core.FareTable(t) for t in _TABLES])
+         for name, (core, dl) in fare_core.implementations().items()}
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -86,9 +123,11 @@ def test_any_flipped_bit_is_caught(rec: CardRecord, bit: int) -> None:
 
 
 @FAST
-@given(rec=realistic, tap=taps, torn_at=st.integers(0, SLOT_SIZE))
-def test_tear_at_any_byte_leaves_old_or_new(rec: CardRecord, tap: dict[str, Any], torn_at: int) -> None:
-    for core, dl, sam, table in _ENV.values():
+@given(rec=realistic, tap=taps, torn_at=st.integers(0, SLOT_SIZE), which=tables)
+def test_tear_at_any_byte_leaves_old_or_new(rec: CardRecord, tap: dict[str, Any], torn_at: int,
+                                            which: int) -> None:
+    for core, dl, sam, compiled in _ENV.values():
+        table = compiled[which]
         wallet = core.new_wallet(rec, sam)
         out = core.decide(wallet, core.Tap(rec.card_id, **tap), table, dl.DenyList(), sam)
         if out.record is None:
@@ -99,9 +138,11 @@ def test_tear_at_any_byte_leaves_old_or_new(rec: CardRecord, tap: dict[str, Any]
 
 
 @FAST
-@given(rec=realistic, tap=taps, denied=listed)
-def test_money_invariants(rec: CardRecord, tap: dict[str, Any], denied: bool) -> None:
-    for core, dl, sam, table in _ENV.values():
+@given(case=cases, denied=listed, which=tables)
+def test_money_invariants(case: tuple[CardRecord, dict[str, Any]], denied: bool, which: int) -> None:
+    rec, tap = case
+    for core, dl, sam, compiled in _ENV.values():
+        table = compiled[which]
         wallet = core.new_wallet(rec, sam)
         out = core.decide(wallet, core.Tap(rec.card_id, **tap), table,
                           dl.DenyList([rec.card_id] if denied else []), sam)
@@ -116,23 +157,46 @@ def test_money_invariants(rec: CardRecord, tap: dict[str, Any], denied: bool) ->
         new = core.decode_slot(out.record, rec.card_id, sam)
         assert (new.counter, out.counter) == (rec.counter + 1, rec.counter + 1)
         assert new.balance == out.balance_after
-        cap = _TABLE.daily_cap[new.category] if new.category < _TABLE.n_categories else 0
+        cap = _TABLES[which].daily_cap[new.category] if new.category < _TABLE.n_categories else 0
         same_day = rec.day_number == new.day_number
         if out.allowed and cap and (not same_day or rec.day_spent <= cap):
             assert new.day_spent <= cap
 
 
+@FAST
+@given(case=cases, which=tables)
+def test_denylisted_phone_passes_only_out_of_the_paid_area(case: tuple[CardRecord, dict[str, Any]],
+                                                           which: int) -> None:
+    rec, tap = case
+    data = _TABLES[which]
+    for core, dl, sam, compiled in _ENV.values():
+        out = core.decide(core.new_wallet(rec, sam), core.Tap(rec.card_id, **tap), compiled[which],
+                          dl.DenyList([rec.card_id]), sam)
+        if out.record is not None:  # whatever it wrote, the wallet leaves blocked, with no action applied
+            new = core.decode_slot(out.record, rec.card_id, sam)
+            assert new.blocked and out.topup == 0 and new.balance == rec.balance - out.fare
+            assert bool(out.flags & Flag.BLOCKED_NOW) == (rec.status != 1)
+        if not out.allowed:
+            assert out.reason in (Reason.DENYLISTED, Reason.COUNTER_BACKWARDS, Reason.GATE_CLOSED,
+                                  Reason.EXPIRED), out
+            continue
+        assert data.denylisted_exit == DENYLISTED_EXIT_LET_OUT
+        assert tap["direction"] == Direction.EXIT and rec.entry_open
+        assert compiled[which].station_index(tap["station"]) >= 0 and tap["station"] != BUS
+        assert out.reason in (Reason.DENYLISTED_EXIT_CHARGED, Reason.FREE_EXIT), out
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rec=realistic, tap=taps, denied=listed, flip=st.integers(-1, 1023))
-def test_compiled_and_twin_decide_identically(rec: CardRecord, tap: dict[str, Any], denied: bool,
-                                              flip: int) -> None:
+@given(case=cases, denied=listed, flip=st.integers(-1, 1023), which=tables)
+def test_compiled_and_twin_decide_identically(case: tuple[CardRecord, dict[str, Any]], denied: bool,
+                                              flip: int, which: int) -> None:
+    rec, tap = case
     # Even when the twin is forced for the suite, the compiled module must still be importable here:
     # a build that failed would make this fail, never skip.
-    both = fare_core.implementations()
-    assert set(both) == {"python", "cython"}, "the compiled core did not build"
+    assert set(_BOTH) == {"python", "cython"}, "the compiled core did not build"
     results = []
-    for core, dl in both.values():
-        sam, table = core.Sam(MASTER), core.FareTable(_TABLE)
+    for core, dl, sam, compiled in _BOTH.values():
+        table = compiled[which]
         wallet = bytearray(core.new_wallet(rec, sam))
         if flip >= 0:
             wallet[flip // 8] ^= 1 << (flip % 8)

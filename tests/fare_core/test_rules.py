@@ -54,6 +54,8 @@ def test_defaults() -> None:
     assert rules.day_start_min == 4 * 60
     assert rules.paid_area.missing_exit_fare_fen is None  # the max fare from the entry station
     assert rules.min_entry_balance_fen == 0
+    assert rules.min_entry_categories is None  # every category the table charges
+    assert rules.deny_list.exit_with_open_entry == "let_out_charged"
 
 
 @pytest.mark.parametrize(("distance_m", "fen"), [
@@ -257,6 +259,16 @@ BAD_RULES: dict[str, tuple[Mutation, str]] = {
     "purse too big": (_set("max_balance_fen", 2**31), "max_balance_fen: must be <= 2147483647"),
     "utc offset": (_set("utc_offset_min", 1440), "utc_offset_min: must be < 1440"),
     "day start": (_set("service_day_start", "24:00"), "service_day_start: must be before 24:00"),
+    "minimum for an unknown category": (
+        _set("min_entry_categories", ["adult", "child"]),
+        "min_entry_categories[1]: unknown rider category 'child' (known: adult, student, senior, staff)"),
+    "minimum category twice": (_set("min_entry_categories", ["adult", "student", "adult"]),
+                               "min_entry_categories[2]: 'adult' is listed twice"),
+    "minimum categories not a list": (_set("min_entry_categories", "adult"),
+                                      "min_entry_categories: must be a list"),
+    "deny-list exit rule misspelt": (_set("deny_list", {"exit_with_open_entry": "charge"}),
+                                     "deny_list.exit_with_open_entry: must be 'let_out_charged' or 'refuse'"),
+    "deny-list unknown field": (_set("deny_list", {"entry": "refuse"}), "deny_list.entry: unknown field"),
 }
 
 
