@@ -97,6 +97,13 @@ class Reader:
             raise ValueError(f"phase {phase} is not 0..{ANSWERED}")
         self._armed.append((card_id, phase, action))
 
+    def disarm(self, card_id: int | None = None) -> int:
+        """Forget the actions armed for `card_id` (None: all); returns how many were forgotten."""
+        kept = [a for a in self._armed if card_id is not None and a[0] != card_id]
+        forgotten = len(self._armed) - len(kept)
+        self._armed = kept
+        return forgotten
+
     def _take_armed(self, card_id: int) -> tuple[int, Callable[[], None]] | None:
         for index, (card, phase, action) in enumerate(self._armed):
             if card is None or card == card_id:

@@ -277,12 +277,13 @@ class Sim:
         self.gates[gate].power_cycle(down_s)
 
     def during_write(self, gate: int, card_id: int | None, phase: int, fault: str = "pull",
-                     down_s: float = 1.0, action: Any = None) -> None:
+                     down_s: float = 1.0, action: Any = None) -> threading.Event:
         """A fault at an exact phase of the next write to `card_id` (None: any phone) at `gate`:
         `phase` is the bytes of the slot landed (0..63), reader.WRITTEN (all landed, not yet verified
         nor answered) or reader.ANSWERED (the answer just sent). `fault`: "pull" (the commuter pulls
         the phone away: a torn write), "power" (the gate's power is cut for `down_s`), or "call"
-        (run `action()` under the sim lock, e.g. to kill the controller at that instant)."""
+        (run `action()` under the sim lock, e.g. to kill the controller at that instant). Returns an
+        event set once the fault has happened; `disarm` forgets a fault whose write never came."""
         self._check_gate(gate)
         device = self.gates[gate]
         if fault == "pull":
@@ -308,8 +309,21 @@ class Sim:
             run = action
         else:
             raise ValueError(f"fault is 'pull', 'power' or 'call' (with an action), not {fault!r}")
+        happened = threading.Event()
+
+        def fire() -> None:
+            happened.set()
+            run()
+
         with self.lock:
-            device.reader.arm_write(card_id, phase, run)
+            device.reader.arm_write(card_id, phase, fire)
+        return happened
+
+    def disarm(self, gate: int, card_id: int | None = None) -> int:
+        """Forget the faults armed at `gate` for `card_id` (None: all) whose write has not come."""
+        self._check_gate(gate)
+        with self.lock:
+            return self.gates[gate].reader.disarm(card_id)
 
     def _check_gate(self, gate: int) -> None:
         if not 0 <= gate < len(self.gates):

@@ -84,16 +84,29 @@ def test_power_cut_during_a_write_answers_nothing_and_reboots(sim: Sim, phase: i
 
 def test_an_armed_action_runs_once_for_any_phone(sim: Sim, client: SerialClient) -> None:
     ran = threading.Event()
-    sim.during_write(0, None, 10, "call", action=ran.set)
+    happened = sim.during_write(0, None, 10, "call", action=ran.set)
     sim.present(BOB, walk=False, dwell_s=5.0, patience_s=5.0)
     client.next_event(FieldChanged)
     new, slot, _ = _next_record(sim, BOB)
+    assert not happened.is_set()
     assert client.request(WriteSlot(BOB, slot, new)).outcome is WriteOutcome.OK  # type: ignore[attr-defined]
-    assert ran.is_set()
+    assert ran.is_set() and happened.is_set()
     ran.clear()
     new, slot, _ = _next_record(sim, BOB)
     assert client.request(WriteSlot(BOB, slot, new)).outcome is WriteOutcome.OK  # type: ignore[attr-defined]
     assert not ran.is_set()  # one-shot
+
+
+def test_a_disarmed_fault_never_happens(sim: Sim, client: SerialClient) -> None:
+    pulled = sim.during_write(0, ALICE, 5, "pull")
+    other = sim.during_write(0, BOB, 5, "pull")
+    assert sim.disarm(0, ALICE) == 1
+    sim.present(ALICE, walk=False, dwell_s=5.0, patience_s=5.0)
+    client.next_event(FieldChanged)
+    new, slot, old = _next_record(sim, ALICE)
+    assert client.request(WriteSlot(ALICE, slot, new)).outcome is WriteOutcome.OK  # type: ignore[attr-defined]
+    assert not pulled.is_set() and sim.record(ALICE).counter == old.counter + 1
+    assert sim.disarm(0) == 1 and not other.is_set()  # BOB's, forgotten with all the rest
 
 
 def test_bad_phase_and_fault_are_refused(sim: Sim) -> None:
