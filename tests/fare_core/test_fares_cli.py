@@ -96,6 +96,8 @@ def test_show_summary(compiled: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "tiny: version 5, created 1700000000 (2023-11-14T22:13:20+00:00)" in out
     assert f"sha256:{hashlib.sha256(compiled.read_bytes()[:-32]).hexdigest()}" in out
     assert "bands     offpeak, peak" in out
+    assert ("min to enter (fen): adult 200, student 200, senior 0, staff 200; deny-listed phone at an exit "
+            "with an open entry: let out, charged") in out
 
 
 @pytest.mark.parametrize(("args", "expected"), [
