@@ -55,7 +55,12 @@ class Settings(BaseSettings):
     # a gap in a gate's sequence still open after this long (resend asked meanwhile) raises an alarm
     ingest_gap_alarm_s: float = Field(default=60.0, gt=0, le=86_400)
     reconcile: bool = True  # re-run fare_core on every tap after it is stored
-    auto_denylist: bool = False  # deny-list a phone caught cloned or replayed
+    # deny-list a phone caught cloned or replayed (counter_reused / balance_jump, at the first reuse);
+    # fare_core still lets a deny-listed rider inside the paid area out, charged (docs/ledger.md)
+    auto_denylist: bool = True
+    # a gate whose status time is further than this from the backend's clock raises one clock_skew
+    # alarm an hour (its taps are ordered by the wallet counter whatever its clock says)
+    clock_skew_alarm_s: float = Field(default=120.0, gt=0, le=86_400)
 
     # fare core
     # default: the simulator's development key, so a demo's taps reconcile (refused outside development)
@@ -89,6 +94,8 @@ class Settings(BaseSettings):
 
     # commuter top-ups: a payment intent, credited only on the provider's signed confirmation
     payment_webhook_secret: str = DEV_PAYMENT_SECRET  # HMAC-SHA256 key shared with the provider
+    # the provider's name in the ledger: its confirmations post from the account payments:<name>
+    payment_provider: str = Field(default="provider", pattern=r"^[a-z0-9_\-]{1,40}$")
     payment_webhook_tolerance_s: int = Field(default=300, ge=10, le=3600)  # timestamp skew accepted
     topup_max_fen: int = Field(default=50_000, ge=1, le=100_000_00)  # per top-up (500 yuan)
     topup_max_fen_per_day: int = Field(default=200_000, ge=1)  # per phone, any rolling 24 hours

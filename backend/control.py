@@ -16,7 +16,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -33,6 +33,7 @@ log = logging.getLogger("faregate.control")
 
 SNAPSHOT_WINDOW_S = 5.0  # one republish of a kind per window, whoever asks and however often
 REQUESTS_PER_GATE = 6  # requests one gate may make within a window (two per kind); more are dropped
+CLOCK_SKEW_EVERY = timedelta(hours=1)  # one clock_skew alarm per gate within this
 #: Statuses ignored per gate because their `time` was not newer than the gate's last_seen (replays).
 stale_statuses: Counter[str] = Counter()
 
@@ -140,7 +141,8 @@ async def handle_control_message(
             if status.gate_id != gate:
                 raise ValueError(f"status of gate {status.gate_id} on the topic of gate {gate}")
             await _authentic(settings, sessions, status, gate)
-            await record_status(sessions, status, station_id, gate_no)
+            await record_status(sessions, status, station_id, gate_no,
+                                skew_alarm_s=settings.clock_skew_alarm_s)
         elif leaf == "request":
             request = SnapshotRequest.model_validate_json(message.payload)
             if request.gate_id != gate:
@@ -194,10 +196,34 @@ async def _downlink_refused(session: AsyncSession, status: GateStatus) -> None:
         )
 
 
+async def _clock_skew(session: AsyncSession, status: GateStatus, limit_s: float, now: datetime) -> None:
+    """One `clock_skew` alarm an hour for a gate whose clock (its status time) is more than `limit_s`
+    from the backend's. Its taps are still ordered by the wallet counter (docs/ledger.md), but its tap
+    times, service days and time-band fares follow its clock."""
+    assert status.time is not None
+    skew = (status.time - now).total_seconds()
+    if abs(skew) <= limit_s:
+        return
+    recent = await session.scalar(
+        select(AlarmRow.id)
+        .where(AlarmRow.kind == "clock_skew", AlarmRow.gate_id == status.gate_id,
+               AlarmRow.created_at > now - CLOCK_SKEW_EVERY)
+        .limit(1)
+    )
+    if recent is None:
+        session.add(AlarmRow(
+            created_at=now, kind="clock_skew", severity="warning", gate_id=status.gate_id,
+            detail=f"gate clock {'ahead of' if skew > 0 else 'behind'} the backend's by {abs(skew):.0f} s "
+                   f"(status of {status.time.isoformat()} received at {now.isoformat()})",
+        ))
+
+
 async def record_status(
-    sessions: async_sessionmaker[AsyncSession], status: GateStatus, station_id: int, gate_no: int
+    sessions: async_sessionmaker[AsyncSession], status: GateStatus, station_id: int, gate_no: int,
+    *, skew_alarm_s: float | None = None,
 ) -> bool:
-    """Record a gate's (authenticated) status; False when it is ignored as not newer than the last."""
+    """Record a gate's (authenticated) status; False when it is ignored as not newer than the last.
+    With `skew_alarm_s`, a status whose time is further than that from now raises a clock_skew alarm."""
     async with sessions.begin() as session:
         row = await session.get(GateRow, status.gate_id)
         if row is not None and status.time is not None and row.last_seen is not None \
@@ -207,6 +233,8 @@ async def record_status(
                      status.gate_id, status.time.isoformat(), row.last_seen.isoformat(),
                      stale_statuses[status.gate_id])
             return False
+        if skew_alarm_s is not None and status.time is not None:  # after the replay check: a replayed
+            await _clock_skew(session, status, skew_alarm_s, datetime.now(UTC))  # status says nothing
         if row is None:
             row = GateRow(
                 gate_id=status.gate_id,

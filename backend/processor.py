@@ -1,27 +1,36 @@
-"""After ingest: each stored tap joins its phone's ledger chain and a trip, and is reconciled.
+"""After ingest: each stored tap is posted to the ledger, joins its card's chain and a trip, and is
+reconciled.
 
 Runs behind the ingest (which only stores raw taps, as fast as it can) over taps whose `reconciled`
-column is still NULL, oldest first. Findings become alarms:
+column is still NULL. A batch is grouped by card and each card's taps are taken in counter order
+(backend/chain.py), never by the gates' clocks. A tap below the card's chain head (a late gate, a
+backlog) rebuilds the card's trips from its whole chain; money entries are per tap and stay, only the
+`opening` entry moves to the earliest link (docs/ledger.md). Findings become alarms:
 - wrong_fare / decision_mismatch: fare_core, re-run on the reported wallet, decides otherwise;
 - counter_reused: two taps wrote the wallet from the same counter (a cloned or replayed wallet);
-- balance_jump: the wallet's balance is not what the previous tap left at that counter;
-- counter_gap: taps of this phone are missing between two known ones (late gate or lost tap).
-With auto_denylist on, a clone or replay also deny-lists the phone.
+- balance_jump: the wallet's balance is not what the link before it left at that counter;
+- counter_gap: taps of this phone are missing between two known ones (late gate or lost tap);
+- recovered_unproven: a RECOVERED re-tap whose wallet does not hold the write it claims landed.
+With auto_denylist on (the default), a clone or replay also deny-lists the phone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import fare_core
-from fare_core.reasons import Direction, Flag
+from fare_core.reasons import Flag
 
+from . import ledger
+from .chain import Landing, chain_key, is_recovered, is_unconfirmed, landing, writes
 from .config import Settings
 from .reconcile import compare, expected_decision
 from .tables import (
@@ -29,18 +38,39 @@ from .tables import (
     AlarmRow,
     DenyListEntryRow,
     FareTableRow,
-    LedgerRow,
+    LedgerEntryRow,
     PhoneRow,
     TapRow,
     TripRow,
 )
+from .trips import TripWalk
 
 log = logging.getLogger("faregate.processor")
 BATCH = 500
 CLONE_FINDINGS = {"counter_reused", "balance_jump"}
-PENDING = "unconfirmed"  # TapRow.reconciled of a tap whose wallet write is not yet known to have landed
+CRITICAL_FINDINGS = CLONE_FINDINGS | {"recovered_unproven"}
+PENDING = Landing.PENDING.value  # TapRow.reconciled of a tap whose write is not yet known to have landed
+OPEN_LANDINGS = (Landing.PENDING.value, Landing.LANDED.value)  # resolutions a later link may still change
 
 OnBlock = Callable[[list[str], str], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    """What processing one card's taps asks of the caller once the transaction is committed."""
+
+    block: bool = False
+    actions_applied: bool = False
+
+
+@dataclass
+class Findings:
+    kinds: list[str] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, detail: str) -> None:
+        self.kinds.append(kind)
+        self.details.append(detail)
 
 
 class Processor:
@@ -57,6 +87,8 @@ class Processor:
         self.tables: dict[int, fare_core.FareTable] = {}
         self.on_block = on_block
         self.on_action_applied = on_action_applied
+        # the service day of a time: local time, less the day's start (04:00 by default)
+        self.day_shift = timedelta(minutes=settings.service_utc_offset_min - settings.service_day_start_min)
 
     async def run_once(self) -> int:
         """Process one batch of pending taps; returns how many were processed."""
@@ -68,7 +100,8 @@ class Processor:
                     await session.execute(
                         select(TapRow)
                         .where(TapRow.reconciled.is_(None))
-                        .order_by(TapRow.time, TapRow.tap_id)
+                        # a card's pending taps together, so one batch sees them all (fewer rebuilds)
+                        .order_by(TapRow.card_id, TapRow.counter_before, TapRow.seq)
                         .limit(BATCH)
                         # several processors on PostgreSQL take disjoint batches (SQLite ignores it)
                         .with_for_update(skip_locked=True)
@@ -77,205 +110,21 @@ class Processor:
                 .scalars()
                 .all()
             )
+            by_card: dict[str, list[TapRow]] = defaultdict(list)
             for tap in taps:
-                findings, applied = await self._process(session, tap)
-                actions_applied |= applied
-                if self.settings.auto_denylist and CLONE_FINDINGS & set(findings):
-                    to_block.append(tap.card_id)
+                by_card[tap.card_id].append(tap)
+            for card_id, new in by_card.items():
+                outcome = await CardChain(self, session, card_id).process(new)
+                actions_applied |= outcome.actions_applied
+                if outcome.block and self.settings.auto_denylist:
+                    to_block.append(card_id)
         if to_block and self.on_block is not None:
             await self.on_block(sorted(set(to_block)), "automatic: cloned or replayed wallet")
         if actions_applied and self.on_action_applied is not None:
             await self.on_action_applied()
         return len(taps)
 
-    async def _process(self, session: AsyncSession, tap: TapRow) -> tuple[list[str], bool]:
-        phone = await session.get(PhoneRow, tap.card_id)
-        if phone is None:
-            phone = PhoneRow(
-                card_id=tap.card_id,
-                status="active",
-                status_reason="",
-                balance=tap.balance_before,
-                counter=tap.counter_before,
-            )
-            session.add(phone)
-            first = True
-        else:
-            first = phone.last_tap_id is None
-        findings: list[str] = []
-        details: list[str] = []
-        if tap.flags & Flag.UNCONFIRMED:
-            # The gate could not learn whether its write landed: neither post it nor check it now;
-            # the phone's next tap settles it from its counter (_settle_unconfirmed).
-            tap.reconciled = PENDING
-            return [], False
-        await self._settle_unconfirmed(session, phone, tap)
-        wrote = tap.counter_after > tap.counter_before
-        if wrote:
-            twin = (
-                await session.execute(
-                    select(TapRow.tap_id)
-                    .where(
-                        TapRow.card_id == tap.card_id,
-                        TapRow.counter_before == tap.counter_before,
-                        TapRow.counter_after > TapRow.counter_before,
-                        TapRow.flags.bitwise_and(int(Flag.UNCONFIRMED)) == 0,
-                        TapRow.tap_id != tap.tap_id,
-                    )
-                    .limit(1)
-                )
-            ).scalar()
-            if twin is not None:
-                findings.append("counter_reused")
-                details.append(f"counter {tap.counter_before} also written by tap {twin}")
-        if not first and "counter_reused" not in findings:
-            if tap.counter_before == phone.counter and tap.balance_before != phone.balance:
-                findings.append("balance_jump")
-                details.append(
-                    f"balance {tap.balance_before} at counter {tap.counter_before}, "
-                    f"the previous tap left {phone.balance}"
-                )
-            elif tap.counter_before > phone.counter:
-                findings.append("counter_gap")
-                details.append(f"counter {phone.counter} -> {tap.counter_before}: taps missing")
-        if wrote or tap.balance_after != tap.balance_before:
-            self._post(session, phone, tap)
-        elif tap.counter_after >= phone.counter:
-            self._advance(phone, tap)
-        action = await self._apply_action(session, tap)
-        await self._trip(session, phone, tap)
-        if self.settings.reconcile:
-            findings += await self._reconcile(session, tap, action, details)
-        tap.reconciled = ",".join(findings) if findings else "ok"
-        for finding in findings:
-            if finding == "counter_gap":
-                continue  # informational: a late gate fills it
-            session.add(
-                AlarmRow(
-                    created_at=datetime.now(UTC),
-                    kind=finding,
-                    severity="critical" if finding in CLONE_FINDINGS else "warning",
-                    gate_id=tap.gate_id,
-                    card_id=tap.card_id,
-                    tap_id=tap.tap_id,
-                    detail="; ".join(details),
-                )
-            )
-        return findings, action is not None
-
-    def _post(self, session: AsyncSession, phone: PhoneRow, tap: TapRow) -> None:
-        """The tap's change to the wallet, as a link of the phone's ledger chain."""
-        session.add(
-            LedgerRow(
-                card_id=tap.card_id,
-                kind="tap",
-                tap_id=tap.tap_id,
-                time=tap.time,
-                amount=tap.balance_after - tap.balance_before,
-                balance_before=tap.balance_before,
-                balance_after=tap.balance_after,
-                counter_before=tap.counter_before,
-                counter_after=tap.counter_after,
-            )
-        )
-        if tap.counter_after >= phone.counter:
-            self._advance(phone, tap)
-
-    @staticmethod
-    def _advance(phone: PhoneRow, tap: TapRow) -> None:
-        phone.counter = tap.counter_after
-        phone.balance = tap.balance_after
-        phone.last_tap_id = tap.tap_id
-        phone.last_tap_time = tap.time
-
-    async def _settle_unconfirmed(self, session: AsyncSession, phone: PhoneRow, tap: TapRow) -> None:
-        """The wallet this tap read tells whether an earlier unconfirmed write landed: its counter
-        is the unconfirmed tap's counter_after if it did, its counter_before if it did not."""
-        pending = (
-            await session.execute(
-                select(TapRow).where(TapRow.card_id == tap.card_id, TapRow.reconciled == PENDING)
-            )
-        ).scalars().all()
-        for earlier in pending:
-            if tap.counter_before >= earlier.counter_after:
-                earlier.reconciled = "unconfirmed_landed"
-                self._post(session, phone, earlier)
-            elif tap.counter_before <= earlier.counter_before:
-                earlier.reconciled = "unconfirmed_not_landed"
-
-    async def _apply_action(self, session: AsyncSession, tap: TapRow) -> ActionRow | None:
-        if tap.action_id is None:
-            return None
-        action = await session.get(ActionRow, tap.action_id)
-        if action is None or action.card_id != tap.card_id:
-            return None
-        if action.state == "pending":
-            action.state = "applied"
-            action.applied_at = tap.time
-            action.applied_tap_id = tap.tap_id
-        return action
-
-    async def _trip(self, session: AsyncSession, phone: PhoneRow, tap: TapRow) -> None:
-        if not tap.allowed:
-            return
-        if await self._flat_fare(session, tap):  # a bus boarding: one tap is the whole ride
-            await self._close_open_trip(session, phone)
-            trip = TripRow(card_id=tap.card_id, entry_tap_id=tap.tap_id, entry_station=tap.station_id,
-                           entry_time=tap.time, exit_tap_id=tap.tap_id, exit_station=tap.station_id,
-                           exit_time=tap.time, fare=tap.fare, state="complete")
-            session.add(trip)
-            await session.flush()
-        elif tap.direction == Direction.ENTRY:
-            await self._close_open_trip(session, phone)
-            trip = TripRow(
-                card_id=tap.card_id,
-                entry_tap_id=tap.tap_id,
-                entry_station=tap.station_id,
-                entry_time=tap.time,
-                fare=tap.fare,
-                state="open",
-            )
-            session.add(trip)
-            await session.flush()
-            phone.open_trip_id = trip.id
-        else:
-            open_trip = (
-                await session.get(TripRow, phone.open_trip_id) if phone.open_trip_id is not None else None
-            )
-            if open_trip is None or open_trip.state != "open":
-                trip = TripRow(card_id=tap.card_id, fare=0, state="no_entry")
-                session.add(trip)
-            else:
-                trip = open_trip
-            trip.exit_tap_id = tap.tap_id
-            trip.exit_station = tap.station_id
-            trip.exit_time = tap.time
-            trip.fare += tap.fare
-            if trip.state == "open":
-                trip.state = "complete"
-            await session.flush()
-            phone.open_trip_id = None
-        tap.trip_id = trip.id
-
-    async def _close_open_trip(self, session: AsyncSession, phone: PhoneRow) -> None:
-        """A new ride starts while one is open: the open one never exited (decide() charged it)."""
-        if phone.open_trip_id is not None:
-            await session.execute(
-                update(TripRow)
-                .where(TripRow.id == phone.open_trip_id, TripRow.state == "open")
-                .values(state="missing_exit")
-            )
-            phone.open_trip_id = None
-
-    async def _flat_fare(self, session: AsyncSession, tap: TapRow) -> bool:
-        """Is the tap's station on a flat-fare network (a bus: tap on only), per the gate's table?"""
-        table = await self._table(session, tap.fare_table_version)
-        if table is None:
-            return False
-        index = table.station_index(tap.station_id)
-        return index >= 0 and bool(table.data.network_flat[table.data.station_network[index]])
-
-    async def _table(self, session: AsyncSession, version: int) -> fare_core.FareTable | None:
+    async def table(self, session: AsyncSession, version: int) -> fare_core.FareTable | None:
         if version not in self.tables:
             row = await session.get(FareTableRow, version)
             if row is None:
@@ -283,13 +132,38 @@ class Processor:
             self.tables[version] = fare_core.FareTable.from_bytes(bytes(row.artefact))
         return self.tables[version]
 
-    async def _reconcile(
-        self, session: AsyncSession, tap: TapRow, action: ActionRow | None, details: list[str]
-    ) -> list[str]:
-        table = await self._table(session, tap.fare_table_version)
+    def network(self, tap: TapRow) -> tuple[str, bool]:
+        """The tap's network by name in its own fare table, and whether it is flat-fare (a bus);
+        ("unknown", False) when the backend lacks that table (the table must be loaded first)."""
+        table = self.tables.get(tap.fare_table_version)
         if table is None:
-            details.append(f"fare table version {tap.fare_table_version} unknown to the backend")
-            return ["unknown_fare_table"]
+            return "unknown", False
+        index = table.station_index(tap.station_id)
+        if index < 0:
+            return "unknown", False
+        network = table.data.station_network[index]
+        return str(table.data.network_names[network]), bool(table.data.network_flat[network])
+
+    def revenue_account(self, tap: TapRow) -> str:
+        day = (tap.time + self.day_shift).date().isoformat()
+        return ledger.revenue(self.network(tap)[0], day)
+
+    def verify_recovery(self, recovered: TapRow, unconfirmed: TapRow) -> bool:
+        """Does the re-tap's wallet (checked under the SAM key) hold the record the unconfirmed tap wrote?"""
+        try:
+            record, _slot = fare_core.read_wallet(bytes(recovered.wallet_before), int(recovered.card_id, 16),
+                                                  self.sam)
+        except (fare_core.FareCoreError, ValueError):
+            return False
+        return record.counter == unconfirmed.counter_after and record.balance == unconfirmed.balance_after
+
+    async def reconcile(self, session: AsyncSession, tap: TapRow, action: ActionRow | None,
+                        findings: Findings) -> None:
+        table = await self.table(session, tap.fare_table_version)
+        if table is None:
+            findings.add("unknown_fare_table",
+                         f"fare table version {tap.fare_table_version} unknown to the backend")
+            return
         denied = (
             await session.execute(
                 select(DenyListEntryRow.id)
@@ -307,13 +181,321 @@ class Processor:
         try:
             decision = expected_decision(tap, table, denied, self.sam, topup=topup, unblock=unblock)
         except (fare_core.FareCoreError, ValueError) as error:
-            details.append(f"fare_core refused the reported tap: {error}")
-            return ["decision_mismatch"]
+            findings.add("decision_mismatch", f"fare_core refused the reported tap: {error}")
+            return
         mismatches = compare(tap, decision)
-        if not mismatches:
-            return []
-        details.extend(str(m) for m in mismatches)
-        return ["wrong_fare" if any(m.field == "fare" for m in mismatches) else "decision_mismatch"]
+        if mismatches:
+            kind = "wrong_fare" if any(m.field == "fare" for m in mismatches) else "decision_mismatch"
+            findings.add(kind, "; ".join(str(m) for m in mismatches))
+
+
+class CardChain:
+    """One card's pending taps, processed against everything the back office knows of the card."""
+
+    def __init__(self, processor: Processor, session: AsyncSession, card_id: str) -> None:
+        self.p = processor
+        self.session = session
+        self.card_id = card_id
+        self.outcome = Outcome()
+
+    async def process(self, new: list[TapRow]) -> Outcome:
+        new.sort(key=chain_key)
+        session = self.session
+        phone = await session.get(PhoneRow, self.card_id)
+        if phone is None:
+            phone = PhoneRow(card_id=self.card_id, status="active", status_reason="",
+                             balance=new[0].balance_before, counter=new[0].counter_before)
+            session.add(phone)
+        head = await session.get(TapRow, phone.last_tap_id) if phone.last_tap_id is not None else None
+        known_counter = phone.counter if head is not None else None
+        for version in {tap.fare_table_version for tap in new}:
+            await self.p.table(session, version)
+        links = [tap for tap in new if not is_recovered(tap)]
+        if links:
+            await self._opening(links[0])
+        changed = await self._settle_unconfirmed(new)
+        findings: dict[str, Findings] = {}
+        for tap in new:
+            findings[tap.tap_id] = await self._tap(tap, known_counter)
+        if head is None or changed or chain_key(new[0]) < chain_key(head):
+            await self._rebuild(phone, new)
+        else:
+            await self._append(phone, new)
+        self._alarms(new, findings)
+        return self.outcome
+
+    # --- unconfirmed writes ---------------------------------------------------------------------------
+
+    async def _settle_unconfirmed(self, new: Sequence[TapRow]) -> bool:
+        """Settle every unconfirmed write of the card a link now tells about (docs/ledger.md); True when
+        a trip changes with it (a write found landed, or a landing found wrong)."""
+        session = self.session
+        candidates = list(
+            (await session.execute(
+                select(TapRow).where(TapRow.card_id == self.card_id, TapRow.reconciled.in_(OPEN_LANDINGS))
+            )).scalars()
+        )
+        candidates += [tap for tap in new if is_unconfirmed(tap) and tap not in candidates]
+        if not candidates:
+            return False
+        lowest = min(tap.counter_before for tap in candidates)
+        evidence = list(
+            (await session.execute(
+                select(TapRow).where(TapRow.card_id == self.card_id, TapRow.counter_before >= lowest)
+            )).scalars()
+        )
+        changed = False
+        for unconfirmed in sorted(candidates, key=chain_key):
+            recovered_by = next(
+                (tap for tap in evidence if is_recovered(tap) and tap.gate_id == unconfirmed.gate_id
+                 and tap.seq > unconfirmed.seq and self.p.verify_recovery(tap, unconfirmed)),
+                None,
+            )
+            outcome, why = landing(unconfirmed, evidence, recovered_by)
+            before = unconfirmed.reconciled or PENDING
+            if unconfirmed.reconciled is None:  # new: its provisional write goes to suspense
+                await ledger.unconfirmed(session, unconfirmed)
+            if outcome.value == before:
+                unconfirmed.reconciled = before
+                continue
+            if outcome == Landing.PENDING:  # a landing is never taken back to "unknown"
+                continue
+            changed = True
+            unconfirmed.reconciled = outcome.value
+            if outcome == Landing.LANDED:
+                await self.p.table(session, unconfirmed.fare_table_version)  # its revenue's network
+                await ledger.landed(session, unconfirmed, self.p.revenue_account(unconfirmed), why)
+                await self._apply_action(unconfirmed)
+            else:
+                await self._unland(unconfirmed)
+                await ledger.voided(session, unconfirmed, why)
+        return changed
+
+    async def _unland(self, tap: TapRow) -> None:
+        """A write taken as landed proves not to have (its retry's report arrived later): its `landed`
+        entry comes out again, and an action it delivered is pending again unless delivered since."""
+        entry = await self.session.scalar(
+            select(LedgerEntryRow).where(LedgerEntryRow.kind == "landed", LedgerEntryRow.tap_id == tap.tap_id)
+        )
+        if entry is not None:
+            await ledger.remove(self.session, entry)
+        if tap.action_id is not None:
+            action = await self.session.get(ActionRow, tap.action_id)
+            if action is not None and action.applied_tap_id == tap.tap_id:
+                action.state, action.applied_at, action.applied_tap_id = "pending", None, None
+                self.outcome.actions_applied = True  # the action list changes: publish it again
+
+    # --- one new tap: findings and money --------------------------------------------------------------
+
+    async def _tap(self, tap: TapRow, known_counter: int | None) -> Findings:
+        findings = Findings()
+        if is_unconfirmed(tap):  # posted to suspense by _settle_unconfirmed; its reconciled says how far
+            return findings
+        if is_recovered(tap):
+            await self._recovered(tap, findings)
+            return findings
+        if writes(tap):
+            twin = await self.session.scalar(
+                select(TapRow.tap_id)
+                .where(
+                    TapRow.card_id == tap.card_id,
+                    TapRow.counter_before == tap.counter_before,
+                    TapRow.counter_after > TapRow.counter_before,
+                    TapRow.flags.bitwise_and(int(Flag.UNCONFIRMED)) == 0,
+                    TapRow.tap_id != tap.tap_id,
+                )
+                .limit(1)
+            )
+            if twin is not None:
+                findings.add("counter_reused", f"counter {tap.counter_before} also written by tap {twin}; "
+                                               f"this fork: {ledger.handset(tap)}")
+                await self._mark_fork(twin)
+        if "counter_reused" not in findings.kinds:
+            await self._balance_jump(tap, findings)
+        if known_counter is not None and tap.counter_before > known_counter:
+            findings.add("counter_gap", f"counter {known_counter} -> {tap.counter_before}: taps missing")
+        action = await self._apply_action(tap) if writes(tap) else None
+        await self._post_money(tap, action, fork="counter_reused" in findings.kinds)
+        if self.p.settings.reconcile:
+            await self.p.reconcile(self.session, tap, action, findings)
+        return findings
+
+    async def _recovered(self, tap: TapRow, findings: Findings) -> None:
+        """A re-tap that found its own unconfirmed write landed moves no money and makes no trip; its
+        claim is checked here so a forged one raises an alarm (the landing itself is settled above)."""
+        unconfirmed = await self.session.scalar(
+            select(TapRow)
+            .where(TapRow.card_id == tap.card_id, TapRow.gate_id == tap.gate_id, TapRow.seq < tap.seq,
+                   TapRow.flags.bitwise_and(int(Flag.UNCONFIRMED)) != 0)
+            .order_by(TapRow.seq.desc())
+            .limit(1)
+        )
+        if unconfirmed is not None and not self.p.verify_recovery(tap, unconfirmed):
+            findings.add("recovered_unproven",
+                         f"re-tap claims tap {unconfirmed.tap_id} landed (counter "
+                         f"{unconfirmed.counter_after}, balance {unconfirmed.balance_after}) but its wallet "
+                         "does not hold that record")
+
+    async def _mark_fork(self, twin: str) -> None:
+        """The earlier fork's entries say they are a fork too, so an operator sees both handsets."""
+        entries = (await self.session.execute(
+            select(LedgerEntryRow).where(LedgerEntryRow.tap_id == twin)
+        )).scalars()
+        for entry in entries:
+            if not entry.detail.startswith("fork"):
+                entry.detail = f"fork: {entry.detail}"[:200]
+
+    async def _balance_jump(self, tap: TapRow, findings: Findings) -> None:
+        """The link that wrote the counter this tap read must have left the balance it read."""
+        previous = [
+            link for link in (await self.session.execute(
+                select(TapRow).where(TapRow.card_id == tap.card_id,
+                                     TapRow.counter_before == tap.counter_before - 1,
+                                     TapRow.counter_after == tap.counter_before,
+                                     TapRow.tap_id != tap.tap_id)
+            )).scalars()
+            if not is_unconfirmed(link) or link.reconciled == Landing.LANDED.value
+        ]
+        if previous and all(link.balance_after != tap.balance_before for link in previous):
+            findings.add("balance_jump", f"balance {tap.balance_before} at counter {tap.counter_before}, "
+                                         f"the previous tap left {previous[0].balance_after}")
+
+    async def _apply_action(self, tap: TapRow) -> ActionRow | None:
+        if tap.action_id is None:
+            return None
+        action = await self.session.get(ActionRow, tap.action_id)
+        if action is None or action.card_id != tap.card_id:
+            return None
+        if action.state == "pending":
+            action.state = "applied"
+            action.applied_at = tap.time
+            action.applied_tap_id = tap.tap_id
+            self.outcome.actions_applied = True
+        return action
+
+    async def _post_money(self, tap: TapRow, action: ActionRow | None, *, fork: bool) -> None:
+        """A top-up delivered and a fare charged at one tap are two entries, never one net amount."""
+        note = "fork" if fork else ""
+        if writes(tap) and tap.topup_applied > 0:
+            kind = action.kind if action is not None and action.kind in ledger.ACTION_KINDS else "topup"
+            await ledger.delivery(self.session, tap, kind, tap.topup_applied,
+                                  action.id if action is not None else None, note)
+        amount = ledger.charged(tap)
+        if amount:
+            kind = "missing_exit" if tap.flags & Flag.MISSING_EXIT else "fare"
+            await ledger.fare(self.session, tap, amount, self.p.revenue_account(tap), kind=kind, detail=note)
+
+    # --- the chain: trips, head, opening --------------------------------------------------------------
+
+    def _counts(self, tap: TapRow) -> bool:
+        """Does the tap take part in trips? An allowed tap, and an unconfirmed write once it landed
+        (the barrier stayed shut but the wallet holds the write: unless it blocked the wallet, it was
+        the passage the gate decided)."""
+        if is_recovered(tap):
+            return False
+        if is_unconfirmed(tap):
+            return tap.reconciled == Landing.LANDED.value and not tap.flags & Flag.BLOCKED_NOW
+        return tap.allowed
+
+    @staticmethod
+    def _state(tap: TapRow) -> bool:
+        """Does the tap stand for the wallet's state (the head candidates)? Not a re-tap's read, nor a
+        write that did not land; an unconfirmed write still open counts provisionally, as in the ledger."""
+        return not is_recovered(tap) and tap.reconciled != Landing.VOIDED.value
+
+    async def _rebuild(self, phone: PhoneRow, new: Sequence[TapRow]) -> None:
+        """The card's trips again from its whole chain in counter order; head and opening with them."""
+        session = self.session
+        fresh = {tap.tap_id for tap in new}
+        chain = sorted(
+            (tap for tap in (await session.execute(select(TapRow).where(TapRow.card_id == self.card_id)))
+             .scalars() if tap.reconciled is not None or tap.tap_id in fresh),
+            key=chain_key,
+        )
+        for version in {tap.fare_table_version for tap in chain}:
+            await self.p.table(session, version)
+        for trip in (await session.execute(select(TripRow).where(TripRow.card_id == self.card_id))).scalars():
+            await session.delete(trip)
+        await session.flush()
+        for tap in chain:
+            tap.trip_id = None
+        walk = TripWalk(self.card_id, lambda tap: self.p.network(tap)[1])
+        walk.walk(tap for tap in chain if self._counts(tap))
+        await self._store(phone, walk)
+        states = [tap for tap in chain if self._state(tap)]
+        if states:
+            self._advance(phone, states[-1])
+
+    async def _append(self, phone: PhoneRow, new: Sequence[TapRow]) -> None:
+        """Every new tap sits above the chain head: the trips go on from the one left open."""
+        open_trip = await self.session.get(TripRow, phone.open_trip_id) if phone.open_trip_id else None
+        if open_trip is not None and open_trip.state != "open":
+            open_trip = None
+        walk = TripWalk(self.card_id, lambda tap: self.p.network(tap)[1], open=open_trip)
+        walk.walk(tap for tap in new if self._counts(tap))
+        await self._store(phone, walk)
+        states = [tap for tap in new if self._state(tap)]
+        if states:
+            self._advance(phone, states[-1])
+
+    async def _store(self, phone: PhoneRow, walk: TripWalk) -> None:
+        for trip in walk.new:
+            self.session.add(trip)
+        await self.session.flush()
+        for tap, trip in walk.joined:
+            tap.trip_id = trip.id
+        phone.open_trip_id = walk.open.id if walk.open is not None else None
+
+    async def _opening(self, first: TapRow) -> None:
+        """One opening per card, at its earliest link: moved there when an earlier link arrives late
+        (`first` is the earliest of the new taps)."""
+        current = (await self.session.execute(
+            select(LedgerEntryRow).where(LedgerEntryRow.kind == "opening",
+                                         LedgerEntryRow.card_id == self.card_id)
+        )).scalars().all()
+        if len(current) == 1 and current[0].tap_id is not None:
+            opened_at = await self.session.get(TapRow, current[0].tap_id)
+            if opened_at is not None and chain_key(opened_at) <= chain_key(first):
+                return
+        for entry in current:
+            await ledger.remove(self.session, entry)
+        await ledger.opening(self.session, first)
+
+    @staticmethod
+    def _advance(phone: PhoneRow, head: TapRow) -> None:
+        phone.counter = head.counter_after
+        phone.balance = head.balance_after
+        phone.last_tap_id = head.tap_id
+        phone.last_tap_time = head.time
+
+    # --- verdicts -------------------------------------------------------------------------------------
+
+    def _alarms(self, new: Sequence[TapRow], findings: dict[str, Findings]) -> None:
+        now = datetime.now(UTC)
+        for tap in new:
+            found = findings[tap.tap_id]
+            if is_unconfirmed(tap):
+                continue  # _settle_unconfirmed set its reconciled
+            if is_recovered(tap):
+                tap.reconciled = ",".join(found.kinds) if found.kinds else "recovered"
+            else:
+                tap.reconciled = ",".join(found.kinds) if found.kinds else "ok"
+            if CLONE_FINDINGS & set(found.kinds):
+                self.outcome.block = True
+            for kind in found.kinds:
+                if kind == "counter_gap":
+                    continue  # informational: a late gate fills it
+                self.session.add(
+                    AlarmRow(
+                        created_at=now,
+                        kind=kind,
+                        severity="critical" if kind in CRITICAL_FINDINGS else "warning",
+                        gate_id=tap.gate_id,
+                        card_id=tap.card_id,
+                        tap_id=tap.tap_id,
+                        detail="; ".join(found.details)[:2000],
+                    )
+                )
 
 
 async def run_processor(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import fare_core
-from fare_core.reasons import Reason
+from fare_core.reasons import Flag, Reason
 
 from .tables import TapRow
 
@@ -55,6 +55,8 @@ def compare(tap: TapRow, decision: fare_core.Decision) -> list[Mismatch]:
     """Every field where the gate's report differs from the backend's decision."""
     found = []
     if tap.reason in (Reason.TWO_CARDS, Reason.READ_FAILED):  # decided by the gate, not by decide()
+        return []
+    if tap.flags & Flag.RECOVERED:  # the gate let a re-tap through on its own landed write: no decide()
         return []
     pairs = [
         ("allowed", tap.allowed, bool(decision.allowed)),

@@ -165,20 +165,44 @@ class PhoneRow(Base):
     replaced_by: Mapped[str | None] = mapped_column(CardIdCol, nullable=True)
 
 
-class LedgerRow(Base):
-    """One link of a phone's ledger chain: a charged tap, a top-up, or a balance transfer."""
+class LedgerEntryRow(Base):
+    """One movement of money, double entry: its postings (PostingRow) sum to zero. docs/ledger.md
+    lists the kinds and the accounts each moves money between.
 
-    __tablename__ = "ledger"
+    An entry that belongs to a wallet's chain carries the card and the counters of the wallet write
+    it stands for, so a wallet's history reads in counter order whatever order the taps arrived in.
+    (kind, tap_id) and (kind, action_id) are unique: a tap or an action is posted once per kind
+    however often it is processed."""
+
+    __tablename__ = "ledger_entries"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    card_id: Mapped[str] = mapped_column(CardIdCol, index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # tap / topup / transfer_out / transfer_in
-    tap_id: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
-    time: Mapped[datetime] = mapped_column(UtcDateTime())
-    amount: Mapped[int] = mapped_column(BigInteger)  # signed fen: -fare, +topup
-    balance_before: Mapped[int] = mapped_column(BigInteger)
-    balance_after: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(24))
+    card_id: Mapped[str | None] = mapped_column(CardIdCol, nullable=True, index=True)
+    tap_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    action_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    time: Mapped[datetime] = mapped_column(UtcDateTime())  # when the money moved (the tap's time)
     counter_before: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     counter_after: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    detail: Mapped[str] = mapped_column(String(200), default="")
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())  # when the back office posted it
+
+    __table_args__ = (
+        # named here: the convention names a constraint by its first column, and both start with kind
+        UniqueConstraint("kind", "tap_id", name="uq_ledger_entries_kind_tap_id"),
+        UniqueConstraint("kind", "action_id", name="uq_ledger_entries_kind_action_id"),
+        Index("ix_ledger_entries_card_counter", "card_id", "counter_after"),
+    )
+
+
+class PostingRow(Base):
+    """One leg of a ledger entry: signed fen on one account (`wallet:<card>`, `revenue:<network>:<day>`,
+    `suspense`, `undelivered`, `payments:<provider>`, `adjustments`, `issuance`)."""
+
+    __tablename__ = "postings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("ledger_entries.id", ondelete="CASCADE"), index=True)
+    account: Mapped[str] = mapped_column(String(80), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
 
 
 class TripRow(Base):
@@ -259,6 +283,7 @@ class ActionRow(Base):
     __tablename__ = "actions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     card_id: Mapped[str] = mapped_column(CardIdCol, index=True)
+    kind: Mapped[str] = mapped_column(String(12), default="topup")  # topup / transfer / refund / adjustment
     topup: Mapped[int] = mapped_column(BigInteger, default=0)
     unblock: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(12), default="pending")  # pending / applied / cancelled

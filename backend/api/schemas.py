@@ -191,18 +191,30 @@ class PhonePublic(Public):
     replaced_by: str | None
 
 
-class LedgerPublic(Public):
-    """One link of a phone's ledger chain."""
+class PostingPublic(Public):
+    """One leg of a ledger entry: signed fen on one account."""
+
+    account: str
+    amount: int
+
+
+class LedgerEntryPublic(BaseModel):
+    """One movement of money that concerns a phone (docs/ledger.md), with its legs; `amount` is what it
+    did to this phone's wallet account (0 for a payment or grant still on its way to the wallet), and
+    `detail` names the handset (gate, seq, wallet counters; "fork" for a cloned wallet's taps)."""
 
     id: int
     kind: str
+    card_id: str | None
     tap_id: str | None
+    action_id: int | None
     time: datetime
-    amount: int
-    balance_before: int
-    balance_after: int
     counter_before: int | None
     counter_after: int | None
+    detail: str
+    amount: int
+    balance_after: int  # the wallet account after this entry, in counter order
+    legs: list[PostingPublic]
 
 
 class BlockRequest(Body):
@@ -275,10 +287,16 @@ class FareTablePublic(Public):
 # --- actions ----------------------------------------------------------------------------------------------
 
 
+ActionKind = Literal["topup", "refund", "adjustment"]
+
+
 class ActionCreate(Body):
-    """An over-the-air top-up and/or unblock, applied at the phone's next tap."""
+    """An over-the-air top-up and/or unblock, applied at the phone's next tap. `kind` says where the
+    money comes from in the ledger: a top-up paid at a service counter (payments:counter), or a refund
+    or adjustment the operator grants (adjustments)."""
 
     card_id: CardIdStr
+    kind: ActionKind = "topup"
     topup: Annotated[int, Field(ge=0, le=100_000_00)] = 0
     unblock: bool = False
     reason: Annotated[str, Field(max_length=200)] = ""
@@ -289,6 +307,7 @@ class ActionPublic(Public):
 
     id: int
     card_id: str
+    kind: str
     topup: int
     unblock: bool
     state: str
@@ -333,6 +352,28 @@ class CountRow(BaseModel):
     keys: dict[str, str | int]
     taps: int = 0
     fen: int = 0
+
+
+class LedgerReport(BaseModel):
+    """Where the money is: revenue (landed fares only) beside what is not yet revenue or not yet in a
+    wallet, as totals per kind of account and per account."""
+
+    revenue: int  # landed fares, every network and day
+    suspense: int  # fares and top-ups of writes whose landing is not yet known
+    undelivered: int  # paid or granted, not yet written to a wallet
+    totals: dict[str, int]  # per kind of account (wallet, issuance, payments, adjustments, ...)
+    accounts: dict[str, int]  # per account, wallets left out (GET /phones/{card}/ledger has them)
+
+
+class AuditReport(BaseModel):
+    """The ledger's invariants (backend/audit.py): every count is 0 when all is well."""
+
+    unbalanced_entries: int  # entries whose postings do not sum to zero
+    invalid_trips: int  # two open trips for a card, an exit before its entry, complete without exit
+    head_mismatches: int  # phones whose shown balance differs from their wallet account
+    entries_without_postings: int
+    suspense: int  # fen in suspense: 0 once every gate has reported
+    totals: dict[str, int]  # per kind of account; they sum to zero
 
 
 class LatencyRow(BaseModel):

@@ -214,7 +214,8 @@ async def test_exports_csv_and_tides(api: Api) -> None:
     taps = [
         make_tap(1, fare=0),
         make_tap(2, direction=fare_core.Direction.EXIT, fare=300, balance_after=700),
-        make_tap(3, allowed=False, reason=fare_core.Reason.INSUFFICIENT_BALANCE, counter_after=3),
+        make_tap(3, allowed=False, reason=fare_core.Reason.INSUFFICIENT_BALANCE, counter_after=3,
+                 balance_before=700, balance_after=700),
     ]
     await store.store([RawMessage(api.topics.taps("12-3"), encode(t)) for t in taps])
     plain = await api.client.get("/api/v1/taps/export.csv", headers=admin)
@@ -240,9 +241,12 @@ async def test_mode_command_reaches_the_gate_and_reports_count_taps(api: Api, br
     taps = [
         make_tap(1, fare=0),
         make_tap(2, direction=fare_core.Direction.EXIT, fare=300, balance_after=700, latency_us=400),
-        make_tap(3, allowed=False, reason=fare_core.Reason.INSUFFICIENT_BALANCE, counter_after=3),
+        make_tap(3, allowed=False, reason=fare_core.Reason.INSUFFICIENT_BALANCE, counter_after=3,
+                 balance_before=700, balance_after=700),
     ]
     await store.store([RawMessage(api.topics.taps("12-3"), encode(t)) for t in taps])
+    processor = Processor(api.settings.model_copy(update={"reconcile": False}), api.app.state.sessions)
+    await processor.run_once()  # revenue is what the ledger posted
     gate = SimUplink(broker.url, api.topics, [SimGate(12, 3)], version=broker.version)
     gate.start()
     try:
@@ -268,6 +272,10 @@ async def test_mode_command_reaches_the_gate_and_reports_count_taps(api: Api, br
     assert [(r["keys"]["station_id"], r["taps"]) for r in rides] == [(12, 1)]
     revenue = (await api.client.get("/api/v1/reports/revenue", headers=admin)).json()
     assert [(r["taps"], r["fen"]) for r in revenue] == [(1, 300)]
+    totals = (await api.client.get("/api/v1/reports/ledger", headers=admin)).json()
+    assert (totals["revenue"], totals["suspense"], totals["undelivered"]) == (300, 0, 0)
+    checks = (await api.client.get("/api/v1/reports/audit", headers=admin)).json()
+    assert (checks["unbalanced_entries"], checks["invalid_trips"], checks["head_mismatches"]) == (0, 0, 0)
     denials = (await api.client.get("/api/v1/reports/denials", headers=admin)).json()
     assert [(r["keys"]["name"], r["taps"]) for r in denials] == [("INSUFFICIENT_BALANCE", 1)]
     latency = (await api.client.get("/api/v1/reports/latency", headers=admin)).json()

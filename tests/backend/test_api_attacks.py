@@ -26,7 +26,15 @@ from sqlalchemy import func, select, update
 from backend.api.main import create_app
 from backend.broker import free_port
 from backend.payments import SIGNATURE_HEADER, TIMESTAMP_HEADER, SimulatedProvider, signature
-from backend.tables import ActionRow, AuditRow, LedgerRow, PaymentIntentRow, PhoneRow, TapRow
+from backend.tables import (
+    ActionRow,
+    AuditRow,
+    LedgerEntryRow,
+    PaymentIntentRow,
+    PhoneRow,
+    PostingRow,
+    TapRow,
+)
 from tests.backend.conftest import BrokerInfo, Database, make_settings, wait_healthy
 
 pytestmark = pytest.mark.security
@@ -146,11 +154,11 @@ async def test_report_lost_moves_the_balance_exactly_once(api: Api) -> None:
     assert retry.status_code == 200 and retry.json()["card_id"] == winner, retry.text
     actions = await api.rows(select(ActionRow))
     assert [(a.card_id, a.topup) for a in actions] == [(winner, 1000)]
-    ledger = await api.rows(select(LedgerRow).order_by(LedgerRow.id))
-    assert [(row.card_id, row.kind, row.amount) for row in ledger] == [
-        (ALICE, "transfer_out", -1000),
-        (winner, "transfer_in", 1000),
-    ]
+    assert [(a.card_id, a.kind, a.topup) for a in actions] == [(winner, "transfer", 1000)]
+    (entry,) = await api.rows(select(LedgerEntryRow))  # the money waits in undelivered for the new wallet
+    assert (entry.card_id, entry.kind, entry.action_id) == (ALICE, "transfer_out", actions[0].id)
+    legs = await api.rows(select(PostingRow).order_by(PostingRow.id))
+    assert [(leg.account, leg.amount) for leg in legs] == [(f"wallet:{ALICE}", -1000), ("undelivered", 1000)]
     old = await api.scalar(select(PhoneRow).where(PhoneRow.card_id == ALICE))
     assert (old.status, old.balance, old.replaced_by, old.commuter_token_hash) == ("lost", 0, winner, None)
     assert (await api.client.get("/api/v1/me", headers=alice)).json()["card_id"] == winner

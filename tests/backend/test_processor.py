@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from backend.ingest.store import RawMessage, TapStore
 from backend.processor import Processor
-from backend.tables import ActionRow, AlarmRow, FareTableRow, LedgerRow, PhoneRow, TapRow, TripRow
+from backend import audit
+from backend.tables import ActionRow, AlarmRow, FareTableRow, LedgerEntryRow, PhoneRow, TapRow, TripRow
 from fare_core.reasons import Direction
 from faregate.simgate import SimGate, new_phone, tiny_artefact
 from protocol.mqtt import TapMessage, Topics, encode, with_mac
@@ -62,9 +63,14 @@ async def test_honest_trip_is_paired_ledgered_and_reconciled(migrated: Any) -> N
         assert (trip.state, trip.entry_station, trip.exit_station, trip.fare) == ("complete", 1, 4, 400)
         phone = await session.get(PhoneRow, f"{CARD:016x}")
         assert phone is not None and phone.balance == 4600 and phone.counter == exit_.counter_after
-        ledger = (await session.execute(select(LedgerRow).order_by(LedgerRow.id))).scalars().all()
-        assert [entry.balance_after for entry in ledger][-1] == 4600
-        assert ledger[-1].balance_before == ledger[-2].balance_after  # the chain links
+        entries = (await session.execute(select(LedgerEntryRow).order_by(LedgerEntryRow.id))).scalars().all()
+        assert [(e.kind, e.tap_id) for e in entries] == [("opening", entry.tap_id), ("fare", exit_.tap_id)]
+        positions = await audit.wallet_positions(session)
+        assert positions[f"{CARD:016x}"] == (4600, exit_.counter_after)  # the postings sum to the wallet
+        assert await audit.account_totals(session) == {
+            "issuance": -5000, "wallet": 4600, "revenue": 400, "suspense": 0, "undelivered": 0}
+        assert await audit.unbalanced_entries(session) == []
+        assert await audit.invalid_trips(session) == []
         assert (await session.execute(select(AlarmRow))).scalars().all() == []
 
 
@@ -190,11 +196,14 @@ async def test_unconfirmed_write_is_settled_by_the_next_tap(migrated: Any) -> No
         assert "counter_reused" not in " ".join(v or "" for v in states.values())
         assert (await session.execute(select(AlarmRow))).scalars().all() == []
         landed = await session.get(PhoneRow, f"{landed_card:016x}")
-        # the settled entry and the exit are both in the ledger chain
+        # the settled write and the exit are both in the ledger; the lost one went back out of suspense
         assert landed is not None and landed.counter == landed_exit.counter_after
-        chain = (await session.execute(select(LedgerRow).where(LedgerRow.card_id == f"{landed_card:016x}")
-                                       .order_by(LedgerRow.id))).scalars().all()
-        assert [row.tap_id for row in chain][-2:] == ["1-1:1", "4-1:1"]
+        entries = (await session.execute(select(LedgerEntryRow).order_by(LedgerEntryRow.id))).scalars().all()
+        assert [(e.kind, e.tap_id) for e in entries if e.card_id == f"{landed_card:016x}"] == [
+            ("opening", "1-1:1"), ("fare", "4-1:1")]  # an entry of fare 0 moves nothing: no entry
+        assert (await audit.account_totals(session))["suspense"] == 0
+        trip = (await session.execute(select(TripRow).where(TripRow.card_id == f"{landed_card:016x}"))).scalar_one()
+        assert (trip.state, trip.entry_tap_id, trip.exit_tap_id) == ("complete", "1-1:1", "4-1:1")
 
 
 async def test_a_bus_boarding_is_a_whole_trip(migrated: Any) -> None:

@@ -1,4 +1,7 @@
-"""The action list: over-the-air top-ups and unblocks, pending until a gate applies them."""
+"""The action list: over-the-air top-ups, refunds, adjustments and unblocks, pending until a gate
+applies them. Creating one with money posts where that money comes from (docs/ledger.md): a top-up
+taken at a service counter from payments:counter, a refund or adjustment from adjustments; either way
+into `undelivered`, until a gate writes it into the wallet."""
 
 from __future__ import annotations
 
@@ -7,11 +10,13 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
+from ... import ledger
 from ...tables import ActionRow
 from ..deps import DistributorDep, OperatorDep, PageDep, SessionDep, ViewerDep, audit
 from ..schemas import ActionCreate, ActionPublic, CardIdStr, IdPath
 
 router = APIRouter(prefix="/actions", tags=["actions"])
+COUNTER = "counter"  # the payment "provider" of a top-up an operator takes at a service counter
 
 
 @router.get("", response_model=list[ActionPublic])
@@ -38,9 +43,11 @@ async def create_action(
     unblock: bool,
     reason: str,
     actor: str,
+    kind: str = "topup",
 ) -> ActionRow:
     row = ActionRow(
         card_id=card_id,
+        kind=kind,
         topup=topup,
         unblock=unblock,
         state="pending",
@@ -50,7 +57,12 @@ async def create_action(
     )
     session.add(row)
     await session.flush()
-    await audit(session, actor, "action.create", card_id, f"action {row.id}: topup={topup} unblock={unblock}")
+    if topup and kind in ledger.GRANTED:
+        await ledger.granted(session, kind, card_id, topup, row.id, row.created_at, f"{actor}: {reason}")
+    elif topup:
+        await ledger.payment(session, card_id, topup, COUNTER, row.id, row.created_at, f"{actor}: {reason}")
+    await audit(session, actor, "action.create", card_id,
+                f"action {row.id}: {kind} topup={topup} unblock={unblock}")
     await session.commit()
     try:
         await distributor.publish_actions()
@@ -65,8 +77,11 @@ async def create(
 ) -> ActionRow:
     if not body.topup and not body.unblock:
         raise HTTPException(422, "an action tops up, unblocks, or both")
+    if body.kind != "topup" and not body.topup:
+        raise HTTPException(422, f"a {body.kind} moves money: give its amount as topup")
     return await create_action(
-        session, distributor, body.card_id, body.topup, body.unblock, body.reason, operator.username
+        session, distributor, body.card_id, body.topup, body.unblock, body.reason, operator.username,
+        body.kind,
     )
 
 
@@ -80,6 +95,7 @@ async def cancel(
     if row.state != "pending":
         raise HTTPException(409, f"action is {row.state}, not pending")
     row.state = "cancelled"
+    await ledger.cancelled(session, row.id, datetime.now(UTC))
     await audit(session, operator.username, "action.cancel", row.card_id, str(action_id))
     await session.commit()
     try:

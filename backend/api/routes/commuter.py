@@ -17,18 +17,27 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ... import ledger
 from ...distribution import Conflict, Distributor
 from ...tables import (
     ActionRow,
     DenyListEntryRow,
-    LedgerRow,
+    LedgerEntryRow,
     PaymentIntentRow,
     PhoneRow,
     TapRow,
     TripRow,
 )
 from ..deps import DistributorDep, PageDep, PhoneDep, SessionDep, SettingsDep, audit
-from ..schemas import PaymentIntentPublic, PhonePublic, ReportLostRequest, TopUpRequest, TripPublic
+from ..schemas import (
+    LedgerEntryPublic,
+    PaymentIntentPublic,
+    PhonePublic,
+    ReportLostRequest,
+    TopUpRequest,
+    TripPublic,
+)
+from .phones import NewestFirst, wallet_ledger
 
 router = APIRouter(prefix="/me", tags=["commuter"])
 
@@ -50,6 +59,14 @@ async def my_trips(phone: PhoneDep, session: SessionDep, page: PageDep) -> list[
         .offset(page.offset)
     )
     return list(rows.scalars())
+
+
+@router.get("/ledger", response_model=list[LedgerEntryPublic])
+async def my_ledger(
+    phone: PhoneDep, session: SessionDep, page: PageDep, newest_first: NewestFirst = False
+) -> list[LedgerEntryPublic]:
+    """One's own ledger entries in wallet-counter order: every fare, top-up, refund and transfer."""
+    return await wallet_ledger(session, phone.card_id, page.limit, page.offset, newest_first)
 
 
 @router.post(
@@ -97,7 +114,7 @@ async def unused(session: AsyncSession, card_id: str) -> bool:
         select(PhoneRow.card_id).where(PhoneRow.replaced_by == card_id),
         select(TapRow.tap_id).where(TapRow.card_id == card_id),
         select(TripRow.id).where(TripRow.card_id == card_id),
-        select(LedgerRow.id).where(LedgerRow.card_id == card_id),
+        select(LedgerEntryRow.id).where(LedgerEntryRow.card_id == card_id),
         select(ActionRow.id).where(ActionRow.card_id == card_id),
         select(DenyListEntryRow.id).where(DenyListEntryRow.card_id == card_id),
         select(PaymentIntentRow.id).where(PaymentIntentRow.card_id == card_id),
@@ -175,24 +192,10 @@ async def report_lost(
     )
     session.add(new)
     action: ActionRow | None = None
-    if balance > 0:  # the ledger shows where the money went; the new wallet gets it by an action
-        for card, amount, before, after, kind in (
-            (old_card, -balance, balance, 0, "transfer_out"),
-            (new_card, balance, 0, balance, "transfer_in"),
-        ):
-            session.add(
-                LedgerRow(
-                    card_id=card,
-                    kind=kind,
-                    tap_id=None,
-                    time=now,
-                    amount=amount,
-                    balance_before=before,
-                    balance_after=after,
-                )
-            )
+    if balance > 0:  # the new wallet gets it by an action; the ledger holds it as undelivered meanwhile
         action = ActionRow(
             card_id=new_card,
+            kind="transfer",
             topup=balance,
             unblock=False,
             state="pending",
@@ -203,6 +206,9 @@ async def report_lost(
         session.add(action)
     try:
         await session.flush()
+        if action is not None:
+            await ledger.transfer_out(session, old_card, balance, action.id, now, phone.counter,
+                                      f"to {new_card}, reported lost")
         await audit(
             session,
             f"commuter:{old_card}",

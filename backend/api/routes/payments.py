@@ -18,6 +18,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ... import ledger
 from ...payments import SIGNATURE_HEADER, TIMESTAMP_HEADER, BadSignature, verify
 from ...tables import ActionRow, PaymentIntentRow, PhoneRow
 from ..deps import DistributorDep, SessionDep, SettingsDep, audit
@@ -127,6 +128,7 @@ async def confirm_payment(
     card = await _current_card(session, intent.card_id)
     action = ActionRow(
         card_id=card,
+        kind="topup",
         topup=intent.amount,
         unblock=False,
         state="pending",
@@ -143,6 +145,9 @@ async def confirm_payment(
             .values(action_id=action.id)
             .execution_options(synchronize_session=False)
         )
+        # the money is the operator's to deliver from now: payments:<provider> -> undelivered
+        await ledger.payment(session, card, intent.amount, settings.payment_provider, action.id, now,
+                             f"payment {intent.reference}")
         await audit(
             session,
             ACTOR,

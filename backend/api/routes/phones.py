@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ...distribution import Conflict
-from ...tables import LedgerRow, PhoneRow, TripRow
+from ...ledger import wallet
+from ...tables import LedgerEntryRow, PhoneRow, PostingRow, TripRow
 from ..deps import DistributorDep, OperatorDep, PageDep, SessionDep, ViewerDep, audit
 from ..schemas import (
     BlockRequest,
     CardIdStr,
     CommuterTokenPublic,
     DenyListVersionPublic,
-    LedgerPublic,
+    LedgerEntryPublic,
     PhonePublic,
+    PostingPublic,
     TripPublic,
 )
 from ..security import new_token
@@ -44,19 +49,49 @@ async def get_phone(card_id: CardIdStr, _: ViewerDep, session: SessionDep) -> Ph
     return await _phone(session, card_id)
 
 
-@router.get("/{card_id}/ledger", response_model=list[LedgerPublic], responses={404: {}})
+NewestFirst = Annotated[bool, Query(description="latest counter first (the dashboard's view)")]
+
+
+async def wallet_ledger(
+    session: AsyncSession, card_id: str, limit: int, offset: int, newest_first: bool = False
+) -> list[LedgerEntryPublic]:
+    """The phone's entries in counter order (those without a counter, a payment or grant not yet
+    delivered, after them by time), each with all its legs, what it did to this wallet and the wallet
+    account's balance after it (a running sum in that order, so the whole history is read)."""
+    entries = list((await session.execute(
+        select(LedgerEntryRow).where(LedgerEntryRow.card_id == card_id).order_by(
+            LedgerEntryRow.counter_after.is_(None), LedgerEntryRow.counter_after,
+            LedgerEntryRow.counter_before, LedgerEntryRow.time, LedgerEntryRow.id)
+    )).scalars())
+    legs: dict[int, list[PostingRow]] = {entry.id: [] for entry in entries}
+    for start in range(0, len(entries), 1000):
+        chunk = [entry.id for entry in entries[start:start + 1000]]
+        for posting in (await session.execute(
+            select(PostingRow).where(PostingRow.entry_id.in_(chunk)).order_by(PostingRow.id)
+        )).scalars():
+            legs[posting.entry_id].append(posting)
+    account, running, shown = wallet(card_id), 0, []
+    for entry in entries:
+        amount = sum(leg.amount for leg in legs[entry.id] if leg.account == account)
+        running += amount
+        shown.append(LedgerEntryPublic(
+            id=entry.id, kind=entry.kind, card_id=entry.card_id, tap_id=entry.tap_id,
+            action_id=entry.action_id, time=entry.time, counter_before=entry.counter_before,
+            counter_after=entry.counter_after, detail=entry.detail, amount=amount, balance_after=running,
+            legs=[PostingPublic.model_validate(leg) for leg in legs[entry.id]],
+        ))
+    if newest_first:
+        shown.reverse()
+    return shown[offset:offset + limit]
+
+
+@router.get("/{card_id}/ledger", response_model=list[LedgerEntryPublic], responses={404: {}})
 async def phone_ledger(
-    card_id: CardIdStr, _: ViewerDep, session: SessionDep, page: PageDep
-) -> list[LedgerRow]:
+    card_id: CardIdStr, _: ViewerDep, session: SessionDep, page: PageDep, newest_first: NewestFirst = False
+) -> list[LedgerEntryPublic]:
+    """The phone's ledger entries in wallet-counter order, with their kind and legs."""
     await _phone(session, card_id)
-    rows = await session.execute(
-        select(LedgerRow)
-        .where(LedgerRow.card_id == card_id)
-        .order_by(LedgerRow.time.desc(), LedgerRow.id.desc())
-        .limit(page.limit)
-        .offset(page.offset)
-    )
-    return list(rows.scalars())
+    return await wallet_ledger(session, card_id, page.limit, page.offset, newest_first)
 
 
 @router.get("/{card_id}/trips", response_model=list[TripPublic], responses={404: {}})

@@ -1,4 +1,6 @@
-"""Reports: ridership by station and hour, revenue by day / network / category, denials, gate latency."""
+"""Reports: ridership by station and hour, revenue by day / network / category (landed money only, from
+the ledger's revenue accounts), where the rest of the money is, the ledger's invariants, denials, gate
+latency."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from sqlalchemy import func, select
 
 import fare_core
 
-from ...tables import FareTableRow, TapRow
+from ... import audit
+from ...ledger import SUSPENSE, UNDELIVERED, account_kind
+from ...tables import FareTableRow, LedgerEntryRow, PostingRow, TapRow
 from ..deps import SessionDep, SettingsDep, ViewerDep
-from ..schemas import CountRow, LatencyRow
+from ..schemas import AuditReport, CountRow, LatencyRow, LedgerReport
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 Since = Annotated[datetime | None, Query()]
@@ -53,38 +57,83 @@ async def revenue(
     since: Since = None,
     until: Until = None,
 ) -> list[CountRow]:
-    """Fen charged, grouped by service day, network (line) or rider category."""
-    query = _window(select(TapRow).where(TapRow.fare > 0), since, until).limit(REPORT_MAX_TAPS)
-    taps = (await session.execute(query)).scalars().all()
-    offset = timedelta(minutes=settings.service_utc_offset_min - settings.service_day_start_min)
-    table = None
-    if by != "day":
-        row = (
-            await session.execute(select(FareTableRow).order_by(FareTableRow.version.desc()).limit(1))
-        ).scalar()
-        table = fare_core.FareTable.from_bytes(bytes(row.artefact)) if row is not None else None
-    sam = fare_core.Sam(bytes.fromhex(settings.sam_master_key))
+    """Fen earned, grouped by service day, network or rider category: the ledger's revenue postings,
+    so only landed money (a write whose landing is unknown sits in suspense, GET /reports/ledger).
+    `taps` counts the entries. since/until bound the entries' (taps') time."""
+    query = (
+        select(PostingRow.account, PostingRow.amount, LedgerEntryRow.tap_id)
+        .join(LedgerEntryRow, LedgerEntryRow.id == PostingRow.entry_id)
+        .where(PostingRow.account.like("revenue:%"))
+    )
+    if since is not None:
+        query = query.where(LedgerEntryRow.time >= since)
+    if until is not None:
+        query = query.where(LedgerEntryRow.time < until)
+    rows = (await session.execute(query.limit(REPORT_MAX_TAPS))).all()
+    categories: dict[str, str] = {}
+    if by == "category":
+        categories = await _categories(session, settings, [tap for _, _, tap in rows if tap is not None])
     sums: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for tap in taps:
-        if by == "day":
-            key = (tap.time + offset).date().isoformat()
-        elif by == "network":
-            key = "unknown"
-            if table is not None:
-                index = table.station_index(tap.station_id)
-                if index >= 0:
-                    key = table.data.network_names[table.data.station_network[index]]
-        else:
-            key = "unknown"
-            try:
-                record, _slot = fare_core.read_wallet(bytes(tap.wallet_before), int(tap.card_id, 16), sam)
-                names = table.data.category_names if table is not None else ()
-                key = names[record.category] if record.category < len(names) else str(record.category)
-            except fare_core.FareCoreError:
-                pass
+    for account, amount, tap_id in rows:
+        _revenue, network, day = account.split(":", 2)
+        key = {"day": day, "network": network}.get(by) or categories.get(tap_id or "", "unknown")
         sums[key][0] += 1
-        sums[key][1] += tap.fare
+        sums[key][1] += int(amount)
     return [CountRow(keys={by: k}, taps=v[0], fen=v[1]) for k, v in sorted(sums.items())]
+
+
+async def _categories(session: SessionDep, settings: SettingsDep, tap_ids: list[str]) -> dict[str, str]:
+    """Each tap's rider category, read from the wallet it carried (named by the newest fare table)."""
+    newest = select(FareTableRow).order_by(FareTableRow.version.desc()).limit(1)
+    row = (await session.execute(newest)).scalar()
+    names = fare_core.FareTable.from_bytes(bytes(row.artefact)).data.category_names if row is not None else ()
+    sam = fare_core.Sam(bytes.fromhex(settings.sam_master_key))
+    found: dict[str, str] = {}
+    for start in range(0, len(tap_ids), 1000):
+        chunk = tap_ids[start:start + 1000]
+        for tap_id, card_id, wallet in (await session.execute(
+            select(TapRow.tap_id, TapRow.card_id, TapRow.wallet_before).where(TapRow.tap_id.in_(chunk))
+        )).all():
+            try:
+                record, _slot = fare_core.read_wallet(bytes(wallet), int(card_id, 16), sam)
+            except fare_core.FareCoreError:
+                continue
+            found[tap_id] = names[record.category] if record.category < len(names) else str(record.category)
+    return found
+
+
+@router.get("/ledger", response_model=LedgerReport)
+async def ledger_totals(_: ViewerDep, session: SessionDep) -> LedgerReport:
+    """Revenue beside suspense (writes not yet known to have landed) and undelivered (paid or granted,
+    not yet in a wallet), and every non-wallet account's balance."""
+    rows = (await session.execute(
+        select(PostingRow.account, func.sum(PostingRow.amount)).group_by(PostingRow.account)
+    )).all()
+    totals: dict[str, int] = defaultdict(int)
+    accounts: dict[str, int] = {}
+    for account, total in rows:
+        totals[account_kind(account)] += int(total)
+        if account_kind(account) != "wallet":
+            accounts[account] = int(total)
+    return LedgerReport(
+        revenue=totals["revenue"], suspense=totals[SUSPENSE], undelivered=totals[UNDELIVERED],
+        totals=dict(totals), accounts=dict(sorted(accounts.items())),
+    )
+
+
+@router.get("/audit", response_model=AuditReport)
+async def ledger_audit(_: ViewerDep, session: SessionDep) -> AuditReport:
+    """The ledger's invariants (backend/audit.py, the soak's own check): each count is 0 when all is
+    well, and suspense is 0 once every gate has reported."""
+    totals = await audit.account_totals(session)
+    return AuditReport(
+        unbalanced_entries=len(await audit.unbalanced_entries(session)),
+        invalid_trips=len(await audit.invalid_trips(session)),
+        head_mismatches=len(await audit.head_mismatches(session)),
+        entries_without_postings=len(await audit.entries_without_postings(session)),
+        suspense=totals.get("suspense", 0),
+        totals=totals,
+    )
 
 
 @router.get("/denials", response_model=list[CountRow])

@@ -1,0 +1,75 @@
+"""A card's history as a chain of wallet counters: the order of its taps, and what settles an
+unconfirmed write. Pure functions over TapRow, no database: the processor feeds them.
+
+Every write a wallet accepts moves its counter by one, so the counter orders a card's taps whatever
+the gates' clocks say and whenever their reports arrive: by (counter_before, writes last, seq, gate).
+A read that wrote nothing (a denial) at counter c sorts before the write from c, since the write
+moved the wallet past what that read saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+from fare_core.reasons import Flag
+
+from .tables import TapRow
+
+ChainKey = tuple[int, bool, int, str]
+
+
+def writes(tap: TapRow) -> bool:
+    return tap.counter_after > tap.counter_before
+
+
+def is_unconfirmed(tap: TapRow) -> bool:
+    return bool(tap.flags & Flag.UNCONFIRMED)
+
+
+def is_recovered(tap: TapRow) -> bool:
+    return bool(tap.flags & Flag.RECOVERED)
+
+
+def chain_key(tap: TapRow) -> ChainKey:
+    """Where a tap sits in its card's chain: never the gate's clock."""
+    return (tap.counter_before, writes(tap), tap.seq, tap.gate_id)
+
+
+class Landing(StrEnum):
+    PENDING = "unconfirmed"  # TapRow.reconciled while nothing has told yet
+    LANDED = "unconfirmed_landed"
+    VOIDED = "unconfirmed_not_landed"
+
+
+def _after(tap: TapRow, unconfirmed: TapRow) -> bool:
+    """Did this read happen after the unconfirmed tap? The same gate says so by its seq; another gate
+    only by its clock (a read at the old counter is the one fact the counter cannot order)."""
+    if tap.gate_id == unconfirmed.gate_id:
+        return tap.seq > unconfirmed.seq
+    return tap.time > unconfirmed.time
+
+
+def landing(unconfirmed: TapRow, taps: Iterable[TapRow],
+            recovered_by: TapRow | None = None) -> tuple[Landing, str]:
+    """Whether an unconfirmed write landed, from the card's other taps, and the tap that tells.
+
+    Not landed: a wallet seen at the unconfirmed tap's counter_before afterwards — a confirmed write
+    from that counter (it could not have read the old counter had the write landed), or a read there
+    after it. This wins over the next rule, because a retry that wrote the same counter is what a later
+    tap then reads. Landed: a later tap read counter_after or above, or a RECOVERED re-tap whose wallet
+    was checked to hold the write (`recovered_by`)."""
+    seen: TapRow | None = None
+    for tap in taps:
+        if tap is unconfirmed or tap.tap_id == unconfirmed.tap_id or is_recovered(tap):
+            continue
+        if tap.counter_before == unconfirmed.counter_before:
+            if (writes(tap) and not is_unconfirmed(tap)) or _after(tap, unconfirmed):
+                return Landing.VOIDED, f"tap {tap.tap_id} read counter {tap.counter_before} after it"
+        elif tap.counter_before >= unconfirmed.counter_after and seen is None:
+            seen = tap
+    if recovered_by is not None:
+        return Landing.LANDED, f"re-tap {recovered_by.tap_id} found the write on the wallet"
+    if seen is not None:
+        return Landing.LANDED, f"tap {seen.tap_id} read counter {seen.counter_before}"
+    return Landing.PENDING, ""
