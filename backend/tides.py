@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import BigInteger, Select, case, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fare_core.reasons import Direction, Flag, yuan
 
+from .chain import Landing
 from .tables import ActionRow, LedgerEntryRow, PostingRow, TapRow
 
 # The fare_transactions schema's fields, in its order (tests/fixtures/tides holds the schema).
@@ -63,8 +64,7 @@ DELIVERY_ACTIONS = {
     "adjustment": "Adjust",
     "transfer": "Combine",  # a lost phone's balance moved onto its replacement
 }
-LANDED = "landed"
-VOIDED = "voided"
+LANDED = "landed"  # the entry of an UNCONFIRMED tap found landed; its legs include the delivery
 UNDELIVERED = "undelivered"  # the account a delivery takes its money from (docs/ledger.md)
 CHUNK_BYTES = 64 * 1024  # the response is written in pieces of about this size
 FETCH_ROWS = 500  # rows fetched from the database cursor at a time
@@ -95,10 +95,11 @@ class ExportRow(Protocol):
     fare: int
     balance_before: int
     balance_after: int
+    reconciled: str | None  # the processor's verdict; for an UNCONFIRMED tap, whether it landed
+    trip_id: int | None  # the trip the processor counted the tap in
     delivered: int | None  # fen the ledger delivered into the wallet at this tap (None: nothing)
     delivery_kind: str | None  # the delivery entry's kind (topup / refund / adjustment / transfer)
     action_kind: str | None  # the kind of the action the tap applied (names a landed delivery)
-    resolution: str | None  # landed / voided, for an UNCONFIRMED tap the ledger has resolved
 
 
 TAP_COLUMNS = (
@@ -113,24 +114,26 @@ TAP_COLUMNS = (
     "fare",
     "balance_before",
     "balance_after",
+    "reconciled",
+    "trip_id",
 )
 
 
 def export_query() -> Select[Any]:
     """Taps that may yield a row, each with the ledger's facts about it, without order or filter.
 
-    Columns (ExportRow): the tap's; the fen the ledger delivered to the wallet at it; the delivery
-    entry's kind; the kind of the action the tap applied; the resolution (`landed`/`voided`) of an
-    UNCONFIRMED tap. Plain columns, not ORM objects, so nothing piles up in the session. Each
-    correlated subquery reads the ledger by its unique (kind, tap_id) index: a few index probes a tap."""
+    Columns (ExportRow): the tap's, with the processor's verdict on it; the fen the ledger delivered
+    to the wallet at it; the delivery entry's kind; the kind of the action the tap applied. Plain
+    columns, not ORM objects, so nothing piles up in the session. Each correlated subquery reads the
+    ledger by its unique (kind, tap_id) index: a few index probes a tap."""
+    # The account is picked in the sum, not the WHERE, so the planner goes from the entry (by its
+    # index) to its two or three postings, not through every posting on `undelivered`.
+    undelivered = case((PostingRow.account == UNDELIVERED, -PostingRow.amount), else_=0)
     delivered = (
-        select(func.sum(-PostingRow.amount))
-        .join(LedgerEntryRow, PostingRow.entry_id == LedgerEntryRow.id)
-        .where(
-            LedgerEntryRow.kind.in_([*DELIVERY_ACTIONS, LANDED]),
-            LedgerEntryRow.tap_id == TapRow.tap_id,
-            PostingRow.account == UNDELIVERED,
-        )
+        select(cast(func.sum(undelivered), BigInteger))  # PostgreSQL sums bigint as numeric
+        .select_from(LedgerEntryRow)
+        .join(PostingRow, PostingRow.entry_id == LedgerEntryRow.id)
+        .where(LedgerEntryRow.kind.in_([*DELIVERY_ACTIONS, LANDED]), LedgerEntryRow.tap_id == TapRow.tap_id)
         .scalar_subquery()
     )
     delivery_kind = (
@@ -140,19 +143,12 @@ def export_query() -> Select[Any]:
         .scalar_subquery()
     )
     action_kind = select(ActionRow.kind).where(ActionRow.id == TapRow.action_id).scalar_subquery()
-    resolution = (
-        select(LedgerEntryRow.kind)
-        .where(LedgerEntryRow.kind.in_([LANDED, VOIDED]), LedgerEntryRow.tap_id == TapRow.tap_id)
-        .limit(1)
-        .scalar_subquery()
-    )
     wrote_or_pending = int(Flag.TOPUP_APPLIED | Flag.UNCONFIRMED)
     return select(
         *(getattr(TapRow, name) for name in TAP_COLUMNS),
         delivered.label("delivered"),
         delivery_kind.label("delivery_kind"),
         action_kind.label("action_kind"),
-        resolution.label("resolution"),
     ).where(or_(TapRow.allowed.is_(True), TapRow.flags.bitwise_and(wrote_or_pending) != 0))
 
 
@@ -170,11 +166,13 @@ def is_passage(tap: ExportRow) -> bool:
     """Did the commuter pass (or board) on this tap, as far as the back office knows?
 
     A RECOVERED re-tap rides on the UNCONFIRMED tap it found landed, which is the passage (exported
-    once, as itself); an UNCONFIRMED tap counts only once a later link shows its write landed."""
+    once, as itself). An UNCONFIRMED tap counts once the processor has found its write landed and
+    counted it in a trip, as /trips does: the gate's rewritten row no longer says whether the write
+    was a passage or a refusal that only delivered an action."""
     if tap.flags & Flag.RECOVERED:
         return False
     if tap.flags & Flag.UNCONFIRMED:
-        return tap.resolution == LANDED
+        return tap.reconciled == Landing.LANDED.value and tap.trip_id is not None
     return tap.allowed
 
 

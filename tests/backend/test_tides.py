@@ -99,6 +99,10 @@ class Ledger:
         to suspense, then resolved by a later link as `landed`, `voided`, or not yet (None)."""
         tap_id = self.tap(minutes, direction, fare=fare, flags=Flag.UNCONFIRMED, allowed=False,
                           reason=Reason.READ_FAILED, topup=topup, action=action, lands=resolve == "landed")
+        tap = next(row for row in self.rows if isinstance(row, TapRow) and row.tap_id == tap_id)
+        tap.reconciled = {"landed": "unconfirmed_landed", "voided": "unconfirmed_not_landed"}.get(
+            resolve or "", "unconfirmed")
+        tap.trip_id = self.seq if resolve == "landed" else None  # the processor counts it in a trip
         change = topup - fare
         self.entry("unconfirmed", tap_id, minutes, suspense=-change, **{f"wallet:{CARD}": change})
         if resolve == "landed":
