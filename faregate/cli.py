@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("faregate.demo", "run a whole simulated station: broker, backend, gates, commuters"),
+    "soak": ("faregate.soak", "commuters and every fault at random, then check every fen is accounted for"),
     "sim": ("firmware_sim.cli", "emulate an RF-SIM reader and gate mechanism on a pseudo-terminal"),
     "gate": ("gate.main", "run a gate controller on a serial port"),
     "backend": ("backend.cli", "run the backend: MQTT ingest, REST API, dashboard"),

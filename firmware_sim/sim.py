@@ -239,6 +239,12 @@ class Sim:
         self.scheduler.call_at(self.t0 + when, self.gates[gate].barrier.person_enters, Direction(direction))
         self.scheduler.call_at(self.t0 + when, self._walkers[gate].append, None)
 
+    def at_gate(self, gate: int) -> list[Presentation]:
+        """The commuters at `gate` now (arrived, not yet finished)."""
+        self._check_gate(gate)
+        with self.lock:
+            return [p for p in self._active[gate] if p.presented_at is not None]
+
     def wait(self, presentation: Presentation, timeout: float = 10.0) -> Presentation:
         """Block until the commuter has finished (passed, or given up); TimeoutError otherwise."""
         if not presentation.done.wait(timeout):

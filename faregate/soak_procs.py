@@ -1,0 +1,194 @@
+"""The processes the soak starts, kills and restarts: gates, the backend, the broker.
+
+Each gate and the backend run in a process of their own (a SIGKILL is then a real crash: nothing is
+flushed, the journal and the database keep only what was committed); the broker is the embedded
+amqtt, stopped and started again on the same port (it keeps nothing across a restart, as a broker
+whose disk was lost). Whatever the soak starts it stops, also on Ctrl-C and on failure: every
+process here is started through `ProcessGroup`, whose `aclose` terminates what still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from backend.broker import embedded_broker
+from backend.config import Settings
+from backend.deploy.accounts import BrokerAccounts
+from gate.config import GateConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+API = "/api/v1"
+
+
+class ProcessGroup:
+    """Every child process of the soak, so none outlives it."""
+
+    def __init__(self) -> None:
+        self.processes: set[asyncio.subprocess.Process] = set()
+
+    async def spawn(self, argv: list[str], log: Path, env: dict[str, str] | None = None
+                    ) -> asyncio.subprocess.Process:
+        with open(log, "ab") as out:  # the child keeps its own descriptor
+            process = await asyncio.create_subprocess_exec(
+                *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
+        self.processes.add(process)
+        return process
+
+    @staticmethod
+    async def stop(process: asyncio.subprocess.Process, sig: int = signal.SIGTERM, timeout: float = 15.0
+                   ) -> None:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(self.stop(p) for p in self.processes), return_exceptions=True)
+        self.processes.clear()
+
+
+class GateProcess:
+    """One gate controller (faregate.soak_gate) on its simulated reader's port."""
+
+    def __init__(self, group: ProcessGroup, config: GateConfig, serial: str, log: Path) -> None:
+        self.group = group
+        self.config = config.model_copy(update={"serial": serial})
+        self.log = log
+        self.path = config.data_dir / "gate-config.json"
+        self.process: asyncio.subprocess.Process | None = None
+        self.clock_offset_s = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.alive and self.process is not None else None
+
+    async def start(self, clock_offset_s: float | None = None) -> None:
+        if clock_offset_s is not None:
+            self.clock_offset_s = clock_offset_s
+        self.path.write_text(json.dumps(self.config.model_dump(mode="json")), encoding="utf-8")
+        self.process = await self.group.spawn(
+            [sys.executable, "-m", "faregate.soak_gate", str(self.path),
+             "--clock-offset", str(self.clock_offset_s)], self.log)
+
+    async def kill(self) -> None:
+        """SIGKILL: the controller dies mid-whatever, as in a power cut."""
+        if self.process is not None:
+            await self.group.stop(self.process, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            await self.group.stop(self.process)
+
+
+class BackendProcess:
+    """`faregate backend` (API, ingest, processor) on the soak's database and broker."""
+
+    def __init__(self, group: ProcessGroup, settings: Settings, port: int, log: Path) -> None:
+        self.group = group
+        self.settings = settings
+        self.port = port
+        self.log = log
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{API}"
+
+    async def start(self) -> None:
+        s = self.settings
+        env = {**os.environ, "FAREGATE_INGEST_GROUP": s.ingest_group,
+               "FAREGATE_INGEST_CLIENT_ID": s.ingest_client_id,
+               "FAREGATE_INGEST_BATCH_WAIT_MS": str(s.ingest_batch_wait_ms),
+               "FAREGATE_MQTT_USERNAME": s.mqtt_username or "",
+               "FAREGATE_MQTT_PASSWORD": s.mqtt_password or ""}
+        self.process = await self.group.spawn(
+            [sys.executable, "-m", "backend.cli", "--database", s.database_url, "--mqtt", s.mqtt_url,
+             "--mqtt-version", s.mqtt_version, "--prefix", s.mqtt_prefix, "--port", str(self.port),
+             "--log-level", "warning"], self.log, env)
+
+    async def wait_ready(self, timeout: float = 60.0) -> str:
+        """Log in as the operator once the API answers; returns the bearer token."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
+            while True:
+                if self.process is not None and self.process.returncode is not None:
+                    raise RuntimeError(f"the backend exited ({self.process.returncode}); see {self.log}")
+                with contextlib.suppress(httpx.TransportError):
+                    response = await client.post("/login", json={"username": self.settings.admin_username,
+                                                                 "password": self.settings.admin_password})
+                    if response.status_code == 200:
+                        return str(response.json()["access_token"])
+                if loop.time() > deadline:
+                    raise RuntimeError(f"the backend API did not come up in {timeout} s; see {self.log}")
+                await asyncio.sleep(0.2)
+
+    async def kill(self) -> None:
+        if self.process is not None:
+            await self.group.stop(self.process, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            await self.group.stop(self.process)
+
+
+class RestartableBroker:
+    """The embedded amqtt broker on a fixed port, which the soak stops and starts again."""
+
+    def __init__(self, port: int, accounts: BrokerAccounts, prefix: str) -> None:
+        self.port = port
+        self.accounts = accounts
+        self.prefix = prefix
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._stack is not None
+
+    async def start(self) -> None:
+        if self._stack is not None:
+            return
+        stack = contextlib.AsyncExitStack()
+        for attempt in range(50):  # the port may linger a moment after a stop
+            try:
+                await stack.enter_async_context(embedded_broker(self.port, self.accounts, self.prefix))
+                break
+            except OSError:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.1)
+        self._stack = stack
+
+    async def stop(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def __aenter__(self) -> RestartableBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
