@@ -14,14 +14,19 @@ from typing import Any
 
 import frictionless
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+import fare_core
 from backend import tides
-from backend.db import make_engine, make_sessionmaker
-from backend.tables import ActionRow, Base, LedgerEntryRow, PostingRow, TapRow
+from backend.ingest.store import RawMessage, TapStore
+from backend.processor import Processor
+from backend.tables import ActionRow, FareTableRow, LedgerEntryRow, PostingRow, TapRow
+from fare_core import DEVELOPMENT_SAM_KEY
 from fare_core.reasons import Direction, Flag, Reason
-from tests.backend.conftest import Database, make_settings
+from faregate.simgate import SimGate, new_phone, tiny_artefact
+from protocol.mqtt import TapMessage, Topics, encode, with_mac
+from tests.backend.conftest import make_settings
 
 SCHEMA = Path(__file__).parents[1] / "fixtures" / "tides" / "fare_transactions.schema.json"  # vendored
 CARD = "00000000000000a1"
@@ -43,14 +48,10 @@ def errors(report: frictionless.Report) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-async def sessions(database: Database) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(make_settings(database))
-    async with engine.begin() as connection:
-        await connection.run_sync(Base.metadata.create_all)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        await engine.dispose()
+async def sessions(migrated: Any) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A database brought to the latest schema by the migrations, as the backend runs it."""
+    _database, _engine, made = migrated
+    yield made
 
 
 class Ledger:
@@ -277,3 +278,137 @@ async def test_a_large_export_streams_in_bounded_memory(sessions: async_sessionm
     assert large[0] > 3.9 * small[0] and large[0] > 1_900_000  # four times the CSV, about 2 MB
     assert large[1] > 25  # written in pieces of about 64 KiB, as the client reads them
     assert large[2] < 1.5 * small[2], (small, large)
+
+
+# --- the same export over taps made by fare_core and posted by the real processor ---------------------
+
+ADULT, STUDENT = 0xA1, 0x51
+
+
+def at(hour: int, minute: int = 0, second: int = 0) -> datetime:
+    """2026-11-24 (a Tuesday), UTC: 02:00 is 10:00 in Guangzhou, off-peak."""
+    return datetime(2026, 11, 24, hour, minute, second, tzinfo=UTC)
+
+
+def unconfirmed(tap: TapMessage, gate: SimGate) -> TapMessage:
+    """The row a gate journals when the write's answer was lost: refused, UNCONFIRMED, its MAC again."""
+    rewritten = tap.model_copy(
+        update={"allowed": False, "reason": Reason.READ_FAILED, "flags": tap.flags | Flag.UNCONFIRMED})
+    return with_mac(rewritten, gate.mac_key)
+
+
+def recovered(gate: SimGate, wallet: bytes, card: int, when: datetime, direction: Direction) -> TapMessage:
+    """The gate's RECOVERED re-tap (gate/controller.py): the landed wallet read, nothing written."""
+    record, _slot = fare_core.read_wallet(wallet, card, fare_core.Sam(DEVELOPMENT_SAM_KEY))
+    tap, _ = gate.tap(wallet, card, direction, when, allowed=True, reason=Reason.OK,
+                      flags=int(Flag.RECOVERED), fare=0, balance_before=record.balance,
+                      balance_after=record.balance, counter_before=record.counter,
+                      counter_after=record.counter, action_id=None, topup_applied=0)
+    return tap
+
+
+async def test_the_export_of_taps_the_processor_posted(migrated: Any) -> None:
+    """Through fare_core and the real processor: an action of each kind delivered, a transfer the rule
+    made free, one it only discounted, capped legs (one also a transfer), an unconfirmed exit that
+    landed with its RECOVERED re-tap, one that did not land, one not resolved yet."""
+    database, _engine, sessions = migrated
+    async with sessions.begin() as session:
+        session.add(FareTableRow(version=1, name="tiny", rules="", artefact=tiny_artefact(),
+                                 checksum="00" * 32, created_at=START, activate_at=START))
+        actions = {kind: ActionRow(card_id=f"{card:016x}", kind=kind, topup=amount, state="pending",
+                                   created_at=START)
+                   for kind, card, amount in (("topup", ADULT, 1000), ("transfer", ADULT, 700),
+                                              ("refund", STUDENT, 300))}
+        session.add_all(actions.values())
+    alpha, bravo, charlie, delta, bus = (SimGate(n) for n in (1, 2, 3, 4, 50))
+    sam = fare_core.Sam(DEVELOPMENT_SAM_KEY)
+    adult = new_phone(ADULT, balance=5000)
+    student = fare_core.new_wallet(fare_core.CardRecord(card_id=STUDENT, category=1, balance=3000, counter=1),
+                                   sam)
+    taps: list[TapMessage] = []
+
+    def ride(gate: SimGate, wallet: bytes, card: int, direction: Direction, when: datetime,
+             action: str | None = None) -> bytes:
+        extra: dict[str, Any] = {}
+        if action is not None:
+            extra = {"topup": actions[action].topup, "action_id": actions[action].id}
+        tap, wallet = gate.tap(wallet, card, direction, when, **extra)
+        taps.append(tap)
+        return wallet
+
+    adult = ride(alpha, adult, ADULT, Direction.ENTRY, at(2, 0), "topup")
+    adult = ride(delta, adult, ADULT, Direction.EXIT, at(2, 30))  # A-D 400
+    adult = ride(bus, adult, ADULT, Direction.ENTRY, at(2, 40))  # metro->bus: 200 - 100
+    adult = ride(alpha, adult, ADULT, Direction.ENTRY, at(3, 0))
+    adult = ride(delta, adult, ADULT, Direction.EXIT, at(3, 30))  # 400: 900 today
+    adult = ride(bus, adult, ADULT, Direction.ENTRY, at(3, 40))  # 100: the cap of 1000 reached
+    adult = ride(alpha, adult, ADULT, Direction.ENTRY, at(4, 10))
+    adult = ride(delta, adult, ADULT, Direction.EXIT, at(4, 40))  # capped to 0
+    adult = ride(bus, adult, ADULT, Direction.ENTRY, at(4, 50))  # a transfer, and capped to 0
+    adult = ride(bravo, adult, ADULT, Direction.ENTRY, at(5, 10), "transfer")
+
+    student = ride(alpha, student, STUDENT, Direction.ENTRY, at(2, 1))
+    student = ride(delta, student, STUDENT, Direction.EXIT, at(2, 31))  # 400 at half price
+    student = ride(bus, student, STUDENT, Direction.ENTRY, at(2, 41))  # 100 - 100: a free transfer
+    student = ride(alpha, student, STUDENT, Direction.ENTRY, at(3, 1), "refund")
+    lost_answer, landed = charlie.tap(student, STUDENT, Direction.EXIT, at(3, 31))  # A-C 300, half
+    taps += [unconfirmed(lost_answer, charlie), recovered(charlie, landed, STUDENT, at(3, 31, 20),
+                                                            Direction.EXIT)]
+    student = ride(charlie, landed, STUDENT, Direction.ENTRY, at(3, 50))
+    not_landed, _ = bravo.tap(student, STUDENT, Direction.EXIT, at(4, 10))
+    taps.append(unconfirmed(not_landed, bravo))
+    student = ride(bravo, student, STUDENT, Direction.EXIT, at(4, 11))  # the retry: C-B 200, half
+    pending, _ = alpha.tap(student, STUDENT, Direction.ENTRY, at(5, 0))
+    taps.append(unconfirmed(pending, alpha))
+
+    store, processor = TapStore(sessions), Processor(make_settings(database), sessions)
+    await store.store([RawMessage(Topics("t").taps(t.gate_id), encode(t)) for t in taps])
+    while await processor.run_once():
+        pass
+
+    text = await export(sessions)
+
+    report = validate(text)
+    assert errors(report) == [] and report.valid
+    assert next(csv.reader(io.StringIO(text))) == [field.name for field in schema().fields]
+    rows = list(csv.DictReader(io.StringIO(text)))
+    by_card = {card: [(r["transaction_id"], r["fare_action"], r["amount"], r["fare_capped"], r["balance"])
+                      for r in rows if r["token_id"] == f"{card:016x}"] for card in (ADULT, STUDENT)}
+    assert by_card[ADULT] == [
+        ("1-1:1:topup", "Add", "10.00", "false", "60.00"),
+        ("1-1:1", "Enter", "0.00", "false", "60.00"),
+        ("4-1:1", "Exit", "4.00", "false", "56.00"),
+        ("50-1:1", "Enter", "1.00", "false", "55.00"),  # a discounted transfer is charged: Enter
+        ("1-1:2", "Enter", "0.00", "false", "55.00"),
+        ("4-1:2", "Exit", "4.00", "false", "51.00"),
+        ("50-1:2", "Enter", "1.00", "false", "50.00"),
+        ("1-1:3", "Enter", "0.00", "false", "50.00"),
+        ("4-1:3", "Exit", "0.00", "true", "50.00"),
+        ("50-1:3", "Enter", "0.00", "true", "50.00"),  # capped, though also a transfer: not free by it
+        ("2-1:1:transfer", "Combine", "7.00", "false", "57.00"),
+        ("2-1:1", "Enter", "0.00", "false", "57.00"),
+    ]
+    assert by_card[STUDENT] == [
+        ("1-1:4", "Enter", "0.00", "false", "30.00"),
+        ("4-1:4", "Exit", "2.00", "false", "28.00"),
+        ("50-1:4", "Transfer entrance", "0.00", "false", "28.00"),  # the transfer rule made it free
+        ("1-1:5:refund", "Adjust", "3.00", "false", "31.00"),
+        ("1-1:5", "Enter", "0.00", "false", "31.00"),
+        ("3-1:1", "Exit", "1.50", "false", "29.50"),  # unconfirmed, landed: once, not its re-tap 3-1:2
+        ("3-1:3", "Enter", "0.00", "false", "29.50"),
+        ("2-1:3", "Exit", "1.00", "false", "28.50"),  # the retry of 2-1:2, which did not land
+    ]  # 1-1:6, unconfirmed and not resolved yet, is not there
+    stored = {tap.tap_id: tap for tap in await stored_taps(sessions)}
+    assert Flag(stored["50-1:3"].flags) & (Flag.TRANSFER | Flag.CAPPED) == Flag.TRANSFER | Flag.CAPPED
+    assert stored["50-1:1"].flags & Flag.TRANSFER and stored["50-1:4"].flags & Flag.TRANSFER
+    assert (stored["3-1:1"].reconciled, stored["2-1:2"].reconciled, stored["1-1:6"].reconciled) == (
+        "unconfirmed_landed", "unconfirmed_not_landed", "unconfirmed")
+    # the last balance of each card is the wallet's own
+    for card, wallet in ((ADULT, adult), (STUDENT, student)):
+        record, _slot = fare_core.read_wallet(wallet, card, sam)
+        assert int(Decimal(by_card[card][-1][-1]) * 100) == record.balance
+
+
+async def stored_taps(sessions: async_sessionmaker[AsyncSession]) -> list[TapRow]:
+    async with sessions() as session:
+        return list((await session.execute(select(TapRow))).scalars())
