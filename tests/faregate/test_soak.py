@@ -1,0 +1,61 @@
+"""`faregate soak`: a short run with every fault kind must end with every invariant at 0; and the
+checks themselves must see money the back office does not account for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backend.config import Settings
+from backend.db import make_engine, make_sessionmaker
+from backend.migrate import upgrade
+from faregate.soak import FAULTS
+from faregate.soak_checks import INVARIANTS, Handset, Truth, check
+
+CARD = 0x5EED0000000000A1
+
+
+async def test_the_checks_see_a_charge_and_taps_the_back_office_never_got(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+    engine = make_engine(settings)
+    try:
+        await upgrade(engine, settings)
+        truth = Truth(
+            # the wallet was charged 300 at counter 0 -> 1, and a second phone was never touched
+            handsets=[Handset(CARD, 0, start_balance=1000, start_counter=0, balance=700, counter=1),
+                      Handset(CARD + 1, 0, start_balance=500, start_counter=0, balance=500, counter=0)],
+            journals={"7-1": (3, 3)},  # a gate journaled three taps the back office does not hold
+        )
+        async with make_sessionmaker(engine)() as session:
+            report = await check(session, truth)
+    finally:
+        await engine.dispose()
+    assert set(report.invariants) == set(INVARIANTS)
+    assert report.invariants["card_balance"] == 1 and report.invariants["card_counter"] == 1
+    assert report.invariants["revenue"] == 1 and report.details["revenue_off_fen"] == -300
+    assert report.invariants["taps_lost"] == 3 + 1  # three seqs, and the counter step 0 -> 1
+    assert report.details["counter_steps_missing"] == [{"card": f"{CARD:016x}", "counter": 0}]
+    assert report.invariants["suspense"] == 0 and report.invariants["taps_doubled"] == 0
+    assert not report.ok
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_short_soak_injects_every_fault_and_every_fen_is_accounted_for(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "faregate.cli", "soak", "--duration", "25", "--fault-rate", "1.5",
+         "--riders", "30", "--seed", "7", "--json", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=280,
+    )
+    assert done.stdout.strip(), done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    missing = [kind for kind in FAULTS if result["faults"][kind] < 1]
+    assert not missing, f"fault kinds never injected: {missing}; {result['faults']}"
+    assert result["invariants"] == dict.fromkeys(INVARIANTS, 0), json.dumps(result["details"], indent=1)
+    assert result["ok"] and done.returncode == 0, done.stderr[-3000:]
+    assert result["details"]["taps_stored"] == result["details"]["taps_journaled"] > 10
+    assert result["details"]["excluded_from_card_checks"]  # the clone is named, not silently skipped
