@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from backend import audit
 from backend.ingest.store import RawMessage, TapStore
 from backend.processor import Processor
-from backend import audit
 from backend.tables import ActionRow, AlarmRow, FareTableRow, LedgerEntryRow, PhoneRow, TapRow, TripRow
 from fare_core.reasons import Direction
 from faregate.simgate import SimGate, new_phone, tiny_artefact
@@ -202,7 +202,8 @@ async def test_unconfirmed_write_is_settled_by_the_next_tap(migrated: Any) -> No
         assert [(e.kind, e.tap_id) for e in entries if e.card_id == f"{landed_card:016x}"] == [
             ("opening", "1-1:1"), ("fare", "4-1:1")]  # an entry of fare 0 moves nothing: no entry
         assert (await audit.account_totals(session))["suspense"] == 0
-        trip = (await session.execute(select(TripRow).where(TripRow.card_id == f"{landed_card:016x}"))).scalar_one()
+        trip = (await session.execute(
+            select(TripRow).where(TripRow.card_id == f"{landed_card:016x}"))).scalar_one()
         assert (trip.state, trip.entry_tap_id, trip.exit_tap_id) == ("complete", "1-1:1", "4-1:1")
 
 
