@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import frictionless
+import httpx
 import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import fare_core
 from backend import tides
+from backend.api.main import create_app
 from backend.ingest.store import RawMessage, TapStore
 from backend.processor import Processor
 from backend.tables import ActionRow, FareTableRow, LedgerEntryRow, PostingRow, TapRow
@@ -26,7 +28,8 @@ from fare_core import DEVELOPMENT_SAM_KEY
 from fare_core.reasons import Direction, Flag, Reason
 from faregate.simgate import SimGate, new_phone, tiny_artefact
 from protocol.mqtt import TapMessage, Topics, encode, with_mac
-from tests.backend.conftest import make_settings
+from tests.backend.conftest import BrokerInfo, Database, make_settings
+from tests.backend.test_api import ADMIN, Api
 
 SCHEMA = Path(__file__).parents[1] / "fixtures" / "tides" / "fare_transactions.schema.json"  # vendored
 CARD = "00000000000000a1"
@@ -412,3 +415,46 @@ async def test_the_export_of_taps_the_processor_posted(migrated: Any) -> None:
 async def stored_taps(sessions: async_sessionmaker[AsyncSession]) -> list[TapRow]:
     async with sessions() as session:
         return list((await session.execute(select(TapRow))).scalars())
+
+
+# --- the route ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def api(database: Database, broker: BrokerInfo) -> AsyncIterator[Api]:
+    """The app in-process, as tests/backend/test_api.py runs it."""
+    settings = make_settings(database, broker)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield Api(client, app, settings)
+
+
+@pytest.mark.security
+async def test_the_route_answers_operators_only_and_within_the_window(api: Api) -> None:
+    """No token or a forged one: 401. A viewer gets the taps of the window asked, as a valid table."""
+    admin = await api.login(**ADMIN)
+    viewer = await api.account(admin, "vera", "viewer")
+    gate, wallet, taps = SimGate(1), new_phone(ADULT), []
+    delta = SimGate(4)
+    for day in (24, 25):
+        entry, wallet = gate.tap(wallet, ADULT, Direction.ENTRY, datetime(2026, 11, day, 2, tzinfo=UTC))
+        exit_, wallet = delta.tap(wallet, ADULT, Direction.EXIT, datetime(2026, 11, day, 2, 30, tzinfo=UTC))
+        taps += [entry, exit_]
+    messages = [RawMessage(api.topics.taps(t.gate_id), encode(t)) for t in taps]
+    await TapStore(api.app.state.sessions).store(messages)
+    url = "/api/v1/taps/export/tides.csv"
+    assert (await api.client.get(url)).status_code == 401
+    assert (await api.client.get(url, headers={"Authorization": "Bearer forged"})).status_code == 401
+    window = {"since": "2026-11-25T00:00:00Z", "until": "2026-11-26T00:00:00Z"}
+    response = await api.client.get(url, headers=viewer, params=window)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    assert 'filename="fare_transactions.csv"' in response.headers["content-disposition"]
+    assert validate(response.text).valid
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert [(r["transaction_id"], r["fare_action"], r["amount"], r["service_date"]) for r in rows] == [
+        ("1-1:2", "Enter", "0.00", "2026-11-25"),
+        ("4-1:2", "Exit", "4.00", "2026-11-25"),
+    ]
