@@ -48,12 +48,41 @@ def with_dashboard(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backend.api.main, "create_app", create_app)
 
 
+class Backend:
+    """The backend runtime on a fixed port, which a test can stop (the board must notice) and start again
+    on the same database and port (the board must recover)."""
+
+    def __init__(self, settings: Settings, port: int) -> None:
+        self.settings, self.port = settings, port
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        assert self._task is None or self._task.done(), "the backend is already running"
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(
+            serve(self.settings, api=True, ingest=True, port=self.port, stop=self._stop))
+
+    async def stop(self) -> None:
+        """Stop it and wait until it has let go of its port."""
+        if self._task is None:
+            return
+        self._stop.set()
+        await asyncio.wait_for(self._task, 30)
+        self._task = None
+
+    async def first_login(self, client: httpx.AsyncClient) -> str:
+        assert self._task is not None
+        return await _first_login(client, self.settings, self._task)
+
+
 @dataclass
 class System:
     settings: Settings
     base: str  # http://127.0.0.1:port
     api: httpx.AsyncClient  # logged in as the admin
     station: SimStation | None
+    backend: Backend
 
 
 async def login(client: httpx.AsyncClient, username: str, password: str) -> str:
@@ -75,23 +104,21 @@ async def running_system(
             mqtt_url=broker.url, mqtt_version="3.1.1", ingest_group="",  # type: ignore[arg-type]
             mqtt_prefix=f"d{uuid.uuid4().hex[:8]}", ingest_client_id=f"ingest-{uuid.uuid4().hex[:8]}",
             ingest_batch_wait_ms=5)
-        port = free_port()
-        stop = asyncio.Event()
-        backend_task = asyncio.create_task(serve(settings, api=True, ingest=True, port=port, stop=stop))
+        backend = Backend(settings, free_port())
+        backend.start()
         try:
-            base = f"http://127.0.0.1:{port}"
+            base = f"http://127.0.0.1:{backend.port}"
             async with httpx.AsyncClient(base_url=base, timeout=20) as client:
-                token = await _first_login(client, settings, backend_task)
+                token = await backend.first_login(client)
                 client.headers["Authorization"] = f"Bearer {token}"
                 if specs:
                     async with SimStation(tmp_path / "gates", specs, Population(phones), None, device=DEVICE,
                                           mqtt_url=broker.url, prefix=settings.mqtt_prefix) as station:
-                        yield System(settings, base, client, station)
+                        yield System(settings, base, client, station, backend)
                 else:
-                    yield System(settings, base, client, None)
+                    yield System(settings, base, client, None, backend)
         finally:
-            stop.set()
-            await asyncio.wait_for(backend_task, 30)
+            await backend.stop()
     finally:
         await broker.stop()
 
@@ -127,9 +154,9 @@ async def chromium() -> AsyncIterator[Any]:
             await browser.close()
 
 
-async def new_page(browser: Any, errors: list[str]) -> Any:
+async def new_page(browser: Any, errors: list[str], width: int = 1400, height: int = 1600) -> Any:
     """A page whose JavaScript errors are collected (a test asserts there were none)."""
-    page = await browser.new_page(viewport={"width": 1400, "height": 1600})
+    page = await browser.new_page(viewport={"width": width, "height": height})
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     page.set_default_timeout(20_000)
@@ -141,6 +168,53 @@ async def screenshot(page: Any, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+#: Phone and desk sizes the pages must fit without sideways scrolling (issue #14).
+VIEWPORTS = {"phone": (390, 844), "desk": (1440, 900)}
+
+_LAYOUT_FAULTS = """() => {
+  const width = window.innerWidth, faults = [];
+  const root = document.documentElement;
+  if (root.scrollWidth > width) faults.push(`page is ${root.scrollWidth} px wide in a ${width} px window`);
+  for (const el of document.body.querySelectorAll("*")) {
+    const box = el.getBoundingClientRect();
+    if (!box.width || !box.height || getComputedStyle(el).visibility === "hidden") continue;
+    const name = () => el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+      (typeof el.className === "string" && el.className ? "." + el.className : "") +
+      `: ${(el.textContent || "").trim().slice(0, 40)}`;
+    if (box.right > width + 0.5 || box.left < -0.5) {
+      faults.push(`${name()} spans ${Math.round(box.left)}..${Math.round(box.right)} px of ${width}`);
+      continue;
+    }
+    // inside the window but cut off by a scrolling or clipping box (a table column hidden in its card)
+    for (let up = el.parentElement; up && up !== document.body; up = up.parentElement) {
+      if (getComputedStyle(up).overflowX === "visible") continue;
+      const clip = up.getBoundingClientRect();
+      const right = clip.left + up.clientLeft + up.clientWidth;
+      if (box.right > right + 0.5) {
+        faults.push(`${name()} reaches ${Math.round(box.right)} px, past its box's ${Math.round(right)}`);
+      }
+      break;
+    }
+  }
+  return faults;
+}"""
+
+
+async def layout_faults(page: Any) -> list[str]:
+    """What does not fit the window: the page wider than it (scrollWidth > innerWidth), any visible
+    element reaching past its edges, or one cut off by a scrolling box (a table column hidden in its
+    card, which the page's own width would not show)."""
+    return list(await page.evaluate(_LAYOUT_FAULTS))
+
+
+async def assert_beside(page: Any, control: str, feedback: str) -> None:
+    """The feedback shows right below the control that caused it (not at the top of a long page)."""
+    said, by = await page.locator(feedback).bounding_box(), await page.locator(control).bounding_box()
+    assert said is not None and by is not None, (control, feedback)
+    gap = said["y"] - (by["y"] + by["height"])
+    assert 0 <= gap < 80, f"{feedback} is {gap:.0f} px from {control}"
 
 
 async def ui_login(page: Any, base: str, username: str, password: str) -> None:
@@ -164,4 +238,5 @@ async def wait_until(predicate: Callable[[], Any], timeout: float, what: str) ->
         await asyncio.sleep(0.1)
 
 
-__all__ = ["API", "TINY_RULES", "GateSpec", "Phone", "System"]
+__all__ = ["API", "TINY_RULES", "VIEWPORTS", "Backend", "GateSpec", "Phone", "System", "assert_beside",
+           "layout_faults"]

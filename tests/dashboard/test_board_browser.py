@@ -13,7 +13,17 @@ from backend.payments import SimulatedProvider
 from faregate.station import GateSpec
 from firmware_sim.population import Phone
 
-from .system import API, TINY_RULES, chromium, new_page, running_system, screenshot, ui_login, wait_until
+from .system import (
+    API,
+    TINY_RULES,
+    assert_beside,
+    chromium,
+    new_page,
+    running_system,
+    screenshot,
+    ui_login,
+    wait_until,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -37,7 +47,8 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         # publish a fare table from the board; every gate adopts it and the gate list shows its version
         await page.fill("#fare-rules", TINY_RULES.read_text(encoding="utf-8"))
         await page.click("#fare-form button[type=submit]")
-        await page.wait_for_selector("#flash.ok >> text=/Fare table version 1/")
+        await page.wait_for_selector("#fare-feedback.ok >> text=/Fare table version 1/")
+        await assert_beside(page, "#fare-form button[type=submit]", "#fare-feedback")
         for gate in ("1-1", "1-2", "3-3"):
             await page.wait_for_selector(f"#stations tr[data-gate='{gate}'] td.fare-version:text-is('1')")
         everyone = f"{len(SPECS)} / {len(SPECS)}"
@@ -54,7 +65,7 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         # (tailgating if the barrier is still open when they pass, forced door if it has closed)
         gate_alarms = "#stations tr[data-gate='1-2'] td.gate-alarms"
         await page.wait_for_selector(f"{gate_alarms}:text-matches('(tailgating|forced) 1')")
-        await page.wait_for_selector("#stations tr[data-gate='1-2'] td:text('p99')")
+        await page.wait_for_selector("#stations tr[data-gate='1-2'] td.latency:has-text('p99')")
         alarm = page.locator("#alarms tr[data-kind='tailgating'], #alarms tr[data-kind='forced_door']")
         assert "1-2" in await alarm.inner_text()
 
@@ -63,8 +74,9 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         await page.click("#phone-form button[type=submit]")
         await page.fill("#block-reason", "reported stolen at the counter")
         await page.click("#block-btn")
-        flash = page.locator("#flash.ok", has_text="deny-list version")
+        flash = page.locator("#block-feedback.ok", has_text="deny-list version")
         await flash.wait_for()
+        await assert_beside(page, "#block-btn", "#block-feedback")
         version = int(re.search(r"deny-list version (\d+)", await flash.inner_text()).group(1))  # type: ignore[union-attr]
         await wait_until(lambda: all(g.state.denylist.version >= version for g in system.station.gates), 15,
                          "every gate holds the new deny-list")
@@ -74,13 +86,15 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         assert refused.passed_at is None
         row = page.locator(f"#recent tr[data-card='{BLOCKED:016x}'][data-result='DENIED']")
         await row.wait_for()
-        assert "DENYLISTED" in await row.inner_text()
+        assert await row.get_attribute("data-reason") == "DENYLISTED"
+        said = await row.inner_text()  # what the gate's display told the rider, in both languages
+        assert "Phone blocked" in said and "此卡已挂失" in said and "DENYLISTED" not in said, said
         await page.wait_for_selector("#phone-taps tr[data-result='DENIED']")  # the phone's own view too
         await page.wait_for_selector(f"#blocked-list a[data-phone='{BLOCKED:016x}']")
         # the figures refresh on the board's 2 s poll: wait for the value, then read it
         await page.wait_for_selector("#kpi-denied:text-is('1')")
         assert await page.inner_text("#kpi-denied") == "1"
-        await page.wait_for_selector("#chart-denials svg >> text=DENYLISTED")
+        await page.wait_for_selector("#chart-denials .hbar[data-reason='DENYLISTED'] >> text=/Phone blocked/")
         await screenshot(page, "board-blocked-phone-denied")
 
         # emergency free exit for station 1, then back to normal: the gates report the mode they are in
@@ -89,10 +103,39 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
             await page.wait_for_selector(f"#stations tr[data-gate='{gate}'] td:text-is('FREE EXIT')")
         assert await page.locator("#stations tr[data-gate='3-3'] td:text-is('NORMAL')").count() == 1
         await page.wait_for_selector(".station[data-station='1'] .badge:text('EMERGENCY FREE EXIT')")
+        said = ".station[data-station='1'] .station-feedback"
+        await page.wait_for_selector(f"{said}.ok >> text=/2 gates commanded/")
+        await assert_beside(page, "button[data-mode='1'][data-station='1']", said)
         await screenshot(page, "board-free-exit")
         await page.click("button[data-mode='0'][data-station='1']")
         for gate in ("1-1", "1-2"):
             await page.wait_for_selector(f"#stations tr[data-gate='{gate}'] td:text-is('NORMAL')")
+
+        # unblocked, the phone reads active, without the reason it was blocked for
+        await page.click("#unblock-btn")
+        await page.wait_for_selector("#block-feedback.ok >> text=/unblocked/")
+        await page.wait_for_selector("#phone-status[data-status='active']")
+        assert "Active" in await page.inner_text("#phone-status")
+        assert "reported stolen" not in await page.inner_text("#phone-detail")
+
+        # a top-up from the board, written at the rider's exit: the ledger tells it from the fare
+        await page.fill("#phone-id", f"{RIDER:016x}")
+        await page.click("#phone-form button[type=submit]")
+        await page.wait_for_selector(f"#phone-detail dl[data-card='{RIDER:016x}']")
+        await page.fill("#topup-yuan", "20")
+        await page.click("#topup-form button[type=submit]")
+        await page.wait_for_selector("#topup-feedback.ok >> text=/Top-up of ¥20.00 queued/")
+        await assert_beside(page, "#topup-form button[type=submit]", "#topup-feedback")
+        exit_gate = system.station.gates[2]
+        await wait_until(lambda: exit_gate.state.action_for(RIDER) is not None, 15,
+                         "the exit gate holds the top-up")
+        assert (await system.station.tap(RIDER, 2)).passed_at is not None
+        topup = page.locator("#phone-ledger tr[data-kind='topup']")
+        await topup.wait_for()
+        assert "Top-up" in await topup.inner_text() and "+¥20.00" in await topup.inner_text()
+        fare = page.locator("#phone-ledger tr[data-kind='fare']")
+        assert "Fare" in await fare.first.inner_text() and "-¥" in await fare.first.inner_text()
+        await screenshot(page, "board-phone-ledger")
 
         # the summary behind the board agrees with the database
         summary = (await system.api.get("/dashboard/api/summary")).json()
@@ -132,6 +175,10 @@ async def test_a_gate_going_offline_shows_on_the_board(
         await alarm.wait_for()
         assert "1-2" in await alarm.inner_text()
         await screenshot(page, "board-gate-offline")
+        # acknowledged: said beside the alarm list, and the alarm leaves it
+        await alarm.locator("button[data-ack]").click()
+        await page.wait_for_selector("#alarm-feedback.ok >> text=/Acknowledged: gate offline/")
+        await alarm.wait_for(state="detached")
     assert errors == []
 
 
@@ -188,17 +235,25 @@ async def test_commuter_page_shows_balance_tops_up_and_reports_a_lost_phone(
         # rules that do not parse: a clear refusal on the board, and no version published
         await page.fill("#fare-rules", "this is = not [toml")
         await page.click("#fare-form button[type=submit]")
-        refusal = page.locator("#flash.error")
+        refusal = page.locator("#fare-feedback.error")
         await refusal.wait_for()
+        await assert_beside(page, "#fare-form button[type=submit]", "#fare-feedback")
         assert "422" in await refusal.inner_text() and "fare rules invalid" in await refusal.inner_text()
         assert (await system.api.get(f"{API}/fare-tables")).json() == []
         # valid rules to take effect later: published now with that activation time
         await page.fill("#fare-rules", TINY_RULES.read_text(encoding="utf-8"))
         await page.fill("#fare-activate", "2030-01-01T08:00")
         await page.click("#fare-form button[type=submit]")
-        await page.wait_for_selector("#flash.ok >> text=/Fare table version 1/")
+        await page.wait_for_selector("#fare-feedback.ok >> text=/Fare table version 1/")
         [table] = (await system.api.get(f"{API}/fare-tables")).json()
         assert table["activate_at"].startswith(("2030-01-01", "2029-12-31"))  # the browser's time zone
+        # version 2, then version 1's rules published again from the list: said beside the list
+        await page.fill("#fare-activate", "")
+        await page.click("#fare-form button[type=submit]")
+        await page.wait_for_selector("#fare-feedback.ok >> text=/Fare table version 2/")
+        await page.click("button[data-rollback='1']")
+        await page.wait_for_selector("#rollback-feedback.ok >> text=/published again as version 3/")
+        assert [t["version"] for t in (await system.api.get(f"{API}/fare-tables")).json()] == [3, 2, 1]
 
         # the operator issues the commuter's token from the board
         await page.fill("#phone-id", card)
@@ -219,8 +274,9 @@ async def test_commuter_page_shows_balance_tops_up_and_reports_a_lost_phone(
 
         await commuter.fill("#amount", "12.50")
         await commuter.click("#topup-form button[type=submit]")
-        flash = commuter.locator("#flash.ok")
+        flash = commuter.locator("#topup-feedback.ok")
         await flash.wait_for()
+        await assert_beside(commuter, "#topup-form button[type=submit]", "#topup-feedback")
         # a top-up is a payment intent: nothing is credited until the provider's signed confirmation
         assert (await system.api.get(f"{API}/actions", params={"card_id": card})).json() == []
         reference = re.search(r"reference (pi_[0-9a-f]+)", await flash.inner_text())
@@ -234,7 +290,7 @@ async def test_commuter_page_shows_balance_tops_up_and_reports_a_lost_phone(
 
         await commuter.fill("#amount", "12.345")  # bad input: a clear message, nothing sent
         await commuter.click("#topup-form button[type=submit]")
-        await commuter.wait_for_selector("#flash.error")
+        await commuter.wait_for_selector("#topup-feedback.error")
         assert len((await system.api.get(f"{API}/actions", params={"card_id": card})).json()) == 1
         await screenshot(commuter, "commuter")
 

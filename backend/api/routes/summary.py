@@ -1,25 +1,32 @@
 """GET /dashboard/api/summary: what the live board shows that the REST API has no cheap call for.
 
 Taps per minute over the last half hour, and per gate and per denial reason for the current service
-day, computed with GROUP BY in the database so a 2-second poll stays cheap on a busy network.
+day, computed with GROUP BY in the database so a 2-second poll stays cheap on a busy network. Reasons
+come in words, Chinese and English, from the texts the gate's display shows (fare_core.reasons):
+GET /dashboard/api/reasons gives every code's words once, for the pages' other tables. The station
+names are stations.py's, included under the same prefix.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 from sqlalchemy import case, func, select
 
 import fare_core
+from fare_core.reasons import display_text, yuan
 
 from ...config import Settings
 from ...tables import TapRow
 from ..deps import SessionDep, SettingsDep, ViewerDep
+from . import stations
 
 router = APIRouter(tags=["dashboard"])
+router.include_router(stations.router)  # GET /stations: one prefix for what the pages read
 
 #: Bound on the taps read for the per-minute chart (one row per tap, a few columns).
 CHART_MAX_TAPS = 200_000
@@ -42,15 +49,31 @@ class GateDay(BaseModel):
     max_latency_us: int
 
 
+class ReasonWords(BaseModel):
+    """A reason code in words, as the gate's display says it (amounts left out: "" for plain OK)."""
+
+    reason: int
+    name: str  # the code's name, e.g. NO_ENTRY
+    zh: str
+    en: str
+
+
+class ReasonCount(ReasonWords):
+    taps: int
+
+
 class RecentTap(BaseModel):
     tap_id: str
     gate_id: str
+    station_id: int
     card_id: str
     time: datetime
     direction: int
     allowed: bool
     reason: int
     reason_name: str
+    reason_zh: str  # what the gate's display showed, amounts included
+    reason_en: str
     fare: int
     balance_after: int
 
@@ -62,6 +85,7 @@ class Summary(BaseModel):
     denied_today: int
     revenue_today_fen: int
     denials_today: dict[str, int]  # reason name -> taps
+    denial_reasons: list[ReasonCount]  # the same, in words, most taps first
     per_minute: list[MinuteCount]
     gates: list[GateDay]
     recent: list[RecentTap]
@@ -69,6 +93,26 @@ class Summary(BaseModel):
 
 def reason_name(code: int) -> str:
     return fare_core.Reason(code).name if code in fare_core.Reason._value2member_map_ else str(code)
+
+
+#: Fen no real amount has: display_text() is formatted with it, then the amount and its label are cut.
+_PLACEHOLDER_FEN = 987_654_321
+_MARK = re.escape(yuan(_PLACEHOLDER_FEN))
+_AMOUNT_ZH = re.compile(rf"(?:扣费|余额)?\s*{_MARK}\s*元")
+_AMOUNT_EN = re.compile(rf"(?:Fare |Balance |fare )?¥{_MARK}")
+_DASHES = re.compile(r"\s+-(?:\s+-)+\s+")
+
+
+def _without_amounts(text: str, amount: re.Pattern[str]) -> str:
+    text = _DASHES.sub(" - ", amount.sub("", text))
+    return " ".join(text.split()).strip(" -")
+
+
+def reason_words(code: int) -> ReasonWords:
+    """The gate display's words for a reason without the rider's amounts: for counts and tables."""
+    zh, en = display_text(code, _PLACEHOLDER_FEN, _PLACEHOLDER_FEN)
+    return ReasonWords(reason=code, name=reason_name(code), zh=_without_amounts(zh, _AMOUNT_ZH),
+                       en=_without_amounts(en, _AMOUNT_EN))
 
 
 def service_day_start(now: datetime, settings: Settings) -> datetime:
@@ -128,7 +172,11 @@ async def summary(
         .group_by(TapRow.reason)
         .order_by(TapRow.reason)
     )
-    denials = {reason_name(int(r)): int(n) for r, n in reasons.all()}
+    counts = [(int(r), int(n)) for r, n in reasons.all()]
+    denials = {reason_name(r): n for r, n in counts}
+    denial_reasons = [
+        ReasonCount(**reason_words(r).model_dump(), taps=n) for r, n in sorted(counts, key=lambda c: -c[1])
+    ]
 
     first_minute = (now - timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
     buckets = {first_minute + timedelta(minutes=i): [0, 0] for i in range(minutes)}
@@ -146,16 +194,20 @@ async def summary(
         RecentTap(
             tap_id=t.tap_id,
             gate_id=t.gate_id,
+            station_id=t.station_id,
             card_id=t.card_id,
             time=_utc(t.time),
             direction=t.direction,
             allowed=t.allowed,
             reason=t.reason,
             reason_name=reason_name(t.reason),
+            reason_zh=zh,
+            reason_en=en,
             fare=t.fare,
             balance_after=t.balance_after,
         )
         for t in recent_rows.scalars()
+        for zh, en in [display_text(t.reason, t.fare, t.balance_after)]
     ]
     return Summary(
         now=now,
@@ -164,7 +216,15 @@ async def summary(
         denied_today=sum(g.denied for g in gates),
         revenue_today_fen=sum(g.fen for g in gates),
         denials_today=denials,
+        denial_reasons=denial_reasons,
         per_minute=[MinuteCount(minute=m, allowed=a, denied=d) for m, (a, d) in buckets.items()],
         gates=gates,
         recent=recent,
     )
+
+
+@router.get("/reasons", response_model=list[ReasonWords])
+async def reason_list(response: Response) -> list[ReasonWords]:
+    """Every reason code in words (no amounts); open to anyone: the gates show them to everyone."""
+    response.headers["Cache-Control"] = "no-cache"
+    return [reason_words(code) for code in sorted(fare_core.Reason)]

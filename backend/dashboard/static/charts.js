@@ -1,4 +1,4 @@
-/* Two small SVG charts drawn by hand: stacked bars per minute and horizontal bars per category. */
+/* Two small charts drawn by hand: stacked SVG bars per minute, and HTML bars per denial reason. */
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -32,29 +32,26 @@ function drawMinuteBars(container, series) {
     g.appendChild(svgEl("rect", { x, y: height - bottom - hOk, width: w, height: hOk, class: "bar-ok" }));
     g.appendChild(svgEl("rect", { x, y: height - bottom - hOk - hBad, width: w, height: hBad, class: "bar-bad" }));
     svg.appendChild(g);
-    if (i % 5 === 0 || i === series.length - 1) {
-      svg.appendChild(svgEl("text", { x: x + w / 2, y: height - 5, class: "axis", "text-anchor": "middle" }, s.label));
+    const last = i === series.length - 1;
+    if ((i % 5 === 0 && series.length - i > 3) || last) { // the newest minute's label ends at the edge
+      const at = last ? { x: width, "text-anchor": "end" } : { x: x + w / 2, "text-anchor": "middle" };
+      svg.appendChild(svgEl("text", { ...at, y: height - 5, class: "axis" }, s.label));
     }
   });
   container.replaceChildren(svg);
 }
 
-/** Horizontal bars: entries = [[label, count]]. */
-function drawCategoryBars(container, entries) {
+/** Denials by reason: one row per reason, its words in both languages beside a bar (HTML, so the words
+    wrap on a phone). entries = [{reason, name, en, zh, taps}], most taps first. */
+function drawReasonBars(container, entries) {
   if (!entries.length) {
     container.innerHTML = '<p class="muted">No denials today.</p>';
     return;
   }
-  const rowH = 22, labelW = 190, width = 560;
-  const height = entries.length * rowH + 4;
-  const max = Math.max(1, ...entries.map((e) => e[1]));
-  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "denials by reason" });
-  entries.forEach(([label, count], i) => {
-    const y = i * rowH + 2;
-    const w = ((width - labelW - 50) * count) / max;
-    svg.appendChild(svgEl("text", { x: labelW - 6, y: y + 15, class: "axis", "text-anchor": "end" }, label));
-    svg.appendChild(svgEl("rect", { x: labelW, y: y + 3, width: Math.max(1, w), height: rowH - 6, class: "bar-bad" }));
-    svg.appendChild(svgEl("text", { x: labelW + w + 6, y: y + 15, class: "axis" }, String(count)));
-  });
-  container.replaceChildren(svg);
+  const max = Math.max(1, ...entries.map((e) => e.taps));
+  container.innerHTML = `<div class="hbars" role="img" aria-label="denials by reason">${entries.map((e) => `
+    <div class="hbar" data-reason="${esc(e.name)}" title="${esc(e.name)}: ${e.taps}">
+      <span class="label">${reasonHtml(e.reason, e.en, e.zh) || esc(e.name)}</span>
+      <span class="track"><span class="fill" style="width: ${((85 * e.taps) / max).toFixed(1)}%"></span><span class="count">${e.taps}</span></span>
+    </div>`).join("")}</div>`;
 }
