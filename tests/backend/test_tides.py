@@ -313,7 +313,8 @@ def recovered(gate: SimGate, wallet: bytes, card: int, when: datetime, direction
 async def test_the_export_of_taps_the_processor_posted(migrated: Any) -> None:
     """Through fare_core and the real processor: an action of each kind delivered, a transfer the rule
     made free, one it only discounted, capped legs (one also a transfer), an unconfirmed exit that
-    landed with its RECOVERED re-tap, one that did not land, one not resolved yet."""
+    landed (with the adjustment it delivered) and its RECOVERED re-tap, one that did not land, one not
+    resolved yet."""
     database, _engine, sessions = migrated
     async with sessions.begin() as session:
         session.add(FareTableRow(version=1, name="tiny", rules="", artefact=tiny_artefact(),
@@ -321,7 +322,7 @@ async def test_the_export_of_taps_the_processor_posted(migrated: Any) -> None:
         actions = {kind: ActionRow(card_id=f"{card:016x}", kind=kind, topup=amount, state="pending",
                                    created_at=START)
                    for kind, card, amount in (("topup", ADULT, 1000), ("transfer", ADULT, 700),
-                                              ("refund", STUDENT, 300))}
+                                              ("refund", STUDENT, 300), ("adjustment", STUDENT, 200))}
         session.add_all(actions.values())
     alpha, bravo, charlie, delta, bus = (SimGate(n) for n in (1, 2, 3, 4, 50))
     sam = fare_core.Sam(DEVELOPMENT_SAM_KEY)
@@ -354,7 +355,9 @@ async def test_the_export_of_taps_the_processor_posted(migrated: Any) -> None:
     student = ride(delta, student, STUDENT, Direction.EXIT, at(2, 31))  # 400 at half price
     student = ride(bus, student, STUDENT, Direction.ENTRY, at(2, 41))  # 100 - 100: a free transfer
     student = ride(alpha, student, STUDENT, Direction.ENTRY, at(3, 1), "refund")
-    lost_answer, landed = charlie.tap(student, STUDENT, Direction.EXIT, at(3, 31))  # A-C 300, half
+    adjustment = actions["adjustment"]  # delivered by the exit whose answer is lost: posted when it lands
+    lost_answer, landed = charlie.tap(student, STUDENT, Direction.EXIT, at(3, 31), topup=adjustment.topup,
+                                      action_id=adjustment.id)  # A-C 300, half
     taps += [unconfirmed(lost_answer, charlie), recovered(charlie, landed, STUDENT, at(3, 31, 20),
                                                             Direction.EXIT)]
     student = ride(charlie, landed, STUDENT, Direction.ENTRY, at(3, 50))
@@ -397,9 +400,10 @@ async def test_the_export_of_taps_the_processor_posted(migrated: Any) -> None:
         ("50-1:4", "Transfer entrance", "0.00", "false", "28.00"),  # the transfer rule made it free
         ("1-1:5:refund", "Adjust", "3.00", "false", "31.00"),
         ("1-1:5", "Enter", "0.00", "false", "31.00"),
-        ("3-1:1", "Exit", "1.50", "false", "29.50"),  # unconfirmed, landed: once, not its re-tap 3-1:2
-        ("3-1:3", "Enter", "0.00", "false", "29.50"),
-        ("2-1:3", "Exit", "1.00", "false", "28.50"),  # the retry of 2-1:2, which did not land
+        ("3-1:1:adjustment", "Adjust", "2.00", "false", "33.00"),  # in the landed entry's legs
+        ("3-1:1", "Exit", "1.50", "false", "31.50"),  # unconfirmed, landed: once, not its re-tap 3-1:2
+        ("3-1:3", "Enter", "0.00", "false", "31.50"),
+        ("2-1:3", "Exit", "1.00", "false", "30.50"),  # the retry of 2-1:2, which did not land
     ]  # 1-1:6, unconfirmed and not resolved yet, is not there
     stored = {tap.tap_id: tap for tap in await stored_taps(sessions)}
     assert Flag(stored["50-1:3"].flags) & (Flag.TRANSFER | Flag.CAPPED) == Flag.TRANSFER | Flag.CAPPED
