@@ -13,11 +13,14 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+from sqlalchemy import select
 
 import fare_core
 from backend.api.main import create_app
 from backend.ingest.store import RawMessage, TapStore
+from backend.payments import SimulatedProvider
 from backend.processor import Processor
+from backend.tables import LedgerEntryRow
 from faregate.simgate import TINY, SimGate, SimUplink
 from protocol.mqtt import DenyListDeltaMessage, DenyListSnapshotMessage, GateCommand, Topics, encode
 from tests.backend.conftest import BrokerInfo, Database, make_settings, make_tap, wait_for
@@ -280,3 +283,90 @@ async def test_mode_command_reaches_the_gate_and_reports_count_taps(api: Api, br
     assert [(r["keys"]["name"], r["taps"]) for r in denials] == [("INSUFFICIENT_BALANCE", 1)]
     latency = (await api.client.get("/api/v1/reports/latency", headers=admin)).json()
     assert [(r["gate_id"], r["taps"], r["max_us"]) for r in latency] == [("12-3", 3, 400)]
+
+
+async def test_every_kind_of_money_movement_is_a_balanced_entry(api: Api) -> None:
+    """Each way money moves (docs/ledger.md) through the API and the processor: operator grants and a
+    counter top-up (one cancelled), a provider's payment, deliveries at taps, an unconfirmed write that
+    landed and one that did not, a lost phone's transfer. Every entry balances, the accounts sum to zero,
+    revenue is landed fares only, and the phone's ledger reads in counter order with its legs."""
+    admin = await api.login(**ADMIN)
+    sessions = api.app.state.sessions
+    processor = Processor(api.settings.model_copy(update={"reconcile": False}), sessions)
+    store = TapStore(sessions)
+
+    async def taps(*made: Any) -> None:
+        await store.store([RawMessage(api.topics.taps(t.gate_id), encode(t)) for t in made])
+        while await processor.run_once():
+            pass
+
+    async def action(**body: Any) -> int:
+        response = await api.client.post("/api/v1/actions", headers=admin, json={"card_id": CARD, **body})
+        assert response.status_code == 201, response.text
+        return int(response.json()["id"])
+
+    await taps(make_tap(1, balance_before=1000, balance_after=1000))
+    refund, adjustment = await action(kind="refund", topup=300), await action(kind="adjustment", topup=200)
+    counter = await action(topup=500, reason="cash at the desk")
+    cancel = await api.client.post(f"/api/v1/actions/{counter}/cancel", headers=admin)
+    assert cancel.status_code == 200, cancel.text
+    token = (await api.client.post(f"/api/v1/phones/{CARD}/commuter-token", headers=admin)).json()["token"]
+    me = {"Authorization": f"Bearer {token}"}
+    intent = (await api.client.post("/api/v1/me/topup", headers=me, json={"amount": 1000})).json()
+    provider = SimulatedProvider(api.settings.payment_webhook_secret)
+    body, headers = provider.confirmation(intent["reference"], 1000)
+    paid = await api.client.post("/api/v1/payments/confirmations", content=body, headers=headers)
+    assert paid.status_code == 200 and paid.json()["credited"], paid.text
+    payment = paid.json()["action_id"]
+    exit_, entry = fare_core.Direction.EXIT, fare_core.Direction.ENTRY
+    lost = {"allowed": False, "reason": fare_core.Reason.READ_FAILED, "flags": fare_core.Flag.UNCONFIRMED}
+    applied = fare_core.Flag.TOPUP_APPLIED
+    await taps(
+        make_tap(2, direction=exit_, fare=300, balance_before=1000, balance_after=1000, action_id=refund,
+                 topup_applied=300, flags=applied),
+        make_tap(3, balance_before=1000, balance_after=1200, action_id=adjustment, topup_applied=200,
+                 flags=applied),
+        make_tap(4, direction=exit_, fare=200, balance_before=1200, balance_after=1000, **lost),  # landed
+        make_tap(5, direction=entry, balance_before=1000, balance_after=1000),
+        make_tap(6, direction=exit_, fare=200, balance_before=1000, balance_after=800, **lost),  # did not
+        make_tap(7, direction=exit_, fare=200, balance_before=1000, balance_after=800, counter_before=6,
+                 counter_after=7),
+        make_tap(8, balance_before=800, balance_after=1800, counter_before=7, counter_after=8,
+                 action_id=payment, topup_applied=1000, flags=applied),
+    )
+    mine = (await api.client.get("/api/v1/me/ledger", headers=me)).json()
+    listed = (await api.client.get(f"/api/v1/phones/{CARD}/ledger", headers=admin)).json()
+    assert mine == listed
+    assert [(e["kind"], e["counter_after"], e["amount"], e["balance_after"]) for e in listed] == [
+        ("opening", 1, 1000, 1000), ("refund", 3, 300, 1300), ("fare", 3, -300, 1000),
+        ("adjustment", 4, 200, 1200), ("unconfirmed", 5, -200, 1000), ("landed", 5, 0, 1000),
+        ("unconfirmed", 7, -200, 800), ("voided", 7, 200, 1000), ("fare", 7, -200, 800),
+        ("topup", 8, 1000, 1800),
+        ("refund_granted", None, 0, 1800), ("adjustment_granted", None, 0, 1800), ("payment", None, 0, 1800),
+        ("cancelled", None, 0, 1800), ("payment", None, 0, 1800)]
+    assert {leg["account"] for leg in listed[2]["legs"]} == {f"wallet:{CARD}", "revenue:unknown:2026-11-22"}
+    newest = (await api.client.get(f"/api/v1/phones/{CARD}/ledger?newest_first=true&limit=2",
+                                   headers=admin)).json()
+    assert [e["id"] for e in newest] == [e["id"] for e in listed[::-1][:2]]
+    new_card = "00000000cafef00d"
+    moved = await api.client.post("/api/v1/me/report-lost", headers=me, json={"new_card_id": new_card})
+    assert moved.status_code == 200, moved.text
+    transfer = (await api.client.get("/api/v1/actions", headers=admin, params={"card_id": new_card})).json()
+    assert [(a["kind"], a["topup"]) for a in transfer] == [("transfer", 1800)]
+    await taps(make_tap(1, gate_no=4, card_id=0xCAFEF00D, balance_before=0, balance_after=1800,
+                        action_id=transfer[0]["id"], topup_applied=1800, flags=applied))
+    totals = (await api.client.get("/api/v1/reports/ledger", headers=admin)).json()
+    assert (totals["revenue"], totals["suspense"], totals["undelivered"]) == (700, 0, 0)
+    assert totals["accounts"] == {"adjustments": -500, "issuance": -1000, "payments:counter": 0,
+                                  "payments:provider": -1000, "revenue:unknown:2026-11-22": 700,
+                                  "suspense": 0, "undelivered": 0}
+    assert totals["totals"]["wallet"] == 1800 and sum(totals["totals"].values()) == 0
+    revenue = (await api.client.get("/api/v1/reports/revenue", headers=admin)).json()
+    assert [(r["keys"]["day"], r["taps"], r["fen"]) for r in revenue] == [("2026-11-22", 3, 700)]
+    checks = (await api.client.get("/api/v1/reports/audit", headers=admin)).json()
+    assert (checks["unbalanced_entries"], checks["invalid_trips"], checks["head_mismatches"],
+            checks["entries_without_postings"], checks["suspense"]) == (0, 0, 0, 0, 0)
+    kinds = {e["kind"] for e in listed} | {"transfer_out", "transfer"}
+    async with sessions() as session:
+        posted = {e.kind for e in (await session.execute(select(LedgerEntryRow))).scalars()}
+    assert posted == kinds
