@@ -98,3 +98,10 @@ async def test_summary_counts_what_the_taps_say(settings: Settings) -> None:
     assert (gates["9-1"]["max_latency_us"], gates["9-2"]["denied"]) == (3000, 3)
     assert [t["tap_id"] for t in body["recent"][:2]] == ["9-2:5", "9-2:4"]
     assert body["recent"][0]["reason_name"] == "DENYLISTED"
+    # in words, both languages, as the gate's display said them (with the rider's amounts per tap)
+    assert [(d["name"], d["taps"], d["en"], d["zh"]) for d in body["denial_reasons"]] == [
+        ("DENYLISTED", 2, "Phone blocked - see customer service", "此卡已挂失 请到客服中心"),
+        ("INSUFFICIENT_BALANCE", 1, "Insufficient balance - please top up", "余额不足 请充值")]
+    low = body["recent"][1]
+    assert (low["station_id"], low["reason_en"]) == (9, "Insufficient balance ¥50.00 - please top up")
+    assert low["reason_zh"] == "余额不足 余额 50.00 元 请充值"
