@@ -11,14 +11,22 @@ are the ground truth: the phone is charged exactly once whatever happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fare_core import Direction, Flag, Reason, compiler, rules
+from fare_core.record import FLAG_ENTRY_OPEN
 from fare_core.table_data import TableData
 from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
@@ -43,12 +51,30 @@ def table() -> TableData:
     return compiler.compile_rules(rules.load_rules(EXAMPLES / "tiny.toml"), version=3)
 
 
+class WiredStation(SimStation):
+    """A SimStation whose readers are reached through fixed paths (symlinks the simulator re-points),
+    as a gate's config names its port: a power-cycled reader comes back on a new /dev/pts number, and
+    a gate holding the old number could open someone else's pty on a shared machine."""
+
+    async def __aenter__(self) -> SimStation:
+        links = [self.data_dir / f"reader-{i}" for i in range(len(self.specs))]
+        self.sim = Sim(self.device, self.population, gates=len(self.specs), links=links).start()
+        try:
+            for index in range(len(self.specs)):
+                self.gates.append(await self.start_gate(index))
+            await asyncio.sleep(0.05)  # as SimStation: let each gate learn the field
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+
 def rider() -> Population:
     return Population([Phone(card_id=CARD, balance=1000)])
 
 
 def cut_power_during_next_write(sim: Sim, gate: int, card: int, *, after_it_landed: bool,
-                                down_s: float = 0.6) -> threading.Event:
+                                down_s: float = 0.6, phone_leaves: bool = True) -> threading.Event:
     """At `card`'s next wallet write on `gate`, the reader loses power — once the record has landed
     (before its verify answers) or before a byte of it did — and the commuter takes the phone away.
     The gate hears no answer and cannot read the wallet back. Set when it happened."""
@@ -58,7 +84,8 @@ def cut_power_during_next_write(sim: Sim, gate: int, card: int, *, after_it_land
     def power_cut() -> None:  # under the sim lock, at the device time of the write's step
         reader.power_off()  # the write stops where it stands; no answer will come
         device.power_cycle(down_s)  # the port goes away and the device boots afresh
-        sim.withdraw(card, gate)  # the commuter walks off with the phone
+        if phone_leaves:
+            sim.withdraw(card, gate)  # the commuter walks off with the phone
         cut.set()
 
     if after_it_landed:
@@ -128,7 +155,7 @@ def assert_recovered(row: dict[str, Any], seq: int, wallet: bytes) -> None:
 
 async def test_exit_write_landed_answer_lost_the_retap_opens_and_is_journaled_recovered(
         tmp_path: Path, table: TableData) -> None:
-    async with SimStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
+    async with WiredStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
         assert st.sim is not None
         unconfirmed = await enter_then_exit_unconfirmed(st, landed=True)
         landed = st.sim.record(CARD)  # the ground truth: the exit write is on the phone
@@ -151,7 +178,7 @@ async def test_the_same_across_a_gate_restart_after_the_backend_took_the_unconfi
         tmp_path: Path, table: TableData) -> None:
     """The gate restarts between the two taps (its memory is gone), and the backend had already
     committed the UNCONFIRMED row, so the journal no longer holds it: the re-tap still recovers."""
-    async with SimStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
+    async with WiredStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
         assert st.sim is not None
         unconfirmed = await enter_then_exit_unconfirmed(st, landed=True)
         gate = st.gates[EXIT_GATE]
@@ -173,7 +200,7 @@ async def test_the_same_across_a_gate_restart_after_the_backend_took_the_unconfi
 
 async def test_a_write_that_did_not_land_is_decided_afresh_after_a_restart_and_charged_once(
         tmp_path: Path, table: TableData) -> None:
-    async with SimStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
+    async with WiredStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
         assert st.sim is not None
         unconfirmed = await enter_then_exit_unconfirmed(st, landed=False)
         assert st.sim.record(CARD).counter == 1  # nothing of the exit write is on the phone
@@ -193,6 +220,89 @@ async def test_a_write_that_did_not_land_is_decided_afresh_after_a_restart_and_c
         assert (record.counter, record.balance) == (2, 1000 - unconfirmed["fare"])  # charged once
         assert CARD not in gate.controller.unconfirmed and gate.journal.unconfirmed_writes() == []
         assert_wallets_match_journal(st, [CARD])
+
+
+async def test_a_phone_left_on_the_reader_through_the_power_cut_is_recovered_when_it_reboots(
+        tmp_path: Path, table: TableData) -> None:
+    """The commuter keeps the phone on the reader: the gate cannot read it back while the reader is
+    off, and finds it in the field when the reader is back (a FieldChanged and the gate's own poll of
+    the field, both served as one tap): one RECOVERED row, the barrier opens, no second charge."""
+    async with WiredStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
+        assert st.sim is not None
+        await st.tap(CARD, ENTRY_GATE)
+        cut = cut_power_during_next_write(st.sim, EXIT_GATE, CARD, after_it_landed=True, phone_leaves=False)
+        exit_ = await st.tap(CARD, EXIT_GATE, patience_s=6.0)
+        assert cut.is_set() and exit_.passed_at is not None and not exit_.denied
+        gate = st.gates[EXIT_GATE]
+        await wait_until(lambda: gate.journal.last_seq == 2 and gate.controller.final_seq == 2)
+        unconfirmed, recovered = rows(gate)
+        assert unconfirmed["flags"] & Flag.UNCONFIRMED
+        assert_recovered(recovered, 2, st.sim.wallet(CARD))
+        record = st.sim.record(CARD)
+        assert (record.counter, record.balance) == (2, 1000 - unconfirmed["fare"])
+        assert_wallets_match_journal(st, [CARD])
+
+
+async def test_the_same_when_the_gate_process_is_killed_9_between_the_taps(
+        tmp_path: Path, table: TableData) -> None:
+    """`faregate gate` as its own process, SIGKILLed after journaling the UNCONFIRMED tap and started
+    again: the re-tap opens on the landed write, journaled RECOVERED."""
+    station = SimStation(tmp_path, SPECS[1:], rider(), table, device=DEVICE)
+    config = station.prepare(0)
+    toml = tmp_path / "gate.toml"
+    toml.write_text(  # no broker listens on port 1: the gate runs offline, its journal keeps the taps
+        f'station_id = 3\ngate_no = 2\ndirection = "exit"\ndata_dir = "{config.data_dir}"\n'
+        f'sam_key_hex = "{config.sam_key_hex}"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n', encoding="utf-8")
+    journal_path = config.data_dir / "journal.db"
+
+    def journaled() -> list[dict[str, Any]]:
+        if not journal_path.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(f"file:{journal_path}?mode=ro", uri=True)) as db:
+            return [json.loads(p) for (p,) in db.execute("SELECT payload FROM taps ORDER BY seq")]
+
+    with Sim(DEVICE, rider(), gates=1, links=[tmp_path / "reader"]) as sim:
+        entered = sim.wallets.record(CARD)[0]
+        # the rider entered at station 1 (another gate wrote the entry)
+        sim.wallets.issue(dataclasses.replace(entered, counter=1, flags=FLAG_ENTRY_OPEN, entry_station=1,
+                                              entry_time=int(time.time()) - 600))
+        command = [sys.executable, "-m", "faregate.cli", "gate", "--config", str(toml), "--serial",
+                   sim.url(0), "--log-level", "ERROR"]
+
+        async def start_gate() -> subprocess.Popen[bytes]:
+            seen = len(sim.gate(0).records("rx"))
+            proc = subprocess.Popen(command)
+            # up once it has restored the barrier and display and polled the field (3 requests)
+            await asyncio.to_thread(sim.wait_for, lambda: len(sim.gate(0).records("rx")) >= seen + 3, 30)
+            return proc
+
+        proc = await start_gate()
+        try:
+            cut = cut_power_during_next_write(sim, 0, CARD, after_it_landed=True)
+            first = sim.present(CARD, 0, direction=Direction.EXIT, patience_s=1.5)
+            await asyncio.to_thread(sim.wait, first, 10)
+            assert cut.is_set() and first.passed_at is None
+            await wait_until(lambda: [r["flags"] & Flag.UNCONFIRMED for r in journaled()]
+                             == [Flag.UNCONFIRMED])
+        finally:
+            proc.send_signal(signal.SIGKILL)  # no goodbye, no flush
+            await asyncio.to_thread(proc.wait, 10)
+        await asyncio.to_thread(sim.wait_for, lambda: sim.gate(0).link.is_open, 10)  # reader rebooted
+        wallet = sim.wallet(CARD)
+        assert sim.record(CARD).counter == 2  # the exit write landed
+        proc = await start_gate()
+        try:
+            again = sim.present(CARD, 0, direction=Direction.EXIT)
+            await asyncio.to_thread(sim.wait, again, 10)
+            assert again.passed_at is not None and not again.denied
+            await wait_until(lambda: len(journaled()) == 2)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.wait, 10)
+        unconfirmed, recovered = journaled()
+        assert_recovered(recovered, 2, wallet)
+        assert sim.wallet(CARD) == wallet  # charged exactly once
+        assert sim.record(CARD).balance == 1000 - unconfirmed["fare"]
 
 
 # ------------------------------------------------------------------------ the set on its own
