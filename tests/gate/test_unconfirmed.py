@@ -57,7 +57,7 @@ class WiredStation(SimStation):
     a gate holding the old number could open someone else's pty on a shared machine."""
 
     async def __aenter__(self) -> SimStation:
-        links = [self.data_dir / f"reader-{i}" for i in range(len(self.specs))]
+        links: list[str | Path] = [self.data_dir / f"reader-{i}" for i in range(len(self.specs))]
         self.sim = Sim(self.device, self.population, gates=len(self.specs), links=links).start()
         try:
             for index in range(len(self.specs)):
