@@ -165,6 +165,12 @@ async def test_backend_stopping_turns_the_board_stale_and_it_recovers(
         await page.wait_for_selector("#kpi-online:text-is('2 / 2')")
         await page.wait_for_selector("#stations tr[data-gate='1-2'][data-state='online']")
         assert await page.locator("#backend-banner").is_hidden()
+        token = (await system.api.post(f"{API}/phones/{RIDER:016x}/commuter-token")).json()["token"]
+        commuter = await new_page(browser, errors, width, height)
+        await commuter.goto(f"{system.base}/commuter")
+        await commuter.fill("#token", token)
+        await commuter.click("#token-form button[type=submit]")
+        await commuter.wait_for_selector("#me:not([hidden])")
 
         await system.backend.stop()
         banner = page.locator("#backend-banner")
@@ -184,10 +190,17 @@ async def test_backend_stopping_turns_the_board_stale_and_it_recovers(
         assert await page.evaluate("document.body.classList.contains('stale')")
         await assert_fits(page, f"stale board, {size}")
         await screenshot(page, f"board-backend-unreachable-{size}")
+        # the commuter page says so too, and keeps what it showed, greyed
+        said = commuter.locator("#backend-banner")
+        await said.wait_for(state="visible")
+        assert re.match(r"Backend unreachable since \d\d:\d\d:\d\d", await said.inner_text())
+        assert await commuter.inner_text("#card") == f"{RIDER:016x}"
+        await assert_fits(commuter, f"stale commuter page, {size}")
 
         system.backend.start()  # same database, same port: the board's token is still good
         await banner.wait_for(state="hidden", timeout=30_000)
         await page.wait_for_selector("#kpi-online:text-is('2 / 2')", timeout=30_000)
         assert not await page.evaluate("document.body.classList.contains('stale')")
         assert await page.locator("#stations tr[data-state='stale']").count() == 0
+        await said.wait_for(state="hidden", timeout=30_000)
     assert errors == []

@@ -16,7 +16,7 @@ const RANK = { viewer: 0, operator: 1, admin: 2 };
 const LATENCY = {
   tapToOpen: { ok: 200, warn: 500 },
   host: { ok: 2, warn: 10 }, // the gate's own processing per tap, p99
-  decision: { ok: 1, warn: 5 }, // decide() as the gate timed it, from its taps (mean / max today)
+  decision: { ok: 100, warn: 250 }, // phone in the field to decision (the RF read included), from its taps
 };
 
 let timer = null;
@@ -214,7 +214,7 @@ function renderStations(gates, summary, latestTable) {
     const online = list.filter((g) => gateHealth(g) === "online").length;
     const freeExit = list.some((g) => g.mode === 1 || g.commanded_mode === 1);
     const count = unreachableSince
-      ? `<span class="badge stale">${list.length} gates: state unknown</span>`
+      ? `<span class="badge stale">${list.length} ${list.length === 1 ? "gate" : "gates"}: state unknown</span>`
       : `<span class="badge ${online === list.length ? "ok" : "bad"}">${online}/${list.length} online</span>`;
     const [note, noteKind] = stationNotes.get(station) || ["", "info"];
     blocks.push(`
@@ -232,7 +232,7 @@ function renderStations(gates, summary, latestTable) {
         <p class="feedback ${noteKind} station-feedback" role="status" ${note ? "" : "hidden"}>${esc(note)}</p>
         <table class="rows gates"><thead><tr>
           <th>Gate</th><th>State</th><th>Mode</th><th>Last seen</th><th>Last tap</th><th>Taps / denied today</th>
-          <th title="tap to barrier open as the gate measures it, p50 / p99 of its latest taps (green up to ${LATENCY.tapToOpen.ok} ms, amber up to ${LATENCY.tapToOpen.warn} ms, red above), and its own processing p99; else decision latency mean / max today">Latency</th><th>Fare table</th><th>Deny-list</th><th>Backlog</th><th>Alarms</th><th>Software</th>
+          <th title="tap to barrier open as the gate measures it, p50 / p99 of its latest taps (green up to ${LATENCY.tapToOpen.ok} ms, amber up to ${LATENCY.tapToOpen.warn} ms, red above), and its own processing p99; else phone-in-field to decision, mean / max today">Latency</th><th>Fare table</th><th>Deny-list</th><th>Backlog</th><th>Alarms</th><th>Software</th>
         </tr></thead><tbody>
         ${list.map((g) => gateRow(g, days[g.gate_id], latestTable)).join("")}
         </tbody></table>
