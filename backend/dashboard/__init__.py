@@ -1,11 +1,15 @@
 """The operator dashboard and the commuter page, served by the backend itself.
 
 Static HTML/CSS/JS shipped inside the package (no CDN, no build step): the pages talk to the REST
-API under /api/v1 with the bearer token they got at login. The one server route the board needs and the
-operator API lacks, a read-only summary (taps per minute, today's revenue and denials per gate, so the
-board polls one cheap endpoint instead of downloading every tap), is api/routes/summary.py, included by
-create_app under /dashboard/api. The gates' own health
-figures (tap-to-open p50/p99, processing p99, alarm counts) come with the gates route, /api/v1/gates.
+API under /api/v1 with the bearer token they got at login. What the pages need and the REST API lacks
+is under /dashboard/api (api/routes/summary.py, included by create_app): a read-only summary (taps per
+minute, today's revenue and denials per gate, so the board polls one cheap endpoint instead of
+downloading every tap), and, open without a token, station names from the fare tables
+(api/routes/stations.py) and every reason code in words as the gate's display says it. The gates' own
+health figures (tap-to-open p50/p99, processing p99, alarm counts) come with /api/v1/gates.
+
+Both pages fit a 390 px phone and a 1440 px desk, answer each action beside its control, and say
+"backend unreachable since HH:MM:SS" (showing what they last had as stale) while the API does not answer.
 """
 
 from __future__ import annotations
