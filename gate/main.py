@@ -12,10 +12,13 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from fare_core import FareCoreError, FareTable
 from fare_core.reasons import Reason
+from protocol.mqtt.address import NotAnMqttUrl, parse_mqtt_url
 
-from .config import ConfigError, load_config
+from .config import ConfigError, MqttConfig, load_config
 from .controller import TapOutcome
 from .runtime import GateRuntime
 from .tuning import limit_cpu_latency, use_realtime
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, serial=args.serial, data_dir=args.data_dir)
         if args.mqtt:
-            config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update={"url": args.mqtt})})
+            config = config.model_copy(update={"mqtt": with_broker_url(config.mqtt, args.mqtt)})
         if args.fare_table is not None:
             install_fare_table(args.fare_table, config.data_dir)
     except ConfigError as exc:
@@ -79,6 +82,19 @@ async def _serve(runtime: GateRuntime) -> int:
     await stop.wait()
     await runtime.stop()
     return 0
+
+
+def with_broker_url(mqtt: MqttConfig, url: str) -> MqttConfig:
+    """The configuration's [mqtt] with --mqtt's URL, validated like the file (a user:password@ in the
+    URL is the login, else the file's own username and password stay)."""
+    values = mqtt.model_dump()
+    values["url"] = url
+    try:
+        if parse_mqtt_url(url).username:
+            values["username"] = values["password"] = None
+        return MqttConfig.model_validate(values)
+    except (NotAnMqttUrl, ValidationError) as exc:
+        raise ConfigError(f"--mqtt {url}: must look like mqtt://[user:password@]host:port") from exc
 
 
 def install_fare_table(path: Path, data_dir: Path) -> None:

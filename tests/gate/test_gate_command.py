@@ -80,3 +80,20 @@ def test_an_older_table_never_replaces_a_newer_one_the_gate_holds(tmp_path: Path
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "holds version 9" in done.stderr
     assert held.read_bytes() == compiled_table(tmp_path, 9).read_bytes()
+
+
+def test_mqtt_option_logs_in_with_the_urls_user_and_is_checked_like_the_file() -> None:
+    from gate.config import ConfigError, MqttConfig
+    from gate.main import with_broker_url
+
+    configured = MqttConfig(url="mqtt://127.0.0.1:1883", username="from-file", password="p")
+    login = with_broker_url(configured, "mqtt://109-1:secret@127.0.0.1:1884")
+    assert (login.username, login.password, login.host_port) == ("109-1", "secret", ("127.0.0.1", 1884))
+    kept = with_broker_url(configured, "mqtt://127.0.0.1:1884")
+    assert (kept.username, kept.password) == ("from-file", "p")
+    try:
+        with_broker_url(configured, "http://127.0.0.1:1884")
+    except ConfigError as error:
+        assert "mqtt://[user:password@]host:port" in str(error)
+    else:
+        raise AssertionError("a URL that is not mqtt:// was taken")
