@@ -437,8 +437,8 @@ class GateController:
         decision_us = (time.perf_counter_ns() - t_field_ns) // 1000
         self._done_in_field.add(card_id)
         seq = self.journal.next_seq()
-        allowed = pending.allowed
         message = self._recovered_message(seq, pending, wallet, record, decision_us)
+        allowed = message.allowed
         await asyncio.to_thread(self.journal.append, seq, self._encode_tap(message), card_id)
         self._finalise(seq)
         self.state.remember_counter(card_id, pending.counter)
@@ -458,7 +458,7 @@ class GateController:
         if allowed:
             zh, en = f"请通行 余额 {yuan(record.balance)} 元", f"Please pass  Balance ¥{yuan(record.balance)}"
         else:
-            zh, en = display_text(pending.reason, 0, record.balance)
+            zh, en = display_text(message.reason, 0, record.balance)
         await self._show(_STYLE_OK if allowed else _STYLE_DENY, zh, en, 3000)
         await self.link.request(Lights(Light.GREEN if allowed else Light.RED), Ack)
         await self.link.request(Buzzer(BuzzerPattern.BEEP if allowed else BuzzerPattern.DOUBLE), Ack)
@@ -466,15 +466,18 @@ class GateController:
 
     def _recovered_message(self, seq: int, pending: UnconfirmedWrite, wallet: bytes,
                            record: fare_core.CardRecord, decision_us: int) -> TapMessage:
-        """The RECOVERED tap: this gate, now; allowed as first decided; the wallet as read, unchanged."""
-        allowed = pending.allowed
+        """The RECOVERED tap: this gate, now; allowed as first decided (unless the gate has been closed
+        since: the write still landed, the barrier stays shut); the wallet as read, unchanged."""
+        closed = self.state.mode in (GateMode.CLOSED, GateMode.MAINTENANCE)
+        allowed = pending.allowed and not closed
+        reason = Reason.OK if allowed else Reason.GATE_CLOSED if closed else Reason(pending.reason)
         balance = max(0, record.balance)
         return TapMessage(
             tap_id=tap_id(self.station_id, self.gate_no, seq), station_id=self.station_id,
             gate_no=self.gate_no, seq=seq, card_id=pending.card_id,
             time=datetime.fromtimestamp(int(self.clock()), UTC), direction=self.direction,
             mode=GateMode(self.state.mode), allowed=allowed,
-            reason=Reason.OK if allowed else Reason(pending.reason), flags=int(Flag.RECOVERED), fare=0,
+            reason=reason, flags=int(Flag.RECOVERED), fare=0,
             balance_before=balance, balance_after=balance, counter_before=record.counter,
             counter_after=record.counter, wallet_before=bytes(wallet).hex(),
             fare_table_version=pending.fare_table_version, denylist_version=self.state.denylist.version,

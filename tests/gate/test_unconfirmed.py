@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from fare_core import Direction, Flag, Reason, compiler, rules
+from fare_core import DenyList, Direction, Flag, GateMode, Reason, compiler, rules
 from fare_core.record import FLAG_ENTRY_OPEN
 from fare_core.table_data import TableData
 from faregate.station import GateSpec, SimStation
@@ -220,6 +220,49 @@ async def test_a_write_that_did_not_land_is_decided_afresh_after_a_restart_and_c
         assert (record.counter, record.balance) == (2, 1000 - unconfirmed["fare"])  # charged once
         assert CARD not in gate.controller.unconfirmed and gate.journal.unconfirmed_writes() == []
         assert_wallets_match_journal(st, [CARD])
+
+
+async def test_a_refused_tap_whose_write_landed_is_recovered_refused(tmp_path: Path,
+                                                                    table: TableData) -> None:
+    """A deny-listed phone's wallet is marked blocked by a write; that write's answer is lost. On the
+    re-tap the gate finds the blocked record: RECOVERED, refused as first decided, barrier shut."""
+    async with WiredStation(tmp_path, SPECS, rider(), table, device=DEVICE,
+                            denylist=DenyList([CARD], version=5)) as st:
+        assert st.sim is not None
+        cut = cut_power_during_next_write(st.sim, ENTRY_GATE, CARD, after_it_landed=True)
+        first = await st.tap(CARD, ENTRY_GATE, patience_s=1.5)
+        gate = st.gates[ENTRY_GATE]
+        await wait_until(lambda: gate.controller.final_seq == 1 and gate.link.reopens >= 1
+                         and gate.link.is_up)
+        assert cut.is_set() and first.authorised_at is None and st.sim.record(CARD).blocked
+        wallet = st.sim.wallet(CARD)
+        again = await st.tap(CARD, ENTRY_GATE, patience_s=1.5)
+        assert again.authorised_at is None and again.denied and again.display is not None
+        assert "blocked" in again.display[1]
+        unconfirmed, recovered = rows(gate)
+        assert unconfirmed["flags"] & Flag.UNCONFIRMED and unconfirmed["flags"] & Flag.BLOCKED_NOW
+        assert (recovered["flags"], recovered["allowed"], recovered["reason"]) == (
+            Flag.RECOVERED, False, Reason.DENYLISTED)
+        assert recovered["wallet_before"] == wallet.hex() and recovered["fare"] == 0
+        assert recovered["counter_before"] == recovered["counter_after"] == 1
+        assert st.sim.wallet(CARD) == wallet
+
+
+async def test_a_gate_closed_since_records_the_landed_write_but_keeps_the_barrier_shut(
+        tmp_path: Path, table: TableData) -> None:
+    async with WiredStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
+        assert st.sim is not None
+        await enter_then_exit_unconfirmed(st, landed=True)
+        gate = st.gates[EXIT_GATE]
+        gate.state.set_mode(GateMode.CLOSED)
+        wallet = st.sim.wallet(CARD)
+        again = await st.tap(CARD, EXIT_GATE, patience_s=1.5)
+        assert again.authorised_at is None and again.denied
+        _unconfirmed, recovered = rows(gate)
+        assert (recovered["flags"], recovered["allowed"], recovered["reason"]) == (
+            Flag.RECOVERED, False, Reason.GATE_CLOSED)
+        assert recovered["counter_before"] == recovered["counter_after"] == 2
+        assert st.sim.wallet(CARD) == wallet and gate.journal.unconfirmed_writes() == []
 
 
 async def test_a_phone_left_on_the_reader_through_the_power_cut_is_recovered_when_it_reboots(
