@@ -16,8 +16,10 @@ from firmware_sim.population import Phone
 from .system import (
     API,
     TINY_RULES,
+    VIEWPORTS,
     assert_beside,
     chromium,
+    layout_faults,
     new_page,
     running_system,
     screenshot,
@@ -32,13 +34,14 @@ RIDER, BLOCKED, FOLLOWED = 0x5100_0000_0000_0001, 0x5100_0000_0000_0002, 0x5100_
 PHONES = [Phone(card_id=card, balance=5000) for card in (RIDER, BLOCKED, FOLLOWED)]
 
 
+@pytest.mark.parametrize("size", list(VIEWPORTS))
 async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_live(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str
 ) -> None:
     errors: list[str] = []
     async with running_system(tmp_path, monkeypatch, SPECS, PHONES) as system, chromium() as browser:
         assert system.station is not None
-        page = await new_page(browser, errors)
+        page = await new_page(browser, errors, *VIEWPORTS[size])
         await ui_login(page, system.base, system.settings.admin_username, system.settings.admin_password)
         assert await page.inner_text("#who-role") == "admin"
         await page.wait_for_selector("#stations tr[data-gate='3-3'][data-state='online']")
@@ -95,7 +98,7 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         await page.wait_for_selector("#kpi-denied:text-is('1')")
         assert await page.inner_text("#kpi-denied") == "1"
         await page.wait_for_selector("#chart-denials .hbar[data-reason='DENYLISTED'] >> text=/Phone blocked/")
-        await screenshot(page, "board-blocked-phone-denied")
+        await screenshot(page, f"board-blocked-phone-denied-{size}")
 
         # emergency free exit for station 1, then back to normal: the gates report the mode they are in
         await page.click("button[data-mode='1'][data-station='1']")
@@ -106,7 +109,7 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         said = ".station[data-station='1'] .station-feedback"
         await page.wait_for_selector(f"{said}.ok >> text=/2 gates commanded/")
         await assert_beside(page, "button[data-mode='1'][data-station='1']", said)
-        await screenshot(page, "board-free-exit")
+        await screenshot(page, f"board-free-exit-{size}")
         await page.click("button[data-mode='0'][data-station='1']")
         for gate in ("1-1", "1-2"):
             await page.wait_for_selector(f"#stations tr[data-gate='{gate}'] td:text-is('NORMAL')")
@@ -135,7 +138,8 @@ async def test_operator_publishes_fares_blocks_a_phone_and_sees_its_tap_denied_l
         assert "Top-up" in await topup.inner_text() and "+¥20.00" in await topup.inner_text()
         fare = page.locator("#phone-ledger tr[data-kind='fare']")
         assert "Fare" in await fare.first.inner_text() and "-¥" in await fare.first.inner_text()
-        await screenshot(page, "board-phone-ledger")
+        await screenshot(page, f"board-phone-ledger-{size}")
+        assert await layout_faults(page) == []
 
         # the summary behind the board agrees with the database
         summary = (await system.api.get("/dashboard/api/summary")).json()
