@@ -10,9 +10,10 @@ function svgEl(name, attrs, text) {
   return el;
 }
 
-/** Stacked columns: series = [{label, allowed, denied}], newest last. */
+/** Stacked columns: series = [{label, allowed, denied}], newest last. Drawn at the container's own width
+    (one unit a pixel), so the axis stays legible on a phone; fewer time labels when they would crowd. */
 function drawMinuteBars(container, series) {
-  const width = 560, height = 180, left = 34, bottom = 20, top = 8;
+  const width = Math.max(240, Math.round(container.clientWidth) || 560), height = 180, left = 34, bottom = 20, top = 8;
   const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "taps per minute" });
   const max = Math.max(1, ...series.map((s) => s.allowed + s.denied));
   const plotH = height - bottom - top;
@@ -23,6 +24,7 @@ function drawMinuteBars(container, series) {
     svg.appendChild(svgEl("line", { x1: left, x2: width, y1: y, y2: y, class: "grid" }));
     svg.appendChild(svgEl("text", { x: left - 4, y: y + 4, class: "axis", "text-anchor": "end" }, String(tick)));
   }
+  const every = 5 * Math.max(1, Math.ceil(44 / (5 * step))); // a label at least ~44 px from the next
   series.forEach((s, i) => {
     const x = left + i * step + 1;
     const w = Math.max(1, step - 2);
@@ -33,7 +35,7 @@ function drawMinuteBars(container, series) {
     g.appendChild(svgEl("rect", { x, y: height - bottom - hOk - hBad, width: w, height: hBad, class: "bar-bad" }));
     svg.appendChild(g);
     const last = i === series.length - 1;
-    if ((i % 5 === 0 && series.length - i > 3) || last) { // the newest minute's label ends at the edge
+    if ((i % every === 0 && (series.length - i) * step > 48) || last) { // the newest ends at the edge
       const at = last ? { x: width, "text-anchor": "end" } : { x: x + w / 2, "text-anchor": "middle" };
       svg.appendChild(svgEl("text", { ...at, y: height - 5, class: "axis" }, s.label));
     }
