@@ -101,6 +101,9 @@ function $(id) { return document.getElementById(id); }
 
 /** Words for an API error, for a person: "Refused: ..." or "The backend cannot be reached ...". */
 function errorText(error) {
+  if (error instanceof Error && error.message.startsWith("no answer")) {
+    return `The backend gave ${error.message}: it may or may not have done it; look before trying again.`;
+  }
   if (!(error instanceof ApiError)) return `The backend cannot be reached (${error.message || error}); nothing was changed.`;
   if (isUnreachable(error)) return `The backend is not answering (${error.status}); try again.`;
   return `Refused (${error.status}): ${error.detail}`;
