@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-from fare_core.reasons import Flag
+from fare_core.reasons import Flag, Reason
 
 from .tables import TapRow
 
@@ -29,6 +29,13 @@ def is_unconfirmed(tap: TapRow) -> bool:
 
 def is_recovered(tap: TapRow) -> bool:
     return bool(tap.flags & Flag.RECOVERED)
+
+
+def is_link(tap: TapRow) -> bool:
+    """Does the tap tell the wallet's state at its counter? Not a RECOVERED re-tap (it rides on the
+    unconfirmed tap it found landed), nor a wallet with no valid record (BAD_MAC: counter and balance
+    read as 0, which would otherwise sort first and pose as the card's opening)."""
+    return not is_recovered(tap) and tap.reason != Reason.BAD_MAC
 
 
 def chain_key(tap: TapRow) -> ChainKey:
@@ -61,7 +68,7 @@ def landing(unconfirmed: TapRow, taps: Iterable[TapRow],
     was checked to hold the write (`recovered_by`)."""
     seen: TapRow | None = None
     for tap in taps:
-        if tap is unconfirmed or tap.tap_id == unconfirmed.tap_id or is_recovered(tap):
+        if tap is unconfirmed or tap.tap_id == unconfirmed.tap_id or not is_link(tap):
             continue
         if tap.counter_before == unconfirmed.counter_before:
             if (writes(tap) and not is_unconfirmed(tap)) or _after(tap, unconfirmed):

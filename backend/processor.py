@@ -30,7 +30,7 @@ import fare_core
 from fare_core.reasons import Flag
 
 from . import ledger
-from .chain import Landing, chain_key, is_recovered, is_unconfirmed, landing, writes
+from .chain import Landing, chain_key, is_link, is_recovered, is_unconfirmed, landing, writes
 from .config import Settings
 from .reconcile import compare, expected_decision
 from .tables import (
@@ -210,7 +210,7 @@ class CardChain:
         known_counter = phone.counter if head is not None else None
         for version in {tap.fare_table_version for tap in new}:
             await self.p.table(session, version)
-        links = [tap for tap in new if not is_recovered(tap)]
+        links = [tap for tap in new if is_link(tap)]
         if links:
             await self._opening(links[0])
         changed = await self._settle_unconfirmed(new)
@@ -399,9 +399,10 @@ class CardChain:
 
     @staticmethod
     def _state(tap: TapRow) -> bool:
-        """Does the tap stand for the wallet's state (the head candidates)? Not a re-tap's read, nor a
-        write that did not land; an unconfirmed write still open counts provisionally, as in the ledger."""
-        return not is_recovered(tap) and tap.reconciled != Landing.VOIDED.value
+        """Does the tap stand for the wallet's state (the head candidates)? A link (chain.is_link) but
+        not a write that did not land; an unconfirmed write still open counts provisionally, as in the
+        ledger."""
+        return is_link(tap) and tap.reconciled != Landing.VOIDED.value
 
     async def _rebuild(self, phone: PhoneRow, new: Sequence[TapRow]) -> None:
         """The card's trips again from its whole chain in counter order; head and opening with them."""

@@ -403,3 +403,19 @@ async def test_a_cloned_wallet_is_flagged_at_the_first_reuse_and_both_forks_are_
         (exit_.tap_id, f"fork: gate 4-1 seq 1, {counters}"),
         (copy_exit.tap_id, f"gate 2-1 seq 1, {counters}")]
     assert all("fork" in e.detail for e in fares)
+
+
+async def test_a_wallet_without_a_valid_record_is_no_link(migrated: Any) -> None:
+    """A tap that read no valid record (BAD_MAC) reports counter 0 and balance 0: it would sort first
+    and pose as the card's opening. It is no link: the opening and the head come from real reads."""
+    sessions, store, processor = await setup(migrated, reconcile=False)
+    alpha, delta = SimGate(1), SimGate(4)
+    garbage, _ = alpha.tap(bytes(128), CARD, ENTRY, at(1, 50))
+    assert (garbage.reason, garbage.counter_before, garbage.balance_before) == (Reason.BAD_MAC, 0, 0)
+    entry, wallet = alpha.tap(new_phone(CARD, balance=2000), CARD, ENTRY, at(2, 0))
+    exit_, wallet = delta.tap(wallet, CARD, EXIT, at(2, 30))
+    await ingest(store, processor, exit_, garbage)
+    await ingest(store, processor, entry)
+    assert await entries(sessions) == [("fare", exit_.tap_id), ("opening", entry.tap_id)]
+    found = await checks(sessions)
+    assert found["positions"][card(0)] == held(wallet, CARD) and found["heads"] == []
