@@ -1,8 +1,8 @@
 """`faregate soak`: commuters ride through real gates while every fault the simulator and the system
 can inject happens at random; at the end the money must add up (Jepsen's bank test for fare gates).
 
-What runs: the embedded amqtt broker (restarted as a fault), the backend in a process of its own
-(killed as a fault), one firmware_sim reader and barrier per gate on a real pty, and each gate's
+What runs: the embedded amqtt broker and the backend, each in a process of its own (killed and
+restarted as faults), one firmware_sim reader and barrier per gate on a real pty, and each gate's
 controller in a process of its own (killed with SIGKILL, or restarted with its clock off, as
 faults). Commuters enter at one station and leave at another. The faults, drawn at random with
 `--seed` from a deck that holds every kind (so a short run still meets each one):
@@ -43,7 +43,6 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from backend.broker import free_port
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.deploy.accounts import BrokerAccounts
@@ -52,7 +51,7 @@ from fare_core import Flag
 from fare_core import rules as fare_rules
 from faregate.demo import EXAMPLE
 from faregate.soak_checks import INVARIANTS, Report, Truth, check, read_journal, read_truth
-from faregate.soak_procs import BackendProcess, GateProcess, ProcessGroup, RestartableBroker
+from faregate.soak_procs import BackendProcess, BrokerProcess, GateProcess, ProcessGroup, service_port
 from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.faults import FaultKind
@@ -87,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger().handlers[0].setLevel(logging.WARNING)
     logging.getLogger("transitions").setLevel(logging.ERROR)
     # amqtt logs its own races as errors when a client goes mid-delivery (which the soak makes happen
     # on purpose); the gates resend what was not acknowledged, and the invariants are the verdict
@@ -136,6 +136,7 @@ class Soak:
         self.suspects: dict[tuple[int, int], int] = {}  # (card, handset) -> the gate of its unsettled tap
         self.tasks: set[asyncio.Task[Any]] = set()
         self.owed: list[str] = []  # fault kinds drawn that could not happen, drawn again first
+        self.undrained = 0  # quiet-phase drains that timed out
         self.group = ProcessGroup()
         self.sim: Sim | None = None
         self.specs: list[GateSpec] = []
@@ -143,7 +144,7 @@ class Soak:
         self.gate_locks: list[asyncio.Lock] = []  # one commuter (or fault) at a reader at a time
         self.process_locks: list[asyncio.Lock] = []  # one kill / restart of a gate at a time
         self.backend: BackendProcess | None = None
-        self.broker: RestartableBroker | None = None
+        self.broker: BrokerProcess | None = None
         self.service_lock = asyncio.Lock()  # one backend or broker outage at a time
 
     # ------------------------------------------------------------------ the run
@@ -157,18 +158,22 @@ class Soak:
             if data_dir is None:
                 data_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="faregate-soak-")))
             data_dir.mkdir(parents=True, exist_ok=True)
+            trail = logging.FileHandler(data_dir / "soak.log")  # every fault and step, for a post-mortem
+            trail.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(trail)
+            log.setLevel(logging.INFO)  # the trail gets every step; the console only warnings
             try:
                 return await self._run(data_dir)
             finally:
                 await self._teardown()
+                log.removeHandler(trail)
+                trail.close()
 
     async def _teardown(self) -> None:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.group.aclose()
-        if self.broker is not None:
-            await self.broker.stop()
         if self.sim is not None:
             sim, self.sim = self.sim, None
             with contextlib.suppress(RuntimeError):  # an error a timed action hit is not the soak's verdict
@@ -183,7 +188,7 @@ class Soak:
                       for d, gates in (("entry", entries), ("exit", exits)) for g in gates]
         prefix = f"soak{uuid.uuid4().hex[:6]}"
         accounts = BrokerAccounts.generate([gate_id(s.station_id, s.gate_no) for s in self.specs])
-        self.broker = RestartableBroker(free_port(), accounts, prefix)
+        self.broker = BrokerProcess(self.group, service_port(), accounts, prefix, data_dir)
         await self.broker.start()
         settings = Settings(
             environment="development",
@@ -191,7 +196,7 @@ class Soak:
             mqtt_url=self.broker.url, mqtt_version="3.1.1", ingest_group="", mqtt_prefix=prefix,
             ingest_client_id=f"soak-ingest-{uuid.uuid4().hex[:6]}", ingest_batch_wait_ms=20,
             mqtt_username=accounts.backend_user, mqtt_password=accounts.backend_password)
-        self.backend = BackendProcess(self.group, settings, free_port(), data_dir / "backend.log")
+        self.backend = BackendProcess(self.group, settings, service_port(), data_dir / "backend.log")
         await self.backend.start()
         token = await self.backend.wait_ready()
         async with httpx.AsyncClient(base_url=self.backend.base_url, timeout=30,
@@ -246,7 +251,7 @@ class Soak:
             "faults": {kind: self.faults[kind] for kind in FAULTS},
             "fault_phases": dict(sorted(self.phases.items())),
             "invariants": {name: report.invariants.get(name) for name in INVARIANTS},
-            "details": report.details,
+            "details": {**report.details, "quiet_phase_drained": self.undrained == 0},
         }
 
     def _population(self) -> Population:
@@ -365,11 +370,13 @@ class Soak:
             self._spawn(self._fault(kind))
 
     async def _fault(self, kind: str) -> None:
+        log.info("fault %s: start", kind)
         try:
             happened = await getattr(self, f"_fault_{kind}")()
         except Exception:
             log.exception("fault %s failed", kind)
             raise
+        log.info("fault %s: %s", kind, "done" if happened else "did not happen, owed")
         if not happened:
             self.owed.append(kind)
 
@@ -522,7 +529,7 @@ class Soak:
     async def _fault_broker_restart(self) -> bool:
         assert self.broker is not None
         async with self.service_lock:
-            await self.broker.stop()
+            await self.broker.kill()
             self.faults["broker_restart"] += 1
             await asyncio.sleep(self.rng.uniform(0.5, 3.0))
             await self.broker.start()
@@ -558,7 +565,9 @@ class Soak:
     async def _quiet(self, settings: Settings) -> None:
         """No more faults: every part up, unsettled writes settled by a tap, every gate reported."""
         pending = [t for t in self.tasks if not t.done()]
+        log.info("quiet: waiting for %d taps and faults under way", len(pending))
         await asyncio.gather(*pending, return_exceptions=True)
+        log.info("quiet: every part up again")
         assert self.broker is not None and self.backend is not None and self.sim is not None
         await self.broker.start()
         if self.backend.process is None or self.backend.process.returncode is not None:
@@ -568,13 +577,18 @@ class Soak:
             self.sim.disarm(index)
             if not process.alive:
                 await self._start_gate(index)
-        await self._drain(settings)
+        log.info("quiet: draining the gates")
+        if not await self._drain(settings):
+            return  # the backend is not taking the gates' taps: settling taps would not be heard either
+        log.info("quiet: settling taps")
         for card in await self._unconfirmed_cards(settings):
             for rider in self.riders:
                 if rider.card_id == card:
                     self.suspects.setdefault((card, rider.handset), -1)
         await self._settle()
+        log.info("quiet: draining the settling taps")
         await self._drain(settings)
+        log.info("quiet: done")
 
     async def _settle(self) -> None:
         """Every phone with an unsettled write taps once more, at the gate of that tap if known."""
@@ -604,17 +618,19 @@ class Soak:
         finally:
             await engine.dispose()
 
-    async def _drain(self, settings: Settings, timeout: float = 90.0) -> None:
-        """Until every gate's journal is acknowledged and the backend has processed every tap."""
+    async def _drain(self, settings: Settings, timeout: float = 60.0) -> bool:
+        """Until every gate's journal is acknowledged and the backend has processed every tap; False
+        if that did not happen within `timeout` (the checks then say what is missing)."""
         deadline = time.monotonic() + timeout
         while True:
             acked = all(committed >= last for last, committed in
                         (read_journal(g.config.data_dir / "journal.db") for g in self.gates))
             if acked and await self._processed(settings):
-                return
+                return True
             if time.monotonic() > deadline:
                 log.warning("the gates did not all report within %.0f s", timeout)
-                return
+                self.undrained += 1
+                return False
             await asyncio.sleep(0.5)
 
     async def _processed(self, settings: Settings) -> bool:
@@ -648,11 +664,13 @@ def _broker_noise_ignored(loop: asyncio.AbstractEventLoop, context: dict[str, An
     """amqtt's own broadcast task can fail while a client disconnects mid-delivery (its subscriptions
     change under it) and nobody awaits it; the clients resend what was not acknowledged, so that is
     logged quietly, and everything else as asyncio would."""
-    task = context.get("future")
-    coroutine = task.get_coro() if isinstance(task, asyncio.Task) else None
-    if getattr(coroutine, "__qualname__", "").startswith("Broker."):
-        log.debug("amqtt: %s", context.get("exception"))
-        return
+    error = context.get("exception")
+    trace = error.__traceback__ if isinstance(error, BaseException) else None
+    while trace is not None:
+        if "/amqtt/" in trace.tb_frame.f_code.co_filename:
+            log.debug("amqtt: %r", error)
+            return
+        trace = trace.tb_next
     loop.default_exception_handler(context)
 
 

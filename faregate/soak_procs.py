@@ -1,10 +1,10 @@
 """The processes the soak starts, kills and restarts: gates, the backend, the broker.
 
-Each gate and the backend run in a process of their own (a SIGKILL is then a real crash: nothing is
-flushed, the journal and the database keep only what was committed); the broker is the embedded
-amqtt, stopped and started again on the same port (it keeps nothing across a restart, as a broker
-whose disk was lost). Whatever the soak starts it stops, also on Ctrl-C and on failure: every
-process here is started through `ProcessGroup`, whose `aclose` terminates what still runs.
+Each gate, the backend and the broker (the embedded amqtt) run in a process of their own: a SIGKILL
+is then a real crash, nothing is flushed, the journal and the database keep only what was
+committed, and a restarted broker keeps nothing (as a broker whose disk was lost). Whatever the soak
+starts it stops, also on Ctrl-C and on failure: every process here is started through
+`ProcessGroup`, whose `aclose` terminates what still runs.
 """
 
 from __future__ import annotations
@@ -13,20 +13,39 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from backend.broker import embedded_broker
 from backend.config import Settings
 from backend.deploy.accounts import BrokerAccounts
 from gate.config import GateConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "/api/v1"
+
+
+def service_port() -> int:
+    """A free port below the kernel's ephemeral range, for a service the soak restarts. A port in that
+    range, polled while its service is down, can be handed to the polling client as its own local port
+    (Linux's TCP self-connect), and the restarted service then cannot bind it."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low // 2), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class ProcessGroup:
@@ -150,14 +169,19 @@ class BackendProcess:
             await self.group.stop(self.process)
 
 
-class RestartableBroker:
-    """The embedded amqtt broker on a fixed port, which the soak stops and starts again."""
+class BrokerProcess:
+    """The embedded amqtt broker in a process of its own (faregate.soak_broker) on a fixed port, which
+    the soak kills and starts again: a restarted broker keeps no session and no retained message."""
 
-    def __init__(self, port: int, accounts: BrokerAccounts, prefix: str) -> None:
+    def __init__(self, group: ProcessGroup, port: int, accounts: BrokerAccounts, prefix: str,
+                 data_dir: Path) -> None:
+        self.group = group
         self.port = port
         self.accounts = accounts
         self.prefix = prefix
-        self._stack: contextlib.AsyncExitStack | None = None
+        self.log = data_dir / "broker.log"
+        self.credentials = data_dir / "broker-credentials"
+        self.process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -165,30 +189,36 @@ class RestartableBroker:
 
     @property
     def running(self) -> bool:
-        return self._stack is not None
+        return self.process is not None and self.process.returncode is None
 
-    async def start(self) -> None:
-        if self._stack is not None:
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start it and wait until it takes connections."""
+        if self.running:
             return
-        stack = contextlib.AsyncExitStack()
-        for attempt in range(50):  # the port may linger a moment after a stop
-            try:
-                await stack.enter_async_context(embedded_broker(self.port, self.accounts, self.prefix))
-                break
-            except OSError:
-                if attempt == 49:
-                    raise
-                await asyncio.sleep(0.1)
-        self._stack = stack
+        self.accounts.write(self.credentials)
+        self.process = await self.group.spawn(
+            [sys.executable, "-m", "faregate.soak_broker", str(self.port), str(self.credentials), self.prefix,
+             "--backend-user", self.accounts.backend_user], self.log)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.process.returncode is not None:
+                raise RuntimeError(f"the broker exited ({self.process.returncode}); see {self.log}")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                return
+            if loop.time() > deadline:
+                raise RuntimeError(f"the broker did not listen within {timeout} s; see {self.log}")
+            await asyncio.sleep(0.05)
+
+    async def kill(self) -> None:
+        """SIGKILL: the broker crashes; every client's connection drops at once."""
+        if self.process is not None:
+            await self.group.stop(self.process, signal.SIGKILL)
 
     async def stop(self) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.aclose()
-
-    async def __aenter__(self) -> RestartableBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.stop()
+        if self.process is not None:
+            await self.group.stop(self.process)

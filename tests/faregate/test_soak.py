@@ -4,6 +4,8 @@ checks themselves must see money the back office does not account for."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,16 +48,24 @@ async def test_the_checks_see_a_charge_and_taps_the_back_office_never_got(tmp_pa
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_short_soak_injects_every_fault_and_every_fen_is_accounted_for(tmp_path: Path) -> None:
-    done = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "faregate.cli", "soak", "--duration", "25", "--fault-rate", "1.5",
          "--riders", "30", "--seed", "7", "--json", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=280,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its gates and backend are in its process group: none outlives the test
     )
-    assert done.stdout.strip(), done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        out, err = process.communicate(timeout=280)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    trail = tmp_path / "soak.log"  # the soak's own account of each fault and step
+    assert out.strip(), err[-3000:] + (trail.read_text(encoding="utf-8")[-3000:] if trail.exists() else "")
+    result = json.loads(out.strip().splitlines()[-1])
     missing = [kind for kind in FAULTS if result["faults"][kind] < 1]
     assert not missing, f"fault kinds never injected: {missing}; {result['faults']}"
     assert result["invariants"] == dict.fromkeys(INVARIANTS, 0), json.dumps(result["details"], indent=1)
-    assert result["ok"] and done.returncode == 0, done.stderr[-3000:]
+    assert result["ok"] and process.returncode == 0, err[-3000:]
     assert result["details"]["taps_stored"] == result["details"]["taps_journaled"] > 10
     assert result["details"]["excluded_from_card_checks"]  # the clone is named, not silently skipped
