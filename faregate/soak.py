@@ -9,8 +9,9 @@ faults). Commuters enter at one station and leave at another. The faults, drawn 
 
 - torn_write: the phone pulled away while it is read, or when k of the slot's 64 bytes have
   landed, or after all landed but before the verify ended;
-- power_cut_before_land / power_cut_after_land: the gate's power cut mid-write (k bytes landed),
-  or once the write landed (before, or just after, its answer);
+- power_cut_before_land / power_cut_after_land: the reader's power cut mid-write (k bytes landed),
+  or once the write landed (before, or just after, its answer); gate_power_cut: the whole gate's,
+  reader and controller (SIGKILL) at the same instant of a write;
 - two_phones, line_fault (bit flips, drops, noise on the serial line), reader_hang, unplug;
 - gate_kill (SIGKILL, half of them at a chosen phase of a wallet write), clock_jump (a gate
   restarted with its clock an hour or a day off), backend_down (SIGKILL), broker_restart;
@@ -64,8 +65,9 @@ from protocol.serial import Direction
 
 log = logging.getLogger("faregate.soak")
 
-FAULTS = ("torn_write", "power_cut_before_land", "power_cut_after_land", "two_phones", "line_fault",
-          "reader_hang", "unplug", "gate_kill", "clock_jump", "backend_down", "broker_restart", "clone")
+FAULTS = ("torn_write", "power_cut_before_land", "power_cut_after_land", "gate_power_cut", "two_phones",
+          "line_fault", "reader_hang", "unplug", "gate_kill", "clock_jump", "backend_down", "broker_restart",
+          "clone")
 CLOCK_OFFSETS_S = (-86_400.0, -3_600.0, -600.0, 3_600.0, 7_200.0)
 PRESENT_TIMEOUT_S = 20.0
 
@@ -357,7 +359,7 @@ class Soak:
     # ------------------------------------------------------------------ faults
     async def _faults(self) -> None:
         """Draw from a shuffled deck of every kind; a fault that could not happen (no free gate, a tap
-        refused before its write) is owed and drawn again first."""
+        refused before its write) is owed and drawn again soon."""
         deck: list[str] = []
         while not self.stopping.is_set():
             await asyncio.sleep(self.rng.expovariate(self.args.fault_rate))
@@ -366,7 +368,8 @@ class Soak:
             if not deck:
                 deck = list(FAULTS)
                 self.rng.shuffle(deck)
-            kind = self.owed.pop(0) if self.owed else deck.pop()
+            # an owed kind every other draw: one that cannot happen for a while must not starve the deck
+            kind = self.owed.pop(0) if self.owed and self.rng.random() < 0.5 else deck.pop()
             self._spawn(self._fault(kind))
 
     async def _fault(self, kind: str) -> None:
@@ -501,6 +504,41 @@ class Soak:
             await process.kill()
             self.faults["gate_kill"] += 1
             await asyncio.sleep(self.rng.uniform(0.5, 3.0))
+            await self._start_gate(gate)
+        return True
+
+    async def _fault_gate_power_cut(self) -> bool:
+        """The whole gate loses power at a phase of a wallet write: the reader stops where it stands
+        (the write torn at k bytes, or landed) and the controller dies with it, its journal holding
+        what it had committed."""
+        assert self.sim is not None
+        sim = self.sim
+        picked = self._rider_and_gate()
+        if picked is None:
+            return False
+        rider, gate = picked
+        async with self.process_locks[gate]:
+            process = self.gates[gate]
+            pid = process.pid
+            if pid is None:
+                return False
+            phase = self.rng.randrange(ANSWERED + 1)
+            down_s = self.rng.uniform(0.5, 2.0)
+
+            def blackout() -> None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                sim.gate(gate).cut_power(down_s)
+
+            _, happened = await self._ride(rider, gate, lambda: sim.during_write(
+                gate, rider.card_id, phase, "call", action=blackout))
+            if happened is None or not happened.is_set():
+                return False
+            self.faults["gate_power_cut"] += 1
+            self.phases[f"gate_power_cut:{_label(phase)}"] += 1
+            self.suspects[rider.card_id, rider.handset] = gate
+            await process.kill()  # reaped
+            await asyncio.sleep(down_s)
             await self._start_gate(gate)
         return True
 
