@@ -19,6 +19,7 @@ from faregate.soak import FAULTS
 from faregate.soak_checks import INVARIANTS, Handset, Truth, check
 
 CARD = 0x5EED0000000000A1
+CLONED = 0x5EED0000000000C1
 
 
 async def test_the_checks_see_a_charge_and_taps_the_back_office_never_got(tmp_path: Path) -> None:
@@ -29,7 +30,10 @@ async def test_the_checks_see_a_charge_and_taps_the_back_office_never_got(tmp_pa
         truth = Truth(
             # the wallet was charged 300 at counter 0 -> 1, and a second phone was never touched
             handsets=[Handset(CARD, 0, start_balance=1000, start_counter=0, balance=700, counter=1),
-                      Handset(CARD + 1, 0, start_balance=500, start_counter=0, balance=500, counter=0)],
+                      Handset(CARD + 1, 0, start_balance=500, start_counter=0, balance=500, counter=0),
+                      # a clone made at counter 2, after which both forks wrote: an alarm is due
+                      Handset(CLONED, 0, start_balance=900, start_counter=0, balance=900, counter=3),
+                      Handset(CLONED, 1, start_balance=900, start_counter=2, balance=900, counter=3)],
             journals={"7-1": (3, 3)},  # a gate journaled three taps the back office does not hold
         )
         async with make_sessionmaker(engine)() as session:
@@ -42,6 +46,9 @@ async def test_the_checks_see_a_charge_and_taps_the_back_office_never_got(tmp_pa
     assert report.invariants["taps_lost"] == 3 + 1  # three seqs, and the counter step 0 -> 1
     assert report.details["counter_steps_missing"] == [{"card": f"{CARD:016x}", "counter": 0}]
     assert report.invariants["suspense"] == 0 and report.invariants["taps_doubled"] == 0
+    assert report.invariants["clone_alarms"] == 1
+    assert report.details["clones_without_alarm"] == [f"{CLONED:016x}"]
+    assert list(report.details["excluded_from_card_checks"]) == [f"{CLONED:016x}"]  # named, not counted
     assert not report.ok
 
 
