@@ -201,8 +201,11 @@ class CardChain:
     async def process(self, new: list[TapRow]) -> Outcome:
         new.sort(key=chain_key)
         session = self.session
-        phone = await session.get(PhoneRow, self.card_id)
-        if phone is None:
+        # the phone's row is the card's lock: two processors (PostgreSQL) never walk one chain at once
+        phone = await session.scalar(
+            select(PhoneRow).where(PhoneRow.card_id == self.card_id).with_for_update()
+        )
+        if phone is None:  # two processors creating it at once: one fails its batch and retries it
             phone = PhoneRow(card_id=self.card_id, status="active", status_reason="",
                              balance=new[0].balance_before, counter=new[0].counter_before)
             session.add(phone)
