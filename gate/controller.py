@@ -208,10 +208,9 @@ class GateController:
             report = await self.link.request(PollField(), FieldReport)
         except LinkError:
             return
-        event = FieldChanged(report.phones)
-        self._observe(event)
+        self._field_seen_ns = time.perf_counter_ns()  # (the line's own reports stay in _field_now)
         with contextlib.suppress(asyncio.QueueFull):
-            self.link.events.put_nowait(event)
+            self.link.events.put_nowait(FieldChanged(report.phones))
 
     async def apply_mode(self) -> None:
         mode = self.state.mode
