@@ -85,15 +85,19 @@ async def post(
     counter_after: int | None = None,
     detail: str = "",
     keep_zero: bool = False,
+    looked: bool = False,
 ) -> LedgerEntryRow | None:
     """Write one entry and its legs, unless it is posted already or moves nothing (zero legs are left
-    out; an entry of only zero legs is not written unless `keep_zero`). Raises Unbalanced."""
+    out; an entry of only zero legs is not written unless `keep_zero`). Raises Unbalanced. `looked`:
+    the caller has looked for the entry itself (the processor, for a whole card's taps in one query);
+    the unique constraints stay the last word."""
     if sum(amount for _, amount in legs) != 0:
         raise Unbalanced(f"{kind} entry for {tap_id or action_id}: legs {list(legs)} do not sum to zero")
     moving = [(account, amount) for account, amount in legs if amount != 0]
     if not moving and not keep_zero:
         return None
-    if (tap_id is not None or action_id is not None) and await _exists(session, kind, tap_id, action_id):
+    if not looked and (tap_id is not None or action_id is not None) \
+            and await _exists(session, kind, tap_id, action_id):
         return None
     entry = LedgerEntryRow(
         kind=kind, card_id=card_id, tap_id=tap_id, action_id=action_id, time=time,
@@ -116,12 +120,12 @@ async def remove(session: AsyncSession, entry: LedgerEntryRow) -> None:
 
 
 async def on_tap(session: AsyncSession, tap: TapRow, kind: str, legs: Legs, detail: str = "",
-                 action_id: int | None = None) -> LedgerEntryRow | None:
+                 action_id: int | None = None, *, looked: bool = False) -> LedgerEntryRow | None:
     """An entry for a wallet write: the tap's card, time and counters, and its handset in the detail."""
     return await post(
         session, kind, legs, time=tap.time, card_id=tap.card_id, tap_id=tap.tap_id, action_id=action_id,
         counter_before=tap.counter_before, counter_after=tap.counter_after,
-        detail=f"{handset(tap)}{'; ' + detail if detail else ''}",
+        detail=f"{handset(tap)}{'; ' + detail if detail else ''}", looked=looked,
     )
 
 
@@ -136,23 +140,23 @@ async def opening(session: AsyncSession, tap: TapRow) -> LedgerEntryRow | None:
 
 
 async def fare(session: AsyncSession, tap: TapRow, amount: int, revenue_account: str,
-               *, kind: str = "fare", detail: str = "") -> LedgerEntryRow | None:
+               *, kind: str = "fare", detail: str = "", looked: bool = False) -> LedgerEntryRow | None:
     """A landed charge: wallet -F, revenue +F (kind `missing_exit` for an earlier trip's charge)."""
     legs = [(wallet(tap.card_id), -amount), (revenue_account, amount)]
-    return await on_tap(session, tap, kind, legs, detail)
+    return await on_tap(session, tap, kind, legs, detail, looked=looked)
 
 
 async def delivery(session: AsyncSession, tap: TapRow, kind: str, amount: int,
-                   action_id: int | None, detail: str = "") -> LedgerEntryRow | None:
+                   action_id: int | None, detail: str = "", *, looked: bool = False) -> LedgerEntryRow | None:
     """An action's money written into the wallet: undelivered -T, wallet +T (kind: the action's)."""
     legs = [(UNDELIVERED, -amount), (wallet(tap.card_id), amount)]
     if action_id is not None and await _exists(session, kind, None, action_id):
-        if await _exists(session, kind, tap.tap_id, None):
+        if not looked and await _exists(session, kind, tap.tap_id, None):
             return None
         # a second wallet took the same action (a cloned wallet's other fork): the money moved twice
         detail = f"action {action_id} delivered again; {detail}".rstrip("; ")
         action_id = None
-    return await on_tap(session, tap, kind, legs, detail, action_id)
+    return await on_tap(session, tap, kind, legs, detail, action_id, looked=looked)
 
 
 async def payment(session: AsyncSession, card_id: str, amount: int, provider: str, action_id: int,

@@ -49,6 +49,8 @@ log = logging.getLogger("faregate.processor")
 BATCH = 500
 CLONE_FINDINGS = {"counter_reused", "balance_jump"}
 CRITICAL_FINDINGS = CLONE_FINDINGS | {"recovered_unproven"}
+#: Entries posted per tap from its own write (an unconfirmed write's are posted by the settling instead).
+TAP_MONEY_KINDS = ("fare", "missing_exit", *ledger.ACTION_KINDS)
 PENDING = Landing.PENDING.value  # TapRow.reconciled of a tap whose write is not yet known to have landed
 OPEN_LANDINGS = (Landing.PENDING.value, Landing.LANDED.value)  # resolutions a later link may still change
 
@@ -158,24 +160,15 @@ class Processor:
         return record.counter == unconfirmed.counter_after and record.balance == unconfirmed.balance_after
 
     async def reconcile(self, session: AsyncSession, tap: TapRow, action: ActionRow | None,
-                        findings: Findings) -> None:
+                        findings: Findings, listed: Sequence[tuple[int, int | None]]) -> None:
+        """`listed`: the card's deny-list memberships (added_version, removed_version)."""
         table = await self.table(session, tap.fare_table_version)
         if table is None:
             findings.add("unknown_fare_table",
                          f"fare table version {tap.fare_table_version} unknown to the backend")
             return
-        denied = (
-            await session.execute(
-                select(DenyListEntryRow.id)
-                .where(
-                    DenyListEntryRow.card_id == tap.card_id,
-                    DenyListEntryRow.added_version <= tap.denylist_version,
-                    (DenyListEntryRow.removed_version.is_(None))
-                    | (DenyListEntryRow.removed_version > tap.denylist_version),
-                )
-                .limit(1)
-            )
-        ).scalar() is not None
+        version = tap.denylist_version
+        denied = any(added <= version and (removed is None or removed > version) for added, removed in listed)
         topup = action.topup if action is not None else 0
         unblock = action.unblock if action is not None else False
         try:
@@ -197,6 +190,8 @@ class CardChain:
         self.session = session
         self.card_id = card_id
         self.outcome = Outcome()
+        self.posted: set[str] = set()  # new taps whose money entries an earlier run posted
+        self.listed: list[tuple[int, int | None]] | None = None  # the card's deny-list memberships
 
     async def process(self, new: list[TapRow]) -> Outcome:
         new.sort(key=chain_key)
@@ -217,6 +212,10 @@ class CardChain:
         if links:
             await self._opening(links[0])
         changed = await self._settle_unconfirmed(new)
+        self.posted = {tap_id for tap_id in (await session.execute(
+            select(LedgerEntryRow.tap_id).where(LedgerEntryRow.tap_id.in_([tap.tap_id for tap in new]),
+                                                LedgerEntryRow.kind.in_(TAP_MONEY_KINDS))
+        )).scalars() if tap_id is not None}
         findings: dict[str, Findings] = {}
         for tap in new:
             findings[tap.tap_id] = await self._tap(tap, known_counter)
@@ -297,30 +296,31 @@ class CardChain:
         if is_recovered(tap):
             await self._recovered(tap, findings)
             return findings
+        # the card's taps that read this counter or the one before: a twin write, the previous link
+        near = sorted((await self.session.execute(
+            select(TapRow).where(TapRow.card_id == tap.card_id,
+                                 TapRow.counter_before.in_([tap.counter_before - 1, tap.counter_before]),
+                                 TapRow.tap_id != tap.tap_id)
+        )).scalars(), key=chain_key)
         if writes(tap):
-            twin = await self.session.scalar(
-                select(TapRow.tap_id)
-                .where(
-                    TapRow.card_id == tap.card_id,
-                    TapRow.counter_before == tap.counter_before,
-                    TapRow.counter_after > TapRow.counter_before,
-                    TapRow.flags.bitwise_and(int(Flag.UNCONFIRMED)) == 0,
-                    TapRow.tap_id != tap.tap_id,
-                )
-                .limit(1)
-            )
+            twin = next((other.tap_id for other in near if other.counter_before == tap.counter_before
+                         and writes(other) and not is_unconfirmed(other)), None)
             if twin is not None:
                 findings.add("counter_reused", f"counter {tap.counter_before} also written by tap {twin}; "
                                                f"this fork: {ledger.handset(tap)}")
                 await self._mark_fork(twin)
         if "counter_reused" not in findings.kinds:
-            await self._balance_jump(tap, findings)
+            self._balance_jump(tap, near, findings)
         if known_counter is not None and tap.counter_before > known_counter:
             findings.add("counter_gap", f"counter {known_counter} -> {tap.counter_before}: taps missing")
         action = await self._apply_action(tap) if writes(tap) else None
         await self._post_money(tap, action, fork="counter_reused" in findings.kinds)
         if self.p.settings.reconcile:
-            await self.p.reconcile(self.session, tap, action, findings)
+            if self.listed is None:
+                self.listed = [(int(added), removed) for added, removed in (await self.session.execute(
+                    select(DenyListEntryRow.added_version, DenyListEntryRow.removed_version)
+                    .where(DenyListEntryRow.card_id == self.card_id))).all()]
+            await self.p.reconcile(self.session, tap, action, findings, self.listed)
         return findings
 
     async def _recovered(self, tap: TapRow, findings: Findings) -> None:
@@ -348,16 +348,13 @@ class CardChain:
             if not entry.detail.startswith("fork"):
                 entry.detail = f"fork: {entry.detail}"[:200]
 
-    async def _balance_jump(self, tap: TapRow, findings: Findings) -> None:
+    @staticmethod
+    def _balance_jump(tap: TapRow, near: Sequence[TapRow], findings: Findings) -> None:
         """The link that wrote the counter this tap read must have left the balance it read."""
         previous = [
-            link for link in (await self.session.execute(
-                select(TapRow).where(TapRow.card_id == tap.card_id,
-                                     TapRow.counter_before == tap.counter_before - 1,
-                                     TapRow.counter_after == tap.counter_before,
-                                     TapRow.tap_id != tap.tap_id)
-            )).scalars()
-            if not is_unconfirmed(link) or link.reconciled == Landing.LANDED.value
+            link for link in near
+            if link.counter_before == tap.counter_before - 1 and link.counter_after == tap.counter_before
+            and (not is_unconfirmed(link) or link.reconciled == Landing.LANDED.value)
         ]
         if previous and all(link.balance_after != tap.balance_before for link in previous):
             findings.add("balance_jump", f"balance {tap.balance_before} at counter {tap.counter_before}, "
@@ -377,16 +374,20 @@ class CardChain:
         return action
 
     async def _post_money(self, tap: TapRow, action: ActionRow | None, *, fork: bool) -> None:
-        """A top-up delivered and a fare charged at one tap are two entries, never one net amount."""
+        """A top-up delivered and a fare charged at one tap are two entries, never one net amount.
+        A tap's money entries commit together, so one found posted means all are (`self.posted`)."""
+        if tap.tap_id in self.posted:
+            return
         note = "fork" if fork else ""
         if writes(tap) and tap.topup_applied > 0:
             kind = action.kind if action is not None and action.kind in ledger.ACTION_KINDS else "topup"
             await ledger.delivery(self.session, tap, kind, tap.topup_applied,
-                                  action.id if action is not None else None, note)
+                                  action.id if action is not None else None, note, looked=True)
         amount = ledger.charged(tap)
         if amount:
             kind = "missing_exit" if tap.flags & Flag.MISSING_EXIT else "fare"
-            await ledger.fare(self.session, tap, amount, self.p.revenue_account(tap), kind=kind, detail=note)
+            await ledger.fare(self.session, tap, amount, self.p.revenue_account(tap), kind=kind, detail=note,
+                              looked=True)
 
     # --- the chain: trips, head, opening --------------------------------------------------------------
 
