@@ -419,3 +419,32 @@ async def test_a_wallet_without_a_valid_record_is_no_link(migrated: Any) -> None
     assert await entries(sessions) == [("fare", exit_.tap_id), ("opening", entry.tap_id)]
     found = await checks(sessions)
     assert found["positions"][card(0)] == held(wallet, CARD) and found["heads"] == []
+
+
+async def test_a_landing_proved_wrong_by_a_late_retry_is_taken_back(migrated: Any) -> None:
+    """The exit's write did not land and the rider's retry at the same gate wrote the same counter; a
+    later tap elsewhere read that counter. If the later tap's report arrives before the gate's backlog
+    holding the retry, the unconfirmed exit first looks landed; the retry's report then voids it, its
+    `landed` entry comes out, and trips, heads and accounts end as if the reports had come in order."""
+    sessions, store, processor = await setup(migrated, reconcile=False)
+    alpha, delta, bravo = SimGate(1), SimGate(4), SimGate(2)
+    entry, wallet = alpha.tap(new_phone(CARD, balance=2000), CARD, ENTRY, at(2, 0))
+    exit_, _lost_write = delta.tap(wallet, CARD, EXIT, at(2, 30))
+    unknown = unconfirmed(delta, exit_)
+    retry, wallet = delta.tap(wallet, CARD, EXIT, at(2, 31))  # the old wallet: it charges again
+    later, wallet = bravo.tap(wallet, CARD, ENTRY, at(4, 0))
+    await ingest(store, processor, entry, unknown, later)
+    async with sessions() as session:
+        assert (await session.get(TapRow, unknown.tap_id)).reconciled == "unconfirmed_landed"  # type: ignore[union-attr]
+    await ingest(store, processor, retry)
+    assert await entries(sessions) == [
+        ("opening", entry.tap_id), ("unconfirmed", unknown.tap_id), ("voided", unknown.tap_id),
+        ("fare", retry.tap_id)]
+    async with sessions() as session:
+        assert (await session.get(TapRow, unknown.tap_id)).reconciled == "unconfirmed_not_landed"  # type: ignore[union-attr]
+        trips = [(t.state, t.exit_tap_id, t.fare) for t in
+                 (await session.execute(select(TripRow).order_by(TripRow.entry_time))).scalars()]
+    assert trips == [("complete", retry.tap_id, 400), ("open", None, 0)]
+    found = await checks(sessions)
+    assert found["positions"][card(0)] == held(wallet, CARD) and found["heads"] == []
+    assert (found["totals"]["suspense"], found["totals"]["revenue"]) == (0, 400)
