@@ -429,6 +429,7 @@ class GateController:
         record = None if self.unconfirmed.expired(pending) else pending.landed_in(wallet, self.sam)
         if record is None:
             await self.unconfirmed.forget(card_id)
+            self._hold_back_action(pending, wallet)
             return None
         if len(self._field_now) > 1:  # a second phone came in while reading: open for nobody
             self.unconfirmed.keep(pending)
@@ -462,6 +463,19 @@ class GateController:
         await self.link.request(Lights(Light.GREEN if allowed else Light.RED), Ack)
         await self.link.request(Buzzer(BuzzerPattern.BEEP if allowed else BuzzerPattern.DOUBLE), Ack)
         return outcome
+
+    def _hold_back_action(self, pending: UnconfirmedWrite, wallet: bytes) -> None:
+        """The unconfirmed write applied an OTA action (a top-up) and the phone has been written since
+        by someone else, so whether it landed cannot be told here: never apply it again at this gate
+        (a landed top-up would be paid twice). The back office knows from the card's chain whether it
+        landed; if not, the action stays listed and the phone gets it at any other gate."""
+        action = self.state.action_for(pending.card_id)
+        if action is None or action.action_id != pending.action_id:
+            return
+        if not pending.surely_not_landed(wallet, self.sam):
+            log.warning("gate %s: action %d of %016x held back: its unconfirmed write cannot be told",
+                        self.gate_id, action.action_id, pending.card_id)
+            self.state.action_applied(action)
 
     def _recovered_message(self, seq: int, pending: UnconfirmedWrite, wallet: bytes,
                            record: fare_core.CardRecord, decision_us: int) -> TapMessage:

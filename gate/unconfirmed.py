@@ -85,6 +85,16 @@ class UnconfirmedWrite:
         return record if int(slot) == self.slot and record.counter == self.counter else None
 
 
+    def surely_not_landed(self, wallet: bytes, sam: fare_core.Sam) -> bool:
+        """The record in force is the one this write was to follow (its counter is one less): the
+        write did not land. Any other record (written since, elsewhere, or unreadable) leaves it open."""
+        try:
+            record, _slot = fare_core.read_wallet(wallet, self.card_id, sam)
+        except WalletError:
+            return False
+        return bool(record.counter == self.counter - 1)
+
+
 class UnconfirmedWrites:
     """The gate's unconfirmed writes by card, loaded from the journal at start (see the module doc)."""
 

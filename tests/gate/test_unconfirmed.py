@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ from firmware_sim.reader import RfOperation
 from firmware_sim.sim import Sim
 from gate.journal import Journal
 from gate.runtime import GateRuntime
+from gate.state import Outcome
 from gate.unconfirmed import RECOVERY_WINDOW_S, UnconfirmedWrite, UnconfirmedWrites
+from protocol.mqtt import Action, ActionListMessage
 
 from .brokers import Broker
 from .test_gate_e2e import assert_wallets_match_journal
@@ -274,6 +277,53 @@ async def test_a_gate_closed_since_records_the_landed_write_but_keeps_the_barrie
             Flag.RECOVERED, False, Reason.GATE_CLOSED)
         assert recovered["counter_before"] == recovered["counter_after"] == 2
         assert st.sim.wallet(CARD) == wallet and gate.journal.unconfirmed_writes() == []
+
+
+def give_topup(runtime: GateRuntime, action_id: int, fen: int) -> None:
+    """An OTA top-up for the rider in this gate's action list, as the backend's list delivers it."""
+    listed = ActionListMessage(version=1, actions=[Action(action_id=action_id, card_id=CARD, topup=fen)],
+                               time=datetime.now(UTC))
+    assert runtime.state.apply_actions(listed).outcome is Outcome.APPLIED
+
+
+async def test_a_topup_whose_write_landed_is_recovered_and_never_applied_again(
+        tmp_path: Path, table: TableData) -> None:
+    async with WiredStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
+        assert st.sim is not None
+        give_topup(st.gates[EXIT_GATE], 77, 500)
+        unconfirmed = await enter_then_exit_unconfirmed(st, landed=True)
+        assert (unconfirmed["action_id"], unconfirmed["topup_applied"]) == (77, 500)
+        again = await st.tap(CARD, EXIT_GATE)
+        assert again.passed_at is not None
+        gate = st.gates[EXIT_GATE]
+        assert gate.state.action_for(CARD) is None and 77 in gate.state.applied_actions
+        assert st.sim.record(CARD).balance == 1000 + 500 - unconfirmed["fare"]
+        assert_wallets_match_journal(st, [CARD])
+
+
+async def test_a_topup_whose_write_cannot_be_told_any_more_is_held_back_at_this_gate(
+        tmp_path: Path, table: TableData) -> None:
+    """The exit write carrying a top-up landed unconfirmed; the rider then entered at another gate
+    (the wallet moved on) and exits here again: this gate cannot tell whether its write landed, so it
+    decides afresh without the top-up rather than risk paying it twice."""
+    async with WiredStation(tmp_path, SPECS, rider(), table, device=DEVICE) as st:
+        assert st.sim is not None
+        give_topup(st.gates[EXIT_GATE], 78, 500)
+        unconfirmed = await enter_then_exit_unconfirmed(st, landed=True)
+        fare = unconfirmed["fare"]
+        entry = await st.tap(CARD, ENTRY_GATE)  # counter 3, written by the entry gate
+        assert entry.passed_at is not None
+        out = await st.tap(CARD, EXIT_GATE)
+        assert out.passed_at is not None
+        gate = st.gates[EXIT_GATE]
+        _unconfirmed, fresh = rows(gate)
+        assert fresh["flags"] & (Flag.RECOVERED | Flag.TOPUP_APPLIED) == 0 and fresh["fare"] == fare
+        assert (fresh["counter_before"], fresh["counter_after"]) == (3, 4)
+        assert (fresh["action_id"], fresh["topup_applied"]) == (None, 0)
+        assert 78 in gate.state.applied_actions and gate.state.action_for(CARD) is None
+        record = st.sim.record(CARD)
+        assert (record.counter, record.balance) == (4, 1000 + 500 - 2 * fare)  # the top-up once
+        assert_wallets_match_journal(st, [CARD])
 
 
 async def test_a_phone_left_on_the_reader_through_the_power_cut_is_recovered_when_it_reboots(
