@@ -5,7 +5,8 @@ flagged UNCONFIRMED with the barrier shut (gate/controller.py). The commuter usu
 once; if the wallet then holds the very record the gate wrote, the write landed: the gate journals a
 RECOVERED tap (nothing written, nothing charged) and lets the commuter through as the first tap had
 decided. If it does not, the write did not land (or the phone has been written elsewhere since): the
-entry is forgotten and the tap decided afresh.
+entry is forgotten and the tap decided afresh (an OTA top-up the write carried is then held back at
+this gate unless the wallet shows the write surely did not land: see GateController._hold_back_action).
 
 The set is durable, in the journal's `unconfirmed` table, written in the same transaction as the
 tap's UNCONFIRMED rewrite and removed in the same transaction as the RECOVERED row, so a power cut
