@@ -219,6 +219,8 @@ class CardChain:
         findings: dict[str, Findings] = {}
         for tap in new:
             findings[tap.tap_id] = await self._tap(tap, known_counter)
+            if known_counter is not None and is_link(tap):  # the batch's own links fill no gap
+                known_counter = max(known_counter, tap.counter_after)
         if head is None or changed or chain_key(new[0]) < chain_key(head):
             await self._rebuild(phone, new)
         else:

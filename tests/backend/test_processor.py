@@ -220,3 +220,16 @@ async def test_a_bus_boarding_is_a_whole_trip(migrated: Any) -> None:
         assert [(t.state, t.entry_station, t.exit_station, t.fare) for t in trips] == [
             ("complete", 50, 50, board.fare), ("complete", 1, 4, exit_.fare)]
         assert board.fare > 0
+
+
+async def test_consecutive_taps_in_one_batch_leave_no_gap(migrated: Any) -> None:
+    """A known phone's next taps arriving together read the counters each other wrote: all `ok`."""
+    sessions, store, processor = await setup(migrated)
+    alpha, delta = SimGate(1), SimGate(4)
+    first, wallet = alpha.tap(new_phone(CARD, balance=5000), CARD, Direction.ENTRY, at(2, 0))
+    await ingest(store, processor, first)
+    exit_, wallet = delta.tap(wallet, CARD, Direction.EXIT, at(2, 30))
+    again, wallet = delta.tap(wallet, CARD, Direction.ENTRY, at(3, 0))
+    await ingest(store, processor, exit_, again)
+    async with sessions() as session:
+        assert {t.reconciled for t in (await session.execute(select(TapRow))).scalars()} == {"ok"}
