@@ -20,6 +20,8 @@ from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig, FaultsConfig, RatesConfig
 from firmware_sim.population import Phone, Population
 
+from .stations import WiredStation
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "fare_core" / "examples"
 ENTRY_GATE, EXIT_GATE = 0, 1
 SPECS = [GateSpec(1, 1, "entry"), GateSpec(3, 2, "exit")]
@@ -152,7 +154,8 @@ async def test_line_noise_causes_no_wrong_charge(tmp_path: Path, table: TableDat
 
 async def test_unplugged_reader_is_reopened(tmp_path: Path, table: TableData) -> None:
     device = DeviceConfig(barrier=FAST)
-    async with SimStation(tmp_path, SPECS, phones((0xF1, 1000)), table, device=device) as st:
+    # through fixed paths, as a gate names its port: the re-plugged reader gets a new /dev/pts number
+    async with WiredStation(tmp_path, SPECS, phones((0xF1, 1000)), table, device=device) as st:
         assert st.sim is not None
         gate = st.gates[ENTRY_GATE]
         st.sim.unplug(ENTRY_GATE, 0.5)

@@ -47,6 +47,7 @@ from gate.unconfirmed import RECOVERY_WINDOW_S, UnconfirmedWrite, UnconfirmedWri
 from protocol.mqtt import Action, ActionListMessage
 
 from .brokers import Broker
+from .stations import WiredStation
 from .test_gate_e2e import assert_wallets_match_journal
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "fare_core" / "examples"
@@ -59,25 +60,6 @@ CARD = 0x5A01
 @pytest.fixture(scope="module")
 def table() -> TableData:
     return compiler.compile_rules(rules.load_rules(EXAMPLES / "tiny.toml"), version=3)
-
-
-class WiredStation(SimStation):
-    """A SimStation whose readers are reached through fixed paths (symlinks the simulator re-points),
-    as a gate's config names its port: a power-cycled reader comes back on a new /dev/pts number, and
-    a gate holding the old number could open someone else's pty on a shared machine."""
-
-    async def __aenter__(self) -> SimStation:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        links: list[str | Path] = [self.data_dir / f"reader-{i}" for i in range(len(self.specs))]
-        self.sim = Sim(self.device, self.population, gates=len(self.specs), links=links).start()
-        try:
-            for index in range(len(self.specs)):
-                self.gates.append(await self.start_gate(index))
-            await asyncio.sleep(0.05)  # as SimStation: let each gate learn the field
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
-        return self
 
 
 def rider() -> Population:
