@@ -135,6 +135,8 @@ def _print_taps(chained: Callable[[TapOutcome], None] | None,
         opened = f", barrier {outcome.tap_to_open_us / 1000:.1f} ms" if outcome.tap_to_open_us else ""
         known = outcome.reason in Reason._value2member_map_
         reason = Reason(outcome.reason).name if known else str(outcome.reason)
+        if outcome.extra.get("recovered"):  # the earlier unconfirmed write had landed: no new charge
+            reason += f" (recovers tap {outcome.extra.get('recovers_seq')}, its write had landed)"
         log.info("tap %016x: %s %s, fare ¥%d.%02d (wallet read and decided in %.1f ms%s)", outcome.card_id,
                  verdict, reason, outcome.fare // 100, outcome.fare % 100, outcome.decision_us / 1000, opened)
     return on_tap
