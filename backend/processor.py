@@ -150,6 +150,23 @@ class Processor:
         day = (tap.time + self.day_shift).date().isoformat()
         return ledger.revenue(self.network(tap)[0], day)
 
+    def passed(self, unconfirmed: TapRow) -> bool:
+        """Was an unconfirmed write a passage? The gate's row says READ_FAILED whatever it decided.
+        A write that blocked a deny-listed wallet (Flag.BLOCKED_NOW) is a refusal (DENYLISTED), unless
+        the fare table let the rider out of the paid area (DENYLISTED_EXIT_CHARGED, or a free exit):
+        fare_core, re-run on the wallet the tap read, tells. Without the tap's fare table (loaded by
+        the caller), a charge tells: a refusal charges nothing."""
+        if not unconfirmed.flags & Flag.BLOCKED_NOW:
+            return True
+        table = self.tables.get(unconfirmed.fare_table_version)
+        if table is None:
+            return ledger.charged(unconfirmed) > 0
+        try:
+            decision = expected_decision(unconfirmed, table, True, self.sam)
+        except (fare_core.FareCoreError, ValueError):
+            return False
+        return bool(decision.allowed) and decision.counter == unconfirmed.counter_after
+
     def verify_recovery(self, recovered: TapRow, unconfirmed: TapRow) -> bool:
         """Does the re-tap's wallet (checked under the SAM key) hold the record the unconfirmed tap wrote?"""
         try:
@@ -395,12 +412,12 @@ class CardChain:
 
     def _counts(self, tap: TapRow) -> bool:
         """Does the tap take part in trips? An allowed tap, and an unconfirmed write once it landed
-        (the barrier stayed shut but the wallet holds the write: unless it blocked the wallet, it was
-        the passage the gate decided)."""
+        (the barrier stayed shut but the wallet holds the write: the passage the gate decided, unless
+        the write was a deny-listed wallet's refusal, Processor.passed)."""
         if is_recovered(tap):
             return False
         if is_unconfirmed(tap):
-            return tap.reconciled == Landing.LANDED.value and not tap.flags & Flag.BLOCKED_NOW
+            return tap.reconciled == Landing.LANDED.value and self.p.passed(tap)
         return tap.allowed
 
     @staticmethod
