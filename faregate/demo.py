@@ -26,13 +26,16 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 import fare_core
+from backend.audit import account_totals
 from backend.broker import free_port
 from backend.config import Settings
 from backend.db import make_engine
@@ -40,7 +43,7 @@ from backend.deploy.accounts import BrokerAccounts
 from backend.payments import SimulatedProvider
 from backend.runtime import serve
 from backend.tables import TapRow, TripRow
-from fare_core import Reason
+from fare_core import Flag, Reason
 from fare_core import rules as fare_rules
 from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
@@ -84,10 +87,63 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print("\nsummary")
-        for key, value in summary.items():
-            print(f"  {key:22} {value}")
+        print(describe(summary))
     return 0 if summary["lost"] == 0 else 1
+
+
+#: Gate outcomes of a phone in the field that never became a journaled tap (nothing was decided), by
+#: the gate's metric label, named apart from the READ_FAILED reason of a journaled tap whose write failed.
+NOT_JOURNALED = {"read_failed": "wallet_unreadable", "two_phones": "two_phones"}
+
+
+def yuan(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    return f"{sign}¥{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
+@dataclass
+class StoredCounts:
+    """What the backend's database holds, by the queries both the progress lines and the summary use."""
+
+    revenue: int
+    suspense: int
+    undelivered: int
+    recovered: int
+    trips: dict[str, int]
+    allowed: dict[str, int] = field(default_factory=dict)  # reason name -> taps
+    denied: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def stored(self) -> int:
+        return sum(self.allowed.values()) + sum(self.denied.values())
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """The summary for a person: each term explained once, money in yuan (the JSON keeps fen)."""
+    def counts(by_name: dict[str, int]) -> str:
+        ordered = sorted(by_name.items(), key=lambda item: -item[1])
+        return ", ".join(f"{name} {n}" for name, n in ordered) or "none"
+
+    return "\n".join([
+        "",
+        "summary",
+        f"  taps journaled {summary['journaled']:8d}  decisions the {summary['gates']} gates wrote to their "
+        "journals before the barrier moved",
+        f"  taps stored    {summary['taps']:8d}  of those, in the backend's database",
+        f"  lost           {summary['lost']:8d}  journaled but not stored (must be 0)",
+        f"    allowed      {summary['allowed']:8d}  {counts(summary['allowed_by_reason'])}",
+        f"    denied       {summary['denied']:8d}  {counts(summary['denied_by_reason'])}",
+        f"    recovered    {summary['recovered']:8d}  of the stored taps, re-taps that completed a write "
+        "whose answer was lost",
+        f"  not journaled  {sum(summary['not_journaled'].values()):8d}  phones in the field the gates could "
+        f"not read, so nothing was decided: {counts(summary['not_journaled'])}",
+        f"  trips          {summary['trips']:8d}  {counts(summary['trips_by_state'])}",
+        f"  revenue        {yuan(summary['revenue_fen']):>8}  fares whose wallet write landed",
+        f"  in suspense    {yuan(summary['suspense_fen']):>8}  writes not yet known to have landed",
+        f"  on its way     {yuan(summary['undelivered_fen']):>8}  top-ups paid, not yet written to a phone",
+        f"  air recharges  {summary['air_recharges']:8d}  {yuan(summary['air_recharged_fen'])} paid through "
+        "the payment provider",
+    ])
 
 
 class Demo:
@@ -278,25 +334,32 @@ class Demo:
                 self.recharged.append(amount)
 
     async def _progress(self, settings: Settings, station: SimStation, elapsed: float) -> str:
-        stored, revenue, _ = await self._counts(settings)
+        counts = await self._counts(settings)
         backlog = sum(g.journal.pending_count() for g in station.gates)
         journaled = sum(g.journal.last_seq for g in station.gates)
-        return (f"[{elapsed:5.0f} s] taps journaled {journaled:6d}  stored {stored:6d}  "
-                f"revenue ¥{revenue // 100}.{revenue % 100:02d}  backlog {backlog}")
+        return (f"[{elapsed:5.0f} s] taps journaled {journaled:6d}  stored {counts.stored:6d}  "
+                f"revenue {yuan(counts.revenue)}  not yet sent {backlog}")
 
-    async def _counts(self, settings: Settings) -> tuple[int, int, dict[str, int]]:
+    async def _counts(self, settings: Settings) -> StoredCounts:
         engine = make_engine(settings)
         try:
-            async with engine.connect() as db:
-                stored = int((await db.execute(select(func.count()).select_from(TapRow))).scalar() or 0)
-                total = select(func.coalesce(func.sum(TapRow.fare), 0))
-                revenue = int((await db.execute(total)).scalar() or 0)
-                rows = await db.execute(select(TapRow.reason, func.count()).where(TapRow.allowed.is_(False))
-                                        .group_by(TapRow.reason))
-                denials = {Reason(r).name.lower(): int(n) for r, n in rows.all()}
+            async with AsyncSession(engine) as session:
+                by_reason = await session.execute(select(TapRow.allowed, TapRow.reason, func.count())
+                                                  .group_by(TapRow.allowed, TapRow.reason))
+                recovered = await session.scalar(select(func.count()).select_from(TapRow).where(
+                    TapRow.flags.bitwise_and(int(Flag.RECOVERED)) != 0))
+                trips = await session.execute(select(TripRow.state, func.count()).group_by(TripRow.state))
+                totals = await account_totals(session)
+                counts = StoredCounts(revenue=totals["revenue"], suspense=totals["suspense"],
+                                      undelivered=totals["undelivered"], recovered=int(recovered or 0),
+                                      trips={state: int(n) for state, n in trips.all()})
+                for allowed, reason, n in by_reason.all():
+                    name = Reason(reason).name.lower() if reason in Reason._value2member_map_ else str(reason)
+                    bucket = counts.allowed if allowed else counts.denied
+                    bucket[name] = bucket.get(name, 0) + int(n)
         finally:
             await engine.dispose()
-        return stored, revenue, denials
+        return counts
 
     async def _settle(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -309,22 +372,35 @@ class Demo:
             await asyncio.sleep(0.2)
 
     async def _summary(self, settings: Settings, station: SimStation) -> dict[str, Any]:
-        stored, revenue, denials = await self._counts(settings)
-        engine = make_engine(settings)
-        try:
-            async with engine.connect() as db:
-                trips = int((await db.execute(select(func.count()).select_from(TripRow))).scalar() or 0)
-        finally:
-            await engine.dispose()
+        """The run's figures, each counted in one place and reconciled: taps the gates journaled =
+        taps stored + lost; stored = allowed + denied; a phone in the field that never became a tap
+        (the gate could not read it) is counted apart, as not journaled."""
+        counts = await self._counts(settings)
         journaled = sum(g.journal.last_seq for g in station.gates)
-        outcomes: Counter[str] = Counter()
-        for gate in station.gates:
-            for sample in gate.metrics.registry.collect():
-                if sample.name == "faregate_taps":
-                    for s in sample.samples:
-                        if s.name.endswith("_total"):
-                            outcomes[s.labels["outcome"]] += int(s.value)
-        return {"taps": stored, "journaled": journaled, "trips": trips, "revenue_fen": revenue,
-                "denials": denials, "gate_outcomes": dict(outcomes), "lost": max(0, journaled - stored),
-                "air_recharges": len(self.recharged), "air_recharged_fen": sum(self.recharged),
-                "gates": len(station.gates)}
+        not_journaled: Counter[str] = Counter()
+        for gate in station.gates:  # the gates' own counters of phones they could not decide for
+            for metric in gate.metrics.registry.collect():
+                if metric.name == "faregate_taps":
+                    for sample in metric.samples:
+                        outcome = sample.labels.get("outcome", "")
+                        if sample.name.endswith("_total") and outcome in NOT_JOURNALED:
+                            not_journaled[NOT_JOURNALED[outcome]] += int(sample.value)
+        return {
+            "gates": len(station.gates),
+            "journaled": journaled,
+            "taps": counts.stored,
+            "lost": max(0, journaled - counts.stored),
+            "allowed": sum(counts.allowed.values()),
+            "denied": sum(counts.denied.values()),
+            "allowed_by_reason": counts.allowed,
+            "denied_by_reason": counts.denied,
+            "recovered": counts.recovered,
+            "not_journaled": dict(not_journaled),
+            "trips": sum(counts.trips.values()),
+            "trips_by_state": counts.trips,
+            "revenue_fen": counts.revenue,
+            "suspense_fen": counts.suspense,
+            "undelivered_fen": counts.undelivered,
+            "air_recharges": len(self.recharged),
+            "air_recharged_fen": sum(self.recharged),
+        }

@@ -23,11 +23,32 @@ def test_demo_runs_a_station_and_loses_nothing(tmp_path: object) -> None:
     assert summary["gates"] == 4
     assert summary["taps"] > 10 and summary["journaled"] == summary["taps"]
     assert summary["lost"] == 0
-    assert summary["revenue_fen"] >= 0 and summary["trips"] > 0
-    assert summary["gate_outcomes"].get("ok", 0) > 0
+    # every count is defined once and the totals add up
+    assert summary["allowed"] + summary["denied"] == summary["taps"]
+    assert sum(summary["allowed_by_reason"].values()) == summary["allowed"] > 0
+    assert sum(summary["denied_by_reason"].values()) == summary["denied"]
+    assert sum(summary["trips_by_state"].values()) == summary["trips"] > 0
+    assert summary["recovered"] <= summary["taps"]
+    assert set(summary["not_journaled"]) <= {"wallet_unreadable", "two_phones"}
+    assert summary["revenue_fen"] >= 0 and summary["suspense_fen"] >= 0 and summary["undelivered_fen"] >= 0
     # air recharges went through the payment flow: intent, then the provider's signed confirmation
     assert summary["air_recharges"] >= 1
     assert summary["air_recharged_fen"] >= 2000 * summary["air_recharges"]
+
+
+def test_the_readable_summary_explains_its_terms_and_shows_yuan() -> None:
+    from faregate.demo import describe
+
+    summary = {"gates": 4, "journaled": 12, "taps": 12, "lost": 0, "allowed": 10, "denied": 2,
+               "allowed_by_reason": {"ok": 10}, "denied_by_reason": {"no_entry": 2}, "recovered": 1,
+               "not_journaled": {"wallet_unreadable": 3}, "trips": 5, "trips_by_state": {"complete": 5},
+               "revenue_fen": 1234, "suspense_fen": 0, "undelivered_fen": 2000, "air_recharges": 1,
+               "air_recharged_fen": 2000}
+    text = describe(summary)
+    assert "¥12.34" in text and "¥20.00" in text and "1234" not in text
+    for term in ("journaled", "stored", "lost", "not journaled", "suspense", "on its way"):
+        assert term in text
+    assert "must be 0" in text
 
 
 @pytest.mark.slow
