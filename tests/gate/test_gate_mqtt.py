@@ -157,6 +157,7 @@ async def test_trips_reach_the_backend_once_and_leave_the_journal(broker: Broker
         assert set(await reconciled()) == {"ok"}
 
 
+@pytest.mark.slow  # a 30 s outage on purpose: the length a station's broker restart really takes
 async def test_broker_down_30_s_during_traffic_loses_and_doubles_nothing(
         broker: Broker, tmp_path: Path, table: TableData) -> None:
     async with backend(broker, tmp_path) as settings, SimStation(
