@@ -15,13 +15,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 import fare_core
-from fare_core.reasons import display_text, yuan
+from fare_core.reasons import Flag, display_text, yuan
 
+from ... import ledger
+from ...chain import Landing
 from ...config import Settings
-from ...tables import TapRow
+from ...tables import FareTableRow, PostingRow, TapRow
 from ..deps import SessionDep, SettingsDep, ViewerDep
 from . import stations
 
@@ -43,7 +46,7 @@ class GateDay(BaseModel):
     gate_id: str
     taps: int
     denied: int
-    fen: int
+    fen: int  # charged at this gate today: its taps' fares, an unconfirmed write only once it landed
     last_tap: datetime | None
     mean_latency_us: int
     max_latency_us: int
@@ -83,7 +86,7 @@ class Summary(BaseModel):
     service_day_start: datetime
     taps_today: int
     denied_today: int
-    revenue_today_fen: int
+    revenue_today_fen: int  # the service day's revenue postings: landed money only (docs/ledger.md)
     denials_today: dict[str, int]  # reason name -> taps
     denial_reasons: list[ReasonCount]  # the same, in words, most taps first
     per_minute: list[MinuteCount]
@@ -130,6 +133,36 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+#: The network names of each fare table version (a table never changes under its version).
+_NETWORKS: dict[int, tuple[str, ...]] = {}
+
+
+async def networks(session: AsyncSession) -> set[str]:
+    """Every network a revenue account can name: those of every fare table, and `unknown` (the
+    processor's name for a tap whose table the backend lacks)."""
+    versions = (await session.execute(select(FareTableRow.version))).scalars().all()
+    missing = [v for v in versions if v not in _NETWORKS]
+    if missing:
+        rows = await session.execute(
+            select(FareTableRow.version, FareTableRow.artefact).where(FareTableRow.version.in_(missing)))
+        for version, artefact in rows.all():
+            names = fare_core.FareTable.from_bytes(bytes(artefact)).data.network_names
+            _NETWORKS[int(version)] = tuple(str(name) for name in names)
+    return {"unknown"}.union(*(_NETWORKS.get(v, ()) for v in versions))
+
+
+async def revenue_today(session: AsyncSession, now: datetime, settings: Settings) -> int:
+    """The sum of today's revenue accounts (`revenue:<network>:<service day>`, service day as the
+    processor dates it): money from writes known to have landed, never an unconfirmed write's. The
+    accounts are named in full so the query reads the day's postings by the account index only."""
+    shift = timedelta(minutes=settings.service_utc_offset_min - settings.service_day_start_min)
+    day = (now + shift).date().isoformat()
+    accounts = sorted(ledger.revenue(network, day) for network in await networks(session))
+    total = await session.scalar(
+        select(func.coalesce(func.sum(PostingRow.amount), 0)).where(PostingRow.account.in_(accounts)))
+    return int(total or 0)
+
+
 @router.get("/summary", response_model=Summary)
 async def summary(
     _: ViewerDep,
@@ -140,12 +173,18 @@ async def summary(
     now = datetime.now(UTC)
     day_start = service_day_start(now, settings)
     denied = case((TapRow.allowed.is_(False), 1), else_=0)
+    # a write whose landing is unknown, or that did not land, charged nothing (yet)
+    charged = case(
+        (or_(TapRow.flags.bitwise_and(int(Flag.UNCONFIRMED)) == 0,
+             TapRow.reconciled == Landing.LANDED.value), TapRow.fare),
+        else_=0,
+    )
     per_gate = await session.execute(
         select(
             TapRow.gate_id,
             func.count(),
             func.sum(denied),
-            func.coalesce(func.sum(TapRow.fare), 0),
+            func.coalesce(func.sum(charged), 0),
             func.max(TapRow.time),
             func.avg(TapRow.latency_us),
             func.max(TapRow.latency_us),
@@ -214,7 +253,7 @@ async def summary(
         service_day_start=day_start,
         taps_today=sum(g.taps for g in gates),
         denied_today=sum(g.denied for g in gates),
-        revenue_today_fen=sum(g.fen for g in gates),
+        revenue_today_fen=await revenue_today(session, now, settings),
         denials_today=denials,
         denial_reasons=denial_reasons,
         per_minute=[MinuteCount(minute=m, allowed=a, denied=d) for m, (a, d) in buckets.items()],
