@@ -10,10 +10,11 @@ import asyncio
 import base64
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Exists, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import fare_core
+from fare_core.reasons import Flag
 from protocol.mqtt import (
     Action,
     ActionListMessage,
@@ -24,6 +25,7 @@ from protocol.mqtt import (
     UpdateKind,
 )
 
+from .chain import Landing
 from .publisher import Publisher
 from .tables import (
     ActionRow,
@@ -33,6 +35,7 @@ from .tables import (
     FareTableRow,
     GateRow,
     PhoneRow,
+    TapRow,
 )
 
 
@@ -66,6 +69,18 @@ async def next_counter(session: AsyncSession, name: str) -> int:
     row.value += 1
     await session.flush()
     return row.value
+
+
+def held() -> Exists:
+    """An action an UNCONFIRMED tap of its phone applied, while that write is not settled: whether the
+    top-up is on the wallet is unknown, so no other gate may apply it meanwhile (the rider would be
+    credited twice). Landed, the processor marks it applied; voided, it is on the list again."""
+    return exists().where(
+        TapRow.card_id == ActionRow.card_id,  # the card's taps by index; a tap cannot hold another's
+        TapRow.action_id == ActionRow.id,
+        TapRow.flags.bitwise_and(int(Flag.UNCONFIRMED)) != 0,
+        or_(TapRow.reconciled.is_(None), TapRow.reconciled == Landing.PENDING.value),
+    )
 
 
 class Distributor:
@@ -189,12 +204,15 @@ class Distributor:
     # --- actions ---------------------------------------------------------------------------------
 
     async def publish_actions(self) -> int:
+        """The action list: every pending action but those held by an unsettled write (held())."""
         async with self.sessions.begin() as session:
             version = await next_counter(session, "actions_version")
             rows = (
                 (
                     await session.execute(
-                        select(ActionRow).where(ActionRow.state == "pending").order_by(ActionRow.id)
+                        select(ActionRow)
+                        .where(ActionRow.state == "pending", ~held())
+                        .order_by(ActionRow.id)
                     )
                 )
                 .scalars()

@@ -62,7 +62,7 @@ class Outcome:
     """What processing one card's taps asks of the caller once the transaction is committed."""
 
     block: bool = False
-    actions_applied: bool = False
+    actions_applied: bool = False  # the action list changes: applied, held by an unconfirmed write, freed
 
 
 @dataclass
@@ -276,6 +276,8 @@ class CardChain:
             before = unconfirmed.reconciled or PENDING
             if unconfirmed.reconciled is None:  # new: its provisional write goes to suspense
                 await ledger.unconfirmed(session, unconfirmed)
+                if unconfirmed.action_id is not None:  # its action is held off the list meanwhile
+                    self.outcome.actions_applied = True
             if outcome.value == before:
                 unconfirmed.reconciled = before
                 continue
@@ -290,6 +292,8 @@ class CardChain:
             else:
                 await self._unland(unconfirmed)
                 await ledger.voided(session, unconfirmed, why)
+                if unconfirmed.action_id is not None:  # its action, still pending, is free again
+                    self.outcome.actions_applied = True
         return changed
 
     async def _unland(self, tap: TapRow) -> None:
