@@ -373,6 +373,8 @@ class Soak:
             if not deck:
                 deck = [k for k in FAULTS if k not in self.args.skip.split(",")]
                 self.rng.shuffle(deck)
+                if not deck:
+                    return  # every kind skipped: commuters only
             # an owed kind every other draw: one that cannot happen for a while must not starve the deck
             kind = self.owed.pop(0) if self.owed and self.rng.random() < 0.5 else deck.pop()
             self._spawn(self._fault(kind))
