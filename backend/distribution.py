@@ -83,6 +83,13 @@ def held() -> Exists:
     )
 
 
+async def is_held(session: AsyncSession, action_id: int) -> bool:
+    """Is this pending action held by an unsettled write (held())? Cancelling it then would refund
+    money the wallet may already hold: the cancel route should refuse until the write is settled."""
+    query = select(ActionRow.id).where(ActionRow.id == action_id, held())
+    return await session.scalar(query) is not None
+
+
 class Distributor:
     _lock = asyncio.Lock()  # one deny-list version at a time in this process
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from backend import audit, ledger
-from backend.distribution import Distributor
+from backend.distribution import Distributor, is_held
 from backend.publisher import Publisher
 from backend.tables import ActionRow
 from fare_core.reasons import Direction
@@ -66,12 +66,16 @@ async def test_a_topup_in_an_unsettled_write_is_held_off_the_action_list(
             assert exit_.topup_applied == 1000 and exit_.action_id == action_id
             await ingest(store, processor, entry, unconfirmed(delta, exit_))
             assert await published() == []  # whether the top-up is on the wallet is unknown: held
+            async with sessions() as session:
+                assert await is_held(session, action_id)
             if lands:  # the next tap reads the counter the write moved to
                 after, _ = alpha.tap(written, CARD, ENTRY, at(3, 0))
             else:  # the rider's retry at the same gate reads the old counter (the top-up not offered)
                 after, _ = delta.tap(wallet, CARD, EXIT, at(2, 31))
             await ingest(store, processor, after)
             assert await published() == ([] if lands else [action_id])
+            async with sessions() as session:
+                assert not await is_held(session, action_id)
     finally:
         await publisher.aclose()
     async with sessions() as session:
