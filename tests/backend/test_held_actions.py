@@ -56,7 +56,7 @@ async def test_a_topup_in_an_unsettled_write_is_held_off_the_action_list(
                 """The action ids of the next action list the backend publishes."""
                 async with asyncio.timeout(10):
                     message = await anext(watcher.messages)
-                body = ActionListMessage.model_validate_json(bytes(message.payload))  # type: ignore[arg-type]
+                body = ActionListMessage.model_validate_json(bytes(message.payload))
                 return [a.action_id for a in body.actions]
 
             await distributor.publish_actions()
