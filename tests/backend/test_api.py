@@ -285,6 +285,34 @@ async def test_mode_command_reaches_the_gate_and_reports_count_taps(api: Api, br
     assert [(r["gate_id"], r["taps"], r["max_us"]) for r in latency] == [("12-3", 3, 400)]
 
 
+async def test_an_action_in_a_write_not_yet_known_to_have_landed_cannot_be_cancelled(api: Api) -> None:
+    """Cancelling would take the money back from `undelivered` while the wallet may already hold it."""
+    admin = await api.login(**ADMIN)
+    sessions = api.app.state.sessions
+    processor = Processor(api.settings.model_copy(update={"reconcile": False}), sessions)
+    store = TapStore(sessions)
+    created = await api.client.post("/api/v1/actions", headers=admin, json={"card_id": CARD, "topup": 500})
+    assert created.status_code == 201, created.text
+    action = int(created.json()["id"])
+    unsettled = make_tap(2, direction=fare_core.Direction.EXIT, balance_before=1000, balance_after=1500,
+                         action_id=action, topup_applied=500, allowed=False,
+                         reason=fare_core.Reason.READ_FAILED,
+                         flags=fare_core.Flag.TOPUP_APPLIED | fare_core.Flag.UNCONFIRMED)
+    made = [make_tap(1, balance_before=1000, balance_after=1000), unsettled]
+    await store.store([RawMessage(api.topics.taps(t.gate_id), encode(t)) for t in made])
+    while await processor.run_once():
+        pass
+    refused = await api.client.post(f"/api/v1/actions/{action}/cancel", headers=admin)
+    assert refused.status_code == 409 and "not yet known to have landed" in refused.text
+    # the phone's next tap reads the counter the write moved to: landed, applied, and still not cancellable
+    await store.store([RawMessage(api.topics.taps("12-3"), encode(make_tap(3, balance_before=1500,
+                                                                             balance_after=1500)))])
+    while await processor.run_once():
+        pass
+    applied = await api.client.post(f"/api/v1/actions/{action}/cancel", headers=admin)
+    assert applied.status_code == 409 and "applied" in applied.text
+
+
 async def test_every_kind_of_money_movement_is_a_balanced_entry(api: Api) -> None:
     """Each way money moves (docs/ledger.md) through the API and the processor: operator grants and a
     counter top-up (one cancelled), a provider's payment, deliveries at taps, an unconfirmed write that

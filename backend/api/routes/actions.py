@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 
-from ... import ledger
+from ... import distribution, ledger
 from ...tables import ActionRow
 from ..deps import DistributorDep, OperatorDep, PageDep, SessionDep, ViewerDep, audit
 from ..schemas import ActionCreate, ActionPublic, CardIdStr, IdPath
@@ -94,6 +94,9 @@ async def cancel(
         raise HTTPException(404, "no such action")
     if row.state != "pending":
         raise HTTPException(409, f"action is {row.state}, not pending")
+    if await distribution.is_held(session, action_id):  # the wallet may hold its money already
+        raise HTTPException(409, "a gate wrote this action in a write not yet known to have landed; "
+                                 "cancel it once the phone has tapped again and the write is settled")
     row.state = "cancelled"
     await ledger.cancelled(session, row.id, datetime.now(UTC))
     await audit(session, operator.username, "action.cancel", row.card_id, str(action_id))
