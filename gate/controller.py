@@ -21,6 +21,13 @@ shut) and the write kept durably (gate/unconfirmed.py). The phone's next tap her
 wallet holds the record written, the write landed and a RECOVERED tap is journaled and published
 (nothing written, fare 0) and the barrier opens as first decided; if not, the tap is decided afresh.
 
+The row is journaled while its write is on the wire, so it is journaled *unsettled* (the write kept in
+the row) and made final, in one fsynced step, once the write's outcome is known: settled as it stands
+(that fsync overlaps the barrier's opening), or rewritten as above. A gate that dies in between (power
+cut, kill -9) cannot know whether the write landed: at its next start every unsettled row is rewritten
+UNCONFIRMED and its write kept, exactly as a write whose answer was lost, before the uplink publishes
+anything; the phone's re-tap here then recovers it or is decided afresh.
+
 Two phones in the field: "one phone at a time", nothing read, nothing charged. A phone that stays in
 the field after its tap is not charged again until it has left. A phone weaker than the distance
 threshold is ignored (the reader already filters; the gate checks again).
@@ -143,7 +150,8 @@ class GateController:
         self.rssi_min_dbm = rssi_min_dbm
         self.hold_ms = hold_ms
         self.clock = clock
-        self.final_seq = journal.last_seq  # rows up to here have their final outcome
+        unsettled = journal.unsettled()  # rows a dead gate left mid-write: final once `start` settles them
+        self.final_seq = unsettled[0][0] - 1 if unsettled else journal.last_seq  # rows up to here are final
         self.on_tap: Callable[[TapOutcome], None] | None = None
         self.on_final: Callable[[int], None] | None = None
         self.on_alarm: Callable[[Alarm], None] | None = None
@@ -158,6 +166,7 @@ class GateController:
 
     # ---------------------------------------------------------------------------- running
     async def start(self) -> None:
+        await self._settle_left_mid_write()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"gate {self.gate_id}")
 
     async def stop(self) -> None:
@@ -166,6 +175,20 @@ class GateController:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def _settle_left_mid_write(self) -> None:
+        """Rows journaled while their wallet write was on the wire when the gate died: whether the write
+        landed cannot be known, so each is rewritten UNCONFIRMED and its write kept for the phone's
+        re-tap, as `_write_and_journal` does when the write's answer is lost. Before any row is
+        published: a landed write's row published as it stood would be a confirmed tap the wallet may
+        not hold (the next tap writes the same counter: a clone alarm on a genuine rider)."""
+        for seq, payload, detail in await asyncio.to_thread(self.journal.unsettled):
+            message = TapMessage.model_validate_json(payload)
+            write = UnconfirmedWrite.from_row(message.card_id, seq, message.time.timestamp(), detail)
+            await self.unconfirmed.remember(write, self._encode_tap(self._as_unconfirmed(message)))
+            log.warning("gate %s: tap %d of %016x was mid-write when the gate stopped: journaled unconfirmed",
+                        self.gate_id, seq, message.card_id)
+        self._finalise(self.journal.last_seq)
 
     @property
     def gate_id(self) -> str:
@@ -288,10 +311,12 @@ class GateController:
         seq = self.journal.next_seq()
         if t.decision.record is None:  # nothing to write: journal and go on
             await asyncio.to_thread(self.journal.append, seq, self._encode_tap(self._tap_message(seq, t)))
-        elif not await self._write_and_journal(seq, t):
+            self._finalise(seq)  # the row is final: the barrier is not part of it
+            return await self._open_and_show(seq, t)
+        if not await self._write_and_journal(seq, t):
             return TapOutcome(seq, card_id, Reason.READ_FAILED, False, 0, False, t.decision_us)
-        self._finalise(seq)  # the row is final: the barrier is not part of it
-        return await self._open_and_show(seq, t)
+        # The write landed: the row is settled on disk (final) while the barrier opens.
+        return await self._open_and_show(seq, t, asyncio.to_thread(self.journal.settle, seq))
 
     def _decide(self, card_id: int, wallet: bytes, table: fare_core.FareTable, when: int,
                 t_field_ns: int) -> _Tap | None:
@@ -311,9 +336,10 @@ class GateController:
         return _Tap(card_id, t_field_ns, wallet, tap, decision, table.version, action, decision_us)
 
     async def _write_and_journal(self, seq: int, t: _Tap) -> bool:
-        """Send the new record, journal the tap while the phone writes it, then settle: True when
-        the wallet holds it; False when it did not land (or may not have): the row has then been
-        rewritten as a tap that charged nothing and the commuter told to tap again."""
+        """Send the new record, journal the tap (unsettled) while the phone writes it, then settle:
+        True when the wallet holds it (the caller settles the row); False when it did not land (or may
+        not have): the row has then been rewritten, settled, as a tap that charged nothing (or flagged
+        UNCONFIRMED) and the commuter told to tap again."""
         card_id, decision, record = t.card_id, t.decision, t.decision.record
         assert record is not None
         # The write goes on the wire first; the tap is built and fsynced while the phone writes.
@@ -327,7 +353,11 @@ class GateController:
         try:
             message = self._tap_message(seq, t)
             encoded = self._encode_tap(message)
-            journaled = asyncio.ensure_future(asyncio.to_thread(self.journal.append, seq, encoded))
+            write = UnconfirmedWrite(card_id, seq, float(t.tap.time), int(decision.slot), bytes(record),
+                                     int(decision.counter), bool(decision.allowed), int(decision.reason),
+                                     t.table_version, message.action_id)
+            journaled = asyncio.ensure_future(asyncio.to_thread(
+                self.journal.append, seq, encoded, None, write.detail()))
         except BaseException:  # a bug: still settle the write, so its SEQ is not held for ever
             if written is not None:
                 with contextlib.suppress(LinkError):
@@ -345,17 +375,12 @@ class GateController:
                 self.state.action_applied(t.action)
             return True
         if landed is None:  # unknown: keep what the write would have made, say so
-            update: dict[str, object] = {"allowed": False, "reason": Reason.READ_FAILED,
-                                         "flags": message.flags | Flag.UNCONFIRMED}
-            unconfirmed = self._encode_tap(message.model_copy(update=update))
-            await self.unconfirmed.remember(UnconfirmedWrite(
-                card_id, seq, self.clock(), int(decision.slot), bytes(record), int(decision.counter),
-                bool(decision.allowed), int(decision.reason), t.table_version, message.action_id),
-                unconfirmed)
+            await self.unconfirmed.remember(write, self._encode_tap(self._as_unconfirmed(message)))
         else:  # known not to have landed: nothing was charged
-            update = {"allowed": False, "reason": Reason.READ_FAILED, "flags": 0, "fare": 0,
-                      "balance_after": message.balance_before, "counter_after": message.counter_before,
-                      "action_id": None, "topup_applied": 0}
+            update: dict[str, object] = {
+                "allowed": False, "reason": Reason.READ_FAILED, "flags": 0, "fare": 0,
+                "balance_after": message.balance_before, "counter_after": message.counter_before,
+                "action_id": None, "topup_applied": 0}
             rewritten = self._encode_tap(message.model_copy(update=update))
             await asyncio.to_thread(self.journal.replace, seq, rewritten)
         self._done_in_field.discard(card_id)
@@ -365,15 +390,30 @@ class GateController:
         await self._show(_STYLE_DENY, zh, en, 2000)
         return False
 
-    async def _open_and_show(self, seq: int, t: _Tap) -> TapOutcome:
-        """Open the barrier first (the figure a commuter feels), then the display, lights, buzzer."""
+    @staticmethod
+    def _as_unconfirmed(message: TapMessage) -> TapMessage:
+        """A tap whose write may or may not have landed: refused (barrier shut), flagged UNCONFIRMED,
+        fare and counters as the write would have made them (docs/ledger.md)."""
+        return message.model_copy(update={"allowed": False, "reason": Reason.READ_FAILED,
+                                          "flags": message.flags | Flag.UNCONFIRMED})
+
+    async def _open_and_show(self, seq: int, t: _Tap,
+                             settling: Awaitable[None] | None = None) -> TapOutcome:
+        """Open the barrier first (the figure a commuter feels), then the display, lights, buzzer.
+        `settling`: the row's settle, fsynced meanwhile; the row is final (published) once it is."""
         decision = t.decision
         opened_us = None
-        if decision.allowed:
-            await self.link.request(BarrierOpen(self.direction, 1, self.hold_ms), Ack)
-            host_ns = t.host_ns + self.link.last_sent_ns - t.rx_ns
-            opened_us = (time.perf_counter_ns() - t.t_field_ns) // 1000
-            self.metrics.observe_open(opened_us / 1e6, host_ns / 1e9)
+        settle = None if settling is None else asyncio.ensure_future(settling)
+        try:
+            if decision.allowed:
+                await self.link.request(BarrierOpen(self.direction, 1, self.hold_ms), Ack)
+                host_ns = t.host_ns + self.link.last_sent_ns - t.rx_ns
+                opened_us = (time.perf_counter_ns() - t.t_field_ns) // 1000
+                self.metrics.observe_open(opened_us / 1e6, host_ns / 1e9)
+        finally:
+            if settle is not None:
+                await settle
+                self._finalise(seq)
         self.metrics.taps.labels(outcome=Reason(decision.reason).name.lower()).inc()
         outcome = TapOutcome(seq, t.card_id, decision.reason, decision.allowed, decision.fare,
                              decision.allowed, t.decision_us, opened_us)

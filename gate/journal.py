@@ -12,6 +12,13 @@ command id applied, the action ids applied): one file to back up, one fsync disc
 phone's next tap here settles them (gate/unconfirmed.py); it is written in the same transaction as the
 tap row that goes with it.
 
+A tap whose wallet write is still on the wire is journaled *unsettled*: its row carries the write
+(`unsettled`, the UnconfirmedWrite's detail) until the write's outcome is known, and that column is
+cleared in the same fsynced step that makes the row final (`settle`, `replace`, `replace_unconfirmed`).
+A gate that dies in between finds the row unsettled at its next start and rewrites it UNCONFIRMED
+(GateController.start) before anything is published; `pending` never returns an unsettled row nor
+anything after one.
+
 One connection, guarded by a lock, so the controller can commit from a worker thread (overlapping
 the fsync with the wallet write on the serial line) while the uplink reads from the event loop.
 """
@@ -25,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS taps (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS taps (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL, unsettled TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS unconfirmed (card TEXT PRIMARY KEY, seq INTEGER NOT NULL, at REAL NOT NULL,
                                         detail TEXT NOT NULL);
 """
+# Only the rows whose write is on the wire: the first of them bounds `pending` at the cost of one probe.
+_UNSETTLED_INDEX = "CREATE INDEX IF NOT EXISTS taps_unsettled ON taps (seq) WHERE unsettled IS NOT NULL"
 
 
 def _card_key(card_id: int) -> str:
@@ -52,6 +61,10 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(taps)")}
+        if "unsettled" not in columns:  # a journal written before the column existed: all settled
+            self._db.execute("ALTER TABLE taps ADD COLUMN unsettled TEXT")
+        self._db.execute(_UNSETTLED_INDEX)
         self._last_seq = int(self._meta("last_seq", "0") or 0)
         self._committed = int(self._meta("committed_through", "0") or 0)
 
@@ -69,15 +82,19 @@ class Journal:
     def next_seq(self) -> int:
         return self._last_seq + 1
 
-    def append(self, seq: int, payload: bytes, resolves: int | None = None) -> None:
+    def append(self, seq: int, payload: bytes, resolves: int | None = None,
+               unsettled: str | None = None) -> None:
         """Store tap `seq` durably; it must be exactly the next seq. `resolves`: a card whose
-        unconfirmed write this tap settles (a RECOVERED tap), forgotten in the same transaction."""
+        unconfirmed write this tap settles (a RECOVERED tap), forgotten in the same transaction.
+        `unsettled`: the wallet write still on the wire (an UnconfirmedWrite's detail); the row is
+        not final, nor published, until `settle`, `replace` or `replace_unconfirmed` clears it."""
         with self._lock:
             if seq != self._last_seq + 1:
                 raise JournalError(f"seq {seq} is not the next one ({self._last_seq + 1})")
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("INSERT INTO taps (seq, payload) VALUES (?, ?)", (seq, payload))
+                self._db.execute("INSERT INTO taps (seq, payload, unsettled) VALUES (?, ?, ?)",
+                                 (seq, payload, unsettled))
                 self._set_meta("last_seq", str(seq))
                 if resolves is not None:
                     self._db.execute("DELETE FROM unconfirmed WHERE card = ?", (_card_key(resolves),))
@@ -87,13 +104,25 @@ class Journal:
                 raise
             self._last_seq = seq
 
+    def settle(self, seq: int) -> None:
+        """Tap `seq`'s wallet write landed: the row stands as journaled, and is final (one fsync)."""
+        with self._lock:
+            self._db.execute("UPDATE taps SET unsettled = NULL WHERE seq = ?", (seq,))
+
+    def unsettled(self) -> list[tuple[int, bytes, str]]:
+        """(seq, payload, write detail) of every row whose write never settled (the gate died)."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, payload, unsettled FROM taps"
+                                    " WHERE unsettled IS NOT NULL ORDER BY seq").fetchall()
+        return [(int(seq), bytes(payload), str(detail)) for seq, payload, detail in rows]
+
     def replace(self, seq: int, payload: bytes) -> None:
         """Rewrite a tap whose outcome changed before it was published (a wallet write that did not
-        land); a tap the backend already committed can never be rewritten."""
+        land), settled; a tap the backend already committed can never be rewritten."""
         with self._lock:
             if not self._committed < seq <= self._last_seq:
                 raise JournalError(f"seq {seq} is not an uncommitted tap")
-            self._db.execute("UPDATE taps SET payload = ? WHERE seq = ?", (payload, seq))
+            self._db.execute("UPDATE taps SET payload = ?, unsettled = NULL WHERE seq = ?", (payload, seq))
 
     def replace_unconfirmed(self, seq: int, payload: bytes, card_id: int, at: float, detail: str) -> None:
         """Rewrite tap `seq` as unconfirmed (as `replace`) and keep the card's unconfirmed write
@@ -103,7 +132,8 @@ class Journal:
                 raise JournalError(f"seq {seq} is not an uncommitted tap")
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("UPDATE taps SET payload = ? WHERE seq = ?", (payload, seq))
+                self._db.execute("UPDATE taps SET payload = ?, unsettled = NULL WHERE seq = ?",
+                                 (payload, seq))
                 self._db.execute(
                     "INSERT INTO unconfirmed (card, seq, at, detail) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT(card) DO UPDATE SET seq = excluded.seq, at = excluded.at,"
@@ -126,9 +156,14 @@ class Journal:
 
     def pending(self, after: int = 0, limit: int = 1000,
                 through: int | None = None) -> list[tuple[int, bytes]]:
-        """Uncommitted taps with seq > after (and <= through), oldest first."""
+        """Uncommitted taps with seq > after (and <= through), oldest first; never an unsettled row
+        nor one after it (the sequence the backend sees has no gap)."""
         upper = self._last_seq if through is None else through
         with self._lock:
+            first_unsettled = self._db.execute(
+                "SELECT MIN(seq) FROM taps WHERE unsettled IS NOT NULL").fetchone()[0]
+            if first_unsettled is not None:
+                upper = min(upper, int(first_unsettled) - 1)
             rows = self._db.execute(
                 "SELECT seq, payload FROM taps WHERE seq > ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                 (after, self._committed, upper, limit),
