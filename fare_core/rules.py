@@ -15,21 +15,50 @@ What GTFS lists product by product (a fare per OD pair) we also allow as rules t
 writes: a distance-band formula over the track graph, or a zone matrix; explicit OD pairs override either.
 
 Money is integer fen and distances integer metres; a float anywhere is refused (strict mode), because a
-fare table must be exact. Every problem is reported with its location (`networks.metro.edges[3].
-distance_m: must be > 0`) in one RulesError, so an operator fixes the file in one pass.
+fare table must be exact. Every problem is reported at once, with its location (`networks.metro.edges[3].
+distance_m: must be > 0`), its line and column when the text is known, and a hint where one helps, in one
+RulesError, so an operator fixes the file in one pass. One pass holds when pydantic refuses part of the
+file too: the cross-checks then run on a draft of what did validate (see `validate`), so a wrong type
+in one station does not hide an unknown network in a leg rule.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import tomllib
+import types
+import typing
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from fare_core.rules_advice import advise
+from fare_core.rules_problem import (
+    METRES_HINT,
+    MINUTES_HINT,
+    MONEY_HINT,
+    TIME_HINT,
+    LocPath,
+    Problem,
+    format_path,
+)
+from fare_core.rules_source import SourceMap
 
 MINUTES_PER_DAY = 24 * 60
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -46,12 +75,13 @@ Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
 _TIME_RE = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
 
-
 class RulesError(ValueError):
-    """The rules are invalid; `problems` holds (location, why) pairs, the message one line for each."""
+    """The rules are invalid. `issues` holds every error as a Problem (with line and column when the text
+    was known); `problems` the same as (location, why) pairs; the message is one line for each."""
 
-    def __init__(self, problems: Iterable[tuple[str, str]]) -> None:
-        self.problems: list[tuple[str, str]] = list(problems)
+    def __init__(self, issues: Iterable[Problem]) -> None:
+        self.issues: list[Problem] = [p for p in issues if p.severity == "error"]
+        self.problems: list[tuple[str, str]] = [(p.location, p.message) for p in self.issues]
         super().__init__("\n".join(f"{where}: {why}" if where else why for where, why in self.problems))
 
 
@@ -281,8 +311,10 @@ class FareRules(_Model):
         return value
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> FareRules:
-        problems = _Checker(self).run()
+    def _cross_checks(self, info: ValidationInfo) -> FareRules:
+        if info.context is _DRAFT:  # validate() runs them itself, with the draft's bookkeeping
+            return self
+        problems = _Checker(self, Draft.whole(self)).run()
         if problems:
             raise RulesError(problems)
         return self
@@ -315,22 +347,106 @@ def timeframe_minutes(frame: Timeframe) -> Iterable[int]:
 
 
 def _clock(minute_of_week: int) -> str:
-    day, minute = divmod(minute_of_week, MINUTES_PER_DAY)
+    day, minute = divmod(minute_of_week % (7 * MINUTES_PER_DAY), MINUTES_PER_DAY)
     return f"{DAYS[day]} {minute // 60:02d}:{minute % 60:02d}"
+
+
+def _span(start: int, end: int) -> str:
+    """Minutes of the week [start, end) as 'mon 07:30-09:00' (or '-24:00', or 'sun 23:00-mon 01:00')."""
+    start_day, end_day = start // MINUTES_PER_DAY, end // MINUTES_PER_DAY
+    end_text = _clock(end)
+    if end_day == start_day or (end_day == start_day + 1 and end % MINUTES_PER_DAY == 0):
+        end_text = end_text[4:] if end_day == start_day else "24:00"
+    return f"{_clock(start)}-{end_text}"
+
+
+def _runs(minutes: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted minutes of the week -> [start, end) runs of consecutive minutes."""
+    runs: list[tuple[int, int]] = []
+    for minute in minutes:
+        if runs and runs[-1][1] == minute:
+            runs[-1] = (runs[-1][0], minute + 1)
+        else:
+            runs.append((minute, minute + 1))
+    return runs
+
+
+T = TypeVar("T")
+_DRAFT: dict[str, bool] = {"draft": True}  # validation context: leave the cross-checks to validate()
+
+
+@dataclass
+class Draft:
+    """What validated of a rules file, with the bookkeeping to report on it in the file's own terms.
+
+    When pydantic refuses part of a file, the smallest table holding each refused value (a station, an
+    edge, a step, a network, a category...) is cut out and the rest validated again. `cuts` are the paths
+    cut; `origins` the original indices of the elements each shortened list kept, so a problem found in
+    the draft names the element the operator wrote. Checks whose answer a cut element could change
+    (reachability over cut edges, coverage by a cut leg rule, references to a cut station's id) are left
+    out rather than reported wrongly: they are dependent problems, reported once the cut one is fixed.
+    """
+
+    data: dict[str, Any]
+    cuts: set[LocPath] = field(default_factory=set)
+    origins: dict[LocPath, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def whole(cls, rules: FareRules) -> Draft:
+        return cls({})
+
+    def numbered(self, path: LocPath, items: Sequence[T]) -> list[tuple[int, T]]:
+        """(index in the file, item) for each item of the draft's list at `path`."""
+        kept = self.origins.get(path)
+        return list(zip(range(len(items)) if kept is None else kept, items, strict=True))
+
+    def lossy(self, *path: str | int) -> bool:
+        """Whether anything at or under `path` was cut out."""
+        return any(cut[:len(path)] == path for cut in self.cuts)
+
+    def cut_values(self, list_name: str, key: str) -> set[Any]:
+        """`key` of each cut element of a top-level list (for example the ids of the stations cut)."""
+        values: set[Any] = set()
+        items = self.data.get(list_name)
+        for cut in self.cuts:
+            if len(cut) == 2 and cut[0] == list_name and isinstance(cut[1], int) and isinstance(items, list):
+                raw = items[cut[1]] if cut[1] < len(items) else None
+                value = raw.get(key) if isinstance(raw, dict) else None
+                if value is not None and isinstance(value, (str, int, float)):
+                    values.add(value)
+        return values
+
+    def cut_keys(self, table_name: str) -> set[str]:
+        return {str(cut[1]) for cut in self.cuts if len(cut) == 2 and cut[0] == table_name}
+
+
+def _known(names: Iterable[Any], limit: int = 12) -> str:
+    names = [str(n) for n in names]
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 class _Checker:
     """Cross-field checks pydantic cannot express; collects every problem with its location."""
 
-    def __init__(self, rules: FareRules) -> None:
+    def __init__(self, rules: FareRules, draft: Draft) -> None:
         self.rules = rules
-        self.problems: list[tuple[str, str]] = []
+        self.draft = draft
+        self.problems: list[Problem] = []
         self.station_network: dict[int, str] = {}
+        self.coverage_unsure = False
+        # what was written but cut from the draft: referring to it is no error of its own
+        self.cut_stations = draft.cut_values("stations", "id")
+        self.cut_networks = draft.cut_keys("networks")
+        self.cut_categories = draft.cut_keys("rider_categories")
+        self.cut_bands = {str(v) for v in draft.cut_values("timeframes", "group")}
+        self.all_cut = {name for name in ("stations", "networks", "rider_categories", "timeframes",
+                                          "default_timeframe", "leg_rules") if (name,) in draft.cuts}
 
-    def add(self, where: str, why: str) -> None:
-        self.problems.append((where, why))
+    def add(self, where: LocPath, why: str, hint: str = "") -> None:
+        self.problems.append(Problem(where, why, hint))
 
-    def run(self) -> list[tuple[str, str]]:
+    def run(self) -> list[Problem]:
         self.check_counts()
         self.check_stations()
         self.check_edges()
@@ -340,52 +456,75 @@ class _Checker:
         self.check_transfers()
         return self.problems
 
+    def numbered(self, path: LocPath, items: Sequence[T]) -> list[tuple[int, T]]:
+        return self.draft.numbered(path, items)
+
+    def network_known(self, network: str) -> bool:
+        return network in self.rules.networks or network in self.cut_networks or "networks" in self.all_cut
+
     def check_counts(self) -> None:
         r = self.rules
         if len(r.networks) >= 255:
-            self.add("networks", f"{len(r.networks)} networks; at most 254")
+            self.add(("networks",), f"{len(r.networks)} networks; at most 254")
         if len(r.rider_categories) >= 256:
-            self.add("rider_categories", f"{len(r.rider_categories)} categories; at most 255")
+            self.add(("rider_categories",), f"{len(r.rider_categories)} categories; at most 255")
         if len(r.band_names) >= 256:
-            self.add("timeframes", f"{len(r.band_names)} time bands; at most 255")
+            self.add(("timeframes",), f"{len(r.band_names)} time bands; at most 255")
 
     def check_stations(self) -> None:
         first_seen: dict[int, int] = {}
-        for i, station in enumerate(self.rules.stations):
-            where = f"stations[{i}]"
+        for i, station in self.numbered(("stations",), self.rules.stations):
+            where: LocPath = ("stations", i)
             if station.id in first_seen:
-                self.add(f"{where}.id",
-                         f"duplicate station id {station.id} (also stations[{first_seen[station.id]}])")
+                self.add((*where, "id"),
+                         f"duplicate station id {station.id} (also stations[{first_seen[station.id]}])",
+                         "every station needs an id of its own")
                 continue
             first_seen[station.id] = i
             if station.network not in self.rules.networks:
-                self.add(f"{where}.network", f"unknown network {station.network!r}{self._known_networks()}")
+                if self.network_known(station.network):
+                    self.station_network[station.id] = station.network
+                else:
+                    self.add((*where, "network"),
+                             f"unknown network {station.network!r}{self._known_networks()}")
                 continue
             self.station_network[station.id] = station.network
             if len(set(station.lines)) != len(station.lines):
-                self.add(f"{where}.lines", "duplicate line")
+                self.add((*where, "lines"), "duplicate line")
+        if self.draft.lossy("stations"):
+            return  # a station cut from the draft may be the one a network is missing
         used = set(self.station_network.values())
         for network_id in self.rules.networks:
             if network_id not in used:
-                self.add(f"networks.{network_id}", "has no stations")
+                self.add(("networks", network_id), "has no stations",
+                         f'add stations with network = "{network_id}", or remove the network')
+
+    def station_hint(self, network_id: str) -> str:
+        ids = sorted(s for s, n in self.station_network.items() if n == network_id)
+        return f"stations of network {network_id!r}: {_known(ids)}" if ids else ""
 
     def check_edges(self) -> None:
         lines = {s.id: set(s.lines) for s in self.rules.stations}
         for network_id, network in self.rules.networks.items():
             if network.edges and network.fare_collection == "flat":
-                self.add(f"networks.{network_id}.edges", "a flat-fare network has no priced track segments")
+                self.add(("networks", network_id, "edges"),
+                         "a flat-fare network has no priced track segments",
+                         "a flat network is priced by one fare a boarding; remove its edges")
                 continue
             seen: dict[frozenset[int], int] = {}
-            for i, edge in enumerate(network.edges):
-                where = f"networks.{network_id}.edges[{i}]"
+            for i, edge in self.numbered(("networks", network_id, "edges"), network.edges):
+                where: LocPath = ("networks", network_id, "edges", i)
                 ok = True
-                for field, station in (("from", edge.from_station), ("to", edge.to_station)):
+                for field_name, station in (("from", edge.from_station), ("to", edge.to_station)):
                     if station not in self.station_network:
-                        self.add(f"{where}.{field}", f"unknown station {station}")
+                        if station not in self.cut_stations and "stations" not in self.all_cut:
+                            self.add((*where, field_name), f"unknown station {station}",
+                                     self.station_hint(network_id))
                         ok = False
                     elif self.station_network[station] != network_id:
-                        self.add(f"{where}.{field}",
-                                 f"station {station} belongs to network {self.station_network[station]!r}")
+                        self.add((*where, field_name),
+                                 f"station {station} belongs to network {self.station_network[station]!r}",
+                                 self.station_hint(network_id))
                         ok = False
                 if not ok:
                     continue
@@ -395,59 +534,84 @@ class _Checker:
                 key = frozenset((edge.from_station, edge.to_station))
                 if key in seen:
                     self.add(where, f"duplicate segment {edge.from_station}-{edge.to_station} "
-                                    f"(also networks.{network_id}.edges[{seen[key]}])")
+                                    f"(also networks.{network_id}.edges[{seen[key]}])",
+                             "a segment serves both directions; give each pair of neighbours once")
                 seen[key] = i
                 if edge.line is not None:
                     for station in (edge.from_station, edge.to_station):
-                        if edge.line not in lines[station]:
-                            self.add(f"{where}.line", f"station {station} is not on line {edge.line!r}")
+                        if edge.line not in lines.get(station, set()):
+                            self.add((*where, "line"), f"station {station} is not on line {edge.line!r}")
 
     def check_timeframes(self) -> None:
         r = self.rules
         owner: dict[int, int] = {}
-        for i, frame in enumerate(r.timeframes):
-            where = f"timeframes[{i}]"
+        frames = dict(self.numbered(("timeframes",), r.timeframes))
+        for i, frame in frames.items():
+            where: LocPath = ("timeframes", i)
             if frame.group == r.default_timeframe:
-                self.add(f"{where}.group", f"{frame.group!r} is the default_timeframe; it needs no rows")
+                self.add((*where, "group"), f"{frame.group!r} is the default_timeframe; it needs no rows")
                 continue
             if len(set(frame.days)) != len(frame.days):
-                self.add(f"{where}.days", "duplicate day")
+                self.add((*where, "days"), "duplicate day")
                 continue
             if frame.start_min == frame.end_min:
-                self.add(f"{where}.end", "must differ from start")
+                self.add((*where, "end"), "must differ from start",
+                         "a timeframe is [start, end); an end before the start runs past midnight")
                 continue
             if frame.start_min == MINUTES_PER_DAY:
-                self.add(f"{where}.start", "must be before 24:00")
+                self.add((*where, "start"), "must be before 24:00", TIME_HINT)
                 continue
+            length = frame.end_min + MINUTES_PER_DAY - frame.start_min
+            if frame.end_min < frame.start_min and length > 12 * 60:
+                self.problems.append(Problem(
+                    (*where, "end"), f"ends before it starts, so it runs past midnight: {frame.start} to "
+                                     f"{frame.end} the next day, {length // 60} h {length % 60:02d} min",
+                    f"an end before the start is read as overnight; if {frame.end} was meant the same day, "
+                    f"it must come after {frame.start}", "warning"))
+            clash: dict[int, list[int]] = defaultdict(list)  # other timeframe -> minutes both cover
             for minute in timeframe_minutes(frame):
                 other = owner.setdefault(minute, i)
-                if other != i and r.timeframes[other].group != frame.group:
-                    self.add(where, f"overlaps timeframes[{other}] ({r.timeframes[other].group!r}) "
-                                    f"at {_clock(minute)}")
+                if other != i:
+                    clash[other].append(minute)
+            for other, minutes in clash.items():
+                runs = _runs(sorted(minutes))
+                spans = ", ".join(_span(a, b) for a, b in runs[:3]) + (", ..." if len(runs) > 3 else "")
+                if frames[other].group != frame.group:
+                    self.add(where, f"overlaps timeframes[{other}] ({frames[other].group!r}) at {spans}",
+                             "a minute belongs to one time band: shorten one of them "
+                             "(an end before the start runs past midnight)")
                     break
-        if r.default_timeframe is None:
+                self.problems.append(Problem(
+                    where, f"overlaps timeframes[{other}] of the same group {frame.group!r} at {spans} "
+                           f"(harmless: those minutes are {frame.group!r} either way)",
+                    "merge the two rows or shorten one, if the overlap was not meant", "warning"))
+        if r.default_timeframe is None and not self.draft.lossy("timeframes"):
             if not r.timeframes:
-                self.add("timeframes", "no timeframes and no default_timeframe: no time band at all")
+                self.add(("timeframes",), "no timeframes and no default_timeframe: no time band at all")
             else:
-                gap = next((m for m in range(7 * MINUTES_PER_DAY) if m not in owner), None)
-                if gap is not None:
-                    self.add("timeframes",
-                             f"{_clock(gap)} is in no timeframe and default_timeframe is not set")
+                runs = _runs(m for m in range(7 * MINUTES_PER_DAY) if m not in owner)
+                if runs:
+                    spans = ", ".join(_span(a, b) for a, b in runs[:3]) + (", ..." if len(runs) > 3 else "")
+                    self.add(("timeframes",), f"{_clock(runs[0][0])} is in no timeframe and "
+                                              f"default_timeframe is not set (uncovered: {spans})",
+                             'set default_timeframe = "offpeak" for every minute no timeframe covers')
 
     def check_categories(self) -> None:
         for category_id, category in self.rules.rider_categories.items():
-            where = f"rider_categories.{category_id}"
+            where: LocPath = ("rider_categories", category_id)
             kinds = [k for k, v in (("percent_off", category.percent_off), ("fen_off", category.fen_off),
                                     ("free", category.free or None)) if v is not None]
             if len(kinds) > 1:
                 self.add(where, f"give at most one discount kind, not {' and '.join(kinds)}")
             if category.monthly_percent_off and not category.monthly_threshold_fen:
-                self.add(f"{where}.monthly_threshold_fen", "must be > 0 when monthly_percent_off is set")
+                self.add((*where, "monthly_threshold_fen"), "must be > 0 when monthly_percent_off is set",
+                         f"the fen spent in a month before the discount applies; {MONEY_HINT}")
         known = self.rules.rider_categories
         for i, name in enumerate(self.rules.min_entry_categories or []):
-            where = f"min_entry_categories[{i}]"
+            where = ("min_entry_categories", i)
             if name not in known:
-                self.add(where, f"unknown rider category {name!r} (known: {', '.join(known)})")
+                if name not in self.cut_categories:
+                    self.add(where, f"unknown rider category {name!r} (known: {', '.join(known)})")
             elif name in (self.rules.min_entry_categories or [])[:i]:
                 self.add(where, f"{name!r} is listed twice")
 
@@ -456,24 +620,34 @@ class _Checker:
         bands = r.band_names
         base: dict[tuple[str, str | None, str | None], int] = {}  # (network, timeframe, category) -> index
         od: dict[tuple[str, str | None, str | None], dict[tuple[int, int], int]] = defaultdict(dict)
-        for i, rule in enumerate(r.leg_rules):
-            where = f"leg_rules[{i}]"
+        rules_by_index: dict[int, LegRule] = {}
+        for i, rule in self.numbered(("leg_rules",), r.leg_rules):
+            where: LocPath = ("leg_rules", i)
+            rules_by_index[i] = rule
             network = r.networks.get(rule.network)
+            if network is None or (rule.timeframe is not None and rule.timeframe not in bands) or (
+                    rule.rider_category is not None and rule.rider_category not in r.rider_categories):
+                self.coverage_unsure = True  # the rule was meant to price something; which, is not known
             if network is None:
-                self.add(f"{where}.network", f"unknown network {rule.network!r}{self._known_networks()}")
+                if not self.network_known(rule.network):
+                    self.add((*where, "network"), f"unknown network {rule.network!r}{self._known_networks()}")
                 continue
             if rule.timeframe is not None and rule.timeframe not in bands:
-                self.add(f"{where}.timeframe",
-                         f"unknown timeframe {rule.timeframe!r} (known: {', '.join(bands)})")
+                bands_cut = {"timeframes", "default_timeframe"} & self.all_cut
+                if rule.timeframe not in self.cut_bands and not bands_cut:
+                    self.add((*where, "timeframe"),
+                             f"unknown timeframe {rule.timeframe!r} (known: {', '.join(bands)})")
                 continue
             if rule.rider_category is not None and rule.rider_category not in r.rider_categories:
-                self.add(f"{where}.rider_category", f"unknown rider category {rule.rider_category!r} "
-                                                    f"(known: {', '.join(r.rider_categories)})")
+                if rule.rider_category not in self.cut_categories and "rider_categories" not in self.all_cut:
+                    self.add((*where, "rider_category"), f"unknown rider category {rule.rider_category!r} "
+                                                         f"(known: {', '.join(r.rider_categories)})")
                 continue
             flat = network.fare_collection == "flat"
             if flat != isinstance(rule, FlatLegRule):
-                self.add(f"{where}.kind", f"a {rule.kind!r} rule cannot price {network.fare_collection} "
-                                          f"network {rule.network!r}")
+                self.add((*where, "kind"), f"a {rule.kind!r} rule cannot price {network.fare_collection} "
+                                           f"network {rule.network!r}",
+                         'a flat network takes kind = "flat"; an entry/exit network distance, zones or od')
                 continue
             key = (rule.network, rule.timeframe, rule.rider_category)
             if isinstance(rule, OdLegRule):
@@ -482,54 +656,71 @@ class _Checker:
             if key in base:
                 self.add(where, f"duplicates leg_rules[{base[key]}] (network {rule.network!r}, "
                                 f"timeframe {rule.timeframe or 'all'}, rider category "
-                                f"{rule.rider_category or 'all'})")
+                                f"{rule.rider_category or 'all'})",
+                         "one rule per network, timeframe and rider category; od rules add to it")
                 continue
             base[key] = i
             if isinstance(rule, DistanceLegRule):
-                self.check_distance(where, rule)
+                if not self.draft.lossy(*where, "steps"):
+                    self.check_distance(where, rule)
             elif isinstance(rule, ZoneLegRule):
                 self.check_zones(where, rule)
         # The adult price (rules without a rider category) must cover everything; category rules refine it.
         self.check_coverage({k[:2]: v for k, v in base.items() if k[2] is None},
-                            {k[:2]: v for k, v in od.items() if k[2] is None})
+                            {k[:2]: v for k, v in od.items() if k[2] is None}, rules_by_index)
 
-    def check_distance(self, where: str, rule: DistanceLegRule) -> None:
+    def check_distance(self, where: LocPath, rule: DistanceLegRule) -> None:
+        """The steps' ranges follow on from the base: (base_up_to_m, up_to_m], (up_to_m, next], ...
+
+        Only upper limits are written, so the ranges cannot leave a gap between them; they overlap when a
+        limit does not rise, and leave the distances beyond the last limit unpriced without an
+        open-ended step or a max_fen. Both are named with their ends."""
         lower = rule.base_up_to_m
+        ranges = f"the base covers 0..{lower} m"
         for j, step in enumerate(rule.steps):
             if step.up_to_m is None:
                 if j != len(rule.steps) - 1:
-                    self.add(f"{where}.steps[{j}].up_to_m", "only the last step may be open-ended")
+                    self.add((*where, "steps", j, "up_to_m"), "only the last step may be open-ended",
+                             f"steps[{j}] covers every distance beyond {lower} m, so steps[{j + 1}] and "
+                             f"later would never apply; give steps[{j}] an up_to_m")
                 return
             if step.up_to_m <= lower:
-                self.add(f"{where}.steps[{j}].up_to_m",
-                         f"{step.up_to_m} must be greater than the previous limit {lower}")
+                self.add((*where, "steps", j, "up_to_m"),
+                         f"{step.up_to_m} must be greater than the previous limit {lower} "
+                         f"({ranges}; steps[{j}] would cover {lower}..{step.up_to_m} m, which overlaps it)",
+                         "each step covers from the previous limit up to its own up_to_m, so limits rise")
                 return
+            ranges = f"steps[{j}] covers {lower}..{step.up_to_m} m"
             lower = step.up_to_m
         if rule.max_fen is None:
-            self.add(f"{where}.steps", f"distances beyond {lower} m have no fare: end with an open-ended "
-                                       f"step (no up_to_m) or set max_fen")
+            self.add((*where, "steps"), f"distances beyond {lower} m have no fare: end with an open-ended "
+                                        f"step (no up_to_m) or set max_fen",
+                     f"{lower}..∞ m is uncovered; e.g. {{ every_m = 8000, add_fen = 100 }} as the last step")
 
-    def check_zones(self, where: str, rule: ZoneLegRule) -> None:
+    def check_zones(self, where: LocPath, rule: ZoneLegRule) -> None:
         n = len(rule.zones)
         if len(set(rule.zones)) != n:
-            self.add(f"{where}.zones", "duplicate zone")
+            self.add((*where, "zones"), "duplicate zone")
         if len(rule.matrix) != n:
-            self.add(f"{where}.matrix", f"{len(rule.matrix)} rows for {n} zones")
+            self.add((*where, "matrix"), f"{len(rule.matrix)} rows for {n} zones",
+                     "matrix[from zone][to zone], one row and one column per zone, in the order of zones")
         for j, row in enumerate(rule.matrix):
             if len(row) != n:
-                self.add(f"{where}.matrix[{j}]", f"{len(row)} columns for {n} zones")
-        for k, station in enumerate(self.rules.stations):
+                self.add((*where, "matrix", j), f"{len(row)} columns for {n} zones")
+        for k, station in self.numbered(("stations",), self.rules.stations):
             if station.network == rule.network and station.zone not in rule.zones:
-                self.add(f"stations[{k}].zone", f"{station.zone!r} is not a zone of {where} "
-                                                f"({', '.join(rule.zones)})")
+                self.add(("stations", k, "zone"), f"{station.zone!r} is not a zone of {format_path(where)} "
+                                                  f"({', '.join(rule.zones)})")
 
-    def check_od(self, where: str, rule: OdLegRule, pairs: dict[tuple[int, int], int]) -> None:
-        for j, pair in enumerate(rule.pairs):
+    def check_od(self, where: LocPath, rule: OdLegRule, pairs: dict[tuple[int, int], int]) -> None:
+        for j, pair in self.numbered((*where, "pairs"), rule.pairs):
             ok = True
-            for field, station in (("from", pair.from_station), ("to", pair.to_station)):
+            for field_name, station in (("from", pair.from_station), ("to", pair.to_station)):
                 if self.station_network.get(station) != rule.network:
-                    self.add(f"{where}.pairs[{j}].{field}",
-                             f"station {station} is not a station of network {rule.network!r}")
+                    if station not in self.cut_stations and "stations" not in self.all_cut:
+                        self.add((*where, "pairs", j, field_name),
+                                 f"station {station} is not a station of network {rule.network!r}",
+                                 self.station_hint(rule.network))
                     ok = False
             if not ok:
                 continue
@@ -538,26 +729,53 @@ class _Checker:
                 keys.append((pair.to_station, pair.from_station))
             for key in keys:
                 if key in pairs:
-                    self.add(f"{where}.pairs[{j}]", f"fare {key[0]}->{key[1]} given twice")
+                    self.add((*where, "pairs", j), f"fare {key[0]}->{key[1]} given twice",
+                             "a pair is both ways unless both_ways = false")
                     break
                 pairs[key] = j
 
+    def uncertain_networks(self) -> set[str] | None:
+        """Networks whose coverage a cut leg rule (or a cut part of one) might have changed; None: all."""
+        if ("leg_rules",) in self.draft.cuts:
+            return None
+        items = self.draft.data.get("leg_rules")
+        networks: set[str] = set()
+        for cut in self.draft.cuts:
+            if cut[0] == "leg_rules" and isinstance(items, list) and isinstance(cut[1], int):
+                raw = items[cut[1]] if cut[1] < len(items) else None
+                if not isinstance(raw, dict) or not isinstance(raw.get("network"), str):
+                    return None
+                networks.add(raw["network"])
+        return networks
+
     def check_coverage(self, base: dict[tuple[str, str | None], int],
-                       od: dict[tuple[str, str | None], dict[tuple[int, int], int]]) -> None:
+                       od: dict[tuple[str, str | None], dict[tuple[int, int], int]],
+                       rules_by_index: dict[int, LegRule]) -> None:
         """Every band of every network has a fare, and every OD pair a distance or an explicit fare."""
         r = self.rules
+        uncertain = self.uncertain_networks()
+        if uncertain is None or self.coverage_unsure:
+            return
+        if {"stations", "timeframes", "default_timeframe"} & self.all_cut:
+            return
         for network_id, network in r.networks.items():
+            if network_id in uncertain:
+                continue
             stations = [s for s, n in self.station_network.items() if n == network_id]
             for band in r.band_names:
                 key = (network_id, band) if (network_id, band) in base else (network_id, None)
                 rule_index = base.get(key)
                 if network.fare_collection == "flat":
                     if rule_index is None:
-                        self.add("leg_rules",
-                                 f"flat network {network_id!r} has no fare in timeframe {band!r}")
+                        self.add(("leg_rules",),
+                                 f"flat network {network_id!r} has no fare in timeframe {band!r}",
+                                 f'add a leg rule: kind = "flat", network = "{network_id}", without a '
+                                 f"timeframe for every band")
                     continue
                 explicit = set(od.get((network_id, band), {})) | set(od.get((network_id, None), {}))
-                rule = None if rule_index is None else r.leg_rules[rule_index]
+                rule = None if rule_index is None else rules_by_index[rule_index]
+                if isinstance(rule, DistanceLegRule) and self.draft.lossy("networks", network_id):
+                    continue  # a cut segment may be the one that connects them
                 reach = _components(stations, network.edges) if isinstance(rule, DistanceLegRule) else None
                 missing = None
                 for a in stations:
@@ -573,22 +791,24 @@ class _Checker:
                 if missing is None:
                     continue
                 if rule is None:
-                    self.add("leg_rules", f"network {network_id!r} has no fare in timeframe {band!r} for "
-                                          f"{missing[0]}->{missing[1]} (add a distance, zones or od rule)")
+                    self.add(("leg_rules",),
+                             f"network {network_id!r} has no fare in timeframe {band!r} for "
+                             f"{missing[0]}->{missing[1]} (add a distance, zones or od rule)")
                 else:
-                    self.add(f"networks.{network_id}.edges",
+                    self.add(("networks", network_id, "edges"),
                              f"disconnected: station {missing[1]} is unreachable from station {missing[0]} "
                              f"(needed by leg_rules[{rule_index}]; add a segment or an od fare)")
 
     def check_transfers(self) -> None:
         seen: dict[tuple[str, str], int] = {}
-        for i, rule in enumerate(self.rules.transfer_rules):
-            where = f"transfer_rules[{i}]"
+        for i, rule in self.numbered(("transfer_rules",), self.rules.transfer_rules):
+            where: LocPath = ("transfer_rules", i)
             ok = True
-            for field in ("from_network", "to_network"):
-                value = getattr(rule, field)
+            for field_name in ("from_network", "to_network"):
+                value = getattr(rule, field_name)
                 if value not in self.rules.networks:
-                    self.add(f"{where}.{field}", f"unknown network {value!r}{self._known_networks()}")
+                    if not self.network_known(value):
+                        self.add((*where, field_name), f"unknown network {value!r}{self._known_networks()}")
                     ok = False
             key = (rule.from_network, rule.to_network)
             if ok and key in seen:
@@ -627,18 +847,15 @@ _READABLE = {
     "dict_type": "must be a table",
     "model_type": "must be a table",
 }
+_LEG_KINDS = ("distance", "zones", "flat", "od")
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for i, item in enumerate(loc):
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif i == 2 and loc[0] == "leg_rules" and item in ("distance", "zones", "flat", "od"):
-            continue  # pydantic names the union member; the operator wrote `kind = ...` already
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts)
+def _path_of(loc: tuple[int | str, ...]) -> LocPath:
+    """pydantic's error location as the file's path: the union member pydantic names is left out (the
+    operator wrote `kind = ...` already)."""
+    if len(loc) > 2 and loc[0] == "leg_rules" and loc[2] in _LEG_KINDS:
+        return (*loc[:2], *loc[3:])
+    return tuple(loc)
 
 
 def _why(error: Any) -> str:
@@ -663,54 +880,250 @@ def _why(error: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _from_validation_error(exc: ValidationError) -> RulesError:
-    problems: list[tuple[str, str]] = []
-    for error in exc.errors():
-        inner = (error.get("ctx") or {}).get("error")
-        if isinstance(inner, RulesError):
-            prefix = _location(error["loc"])
-            problems.extend(((f"{prefix}.{w}" if prefix and w else prefix or w), why)
-                            for w, why in inner.problems)
+def _strip(tp: Any, raw: Any) -> Any:
+    """Annotated[X, ...] -> X; X | None -> X; the leg-rule union -> the member `raw`'s kind names."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) == 1:
+                tp = members[0]
+                continue
+            kind = raw.get("kind") if isinstance(raw, dict) else None
+            chosen = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)
+                      and kind in typing.get_args(_strip(m.model_fields["kind"].annotation, None)
+                                                  if "kind" in m.model_fields else ())]
+            return chosen[0] if chosen else None
         else:
-            problems.append((_location(error["loc"]), _why(error)))
-    return RulesError(problems)
+            return tp
+
+
+def _fields_at(path: LocPath, data: Any) -> list[str] | None:
+    """The field names the model at `path` accepts (aliases as written), for a misspelt key's hint."""
+    tp: Any = FareRules
+    raw = data
+    for item in path:
+        tp = _strip(tp, raw)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            fields = {f.alias or name: f.annotation for name, f in tp.model_fields.items()}
+            tp = fields.get(str(item))
+        elif typing.get_origin(tp) in (list, dict):
+            tp = typing.get_args(tp)[-1]
+        else:
+            return None
+        raw = _child(raw, item)
+    tp = _strip(tp, raw)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [f.alias or name for name, f in tp.model_fields.items()]
+    return None
+
+
+def _child(node: Any, item: str | int) -> Any:
+    """node[item] of parsed data, or None where there is no such thing."""
+    if isinstance(node, dict):
+        return node.get(item)
+    if isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+        return node[item]
+    return None
+
+
+def _hint(path: LocPath, error: Any, data: Any) -> str:
+    """What to write instead, for the kinds of value operators get wrong."""
+    kind = error["type"]
+    name = next((str(p) for p in reversed(path) if isinstance(p, str)), "")
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        fields = _fields_at(path[:-1], data) or []
+        close = difflib.get_close_matches(str(path[-1]), fields, n=1, cutoff=0.6)
+        return f"did you mean {close[0]!r}?" if close else f"fields here: {_known(fields, 20)}"
+    if kind in ("union_tag_invalid", "union_tag_not_found", "missing", "literal_error"):
+        return ""
+    if name.endswith("_fen"):
+        if isinstance(value, float) and value == value and abs(value) < 1e9:
+            return f"{MONEY_HINT}; if {value:g} is yuan, write {round(value * 100)}"
+        return MONEY_HINT
+    if name.endswith("_m"):
+        if isinstance(value, float) and value == value and 0 < abs(value) < 1000:
+            return f"{METRES_HINT}; if {value:g} is km, write {round(value * 1000)}"
+        return METRES_HINT
+    if name == "utc_offset_min":
+        return "minutes east of UTC, an integer; UTC+8 is 480, UTC-5 is -300"
+    if name.endswith("_min"):
+        return MINUTES_HINT
+    if name in ("start", "end", "service_day_start"):
+        return TIME_HINT
+    if name == "days" or (len(path) > 1 and path[-2] == "days"):
+        return "days are written mon, tue, wed, thu, fri, sat, sun"
+    if name.endswith("percent_off") or name == "discount_percent":
+        return "a whole number of percent, 0..100"
+    if name in ("id", "from", "to"):
+        return "station ids are integers 1..65535"
+    if kind == "bool_type":
+        return "true or false, without quotes"
+    return ""
+
+
+def _from_errors(exc: ValidationError, data: Any) -> list[Problem]:
+    problems = []
+    for error in exc.errors():
+        path = _path_of(error["loc"])
+        problems.append(Problem(path, _why(error), _hint(path, error, data)))
+    return problems
+
+
+def _get(data: Any, path: LocPath) -> Any:
+    node = data
+    for item in path:
+        node = _child(node, item)
+    return node
+
+
+def _cut_point(data: dict[str, Any], path: LocPath) -> LocPath:
+    """The smallest table holding a refused value: an element of a list of tables, a network or a
+    category; else the top-level field itself."""
+    for end in range(len(path), 1, -1):
+        prefix = path[:end]
+        if isinstance(prefix[-1], int) and isinstance(_get(data, prefix), dict):
+            return prefix
+        if end == 2 and prefix[0] in ("networks", "rider_categories"):
+            return prefix
+    return path[:1]
+
+
+def _without(node: Any, path: LocPath, cuts: set[LocPath], origins: dict[LocPath, list[int]]) -> Any:
+    if isinstance(node, dict):
+        return {k: _without(v, (*path, k), cuts, origins) for k, v in node.items() if (*path, k) not in cuts}
+    if isinstance(node, list):
+        kept = [i for i in range(len(node)) if (*path, i) not in cuts]
+        if len(kept) != len(node):
+            origins[path] = kept
+        return [_without(node[i], (*path, i), cuts, origins) for i in kept]
+    return node
+
+
+@cache
+def _field_adapter(name: str) -> TypeAdapter[Any]:
+    """The field's type without its length limits (a draft may hold no stations at all)."""
+    annotation = FareRules.model_fields[name].annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return TypeAdapter(annotation)
+    return TypeAdapter(annotation, config=ConfigDict(strict=True))
+
+
+def _draft_of(data: dict[str, Any], refused: Iterable[LocPath]) -> tuple[FareRules, Draft]:
+    """The rules without what pydantic refused, built without the cross-checks (see Draft)."""
+    cuts = {_cut_point(data, path) for path in refused if path}
+    origins: dict[LocPath, list[int]] = {}
+    kept = _without(data, (), cuts, origins)
+    values: dict[str, Any] = {}
+    for name, info in FareRules.model_fields.items():
+        if name in kept:
+            try:
+                values[name] = _field_adapter(name).validate_python(kept[name])
+                continue
+            except ValidationError:
+                cuts.add((name,))
+        if info.is_required():
+            origin = typing.get_origin(info.annotation)
+            values[name] = {} if origin is dict else [] if origin is list else "?"
+        else:
+            values[name] = info.get_default(call_default_factory=True)
+    return FareRules.model_construct(**values), Draft(data, cuts, origins)
+
+
+@dataclass
+class Outcome:
+    """What validating a rules file found: the rules (None when any error), every problem (errors and
+    warnings, unlocated), and the draft the checks ran on."""
+
+    rules: FareRules | None
+    problems: list[Problem]
+    draft_rules: FareRules | None
+    draft: Draft
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def validate(data: Any) -> Outcome:
+    """Validate parsed rules in one pass: pydantic's field checks, then the cross-checks, on a draft of
+    what validated when some field did not, so N independent mistakes are N problems reported at once."""
+    if not isinstance(data, dict):
+        problem = Problem((), f"the rules must be a table/object, not {type(data).__name__}")
+        return Outcome(None, [problem], None, Draft({}))
+    try:
+        rules = FareRules.model_validate(data, context=_DRAFT)
+        problems: list[Problem] = []
+        draft = Draft(data)
+    except ValidationError as exc:
+        problems = _from_errors(exc, data)
+        rules, draft = _draft_of(data, [p.path for p in problems])
+    refused = {p.path for p in problems}
+    problems += [p for p in _Checker(rules, draft).run() if p.path not in refused]
+    problems += [p for p in advise(rules, draft) if p.path not in refused]
+    errors = any(p.severity == "error" for p in problems)
+    return Outcome(None if errors else rules, problems, rules, draft)
 
 
 def rules_from_data(data: Any) -> FareRules:
     """Validate already-parsed data (a dict from TOML or JSON); raise RulesError listing every problem."""
-    if not isinstance(data, dict):
-        raise RulesError([("", f"the rules must be a table/object, not {type(data).__name__}")])
-    try:
-        return FareRules.model_validate(data)
-    except ValidationError as exc:
-        raise _from_validation_error(exc) from None
+    outcome = validate(data)
+    if outcome.rules is None:
+        raise RulesError(outcome.problems)
+    return outcome.rules
+
+
+def read_text(text: str, fmt: Literal["toml", "json"]) -> Any:
+    """TOML or JSON text -> parsed data; RulesError (with the line and column) if it does not parse."""
+    if fmt == "toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+            line, column = (int(match[1]), int(match[2])) if match else (None, None)
+            raise RulesError([Problem((), f"not valid TOML: {exc}", line=line, column=column)]) from None
+    if fmt == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            problem = Problem((), f"not valid JSON: {exc}", line=exc.lineno, column=exc.colno)
+            raise RulesError([problem]) from None
+    raise RulesError([Problem((), f"unknown rules format {fmt!r} (toml or json)")])
+
+
+def validate_text(text: str, fmt: Literal["toml", "json"]) -> Outcome:
+    """Parse and validate; every problem located at its line and column in `text`."""
+    outcome = validate(read_text(text, fmt))
+    source = SourceMap(text, fmt)
+    outcome.problems = sorted((p.located(source) for p in outcome.problems), key=Problem.sort_key)
+    return outcome
 
 
 def parse_rules(text: str, fmt: Literal["toml", "json"]) -> FareRules:
-    """Parse and validate rules written as TOML or JSON text."""
-    if fmt == "toml":
-        try:
-            data: Any = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise RulesError([("", f"not valid TOML: {exc}")]) from None
-    elif fmt == "json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RulesError([("", f"not valid JSON: {exc}")]) from None
-    else:
-        raise RulesError([("", f"unknown rules format {fmt!r} (toml or json)")])
-    return rules_from_data(data)
+    """Parse and validate rules written as TOML or JSON text; RulesError lists every error, located."""
+    outcome = validate_text(text, fmt)
+    if outcome.rules is None:
+        raise RulesError(outcome.problems)
+    return outcome.rules
+
+
+def read_file(path: str | Path) -> tuple[str, Literal["toml", "json"]]:
+    """A rules file's text and format (by its suffix); RulesError if it cannot be read."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        why = f"{path}: rules files end in .toml or .json, not {suffix or 'nothing'!r}"
+        raise RulesError([Problem((), why)])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RulesError([Problem((), f"{path}: cannot read: {exc}")]) from None
+    return text, "toml" if suffix == ".toml" else "json"
 
 
 def load_rules(path: str | Path) -> FareRules:
     """Read rules from a .toml or .json file."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".toml", ".json"):
-        raise RulesError([("", f"{path}: rules files end in .toml or .json, not {suffix or 'nothing'!r}")])
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RulesError([("", f"{path}: cannot read: {exc}")]) from None
-    return parse_rules(text, "toml" if suffix == ".toml" else "json")
+    return parse_rules(*read_file(path))
