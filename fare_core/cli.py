@@ -1,12 +1,18 @@
 """`faregate fares`: check fare rules, compile them into a table artefact, and inspect an artefact.
 
-    faregate fares check RULES.toml
+    faregate fares check RULES.toml [MORE.toml ...] [--json]
     faregate fares compile RULES.toml --version 7 -o table.fgt
     faregate fares show table.fgt [--from 101 --to 116 --category adult --at 2026-11-23T08:00]
     faregate fares schema            (the rules' JSON Schema, for an editor or another validator)
 
 Exit status 0 on success, 1 when the rules or the artefact are bad (the reasons go to stderr), so a
-publishing script can stop before a broken table reaches a gate.
+publishing script can stop before a broken table reaches a gate. Warnings (a fare that looks like yuan
+typed as fen, overlapping rows of one time band) are printed but leave the exit status 0.
+
+`check` lists every problem of a file in one pass, sorted by line, one line each:
+`FILE:LINE:COL: location: why` (`FILE:LINE:COL: warning: location: why` for a warning), followed by
+`  hint: ...` where one helps; `--json` prints them instead as a list of {file, line, column, location,
+message, hint, severity}.
 """
 
 from __future__ import annotations
@@ -16,20 +22,29 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from fare_core.artefact import checksum_of, pack, unpack
 from fare_core.compiler import band_at, compile_rules, fare_index
 from fare_core.errors import FareTableError
-from fare_core.rules import FareRules, RulesError, load_rules
+from fare_core.rules import Draft, FareRules, Outcome, RulesError, read_file, validate_text
+from fare_core.rules_problem import Problem
 from fare_core.table_data import DENYLISTED_EXIT_REFUSE, TableData
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="fares_command", required=True, metavar="ACTION")
-    check = sub.add_parser("check", help="validate a rules file and list every problem")
-    check.add_argument("rules", type=Path, help="rules file (.toml or .json)")
+    check = sub.add_parser(
+        "check", help="validate rules files and list every problem",
+        description="List every error and warning of each rules file in one pass, sorted by line: "
+                    "FILE:LINE:COL: location: why, with a hint line where one helps.",
+        epilog="exit status: 0 when no file has an error (warnings alone leave it 0), 1 when any file "
+               "has an error or cannot be read")
+    check.add_argument("rules", type=Path, nargs="+", help="rules files (.toml or .json)")
+    check.add_argument("--json", action="store_true",
+                       help="print a JSON list of {file, line, column, location, message, hint, severity}")
     comp = sub.add_parser("compile", help="compile a rules file into a fare table artefact")
     comp.add_argument("rules", type=Path, help="rules file (.toml or .json)")
     comp.add_argument("--version", type=int, required=True, help="table version (u32, higher wins)")
@@ -58,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
         return _show(args)
     except RulesError as exc:
         print(f"{getattr(args, 'rules', '')}: invalid fare rules:", file=sys.stderr)
-        for where, why in exc.problems:
-            print(f"  {where}: {why}" if where else f"  {why}", file=sys.stderr)
+        _print_problems(str(getattr(args, "rules", "")), exc.issues)
         return 1
     except (FareTableError, _UsageError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -76,14 +90,63 @@ def _summary(rules: FareRules) -> str:
             f"{len(rules.leg_rules)} leg rules, {len(rules.transfer_rules)} transfer rules")
 
 
+def _format(file: str, problem: Problem) -> str:
+    """FILE:LINE:COL: [warning: ]location: why, and an indented hint line where there is one."""
+    where = file if problem.line is None else f"{file}:{problem.line}:{problem.column}"
+    if problem.line is None and problem.message.startswith(f"{file}: "):
+        where, problem = file, replace(problem, message=problem.message.removeprefix(f"{file}: "))
+    label = "warning: " if problem.severity == "warning" else ""
+    text = f"{where}: {label}{problem.location + ': ' if problem.location else ''}{problem.message}"
+    return text + (f"\n  hint: {problem.hint}" if problem.hint else "")
+
+
+def _print_problems(file: str, problems: list[Problem]) -> None:
+    for problem in problems:
+        print(_format(file, problem), file=sys.stderr)
+
+
+def _counted(problems: list[Problem]) -> str:
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    return (f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}")
+
+
+def _outcome(path: Path) -> Outcome:
+    """The file validated in one pass; a file that cannot be read or parsed is one located problem."""
+    try:
+        return validate_text(*read_file(path))
+    except RulesError as exc:
+        return Outcome(None, exc.issues, None, Draft({}))
+
+
 def _check(args: argparse.Namespace) -> int:
-    rules = load_rules(args.rules)
-    print(f"ok: {_summary(rules)}")
-    return 0
+    failed = False
+    found: list[dict[str, object]] = []
+    for path in args.rules:
+        file = str(path)
+        outcome = _outcome(path)
+        failed |= outcome.rules is None
+        if args.json:
+            found += [p.as_dict(file) for p in outcome.problems]
+            continue
+        _print_problems(file, outcome.problems)
+        prefix = f"{file}: " if len(args.rules) > 1 else ""
+        if outcome.rules is None:
+            print(f"{file}: invalid fare rules: {_counted(outcome.problems)}", file=sys.stderr)
+        else:
+            warned = f" ({_counted(outcome.problems)})" if outcome.problems else ""
+            print(f"{prefix}ok: {_summary(outcome.rules)}{warned}")
+    if args.json:
+        print(json.dumps(found, indent=2, ensure_ascii=False))
+    return 1 if failed else 0
 
 
 def _compile(args: argparse.Namespace) -> int:
-    rules = load_rules(args.rules)
+    outcome = validate_text(*read_file(args.rules))
+    if outcome.rules is None:
+        raise RulesError(outcome.problems)
+    _print_problems(str(args.rules), outcome.problems)  # warnings: they do not stop the compile
+    rules = outcome.rules
     try:
         table = compile_rules(rules, args.version, args.created_at)
     except (ValueError, OverflowError) as exc:
