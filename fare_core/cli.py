@@ -25,10 +25,14 @@ import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from fare_core.artefact import checksum_of, pack, unpack
 from fare_core.compiler import band_at, compile_rules, fare_index
 from fare_core.errors import FareTableError
+from fare_core.gtfs import export_gtfs, import_gtfs, read_feed
+from fare_core.gtfs.importer import GtfsImportError
+from fare_core.gtfs.toml_out import to_toml
 from fare_core.rules import Draft, FareRules, Outcome, RulesError, read_file, validate_text
 from fare_core.rules_problem import Problem
 from fare_core.table_data import DENYLISTED_EXIT_REFUSE, TableData
@@ -53,12 +57,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("schema", help="print the JSON Schema of the rules (for editors and validators)")
     show = sub.add_parser("show", help="summarise a fare table artefact, or print one fare")
     show.add_argument("table", type=Path, help="artefact file (.fgt)")
-    show.add_argument("--from", dest="origin", help="entry station: operator id or exact name")
-    show.add_argument("--to", dest="dest", help="exit station: operator id or exact name")
+    show.add_argument("--from", dest="origin", help="entry station: GTFS stop id, operator id or exact name")
+    show.add_argument("--to", dest="dest", help="exit station: GTFS stop id, operator id or exact name")
     show.add_argument("--category", default=None, help="rider category (default: the first one)")
     show.add_argument("--at", default=None,
                       help="entry time, ISO 8601; without a UTC offset it is the table's local time "
                            "(default: now)")
+    _add_gtfs_arguments(sub)
+
+
+def _add_gtfs_arguments(sub: Any) -> None:
+    imp = sub.add_parser("import-gtfs", help="read a GTFS-Fares v2 feed into a rules file",
+                         description="Read the fare files of a GTFS feed (a directory or a zip) and write "
+                                     "rules the compiler takes; everything the gate cannot enforce is listed "
+                                     "line by line (and kept as comments at the top of the rules file).")
+    imp.add_argument("feed", type=Path, help="GTFS feed: a directory or a .zip")
+    imp.add_argument("-o", "--output", type=Path, required=True, help="rules file to write (.toml or .json)")
+    exp = sub.add_parser("export-gtfs", help="write a rules file as GTFS-Fares v2 files",
+                         description="Write the rules as GTFS-Fares v2 files where GTFS can express them; "
+                                     "every rule it cannot is listed.")
+    exp.add_argument("rules", type=Path, help="rules file (.toml or .json)")
+    exp.add_argument("-o", "--output", type=Path, required=True,
+                     help="directory to write the feed files into")
+    exp.add_argument("--currency", default="CNY",
+                     help="ISO 4217 currency of the amounts (default CNY: fen are its minor unit)")
+
+
+def _import_gtfs(args: argparse.Namespace) -> int:
+    try:
+        result = import_gtfs(read_feed(args.feed))
+    except (GtfsImportError, ValueError) as exc:
+        print(f"{args.feed}: cannot import:", file=sys.stderr)
+        for line in getattr(exc, "problems", None) or str(exc).splitlines():
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    if args.output.suffix.lower() == ".json":
+        text = json.dumps(result.data, indent=2, ensure_ascii=False) + "\n"
+    else:
+        header = [f"Imported from the GTFS-Fares v2 feed {args.feed} by `faregate fares import-gtfs`.",
+                  f"Money in minor units of {result.currency or 'the feed currency'}.", ""]
+        header += ["Not enforceable by the gate (as imported):"]
+        header += [f"  {line}" for line in result.not_enforceable]
+        text = to_toml(result.data, header)
+    args.output.write_text(text, encoding="utf-8")
+    for note in result.notes:
+        print(f"note: {note}")
+    for line in result.not_enforceable:
+        print(f"not enforceable: {line}")
+    print(f"wrote {args.output}: {_summary(result.rules)}; "
+          f"{len(result.not_enforceable)} item(s) not enforceable")
+    return 0
+
+
+def _export_gtfs(args: argparse.Namespace) -> int:
+    outcome = validate_text(*read_file(args.rules))
+    if outcome.rules is None:
+        raise RulesError(outcome.problems)
+    lost = export_gtfs(outcome.rules, args.output, args.currency)
+    for line in lost:
+        print(f"not in GTFS: {line}")
+    print(f"wrote {args.output}/: {_summary(outcome.rules)}; {len(lost)} rule(s) GTFS cannot state")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
             return _check(args)
         if args.fares_command == "compile":
             return _compile(args)
+        if args.fares_command == "import-gtfs":
+            return _import_gtfs(args)
+        if args.fares_command == "export-gtfs":
+            return _export_gtfs(args)
         if args.fares_command == "schema":
             print(json.dumps(FareRules.model_json_schema(by_alias=True), indent=2, ensure_ascii=False))
             return 0
@@ -205,11 +268,25 @@ def _sample(table: TableData, size: int = 5) -> str:
 
 
 def _station_index(table: TableData, text: str) -> int:
+    """A station by GTFS stop id (the "[id]" an imported name ends with), operator id or name."""
     ids = list(table.station_ids)
+    names = _station_names(table)
+    for station_id, name in names.items():
+        if name.endswith(f" [{text}]"):
+            return ids.index(station_id)
     if text.isdigit() and int(text) in ids:
         return ids.index(int(text))
-    for station_id, name in _station_names(table).items():
-        if name == text or name.split(" ")[0] == text:
+    for station_id, name in names.items():
+        if name == text:
+            return ids.index(station_id)
+    bare = [(sid, name) for sid, name in names.items() if name.rsplit(" [", 1)[0] == text]
+    if len(bare) > 1:
+        listed = ", ".join(name for _, name in bare)
+        raise _UsageError(f"{text!r} names {len(bare)} stations ({listed}): give a stop id or a station id")
+    if bare:
+        return ids.index(bare[0][0])
+    for station_id, name in names.items():
+        if name.split(" ")[0] == text:
             return ids.index(station_id)
     raise _UsageError(f"no station {text!r} in this table")
 
