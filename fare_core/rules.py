@@ -435,6 +435,7 @@ class _Checker:
         self.problems: list[Problem] = []
         self.station_network: dict[int, str] = {}
         self.coverage_unsure = False
+        self.unsure_edges: set[str] = set()
         # what was written but cut from the draft: referring to it is no error of its own
         self.cut_stations = draft.cut_values("stations", "id")
         self.cut_networks = draft.cut_keys("networks")
@@ -504,7 +505,9 @@ class _Checker:
         return f"stations of network {network_id!r}: {_known(ids)}" if ids else ""
 
     def check_edges(self) -> None:
-        lines = {s.id: set(s.lines) for s in self.rules.stations}
+        lines: dict[int, set[str]] = {}
+        for written in self.rules.stations:
+            lines.setdefault(written.id, set(written.lines))  # a duplicate id is reported as such, not here
         for network_id, network in self.rules.networks.items():
             if network.edges and network.fare_collection == "flat":
                 self.add(("networks", network_id, "edges"),
@@ -527,6 +530,7 @@ class _Checker:
                                  self.station_hint(network_id))
                         ok = False
                 if not ok:
+                    self.unsure_edges.add(network_id)  # the segment meant may connect what seems apart
                     continue
                 if edge.from_station == edge.to_station:
                     self.add(where, f"a segment from station {edge.from_station} to itself")
@@ -774,7 +778,8 @@ class _Checker:
                     continue
                 explicit = set(od.get((network_id, band), {})) | set(od.get((network_id, None), {}))
                 rule = None if rule_index is None else rules_by_index[rule_index]
-                if isinstance(rule, DistanceLegRule) and self.draft.lossy("networks", network_id):
+                if isinstance(rule, DistanceLegRule) and (self.draft.lossy("networks", network_id)
+                                                          or network_id in self.unsure_edges):
                     continue  # a cut segment may be the one that connects them
                 reach = _components(stations, network.edges) if isinstance(rule, DistanceLegRule) else None
                 missing = None
@@ -938,6 +943,8 @@ def _hint(path: LocPath, error: Any, data: Any) -> str:
         fields = _fields_at(path[:-1], data) or []
         close = difflib.get_close_matches(str(path[-1]), fields, n=1, cutoff=0.6)
         return f"did you mean {close[0]!r}?" if close else f"fields here: {_known(fields, 20)}"
+    if name == "days" or (len(path) > 1 and path[-2] == "days"):
+        return "days are written mon, tue, wed, thu, fri, sat, sun"
     if kind in ("union_tag_invalid", "union_tag_not_found", "missing", "literal_error"):
         return ""
     if name.endswith("_fen"):
@@ -954,8 +961,6 @@ def _hint(path: LocPath, error: Any, data: Any) -> str:
         return MINUTES_HINT
     if name in ("start", "end", "service_day_start"):
         return TIME_HINT
-    if name == "days" or (len(path) > 1 and path[-2] == "days"):
-        return "days are written mon, tue, wed, thu, fri, sat, sun"
     if name.endswith("percent_off") or name == "discount_percent":
         return "a whole number of percent, 0..100"
     if name in ("id", "from", "to"):
