@@ -173,3 +173,93 @@ def test_schema_validates_the_examples(capsys: pytest.CaptureFixture[str]) -> No
         jsonschema.validate(tomllib.load(file), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"name": "x"}, schema)  # no networks, stations, categories or leg rules
+
+
+# --- `fares check`: one pass, located, hints, warnings, exit codes ---
+
+TINY_TEXT = (EXAMPLES / "tiny.toml").read_text(encoding="utf-8")
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _line_number(text: str, fragment: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if line.strip() == fragment)
+
+
+def test_check_lists_each_problem_at_its_line_with_hints(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    text = (TINY_TEXT.replace("base_fen = 250", "base_fen = 2.5")
+            .replace("window_min = 90\ndiscount_fen = 100", "window_min = 90\ndiscount_fen = 100\nwindow = 3")
+            .replace("overstay_surcharge_fen = 500", "overstay_surcharge_fen = 5"))
+    bad = _write(tmp_path, "bad.toml", text)
+    assert main(["fares", "check", str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    fare_line = _line_number(text, "base_fen = 2.5")
+    extra_line = _line_number(text, "window = 3")
+    surcharge_line = _line_number(text, "overstay_surcharge_fen = 5")
+    assert captured.err.splitlines() == [
+        f"{bad}:{fare_line}:1: leg_rules[1].base_fen: must be an integer",
+        "  hint: fen are integers; ¥3.00 is 300; if 2.5 is yuan, write 250",
+        f"{bad}:{extra_line}:1: transfer_rules[0].window: unknown field",
+        "  hint: did you mean 'window_min'?",
+        f"{bad}:{surcharge_line}:1: warning: paid_area.overstay_surcharge_fen: 5 fen is ¥0.05: looks like "
+        "yuan typed as fen (a fare under ¥0.10)",
+        "  hint: fen are integers; ¥3.00 is 300; if ¥5 was meant, write 500",
+        f"{bad}: invalid fare rules: 2 errors, 1 warning",
+    ]
+
+
+def test_check_warnings_alone_exit_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = TINY_TEXT.replace("base_fen = 200", "base_fen = 3")  # yuan typed as fen
+    rules = _write(tmp_path, "yuan.toml", text)
+    assert main(["fares", "check", str(rules)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("ok: tiny: 5 stations") and "(0 errors, 1 warning)" in captured.out
+    line = _line_number(text, "base_fen = 3")
+    assert captured.err.startswith(f"{rules}:{line}:1: warning: leg_rules[0].base_fen: 3 fen is ¥0.03")
+    out = tmp_path / "yuan.fgt"
+    assert main(["fares", "compile", str(rules), "--version", "1", "-o", str(out)]) == 0  # compiles...
+    assert "warning: leg_rules[0].base_fen" in capsys.readouterr().err  # ...and says so again
+
+
+def test_check_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = TINY_TEXT.replace('{ id = 4, name = "Delta"', '{ id = 3, name = "Delta"')
+    bad = _write(tmp_path, "dup.toml", text)
+    ok = str(EXAMPLES / "tiny.toml")
+    assert main(["fares", "check", "--json", ok, str(bad)]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert found[0] == {"file": str(bad), "line": _line_number(text, '{ id = 3, name = "Delta", network = '
+                                                                   '"metro", lines = ["1"] },'),
+                        "column": 5, "location": "stations[3].id",
+                        "message": "duplicate station id 3 (also stations[2])",
+                        "hint": "every station needs an id of its own", "severity": "error"}
+    assert all(set(p) == {"file", "line", "column", "location", "message", "hint", "severity"} for p in found)
+    assert [p["line"] for p in found] == sorted(p["line"] for p in found)
+    assert main(["fares", "check", "--json", ok]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_check_the_examples_together_is_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    examples = sorted(str(p) for p in EXAMPLES.glob("*.toml"))
+    assert main(["fares", "check", *examples]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert [line.split(": ok: ")[0] for line in captured.out.splitlines()] == examples
+
+
+def test_check_a_file_that_does_not_parse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = _write(tmp_path, "broken.toml", 'name = "x"\nstations = [\n  { id = 1 name = "y" }\n]\n')
+    assert main(["fares", "check", str(bad)]) == 1
+    assert capsys.readouterr().err.startswith(f"{bad}:3:")
+
+
+def test_check_help_states_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fares", "check", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "warnings alone leave it 0" in text and "--json" in text
