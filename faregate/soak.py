@@ -250,7 +250,7 @@ class Soak:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._quiet(settings)
-        report = await self._check(settings, station)
+        report = await self._check(settings)
         return {
             "ok": report.ok, "seed": args.seed, "duration_s": round(duration, 1),
             "wall_s": round(time.monotonic() - started, 1), "gates": len(self.specs),
@@ -688,7 +688,7 @@ class Soak:
             await engine.dispose()
         return int(waiting) == 0
 
-    async def _check(self, settings: Settings, station: SimStation) -> Report:
+    async def _check(self, settings: Settings) -> Report:
         await asyncio.gather(*(g.stop() for g in self.gates))
         journals = {}
         for spec, process in zip(self.specs, self.gates, strict=True):
