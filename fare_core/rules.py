@@ -398,7 +398,9 @@ class Draft:
     def numbered(self, path: LocPath, items: Sequence[T]) -> list[tuple[int, T]]:
         """(index in the file, item) for each item of the draft's list at `path`."""
         kept = self.origins.get(path)
-        return list(zip(range(len(items)) if kept is None else kept, items, strict=True))
+        if kept is None or len(kept) != len(items):
+            kept = list(range(len(items)))
+        return list(zip(kept, items, strict=True))
 
     def lossy(self, *path: str | int) -> bool:
         """Whether anything at or under `path` was cut out."""
@@ -1017,19 +1019,44 @@ def _field_adapter(name: str) -> TypeAdapter[Any]:
     return TypeAdapter(annotation, config=ConfigDict(strict=True))
 
 
+def _as_written(path: LocPath, origins: dict[LocPath, list[int]]) -> LocPath:
+    """A path in the draft -> the same place in the file (indices as the operator wrote them)."""
+    out: LocPath = ()
+    for item in path:
+        if isinstance(item, int) and out in origins and item < len(origins[out]):
+            item = origins[out][item]
+        out = (*out, item)
+    return out
+
+
 def _draft_of(data: dict[str, Any], refused: Iterable[LocPath]) -> tuple[FareRules, Draft]:
-    """The rules without what pydantic refused, built without the cross-checks (see Draft)."""
+    """The rules without what pydantic refused, built without the cross-checks (see Draft).
+
+    Cutting can make a table invalid in turn (an od rule whose only pair was cut has no pairs), so the
+    cutting repeats, a level up each time, until every field validates; a field that still does not is
+    left at its default, or empty."""
     cuts = {_cut_point(data, path) for path in refused if path}
-    origins: dict[LocPath, list[int]] = {}
-    kept = _without(data, (), cuts, origins)
-    values: dict[str, Any] = {}
+    for _ in range(8):
+        origins: dict[LocPath, list[int]] = {}
+        kept = _without(data, (), cuts, origins)
+        values: dict[str, Any] = {}
+        more: set[LocPath] = set()
+        for name in FareRules.model_fields:
+            if name in kept:
+                try:
+                    values[name] = _field_adapter(name).validate_python(kept[name])
+                except ValidationError as exc:
+                    more |= {_cut_point(data, _as_written(_path_of((name, *e["loc"])), origins))
+                             for e in exc.errors()}
+        if not more - cuts:
+            break
+        cuts |= more
     for name, info in FareRules.model_fields.items():
-        if name in kept:
-            try:
-                values[name] = _field_adapter(name).validate_python(kept[name])
-                continue
-            except ValidationError:
-                cuts.add((name,))
+        if name in values:
+            continue
+        if name in kept:  # written, but not valid even cut down
+            cuts.add((name,))
+            origins = {path: indices for path, indices in origins.items() if path[:1] != (name,)}
         if info.is_required():
             origin = typing.get_origin(info.annotation)
             values[name] = {} if origin is dict else [] if origin is list else "?"

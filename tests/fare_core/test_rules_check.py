@@ -3,15 +3,19 @@ hint; warnings for yuan typed as fen; ranges that overlap or leave a gap named w
 
 from __future__ import annotations
 
+import copy
 import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 import fare_core
-from fare_core.rules import RulesError, parse_rules, validate, validate_text
+from fare_core.rules import FareRules, RulesError, parse_rules, validate, validate_text
 from fare_core.rules_problem import MONEY_HINT, TIME_HINT, Problem
 from fare_core.rules_source import SourceMap
 
@@ -311,3 +315,53 @@ def test_a_file_that_does_not_parse_is_located() -> None:
     with pytest.raises(RulesError) as info:
         parse_rules('{\n  "name": "x",\n  "stations": [}\n', "json")
     assert (info.value.issues[0].line, info.value.issues[0].column) == (3, 16)
+
+
+# --- any damage: never a crash, the verdict of plain pydantic kept, every problem located ---
+
+def _leaves(node: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    if isinstance(node, dict):
+        return [path] + [p for k, v in node.items() for p in _leaves(v, (*path, k))]
+    if isinstance(node, list):
+        return [path] + [p for i, v in enumerate(node) for p in _leaves(v, (*path, i))]
+    return [path]
+
+
+def _child(node: Any, item: str | int) -> Any:
+    if isinstance(node, dict):
+        return node.get(item)
+    if isinstance(node, list) and isinstance(item, int) and item < len(node):
+        return node[item]
+    return None
+
+
+TINY_DATA = tomllib.loads(TINY)
+PATHS = [p for p in _leaves(TINY_DATA) if p]
+JUNK: list[Any] = [None, -1, 0, 1, 2.5, "x", "", [], {}, True, 10**12, "07:30", [1], {"kind": "od"}, 3]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PATHS), st.sampled_from(JUNK)), min_size=1, max_size=4))
+def test_any_damage_is_reported_without_a_crash(damage: list[tuple[tuple[str | int, ...], Any]]) -> None:
+    data = copy.deepcopy(TINY_DATA)
+    for path, junk in damage:  # an earlier junk may have replaced a table on a later path: then skip it
+        node: Any = data
+        for item in path[:-1]:
+            node = _child(node, item)
+        last = path[-1]
+        if isinstance(node, dict):  # noqa: SIM114 (two branches so mypy narrows the list index)
+            node[last] = copy.deepcopy(junk)
+        elif isinstance(node, list) and isinstance(last, int) and last < len(node):
+            node[last] = copy.deepcopy(junk)
+    text = json.dumps(data, indent=1)
+    outcome = validate_text(text, "json")
+    try:
+        FareRules.model_validate(data)
+        valid = True
+    except (ValidationError, RulesError):
+        valid = False
+    assert (outcome.rules is not None) == valid, outcome.problems
+    for problem in outcome.problems:
+        assert problem.message
+        if problem.path:
+            assert problem.line is not None and problem.column is not None
