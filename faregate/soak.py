@@ -116,6 +116,9 @@ def human(result: dict[str, Any]) -> str:
         lines.append(f"  {name:24} {'not checked' if n is None else n}")
     for card, why in result["details"].get("excluded_from_card_checks", {}).items():
         lines.append(f"  card {card} left out of the per-card checks: {why}")
+    details = result["details"]
+    lines.append(f"paths taken: {details.get('unconfirmed_taps', 0)} unconfirmed taps, "
+                 f"{details.get('recovered_taps', 0)} recovered, alarms {details.get('alarms', {})}")
     lines.append("OK: every fen accounted for" if result["ok"] else
                  "FAILED: " + json.dumps({k: v for k, v in result["details"].items() if v}, default=str))
     return "\n".join(lines)

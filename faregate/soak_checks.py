@@ -157,6 +157,12 @@ async def check(session: AsyncSession, truth: Truth) -> Report:
 
     # clones: both handsets wrote -> an alarm
     report.invariants["clone_alarms"] = await _clone_alarms(session, truth, report)
+    # what the faults made the system go through (not invariants: evidence the paths were taken)
+    for name, flag in (("unconfirmed_taps", Flag.UNCONFIRMED), ("recovered_taps", Flag.RECOVERED)):
+        report.details[name] = int((await session.execute(select(func.count()).select_from(TapRow).where(
+            TapRow.flags.bitwise_and(int(flag)) != 0))).scalar_one())
+    report.details["alarms"] = {str(kind): int(n) for kind, n in (await session.execute(
+        select(AlarmRow.kind, func.count()).group_by(AlarmRow.kind))).all()}
     return report
 
 
@@ -203,7 +209,7 @@ async def _taps(session: AsyncSession, truth: Truth, genuine: dict[int, Handset]
         if card not in genuine:
             continue
         claims.setdefault(card, Counter())[int(before)] += 1
-        if not flags & (Flag.UNCONFIRMED | getattr(Flag, "RECOVERED", 0)):
+        if not flags & (Flag.UNCONFIRMED | Flag.RECOVERED):
             confirmed.setdefault(card, Counter())[int(before)] += 1
     steps_missing, steps_twice = [], []
     for card, h in genuine.items():
