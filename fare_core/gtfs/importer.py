@@ -570,6 +570,7 @@ class _Importer:
                 label = label or gtfs_id
             else:
                 label = f"{self.networks.get(network) or network} (any vehicle)"
+                gtfs_id = f"any:{network}"  # the route the export writes for it
             station: dict[str, Any] = {"id": sid, "name": station_name(label, gtfs_id), "network": network}
             if zone is not None:
                 station["zone"] = zone
@@ -717,17 +718,18 @@ class _Importer:
                 price = self.products[leg.product].get(None)
                 if not (leg.from_area or leg.to_area) and price is not None and not leg.timeframe:
                     flat_fare[network] = price.minor
-        every = set(self.networks)
+        rows = self.feed.rows("fare_transfer_rules.txt")
+        # An empty leg group is every group no row of the same column names (GTFS matching).
+        unnamed: dict[str, set[str]] = {}
+        for column in ("from_leg_group_id", "to_leg_group_id"):
+            named = {row.get(column) for row in rows}
+            unnamed[column] = set().union(*(n for g, n in group_networks.items() if g not in named))
         transfers: dict[tuple[str, str], dict[str, Any]] = {}
         counts: list[tuple[int, Row]] = []
-        for row in self.feed.rows("fare_transfer_rules.txt"):
-            sources = (
-                group_networks.get(row.get("from_leg_group_id"), set())
-                if row.get("from_leg_group_id")
-                else every
-            )
-            targets = (
-                group_networks.get(row.get("to_leg_group_id"), set()) if row.get("to_leg_group_id") else every
+        for row in rows:
+            sources, targets = (
+                group_networks.get(row.get(column), set()) if row.get(column) else unnamed[column]
+                for column in ("from_leg_group_id", "to_leg_group_id")
             )
             if not sources or not targets:
                 self.error(row, "unknown from_leg_group_id or to_leg_group_id")

@@ -68,3 +68,27 @@ def test_tiny_exports_its_fares_and_lists_the_rest(tmp_path: Path) -> None:
     # metro -> bus: 100 fen off a flat 200 fen bus is a transfer product of 100; written and read back
     assert list(after.transfer_discount) == list(before.transfer_discount)
     assert after.transfer_window_s[1] == before.transfer_window_s[1] == 90 * 60
+
+
+FLAT = {
+    "agency.txt": "agency_id,agency_name,agency_url,agency_timezone\nv,Valley Bus,https://v.invalid,Etc/GMT+5",
+    "fare_products.txt": "fare_product_id,fare_product_name,amount,currency\nlocal,Local,0.50,USD\n"
+                         "xfer,Transfer,0.00,USD",
+    "fare_leg_rules.txt": "leg_group_id,network_id,fare_product_id\nlocal,,local",
+    "fare_transfer_rules.txt": "from_leg_group_id,to_leg_group_id,transfer_count,duration_limit,"
+                               "duration_limit_type,fare_transfer_type,fare_product_id\n,,-1,7200,2,0,xfer",
+}
+
+
+def test_a_flat_feed_without_networks_or_routes_round_trips(tmp_path: Path) -> None:
+    first = import_gtfs(read_feed(write_feed(tmp_path / "flat", FLAT)))
+    rules = first.rules
+    stations = [(s.id, s.name, s.network) for s in rules.stations]
+    assert stations == [(1, "Valley Bus (any vehicle) [any:default]", "default")]
+    assert rules.networks["default"].fare_collection == "flat"
+    transfers = [(t.from_network, t.to_network, t.window_min, t.discount_percent)
+                 for t in rules.transfer_rules]
+    assert transfers == [("default", "default", 120, 100)]  # empty leg groups: every group, here the one
+    assert rules.max_transfers == 254  # transfer_count -1: as many as the card counts
+    assert export_gtfs(rules, tmp_path / "out", first.currency) == []
+    assert import_gtfs(read_feed(tmp_path / "out")).rules == rules
