@@ -390,6 +390,7 @@ class Draft:
     data: dict[str, Any]
     cuts: set[LocPath] = field(default_factory=set)
     origins: dict[LocPath, list[int]] = field(default_factory=dict)
+    refused: set[LocPath] = field(default_factory=set)  # the paths pydantic refused
 
     @classmethod
     def whole(cls, rules: FareRules) -> Draft:
@@ -406,16 +407,21 @@ class Draft:
         """Whether anything at or under `path` was cut out."""
         return any(cut[:len(path)] == path for cut in self.cuts)
 
-    def cut_values(self, list_name: str, key: str) -> set[Any]:
-        """`key` of each cut element of a top-level list (for example the ids of the stations cut)."""
+    def cut_values(self, list_name: str, key: str) -> set[Any] | None:
+        """`key` of each cut element of a top-level list (for example the ids of the stations cut);
+        None when a cut element has no readable `key` (it may have been any)."""
         values: set[Any] = set()
         items = self.data.get(list_name)
         for cut in self.cuts:
-            if len(cut) == 2 and cut[0] == list_name and isinstance(cut[1], int) and isinstance(items, list):
-                raw = items[cut[1]] if cut[1] < len(items) else None
-                value = raw.get(key) if isinstance(raw, dict) else None
-                if value is not None and isinstance(value, (str, int, float)):
-                    values.add(value)
+            if cut[0] != list_name:
+                continue
+            if len(cut) == 1 or not isinstance(items, list):
+                return None
+            raw = _child(items, cut[1])
+            value = raw.get(key) if isinstance(raw, dict) else None
+            if (*cut, key) in self.refused or not isinstance(value, (str, int)) or isinstance(value, bool):
+                return None  # the value meant is not known
+            values.add(value)
         return values
 
     def cut_keys(self, table_name: str) -> set[str]:
@@ -439,12 +445,17 @@ class _Checker:
         self.coverage_unsure = False
         self.unsure_edges: set[str] = set()
         # what was written but cut from the draft: referring to it is no error of its own
-        self.cut_stations = draft.cut_values("stations", "id")
+        stations, bands = draft.cut_values("stations", "id"), draft.cut_values("timeframes", "group")
+        self.cut_stations = stations or set()
         self.cut_networks = draft.cut_keys("networks")
         self.cut_categories = draft.cut_keys("rider_categories")
-        self.cut_bands = {str(v) for v in draft.cut_values("timeframes", "group")}
+        self.cut_bands = {str(v) for v in bands or ()}
         self.all_cut = {name for name in ("stations", "networks", "rider_categories", "timeframes",
                                           "default_timeframe", "leg_rules") if (name,) in draft.cuts}
+        if stations is None:  # a station was cut whose id cannot be read: any id may have been its
+            self.all_cut.add("stations")
+        if bands is None:
+            self.all_cut.add("timeframes")
 
     def add(self, where: LocPath, why: str, hint: str = "") -> None:
         self.problems.append(Problem(where, why, hint))
@@ -902,7 +913,10 @@ def _strip(tp: Any, raw: Any) -> Any:
             chosen = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)
                       and kind in typing.get_args(_strip(m.model_fields["kind"].annotation, None)
                                                   if "kind" in m.model_fields else ())]
-            return chosen[0] if chosen else None
+            if chosen:
+                return chosen[0]
+            tables = all(isinstance(m, type) and issubclass(m, BaseModel) for m in members)
+            return BaseModel if tables else None  # a table of an unknown kind: no fields known
         else:
             return tp
 
@@ -944,7 +958,9 @@ def _hint(path: LocPath, error: Any, data: Any) -> str:
     if kind == "extra_forbidden":
         fields = _fields_at(path[:-1], data) or []
         close = difflib.get_close_matches(str(path[-1]), fields, n=1, cutoff=0.6)
-        return f"did you mean {close[0]!r}?" if close else f"fields here: {_known(fields, 20)}"
+        if close:
+            return f"did you mean {close[0]!r}?"
+        return f"fields here: {_known(fields, 20)}" if fields else ""
     if name == "days" or (len(path) > 1 and path[-2] == "days"):
         return "days are written mon, tue, wed, thu, fri, sat, sun"
     if kind in ("union_tag_invalid", "union_tag_not_found", "missing", "literal_error"):
@@ -980,22 +996,12 @@ def _from_errors(exc: ValidationError, data: Any) -> list[Problem]:
     return problems
 
 
-def _get(data: Any, path: LocPath) -> Any:
-    node = data
-    for item in path:
-        node = _child(node, item)
-    return node
-
-
 def _cut_point(data: dict[str, Any], path: LocPath) -> LocPath:
-    """The smallest table holding a refused value: an element of a list of tables, a network or a
-    category; else the top-level field itself."""
+    """The smallest table holding a refused value (by the rules' types, whatever was written there): an
+    element of a list of tables, a network, a category, paid_area; else the top-level field itself."""
     for end in range(len(path), 1, -1):
-        prefix = path[:end]
-        if isinstance(prefix[-1], int) and isinstance(_get(data, prefix), dict):
-            return prefix
-        if end == 2 and prefix[0] in ("networks", "rider_categories"):
-            return prefix
+        if _fields_at(path[:end], data) is not None:
+            return path[:end]
     return path[:1]
 
 
@@ -1035,6 +1041,7 @@ def _draft_of(data: dict[str, Any], refused: Iterable[LocPath]) -> tuple[FareRul
     Cutting can make a table invalid in turn (an od rule whose only pair was cut has no pairs), so the
     cutting repeats, a level up each time, until every field validates; a field that still does not is
     left at its default, or empty."""
+    refused = set(refused)
     cuts = {_cut_point(data, path) for path in refused if path}
     for _ in range(8):
         origins: dict[LocPath, list[int]] = {}
@@ -1062,7 +1069,7 @@ def _draft_of(data: dict[str, Any], refused: Iterable[LocPath]) -> tuple[FareRul
             values[name] = {} if origin is dict else [] if origin is list else "?"
         else:
             values[name] = info.get_default(call_default_factory=True)
-    return FareRules.model_construct(**values), Draft(data, cuts, origins)
+    return FareRules.model_construct(**values), Draft(data, cuts, origins, refused)
 
 
 @dataclass

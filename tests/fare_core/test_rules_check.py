@@ -365,3 +365,32 @@ def test_any_damage_is_reported_without_a_crash(damage: list[tuple[tuple[str | i
         assert problem.message
         if problem.path:
             assert problem.line is not None and problem.column is not None
+
+
+def test_a_value_refused_is_the_only_error_reported() -> None:
+    # Every leaf of tiny.toml (and every table below the top level) replaced by each kind of junk: when
+    # pydantic refuses the junk, the problems are at that place only. No cross-check reports a
+    # consequence of the refusal elsewhere (an edge to a station whose id was refused, a band whose
+    # group was refused, a network disconnected by a refused segment...). Junk pydantic accepts (a
+    # valid value that clashes with another) is left to the cross-checks and not counted here.
+    cases = 0
+    for path in PATHS:
+        if len(path) < 2:
+            continue  # a whole top-level table replaced: references to what it held are rightly unknown
+        for junk in JUNK:
+            data = copy.deepcopy(TINY_DATA)
+            parent: Any = data
+            for item in path[:-1]:
+                parent = _child(parent, item)
+            parent[path[-1]] = copy.deepcopy(junk)
+            try:
+                FareRules.model_validate(data)
+                continue
+            except ValidationError as exc:
+                if all(e["type"] == "value_error" and not e["loc"] for e in exc.errors()):
+                    continue  # only the cross-checks failed: the junk was a valid value
+            cases += 1
+            elsewhere = [p for p in validate(data).problems if p.severity == "error"
+                         and p.path[:len(path)] != path and path[:len(p.path)] != p.path]
+            assert not elsewhere, (path, junk, elsewhere)
+    assert cases > 1000
