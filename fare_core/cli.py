@@ -34,6 +34,7 @@ from fare_core.gtfs import export_gtfs, import_gtfs, read_feed
 from fare_core.gtfs.importer import GtfsImportError
 from fare_core.gtfs.toml_out import to_toml
 from fare_core.rules import Draft, FareRules, Outcome, RulesError, read_file, validate_text
+from fare_core.rules_advice import check_text
 from fare_core.rules_problem import Problem
 from fare_core.table_data import DENYLISTED_EXIT_REFUSE, TableData
 
@@ -177,7 +178,7 @@ def _counted(problems: list[Problem]) -> str:
 def _outcome(path: Path) -> Outcome:
     """The file validated in one pass; a file that cannot be read or parsed is one located problem."""
     try:
-        return validate_text(*read_file(path))
+        return check_text(*read_file(path))
     except RulesError as exc:
         return Outcome(None, exc.issues, None, Draft({}))
 
@@ -205,7 +206,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    outcome = validate_text(*read_file(args.rules))
+    outcome = check_text(*read_file(args.rules))
     if outcome.rules is None:
         raise RulesError(outcome.problems)
     _print_problems(str(args.rules), outcome.problems)  # warnings: they do not stop the compile

@@ -31,7 +31,7 @@ import tomllib
 import types
 import typing
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -48,7 +48,6 @@ from pydantic import (
     model_validator,
 )
 
-from fare_core.rules_advice import advise
 from fare_core.rules_problem import (
     METRES_HINT,
     MINUTES_HINT,
@@ -1087,7 +1086,10 @@ class Outcome:
         return [p for p in self.problems if p.severity == "error"]
 
 
-def validate(data: Any) -> Outcome:
+Advisor = Callable[["FareRules", Draft], list[Problem]]  # more checks run on the rules or the draft
+
+
+def validate(data: Any, advise: Advisor | None = None) -> Outcome:
     """Validate parsed rules in one pass: pydantic's field checks, then the cross-checks, on a draft of
     what validated when some field did not, so N independent mistakes are N problems reported at once."""
     if not isinstance(data, dict):
@@ -1102,7 +1104,8 @@ def validate(data: Any) -> Outcome:
         rules, draft = _draft_of(data, [p.path for p in problems])
     refused = {p.path for p in problems}
     problems += [p for p in _Checker(rules, draft).run() if p.path not in refused]
-    problems += [p for p in advise(rules, draft) if p.path not in refused]
+    if advise is not None:  # fare_core.rules_advice.advise: warnings on values that look like slips
+        problems += [p for p in advise(rules, draft) if p.path not in refused]
     errors = any(p.severity == "error" for p in problems)
     return Outcome(None if errors else rules, problems, rules, draft)
 
@@ -1133,9 +1136,9 @@ def read_text(text: str, fmt: Literal["toml", "json"]) -> Any:
     raise RulesError([Problem((), f"unknown rules format {fmt!r} (toml or json)")])
 
 
-def validate_text(text: str, fmt: Literal["toml", "json"]) -> Outcome:
-    """Parse and validate; every problem located at its line and column in `text`."""
-    outcome = validate(read_text(text, fmt))
+def validate_text(text: str, fmt: Literal["toml", "json"], advise: Advisor | None = None) -> Outcome:
+    """Parse and validate; every problem located at its line and column in `text`, sorted by line."""
+    outcome = validate(read_text(text, fmt), advise)
     source = SourceMap(text, fmt)
     outcome.problems = sorted((p.located(source) for p in outcome.problems), key=Problem.sort_key)
     return outcome

@@ -19,12 +19,10 @@ compiling; it is a question for the operator, answered by fixing the value or le
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING
+from typing import Any, Literal
 
+from fare_core.rules import Draft, FareRules, Outcome, validate, validate_text
 from fare_core.rules_problem import MONEY_HINT, LocPath, Problem
-
-if TYPE_CHECKING:
-    from fare_core.rules import Draft, FareRules
 
 FARE_FLOOR = 10  # fen: a fare below this is yuan typed as fen
 LOW_FARE = 50  # fen: a fare below this is suspicious...
@@ -103,3 +101,14 @@ def advise(rules: FareRules, draft: Draft) -> list[Problem]:
         if 0 < fen < CAP_FLOOR:
             warnings.append(_warning((name,), fen, f"a balance under {_yuan(CAP_FLOOR)}"))
     return warnings
+
+
+def check_data(data: Any) -> Outcome:
+    """rules.validate, with these warnings as well."""
+    return validate(data, advise)
+
+
+def check_text(text: str, fmt: Literal["toml", "json"]) -> Outcome:
+    """rules.validate_text, with these warnings as well: every problem of a rules file, located and
+    sorted by line (what `faregate fares check` prints)."""
+    return validate_text(text, fmt, advise)

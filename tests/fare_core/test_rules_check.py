@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import fare_core
-from fare_core.rules import FareRules, RulesError, parse_rules, validate, validate_text
+from fare_core.rules import FareRules, RulesError, parse_rules, validate_text
+from fare_core.rules_advice import check_data, check_text
 from fare_core.rules_problem import MONEY_HINT, TIME_HINT, Problem
 from fare_core.rules_source import SourceMap
 
@@ -38,7 +39,7 @@ def line_of(text: str, fragment: str) -> int:
 
 
 def found(text: str, fmt: Literal["toml", "json"] = "toml") -> dict[str, Problem]:
-    problems = validate_text(text, fmt).problems
+    problems = check_text(text, fmt).problems
     by_location = {p.location: p for p in problems}
     assert len(by_location) == len(problems), problems
     return by_location
@@ -82,7 +83,7 @@ def test_six_independent_mistakes_are_reported_at_once_each_at_its_line() -> Non
         assert problem.severity == "error"
         assert problem.line == line_of(text, fragment), what
         assert problem.column is not None and problem.column >= 1
-    lines = [p.line or 0 for p in validate_text(text, "toml").problems]
+    lines = [p.line or 0 for p in check_text(text, "toml").problems]
     assert lines == sorted(lines)
 
 
@@ -201,7 +202,7 @@ def test_zero_is_never_warned_about() -> None:
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.toml")))
 def test_the_examples_are_clean(example: str) -> None:
-    outcome = validate_text((EXAMPLES / example).read_text(encoding="utf-8"), "toml")
+    outcome = check_text((EXAMPLES / example).read_text(encoding="utf-8"), "toml")
     assert outcome.rules is not None and outcome.problems == []
 
 
@@ -242,7 +243,7 @@ def test_a_gap_without_a_default_band_is_named_with_its_ends() -> None:
     data: dict[str, Any] = tomllib.loads(TINY)
     data["default_timeframe"] = None
     data["timeframes"].append({"group": "offpeak", "days": ["sat", "sun"], "start": "00:00", "end": "24:00"})
-    problems = {p.location: p for p in validate(data).problems}
+    problems = {p.location: p for p in check_data(data).problems}
     assert "uncovered: mon 00:00-07:30, mon 09:00-tue 07:30, tue 09:00-wed 07:30, ..." in \
         problems["timeframes"].message
 
@@ -354,7 +355,7 @@ def test_any_damage_is_reported_without_a_crash(damage: list[tuple[tuple[str | i
         elif isinstance(node, list) and isinstance(last, int) and last < len(node):
             node[last] = copy.deepcopy(junk)
     text = json.dumps(data, indent=1)
-    outcome = validate_text(text, "json")
+    outcome = check_text(text, "json")
     try:
         FareRules.model_validate(data)
         valid = True
@@ -390,7 +391,14 @@ def test_a_value_refused_is_the_only_error_reported() -> None:
                 if all(e["type"] == "value_error" and not e["loc"] for e in exc.errors()):
                     continue  # only the cross-checks failed: the junk was a valid value
             cases += 1
-            elsewhere = [p for p in validate(data).problems if p.severity == "error"
+            elsewhere = [p for p in check_data(data).problems if p.severity == "error"
                          and p.path[:len(path)] != path and path[:len(p.path)] != p.path]
             assert not elsewhere, (path, junk, elsewhere)
     assert cases > 1000
+
+
+def test_parse_rules_and_plain_validation_leave_the_warnings_out() -> None:
+    text = edit(TINY, "base_fen = 200", "base_fen = 3")
+    assert parse_rules(text, "toml").leg_rules[0].model_dump()["base_fen"] == 3
+    assert validate_text(text, "toml").problems == []
+    assert [p.location for p in check_text(text, "toml").problems] == ["leg_rules[0].base_fen"]
