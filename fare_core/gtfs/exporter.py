@@ -54,6 +54,8 @@ class _Writer:
         self.products: dict[tuple[int, str], str] = {}  # (amount, category or "") -> product id
 
     def row(self, name: str, **values: str) -> None:
+        if name in ("stops.txt", "stop_areas.txt", "areas.txt") and values in self.files[name]:
+            return  # a stop priced by two networks is one stop of the feed
         self.files[name].append(values)
 
     def product(self, amount: int, category: str | None) -> str:

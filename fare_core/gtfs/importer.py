@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fare_core.gtfs.feed import Feed, Row
 from fare_core.gtfs.money import to_minor
-from fare_core.rules import MINUTES_PER_DAY, FareRules, RulesError, rules_from_data
+from fare_core.rules import DAYS, MINUTES_PER_DAY, FareRules, RulesError, rules_from_data
 
 DEFAULT_CATEGORY = "all"  # the category of a feed without rider_categories.txt
 DEFAULT_NETWORK = "default"  # the network of a feed that names none
@@ -402,6 +402,7 @@ class _Importer:
         used = {leg.timeframe for leg in self.legs if leg.timeframe}
         frames: list[dict[str, Any]] = []
         reported_services: set[str] = set()
+        owner: list[str | None] = [None] * (7 * MINUTES_PER_DAY)  # the group each minute of the week is in
         for row in self.feed.rows("timeframes.txt"):
             group = row.get("timeframe_group_id")
             if group not in used:
@@ -424,27 +425,32 @@ class _Importer:
                 if not days:
                     self.unenforceable(row.where, f"service {service!r} runs on no weekday; row not imported")
                     continue
-                always = cal.get("start_date") <= "20000101" and cal.get("end_date") >= "20991231"
-                if service not in reported_services and not always:
-                    reported_services.add(service)
+            frame = {"group": group, "days": days, "start": start, "end": end, "_service": service}
+            if not self.claim(row, frame, owner):
+                continue
+            frames.append(frame)
+            cal = self.calendar.get(service) if service else None
+            if cal is not None and service not in reported_services:
+                reported_services.add(service)
+                if cal.get("start_date") > "20000101" or cal.get("end_date") < "20991231":
                     self.unenforceable(
                         cal.where,
                         f"service {service!r} runs {cal.get('start_date')} to "
                         f"{cal.get('end_date')}; the gate applies timeframe {group!r} "
                         f"on those weekdays on every date",
                     )
-            frames.append({"group": group, "days": days, "start": start, "end": end, "_service": service})
         self.frame_groups = [g for g in dict.fromkeys(f["group"] for f in frames)]
-        covered = bytearray(7 * MINUTES_PER_DAY)
-        for frame in frames:
-            s, e = _minutes(frame["start"]), _minutes(frame["end"])
-            for day in frame["days"]:
-                base = ("mon", "tue", "wed", "thu", "fri", "sat", "sun").index(day) * MINUTES_PER_DAY
-                for m in range(base + s, base + e):
-                    covered[m] = 1
+        for leg in self.legs:
+            if leg.timeframe and leg.timeframe not in self.frame_groups:
+                self.unenforceable(
+                    leg.row.where,
+                    f"timeframe group {leg.timeframe!r} has no timeframe the gate "
+                    f"can apply; row not imported",
+                )
+        covered = owner
         # The band of minutes no timeframe covers. When the timeframes cover the whole week the first
         # group is that band, written without rows (TOML cannot write default_timeframe = null).
-        self.needs_default = not frames or 0 in covered
+        self.needs_default = not frames or None in covered
         if not frames:
             self.default_band = ALL_TIMES
         elif self.needs_default:
@@ -453,6 +459,28 @@ class _Importer:
             self.default_band = frames[0]["group"]
             frames = [f for f in frames if f["group"] != self.default_band]
         return frames
+
+    def claim(self, row: Row, frame: dict[str, Any], owner: list[str | None]) -> bool:
+        """Give a timeframe row its minutes of the week, unless another group holds some of them: groups
+        told apart only by their services' dates fall on the same weekdays, and the gate has one band a
+        minute. The first row in the file keeps the minutes; a later one is listed and left out."""
+        start, end = _minutes(frame["start"]), _minutes(frame["end"])
+        if end <= start:
+            self.unenforceable(row.where, "end_time is not after start_time; row not imported")
+            return False
+        minutes = [DAYS.index(day) * MINUTES_PER_DAY + m for day in frame["days"] for m in range(start, end)]
+        other = next((owner[m] for m in minutes if owner[m] not in (None, frame["group"])), None)
+        if other is not None:
+            self.unenforceable(
+                row.where,
+                f"timeframe group {frame['group']!r} falls on minutes of the week "
+                f"{other!r} already holds (only dates tell them apart); the gate "
+                f"prices them as {other!r}, row not imported",
+            )
+            return False
+        for m in minutes:
+            owner[m] = frame["group"]
+        return True
 
     def build_categories(self) -> dict[str, Any]:
         """The default category first, then every category some leg's product prices; a category only

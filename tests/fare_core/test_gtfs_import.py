@@ -223,3 +223,41 @@ def test_a_directory_without_fares_is_refused(tmp_path: Path) -> None:
         read_feed(write_feed(tmp_path / "plain", {"stops.txt": "stop_id,stop_name\n1,One"}))
     with pytest.raises(FeedError, match="no such file"):
         read_feed(tmp_path / "missing")
+
+
+# --- Transcollines in May 2024: two networks over the same stops, timeframes told apart only by dates
+
+
+def on(result: ImportResult, stop_id: str, network: str) -> int:
+    stations = result.rules.stations
+    return next(s.id for s in stations if s.name.endswith(f" [{stop_id}]") and s.network == network)
+
+
+def test_seasonal_timeframes_keep_the_first_and_list_the_rest(impl: Any) -> None:
+    result = imported("transcollines-2024")
+    table = compile_rules(result.rules, 1, 0)
+    saturday_in_june = at(-300, 2024, 6, 8, 10, 0)  # 924-GRT: free summer weekends
+
+    def ride(origin: str, dest: str, network: str, when: int) -> int:
+        rider = Rider(impl, table, balance=50_000)
+        out = rider.trip(on(result, origin, network), on(result, dest, network), when, when + 40 * 60)
+        assert out.allowed, out
+        return int(out.fare)
+
+    assert ride("910001", "9154", "924", saturday_in_june) == 0  # route 924, Pontiac -> Gatineau: free
+    assert ride("910001", "9154", "PLEIN-TARIF", saturday_in_june) == 2000  # the regular routes: 20.00
+    assert ride("910101", "9155", "PLEIN-TARIF", saturday_in_june) == 500
+    lost = result.not_enforceable
+    for line, group in ((3, "924-PAY-1"), (4, "924-PAY-2")):
+        assert (f"timeframes.txt:{line}: timeframe group {group!r} falls on minutes of the week '924-GRT' "
+                f"already holds (only dates tell them apart); the gate prices them as '924-GRT', row not "
+                f"imported") in lost
+    for line in range(10, 26):  # the rows of the paying 924 periods, each named
+        group = "924-PAY-1" if line < 18 else "924-PAY-2"
+        assert (f"fare_leg_rules.txt:{line}: timeframe group {group!r} has no timeframe the gate can apply; "
+                f"row not imported") in lost
+    assert "calendar.txt:4: service '20240515-201-0000011' runs 20240518 to 20241027; the gate applies " \
+           "timeframe '924-GRT' on those weekdays on every date" in lost
+    holidays = [x for x in lost if x.startswith("calendar_dates.txt:")]
+    assert len(holidays) == 5 and "calendar_dates.txt:3: service '20240515-201-0000011' added on 20240624: " \
+           "timeframes follow weekdays, not dates" in holidays

@@ -18,7 +18,7 @@ from .test_gtfs_import import FIXTURES, SMALL, write_feed
 EXAMPLES = Path(fare_core.__file__).parent / "examples"
 
 
-@pytest.mark.parametrize("feed", ["zakroczym", "transcollines", "small"])
+@pytest.mark.parametrize("feed", ["zakroczym", "transcollines", "transcollines-2024", "small"])
 def test_import_export_import_gives_the_same_compiled_table(feed: str, tmp_path: Path) -> None:
     source = write_feed(tmp_path / "small", SMALL) if feed == "small" else FIXTURES / feed
     first = import_gtfs(read_feed(source))
