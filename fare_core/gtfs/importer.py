@@ -553,7 +553,10 @@ class _Importer:
         return networks, self.number_stations(station_keys), leg_rules
 
     def mode_of(self, network: str) -> str:
-        types = {self.routes[r].get("route_type") for r, n in self.route_network.items() if n == network}
+        routes = [r for r, n in self.route_network.items() if n == network]
+        if not self.route_network and len(self.networks) == 1:
+            routes = list(self.routes)  # a feed that names no network: every route is in the one there is
+        types = {self.routes[r].get("route_type") for r in routes}
         if len(types) == 1:
             return _MODES.get(types.pop(), "other")
         return "other" if types else ""

@@ -61,6 +61,8 @@ def test_zakroczym_fares_across_zones_as_published(impl: Any) -> None:
 def test_zakroczym_lists_what_the_gate_cannot_enforce() -> None:
     result = imported("zakroczym")
     assert list(result.rules.rider_categories) == ["0"]  # the default category, Bilet normalny
+    network = result.rules.networks["default"]  # the feed names no network: one for its routes
+    assert (network.mode, network.fare_collection) == ("bus", "entry_exit")  # zones: tap on and off
     lost = result.not_enforceable
     assert lost[0].startswith("agency.txt:2: time zone Europe/Warsaw keeps summer time (UTC+02:00)")
     for line, category in ((3, "1"), (4, "2"), (5, "3")):
