@@ -78,8 +78,10 @@ class RulesError(ValueError):
     """The rules are invalid. `issues` holds every error as a Problem (with line and column when the text
     was known); `problems` the same as (location, why) pairs; the message is one line for each."""
 
-    def __init__(self, issues: Iterable[Problem]) -> None:
-        self.issues: list[Problem] = [p for p in issues if p.severity == "error"]
+    def __init__(self, issues: Iterable[Problem | tuple[str, str]]) -> None:
+        # (location, why) pairs are still taken, as before Problems: the location kept as written
+        found = [p if isinstance(p, Problem) else Problem((p[0],) if p[0] else (), p[1]) for p in issues]
+        self.issues: list[Problem] = [p for p in found if p.severity == "error"]
         self.problems: list[tuple[str, str]] = [(p.location, p.message) for p in self.issues]
         super().__init__("\n".join(f"{where}: {why}" if where else why for where, why in self.problems))
 

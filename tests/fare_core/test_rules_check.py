@@ -402,3 +402,9 @@ def test_parse_rules_and_plain_validation_leave_the_warnings_out() -> None:
     assert parse_rules(text, "toml").leg_rules[0].model_dump()["base_fen"] == 3
     assert validate_text(text, "toml").problems == []
     assert [p.location for p in check_text(text, "toml").problems] == ["leg_rules[0].base_fen"]
+
+
+def test_rules_error_still_takes_location_and_reason_pairs() -> None:
+    error = RulesError([("networks.metro.edges[1].to", "unknown station 9"), ("", "not valid TOML")])
+    assert error.problems == [("networks.metro.edges[1].to", "unknown station 9"), ("", "not valid TOML")]
+    assert str(error) == "networks.metro.edges[1].to: unknown station 9\nnot valid TOML"
