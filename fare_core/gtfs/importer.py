@@ -8,8 +8,10 @@ How a feed maps (the reverse of rules.py's table):
   `faregate fares show --from 100` finds it. A numeric stop id that fits 16 bits is the station id;
   other stops get the lowest free ids in file order. A flat network gets one station a route (a bus
   reader), named from routes.txt.
-- timeframes.txt (+ calendar.txt for service_id) -> timeframes, one group a band; minutes no timeframe
-  covers are the band "outside_timeframes" when the rules need one.
+- timeframes.txt (+ calendar.txt for service_id) -> timeframes on the service's weekdays, one group a
+  band; minutes no timeframe covers are the band "outside_timeframes" (a feed without timeframes has the
+  one band "all_times"); when they cover the whole week the first group is the default band. Groups
+  told apart only by dates cannot share a minute of the week: the first row keeps it.
 - rider_categories.txt -> rider_categories, the default category first; a product's price for the default
   category (or for no category) is the base fare, a product for another category a rule of its own.
 - fare_products.txt amounts -> integer minor units of the feed's currency (fen for CNY).
