@@ -4,6 +4,8 @@
     faregate fares compile RULES.toml --version 7 -o table.fgt
     faregate fares show table.fgt [--from 101 --to 116 --category adult --at 2026-11-23T08:00]
     faregate fares schema            (the rules' JSON Schema, for an editor or another validator)
+    faregate fares import-gtfs FEED_DIR_OR_ZIP -o rules.toml   (GTFS-Fares v2 in; the unenforceable listed)
+    faregate fares export-gtfs rules.toml -o DIR [--currency CNY]   (GTFS-Fares v2 out; the unstatable listed)
 
 Exit status 0 on success, 1 when the rules or the artefact are bad (the reasons go to stderr), so a
 publishing script can stop before a broken table reaches a gate. Warnings (a fare that looks like yuan
