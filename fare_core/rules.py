@@ -315,7 +315,7 @@ class FareRules(_Model):
     def _cross_checks(self, info: ValidationInfo) -> FareRules:
         if info.context is _DRAFT:  # validate() runs them itself, with the draft's bookkeeping
             return self
-        problems = _Checker(self, Draft.whole(self)).run()
+        problems = _Checker(self, Draft({})).run()
         if problems:
             raise RulesError(problems)
         return self
@@ -392,10 +392,6 @@ class Draft:
     cuts: set[LocPath] = field(default_factory=set)
     origins: dict[LocPath, list[int]] = field(default_factory=dict)
     refused: set[LocPath] = field(default_factory=set)  # the paths pydantic refused
-
-    @classmethod
-    def whole(cls, rules: FareRules) -> Draft:
-        return cls({})
 
     def numbered(self, path: LocPath, items: Sequence[T]) -> list[tuple[int, T]]:
         """(index in the file, item) for each item of the draft's list at `path`."""
