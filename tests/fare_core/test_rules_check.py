@@ -87,6 +87,23 @@ def test_six_independent_mistakes_are_reported_at_once_each_at_its_line() -> Non
     assert lines == sorted(lines)
 
 
+def test_warnings_come_in_the_same_pass() -> None:
+    # a timeframe whose end (09:30) is before its start (17:00) is read as overnight: valid, but 16.5
+    # hours is named as a warning; a 5-fen surcharge looks like yuan typed as fen
+    text = edit(six_mistakes(), '{ group = "peak", days = ["mon"',
+                '{ group = "evening", days = ["sat"], start = "17:00", end = "09:30" },\n'
+                '  { group = "peak", days = ["mon"')
+    text = edit(text, "overstay_surcharge_fen = 500", "overstay_surcharge_fen = 5")
+    problems = found(text)
+    errors = {location for _, _, _, location, _, _ in SIX_MISTAKES}
+    assert {k for k, p in problems.items() if p.severity == "error"} == {
+        e.replace("timeframes[0]", "timeframes[1]") for e in errors}
+    assert {k for k, p in problems.items() if p.severity == "warning"} == {
+        "timeframes[0].end", "paid_area.overstay_surcharge_fen"}
+    assert "17:00 to 09:30 the next day" in problems["timeframes[0].end"].message
+    assert problems["timeframes[0].end"].line == line_of(text, '"evening"')
+
+
 def test_each_mistake_alone_is_found_alone() -> None:
     # so the test above proves one pass: each mistake is found by itself, and all six together
     for what, old, new, location, _, _ in SIX_MISTAKES:
