@@ -1137,8 +1137,9 @@ def read_text(text: str, fmt: Literal["toml", "json"]) -> Any:
 def validate_text(text: str, fmt: Literal["toml", "json"], advise: Advisor | None = None) -> Outcome:
     """Parse and validate; every problem located at its line and column in `text`, sorted by line."""
     outcome = validate(read_text(text, fmt), advise)
-    source = SourceMap(text, fmt)
-    outcome.problems = sorted((p.located(source) for p in outcome.problems), key=Problem.sort_key)
+    if outcome.problems:  # the text is scanned for positions only when there is something to locate
+        source = SourceMap(text, fmt)
+        outcome.problems = sorted((p.located(source) for p in outcome.problems), key=Problem.sort_key)
     return outcome
 
 
