@@ -47,6 +47,7 @@ from sqlalchemy import func, select
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.deploy.accounts import BrokerAccounts
+from backend.payments import SimulatedProvider
 from backend.tables import TapRow
 from fare_core import Flag
 from fare_core import rules as fare_rules
@@ -147,6 +148,9 @@ class Soak:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.owed: list[str] = []  # fault kinds drawn that could not happen, drawn again first
         self.undrained = 0  # quiet-phase drains that timed out
+        self.topups: list[int] = []  # fen of each air top-up the (simulated) provider confirmed
+        self.topped: set[int] = set()  # cards topped up: never cloned (a clone could take the top-up)
+        self.token = ""  # the operator's bearer token
         self.group = ProcessGroup()
         self.sim: Sim | None = None
         self.specs: list[GateSpec] = []
@@ -208,7 +212,7 @@ class Soak:
             mqtt_username=accounts.backend_user, mqtt_password=accounts.backend_password)
         self.backend = BackendProcess(self.group, settings, service_port(), data_dir / "backend.log")
         await self.backend.start()
-        token = await self.backend.wait_ready()
+        token = self.token = await self.backend.wait_ready()
         async with httpx.AsyncClient(base_url=self.backend.base_url, timeout=30,
                                      headers={"Authorization": f"Bearer {token}"}) as client:
             published = await client.post("/fare-tables", json={"rules": rules_text, "format": "toml"})
@@ -239,6 +243,7 @@ class Soak:
         started = time.monotonic()
         traffic = self._spawn(self._traffic())
         faults = self._spawn(self._faults())
+        topups = self._spawn(self._topups(settings))
         while not self.stopping.is_set() and time.monotonic() - started < args.duration:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(),
@@ -249,7 +254,7 @@ class Soak:
                       f"/{len(self.gates)}", flush=True)
         self.stopping.set()
         duration = time.monotonic() - started
-        for task in (traffic, faults):
+        for task in (traffic, faults, topups):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._quiet(settings)
@@ -259,6 +264,7 @@ class Soak:
             "wall_s": round(time.monotonic() - started, 1), "gates": len(self.specs),
             "cards": len(population), "handsets": len(self.start_of), "taps": self.taps,
             "faults": {kind: self.faults[kind] for kind in FAULTS},
+            "topups": len(self.topups), "topups_fen": sum(self.topups),
             "fault_phases": dict(sorted(self.phases.items())),
             "invariants": {name: report.invariants.get(name) for name in INVARIANTS},
             "details": {**report.details, "quiet_phase_drained": self.undrained == 0},
@@ -363,6 +369,38 @@ class Soak:
             if gate is not None:
                 rider.busy = True  # taken now, not when the task first runs
                 self._spawn(self._ride(rider, gate))
+
+    async def _topups(self, settings: Settings) -> None:
+        """Now and then a commuter tops up over the air (payment intent, then the provider's signed
+        confirmation): money comes in, and reaches the wallet at the phone's next tap, through every
+        fault. A top-up the backend cannot take now (it is down) is simply not made."""
+        assert self.backend is not None
+        provider = SimulatedProvider(settings.payment_webhook_secret)
+        async with httpx.AsyncClient(base_url=self.backend.base_url, timeout=10) as client:
+            while not self.stopping.is_set():
+                await asyncio.sleep(self.rng.uniform(2.0, 6.0))
+                cloned = {r.card_id for r in self.riders if r.handset > 0}
+                riders = [r for r in self.riders if r.card_id not in cloned]
+                if self.stopping.is_set() or not riders:
+                    return
+                card, amount = self.rng.choice(riders).card_id, self.rng.choice((1000, 2000, 5000))
+                self.topped.add(card)
+                try:
+                    issued = await client.post(f"/phones/{card:016x}/commuter-token",
+                                               headers={"Authorization": f"Bearer {self.token}"})
+                    issued.raise_for_status()
+                    intent = await client.post("/me/topup", json={"amount": amount}, headers={
+                        "Authorization": f"Bearer {issued.json()['token']}"})
+                    if intent.status_code != 201:  # over the daily bound
+                        continue
+                    body, headers = provider.confirmation(intent.json()["reference"], amount)
+                    confirmed = await client.post("/payments/confirmations", content=body, headers=headers)
+                except (httpx.HTTPError, KeyError) as error:  # the backend is down or restarting
+                    log.info("top-up not made: %r", error)
+                    continue
+                if confirmed.status_code == 200 and confirmed.json().get("credited"):
+                    self.topups.append(amount)
+                    log.info("top-up of %d fen for %016x", amount, card)
 
     # ------------------------------------------------------------------ faults
     async def _faults(self) -> None:
@@ -590,7 +628,7 @@ class Soak:
         if len(cloned) >= max(1, len(self.riders) // 20):
             return True  # enough clones about
         rider = self._idle_rider(genuine=True)
-        if rider is None or rider.card_id in cloned:
+        if rider is None or rider.card_id in cloned or rider.card_id in self.topped:
             return False
         rider.busy = True
         try:

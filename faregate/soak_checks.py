@@ -5,8 +5,8 @@ it, the back office (backend/audit.py, docs/ledger.md) and the gates' journals:
 
 - card_balance / card_counter: for every card, the back office's balance and counter equal the
   wallet's (a card the back office never saw must still hold what it was issued with);
-- revenue: revenue equals the charges that landed on the wallets (every handset's balance at the
-  start minus its balance now; the soak makes no top-ups);
+- revenue: revenue equals the charges that landed on the wallets: every handset's balance at the
+  start minus its balance now, plus the top-ups delivered to them (paid, less what is undelivered);
 - suspense: zero, once every gate has reported and every unconfirmed write was settled;
 - unbalanced_entries: ledger entries whose postings do not sum to zero;
 - taps_lost: a tap a gate journaled that the back office does not hold, or a counter step a wallet
@@ -132,14 +132,17 @@ async def check(session: AsyncSession, truth: Truth) -> Report:
     report.details["card_balance"], report.details["card_counter"] = balance_off[:20], counter_off[:20]
 
     # money: revenue against what landed on every handset; suspense; balanced entries
-    landed = sum(h.start_balance - h.balance for h in truth.handsets)
-    report.details["landed_charges_fen"] = landed
+    landed = sum(h.start_balance - h.balance for h in truth.handsets)  # charges less top-ups delivered
+    report.details["wallets_net_out_fen"] = landed
     if audit is not None:
         totals = {k: int(v) for k, v in (await audit.account_totals(session)).items()}
         report.details["account_totals_fen"] = totals
         revenue, suspense = totals.get("revenue", 0), totals.get("suspense", 0)
-        report.invariants["revenue"] = int(revenue != landed)
-        report.details["revenue_off_fen"] = revenue - landed
+        # money that came in (payments, grants) less what still waits to reach a wallet: delivered
+        delivered = -totals.get("payments", 0) - totals.get("adjustments", 0) - totals.get("undelivered", 0)
+        report.details["delivered_fen"] = delivered
+        report.invariants["revenue"] = int(revenue - delivered != landed)
+        report.details["revenue_off_fen"] = revenue - delivered - landed
         report.invariants["suspense"] = int(suspense != 0)
         unbalanced = list(await audit.unbalanced_entries(session))
         report.invariants["unbalanced_entries"] = len(unbalanced)
