@@ -13,7 +13,9 @@ it, the back office (backend/audit.py, docs/ledger.md) and the gates' journals:
   took that no stored tap accounts for;
 - taps_doubled: a counter step two confirmed taps claim (the same write counted twice);
 - invalid_trips: trips in no valid state;
-- clone_alarms: a cloned card whose two handsets both wrote, with no clone alarm.
+- clone_alarms: a cloned card whose two handsets both wrote, with no clone alarm;
+- false_clone_alarms: a card never cloned that the back office took for a clone (an alarm an
+  operator would act on by blocking a genuine commuter).
 
 A cloned card's handsets cannot both equal the back office, so it is left out of the per-card and
 counter-step checks (and named in the report); its money still counts in `revenue`.
@@ -37,7 +39,7 @@ from fare_core import Flag
 
 CLONE_ALARMS = ("counter_reused", "clone", "cloned", "clone_detected", "balance_jump")
 INVARIANTS = ("card_balance", "card_counter", "revenue", "suspense", "unbalanced_entries", "taps_lost",
-              "taps_doubled", "invalid_trips", "clone_alarms")
+              "taps_doubled", "invalid_trips", "clone_alarms", "false_clone_alarms")
 
 
 @dataclass
@@ -247,4 +249,9 @@ async def _clone_alarms(session: AsyncSession, truth: Truth, report: Report) -> 
         if not alarms:
             silent.append(f"{card:016x}")
     report.details["clones_without_alarm"] = silent
+    alarmed = {str(card) for card in (await session.execute(select(AlarmRow.card_id).where(
+        AlarmRow.kind.in_(CLONE_ALARMS), AlarmRow.card_id.is_not(None)))).scalars()}
+    wrongly = sorted(alarmed - {f"{card:016x}" for card in truth.cloned})
+    report.details["false_clone_alarms"] = wrongly
+    report.invariants["false_clone_alarms"] = len(wrongly)
     return len(silent)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.migrate import upgrade
+from backend.tables import AlarmRow
 from faregate.soak import FAULTS
 from faregate.soak_checks import INVARIANTS, Handset, Truth, check
 
@@ -37,6 +39,10 @@ async def test_the_checks_see_a_charge_and_taps_the_back_office_never_got(tmp_pa
             journals={"7-1": (3, 3)},  # a gate journaled three taps the back office does not hold
         )
         async with make_sessionmaker(engine)() as session:
+            # a genuine phone, never cloned, taken for a clone
+            session.add(AlarmRow(created_at=datetime.now(UTC), kind="counter_reused", severity="critical",
+                                 gate_id="7-1", card_id=f"{CARD + 1:016x}", tap_id="7-1:2", detail=""))
+            await session.flush()
             report = await check(session, truth)
     finally:
         await engine.dispose()
@@ -49,6 +55,8 @@ async def test_the_checks_see_a_charge_and_taps_the_back_office_never_got(tmp_pa
     assert report.invariants["clone_alarms"] == 1
     assert report.details["clones_without_alarm"] == [f"{CLONED:016x}"]
     assert list(report.details["excluded_from_card_checks"]) == [f"{CLONED:016x}"]  # named, not counted
+    assert report.invariants["false_clone_alarms"] == 1
+    assert report.details["false_clone_alarms"] == [f"{CARD + 1:016x}"]
     assert not report.ok
 
 
