@@ -367,6 +367,9 @@ class GateController:
             landed = await self._write(card_id, decision, written)
             t.host_ns += write_sent_ns - t.rx_ns
             t.rx_ns = self.link.last_answer_ns  # the write's answer, for the next gap
+        except Exception:  # a bug: the write's landing is unknown, and its row must not stay unsettled
+            log.exception("gate %s: write to %016x not settled", self.gate_id, card_id)
+            landed = None
         finally:
             await journaled
         if landed is True:

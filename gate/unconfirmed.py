@@ -7,6 +7,9 @@ RECOVERED tap (nothing written, nothing charged) and lets the commuter through a
 decided. If it does not, the write did not land (or the phone has been written elsewhere since): the
 entry is forgotten and the tap decided afresh (an OTA top-up the write carried is then held back at
 this gate unless the wallet shows the write surely did not land: see GateController._hold_back_action).
+A gate that died while a write was on the wire (power cut, kill -9) knows no more than one whose
+answer was lost: at its next start the tap's row, journaled unsettled with the write it carried, is
+rewritten UNCONFIRMED and the write kept here the same way (GateController.start).
 
 The set is durable, in the journal's `unconfirmed` table, written in the same transaction as the
 tap's UNCONFIRMED rewrite and removed in the same transaction as the RECOVERED row, so a power cut
@@ -48,7 +51,7 @@ class UnconfirmedWrite:
 
     card_id: int
     seq: int  # the journal row flagged UNCONFIRMED
-    at: float  # the gate's clock when it was journaled (unix seconds)
+    at: float  # the gate's clock at the tap (unix seconds)
     slot: int  # the wallet slot written
     record: bytes  # the 64-byte record written there
     counter: int  # the counter that record carries
