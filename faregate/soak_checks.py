@@ -12,6 +12,8 @@ it, the back office (backend/audit.py, docs/ledger.md) and the gates' journals:
 - taps_lost: a tap a gate journaled that the back office does not hold, or a counter step a wallet
   took that no stored tap accounts for;
 - taps_doubled: a counter step two confirmed taps claim (the same write counted twice);
+- topups_doubled: a top-up written into a wallet by more than one confirmed tap (money made out of
+  nothing: the ledger's `undelivered` then goes below zero, more delivered than was paid);
 - invalid_trips: trips in no valid state;
 - clone_alarms: a cloned card whose two handsets both wrote, with no clone alarm;
 - false_clone_alarms: a card never cloned that the back office took for a clone (an alarm an
@@ -39,7 +41,7 @@ from fare_core import Flag
 
 CLONE_ALARMS = ("counter_reused", "clone", "cloned", "clone_detected", "balance_jump")
 INVARIANTS = ("card_balance", "card_counter", "revenue", "suspense", "unbalanced_entries", "taps_lost",
-              "taps_doubled", "invalid_trips", "clone_alarms", "false_clone_alarms")
+              "taps_doubled", "topups_doubled", "invalid_trips", "clone_alarms", "false_clone_alarms")
 
 
 @dataclass
@@ -159,6 +161,7 @@ async def check(session: AsyncSession, truth: Truth) -> Report:
     # taps: every journaled seq stored once; every counter step accounted for, none twice
     lost, doubled = await _taps(session, truth, genuine, report)
     report.invariants["taps_lost"], report.invariants["taps_doubled"] = lost, doubled
+    report.invariants["topups_doubled"] = await _topups_doubled(session, report)
 
     # clones: both handsets wrote -> an alarm
     report.invariants["clone_alarms"] = await _clone_alarms(session, truth, report)
@@ -228,6 +231,22 @@ async def _taps(session: AsyncSession, truth: Truth, genuine: dict[int, Handset]
     report.details["counter_steps_missing"] = steps_missing[:20]
     report.details["counter_steps_twice"] = steps_twice[:20]
     return lost + len(steps_missing), doubled + len(steps_twice)
+
+
+async def _topups_doubled(session: AsyncSession, report: Report) -> int:
+    """Actions whose money reached a wallet through more than one confirmed tap."""
+    applied: dict[int, list[str]] = {}
+    for action, tap in (await session.execute(
+            select(TapRow.action_id, TapRow.tap_id)
+            .where(TapRow.action_id.is_not(None),
+                   TapRow.flags.bitwise_and(int(Flag.TOPUP_APPLIED)) != 0,
+                   TapRow.flags.bitwise_and(int(Flag.UNCONFIRMED | Flag.RECOVERED)) == 0))).all():
+        if action is not None:
+            applied.setdefault(int(action), []).append(str(tap))
+    doubled = [{"action": a, "taps": taps} for a, taps in sorted(applied.items()) if len(taps) > 1]
+    report.details["topups_doubled"] = doubled
+    undelivered = report.details.get("account_totals_fen", {}).get("undelivered", 0)
+    return max(len(doubled), int(undelivered < 0))
 
 
 async def _clone_alarms(session: AsyncSession, truth: Truth, report: Report) -> int:

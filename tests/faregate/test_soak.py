@@ -16,7 +16,8 @@ import pytest
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.migrate import upgrade
-from backend.tables import AlarmRow
+from backend.tables import AlarmRow, TapRow
+from fare_core import Flag
 from faregate.soak import FAULTS
 from faregate.soak_checks import INVARIANTS, Handset, Truth, check
 
@@ -42,6 +43,9 @@ async def test_the_checks_see_a_charge_and_taps_the_back_office_never_got(tmp_pa
             # a genuine phone, never cloned, taken for a clone
             session.add(AlarmRow(created_at=datetime.now(UTC), kind="counter_reused", severity="critical",
                                  gate_id="7-1", card_id=f"{CARD + 1:016x}", tap_id="7-1:2", detail=""))
+            # one top-up written into the wallet at two gates: money out of nothing
+            for gate, counter in (("8-1", 0), ("8-2", 1)):
+                session.add(_topup_tap(gate, CARD + 1, counter, action_id=9))
             await session.flush()
             report = await check(session, truth)
     finally:
@@ -55,9 +59,22 @@ async def test_the_checks_see_a_charge_and_taps_the_back_office_never_got(tmp_pa
     assert report.invariants["clone_alarms"] == 1
     assert report.details["clones_without_alarm"] == [f"{CLONED:016x}"]
     assert list(report.details["excluded_from_card_checks"]) == [f"{CLONED:016x}"]  # named, not counted
+    assert report.invariants["topups_doubled"] == 1
+    assert report.details["topups_doubled"] == [{"action": 9, "taps": ["8-1:1", "8-2:2"]}]
     assert report.invariants["false_clone_alarms"] == 1
     assert report.details["false_clone_alarms"] == [f"{CARD + 1:016x}"]
     assert not report.ok
+
+
+def _topup_tap(gate: str, card: int, counter: int, action_id: int) -> TapRow:
+    now = datetime.now(UTC)
+    station, gate_no = (int(part) for part in gate.split("-"))
+    return TapRow(tap_id=f"{gate}:{counter + 1}", gate_id=gate, station_id=station, gate_no=gate_no,
+                  seq=counter + 1, card_id=f"{card:016x}", time=now, direction=0, mode=0, allowed=True,
+                  reason=0, flags=int(Flag.TOPUP_APPLIED), fare=0, balance_before=500, balance_after=1500,
+                  counter_before=counter, counter_after=counter + 1, wallet_before=b"", fare_table_version=1,
+                  denylist_version=0, min_counter=0, action_id=action_id, topup_applied=1000, latency_us=0,
+                  received_at=now)
 
 
 @pytest.mark.slow
