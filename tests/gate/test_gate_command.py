@@ -74,12 +74,13 @@ def test_an_older_table_never_replaces_a_newer_one_the_gate_holds(tmp_path: Path
     toml = gate_toml(tmp_path)
     held = tmp_path / "gate" / "faretable.fgt"
     held.parent.mkdir()
-    held.write_bytes(compiled_table(tmp_path, 9).read_bytes())
+    newer = compiled_table(tmp_path, 9).read_bytes()  # a compile stamps its time: keep these bytes
+    held.write_bytes(newer)
     older = compiled_table(tmp_path, 4)
     done = subprocess.run(gate_command(toml, "--serial", "/dev/null", "--fare-table", str(older)),
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and "holds version 9" in done.stderr
-    assert held.read_bytes() == compiled_table(tmp_path, 9).read_bytes()
+    assert held.read_bytes() == newer
 
 
 def test_mqtt_option_logs_in_with_the_urls_user_and_is_checked_like_the_file() -> None:
