@@ -143,6 +143,23 @@ def scrape_recent(port: int) -> dict[tuple[str, str], float]:
     return found
 
 
+def wait_gate_ready(sim: Sim, metrics_port: int, timeout_s: float) -> None:
+    """Until the gate process has restored its barrier, display and field (three requests on the line)
+    and serves its metrics (it does so once its controller runs): a commuter presented earlier could
+    give up before a slow start (a loaded machine, the twin's import) got to the first tap."""
+    device_gate = sim.gate(0)
+    sim.wait_for(lambda: len(device_gate.records("rx")) >= 3, timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", metrics_port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gate did not come up") from None
+            time.sleep(0.05)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -179,7 +196,7 @@ def run_loop(taps: int, baud: int, twin: bool = False, plain: bool = False,
         try:
             device_gate = sim.gate(0)
             if not plain:
-                sim.wait_for(lambda: bool(device_gate.records("rx")), timeout=30)
+                wait_gate_ready(sim, metrics_port, timeout_s=60)
             time.sleep(0.3)
             presentations = []
             deadline = time.monotonic() + timeout_s

@@ -20,6 +20,25 @@ def backend_command(tmp_path: Path, port: int, *extra: str) -> list[str]:
             "--database", f"sqlite+aiosqlite:///{tmp_path / 'backend.db'}", *extra]
 
 
+def start_backend(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A backend on a free port, healthy. free_port() only finds a port free a moment ago: when another
+    process takes it first, the backend says so (exit 3) and a new port is tried."""
+    for _attempt in range(3):
+        port = free_port()
+        process = subprocess.Popen(backend_command(tmp_path, port, *extra),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", process)
+            return process, port
+        except AssertionError:
+            if process.poll() != 3:
+                process.kill()
+                output, _ = process.communicate(timeout=30)
+                raise AssertionError(f"backend did not start: {output.decode()[-2000:]}") from None
+            process.communicate(timeout=30)
+    raise AssertionError("three free ports were taken before the backend could listen")
+
+
 def test_a_taken_port_is_one_line_before_anything_runs(tmp_path: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -38,14 +57,10 @@ def test_a_taken_port_is_one_line_before_anything_runs(tmp_path: Path) -> None:
 def test_stops_on_a_signal_without_a_traceback_while_the_broker_is_unreachable(
     tmp_path: Path, how: signal.Signals
 ) -> None:
-    port, nobody = free_port(), free_port()  # nothing listens on `nobody`: the broker is down
-    process = subprocess.Popen(backend_command(tmp_path, port, "--mqtt", f"mqtt://127.0.0.1:{nobody}"),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", process)
-    finally:
-        process.send_signal(how)
-        output, _ = process.communicate(timeout=30)
+    nobody = free_port()  # nothing listens there: the broker is down
+    process, _port = start_backend(tmp_path, "--mqtt", f"mqtt://127.0.0.1:{nobody}")
+    process.send_signal(how)
+    output, _ = process.communicate(timeout=30)
     console = output.decode()
     assert process.returncode == 0, console
     assert "Traceback" not in console and "CancelledError" not in console
@@ -54,14 +69,9 @@ def test_stops_on_a_signal_without_a_traceback_while_the_broker_is_unreachable(
 
 
 def test_embedded_broker_start_and_stop_are_quiet(tmp_path: Path) -> None:
-    port, broker = free_port(), free_port()
-    process = subprocess.Popen(backend_command(tmp_path, port, "--embedded-broker", str(broker)),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", process)
-    finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
+    process, _port = start_backend(tmp_path, "--embedded-broker", str(free_port()))
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
     console = output.decode()
     assert process.returncode == 0, console
     assert "Traceback" not in console and "alembic" not in console
