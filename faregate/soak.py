@@ -118,6 +118,7 @@ def human(result: dict[str, Any]) -> str:
     for card, why in result["details"].get("excluded_from_card_checks", {}).items():
         lines.append(f"  card {card} left out of the per-card checks: {why}")
     details = result["details"]
+    lines.append(f"air top-ups confirmed: {result['topups']} ({result['topups_fen']} fen)")
     lines.append(f"paths taken: {details.get('unconfirmed_taps', 0)} unconfirmed taps, "
                  f"{details.get('recovered_taps', 0)} recovered, alarms {details.get('alarms', {})}")
     lines.append("OK: every fen accounted for" if result["ok"] else
