@@ -285,6 +285,32 @@ async def test_mode_command_reaches_the_gate_and_reports_count_taps(api: Api, br
     assert [(r["gate_id"], r["taps"], r["max_us"]) for r in latency] == [("12-3", 3, 400)]
 
 
+async def test_a_commuter_token_for_a_phone_the_processor_creates_meanwhile_is_issued(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route and the processor both create an unseen phone: the one that commits second must not
+    answer 500 (seen in the soak: UNIQUE phones.card_id)."""
+    from backend.api.routes import phones
+    from backend.tables import PhoneRow
+
+    admin = await api.login(**ADMIN)
+    real_audit = phones.audit
+    raced: list[bool] = []
+
+    async def audit_after_the_processor(session: Any, *args: Any) -> None:
+        if not raced:  # the processor commits the phone between the route's look-up and its commit
+            raced.append(True)
+            async with api.app.state.sessions.begin() as other:
+                other.add(PhoneRow(card_id=CARD, status="active", status_reason="", balance=700, counter=3))
+        await real_audit(session, *args)
+
+    monkeypatch.setattr(phones, "audit", audit_after_the_processor)
+    issued = await api.client.post(f"/api/v1/phones/{CARD}/commuter-token", headers=admin)
+    assert raced and issued.status_code == 201, issued.text
+    me = await api.client.get("/api/v1/me", headers={"Authorization": f"Bearer {issued.json()['token']}"})
+    assert me.status_code == 200 and me.json()["balance"] == 700  # the processor's row, with the token
+
+
 async def test_an_action_in_a_write_not_yet_known_to_have_landed_cannot_be_cancelled(api: Api) -> None:
     """Cancelling would take the money back from `undelivered` while the wallet may already hold it."""
     admin = await api.login(**ADMIN)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ...distribution import Conflict
@@ -160,13 +161,23 @@ async def _change(
 async def issue_commuter_token(
     card_id: CardIdStr, operator: OperatorDep, session: SessionDep
 ) -> CommuterTokenPublic:
-    """A self-service token for this phone (replaces any earlier one); shown once."""
-    row = await session.get(PhoneRow, card_id)
-    if row is None:
-        row = PhoneRow(card_id=card_id, status="active", status_reason="", balance=0, counter=0)
-        session.add(row)
+    """A self-service token for this phone (replaces any earlier one); shown once.
+
+    A phone the backend has not seen yet is created here; the processor may create it at the same
+    moment from the phone's first tap, so a lost race is retried once on the row the processor made."""
     token, hashed = new_token()
-    row.commuter_token_hash = hashed
-    await audit(session, operator.username, "phone.commuter_token", card_id)
-    await session.commit()
+    for attempt in range(2):
+        row = await session.get(PhoneRow, card_id)
+        if row is None:
+            row = PhoneRow(card_id=card_id, status="active", status_reason="", balance=0, counter=0)
+            session.add(row)
+        row.commuter_token_hash = hashed
+        await audit(session, operator.username, "phone.commuter_token", card_id)
+        try:
+            await session.commit()
+            break
+        except IntegrityError:
+            await session.rollback()
+            if attempt:
+                raise
     return CommuterTokenPublic(card_id=card_id, token=token)
