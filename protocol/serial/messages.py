@@ -24,7 +24,7 @@ from fare_core.reasons import Direction as Direction  # re-exported: the one Dir
 
 from .framer import MAX_PAYLOAD, Frame, encode
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: OpenSession / SessionOpened (a controller session clears the retry cache)
 WALLET_SIZE = 128  # two 64-byte record slots (docs/fare_core.md)
 SLOT_SIZE = 64
 MAX_PHONES = 8  # phones listed in one field report; more are summarised by the count byte
@@ -37,6 +37,7 @@ class Command(enum.IntEnum):
     HEARTBEAT = 0x01
     GET_STATUS = 0x02
     GET_VERSION = 0x03
+    OPEN_SESSION = 0x04
     POLL_FIELD = 0x10
     READ_WALLET = 0x11
     WRITE_SLOT = 0x12
@@ -51,6 +52,7 @@ class Command(enum.IntEnum):
     HEARTBEAT_REPLY = 0x82
     STATUS = 0x83
     VERSION = 0x84
+    SESSION_OPENED = 0x85
     FIELD = 0x90
     WALLET = 0x91
     WRITE_RESULT = 0x92
@@ -245,6 +247,27 @@ class GetVersion(_Fixed):
     """Answered by Version."""
 
     CODE = Command.GET_VERSION
+
+
+@_register
+@dataclass(frozen=True, slots=True)
+class OpenSession(_Fixed):
+    """A controller's first request on every (re)open of the port. Answered by SessionOpened.
+
+    The device caches its last answers by (SEQ, command, payload) so that a resend is never executed
+    twice; a new controller process (restarted, crashed, upgraded) whose SEQs start over would get
+    the previous process's cached answers to its first requests. On OpenSession the device forgets
+    that cache and drops the answers still owed to earlier requests (an RF operation finishing later),
+    so every answer after SessionOpened is to a request of this session. It is always executed, never
+    answered from the cache. `nonce` is random: SessionOpened echoes it, so the controller knows the
+    answer is to this OpenSession and not a stale copy."""
+
+    CODE = Command.OPEN_SESSION
+    FORMAT = struct.Struct("<I")
+    nonce: int
+
+    def __post_init__(self) -> None:
+        _check_range("nonce", self.nonce, 0, 0xFFFFFFFF)
 
 
 @_register
@@ -483,6 +506,17 @@ class Version(Message):
         return cls(payload[0], payload[1], payload[2], payload[3], model)
 
 
+@_register
+@dataclass(frozen=True, slots=True)
+class SessionOpened(_Fixed):
+    """Answer to OpenSession: its `nonce` echoed, and the device's `boot_id` (as HeartbeatReply)."""
+
+    CODE = Command.SESSION_OPENED
+    FORMAT = struct.Struct("<IH")
+    nonce: int
+    boot_id: int
+
+
 @dataclass(frozen=True, slots=True)
 class PhoneSignal:
     """One phone heard in the field: its card id and received signal strength (dBm, signed byte)."""
@@ -660,6 +694,7 @@ RESPONSE_TO: dict[type[Message], type[Message]] = {
     Heartbeat: HeartbeatReply,
     GetStatus: Status,
     GetVersion: Version,
+    OpenSession: SessionOpened,
     PollField: Field,
     ReadWallet: Wallet,
     WriteSlot: WriteResult,

@@ -3,8 +3,15 @@
 The gate (asyncio) and the simulator's reference client (blocking) move bytes differently but must
 agree on what those bytes mean, so the rules live here once:
 
+- `new_session` / `session_confirmed`: on every (re)open of the port the controller's first request
+  is OpenSession (a random nonce), and nothing else is sent until SessionOpened echoes that nonce.
+  The device then forgets its retry cache and the answers it still owed to earlier requests: a
+  restarted controller, whose SEQs start over, is never answered from the previous process's cache.
+  That is the guarantee; the random first SEQ below only makes a collision with an old firmware's
+  cache (one without sessions) unlikely.
 - `SeqCounter`: every new request gets a new SEQ, 1..255 cycling, never one still in flight (the
-  device caches its last 16 answers by SEQ, so a reused SEQ could be answered from that cache).
+  device caches its last 16 answers by SEQ, so a reused SEQ could be answered from that cache
+  within a session). `SeqCounter.anywhere()` starts at a random SEQ.
 - `Transaction`: one request under one SEQ. The first response carrying its SEQ is its answer; a
   later copy (the cache answering a resend) is ignored. Without an answer the *same frame* is resent
   after a silent `response_timeout` (at most `retries` times) and at once after a corrupt frame (it
@@ -20,10 +27,11 @@ docs/protocol.md ("Requests, responses, timeouts and retries") is the prose of t
 from __future__ import annotations
 
 import enum
+import secrets
 from collections.abc import Container
 
 from .framer import Frame
-from .messages import RESPONSE_TO, Kind, Message, Nak, NakReason, kind_of
+from .messages import RESPONSE_TO, Kind, Message, Nak, NakReason, OpenSession, SessionOpened, kind_of
 from .timing import DEFAULT_BAUD, RETRIES, response_timeout
 
 #: Resends triggered by a corrupt frame (cheap: they cost wire time only, never a timeout).
@@ -32,6 +40,8 @@ FAST_RETRIES = 12
 BUSY_RETRIES = 10
 BUSY_WAIT_S = 0.05
 SEQ_MAX = 255
+#: OpenSessions asked before giving up when each is answered by something else than its SessionOpened.
+SESSION_ATTEMPTS = 3
 
 
 class SeqExhausted(Exception):
@@ -45,6 +55,12 @@ class SeqCounter:
 
     def __init__(self, last: int = 0) -> None:
         self.last = last
+
+    @classmethod
+    def anywhere(cls) -> SeqCounter:
+        """A counter whose first SEQ is random (1..255): a new process does not replay the last
+        one's SEQs. Defence in depth only; OpenSession is what clears the device's cache."""
+        return cls(last=secrets.randbelow(SEQ_MAX))
 
     def next(self, in_flight: Container[int] = ()) -> int:
         for _ in range(SEQ_MAX):
@@ -77,6 +93,17 @@ class Verdict(enum.Enum):
     REFUSED = "a NAK: final for this SEQ"
     BUSY = "NAK BUSY: ask again as a new request (busy_wait)"
     UNEXPECTED = "a response of another type"
+
+
+def new_session() -> OpenSession:
+    """The first request after the port (re)opens, with a fresh random nonce."""
+    return OpenSession(secrets.randbits(32))
+
+
+def session_confirmed(request: OpenSession, answer: Message | None) -> bool:
+    """True if `answer` opens the session `request` asked for (SessionOpened echoing its nonce);
+    anything else (a NAK, a stale answer) leaves the session closed: ask again with a new one."""
+    return isinstance(answer, SessionOpened) and answer.nonce == request.nonce
 
 
 def is_response(frame: Frame) -> bool:

@@ -46,6 +46,7 @@ from protocol.serial import (
     WriteResult,
     WriteSlot,
 )
+from protocol.serial.messages import OpenSession, SessionOpened
 
 CARD = 0x0123456789ABCDEF
 
@@ -53,6 +54,7 @@ GOLDEN: list[tuple[str, Message, int, str]] = [
     ("Heartbeat", Heartbeat(), 1, "a50001018cef"),
     ("GetStatus", GetStatus(), 2, "a5000202bc8a"),
     ("GetVersion", GetVersion(), 3, "a5000303aca9"),
+    ("OpenSession", OpenSession(0xDEADBEEF), 13, "a5040d04efbeadde2603"),
     ("PollField", PollField(), 4, "a50004106912"),
     ("ReadWallet", ReadWallet(CARD), 5, "a5080511efcdab8967452301d82c"),
     ("WriteSlot", WriteSlot(CARD, 1, bytes(range(64))), 6,
@@ -71,6 +73,7 @@ GOLDEN: list[tuple[str, Message, int, str]] = [
                       17, 60000, 0x1234), 2,
      "a5250283020001000101c90a000000030000000100000078000000020000001100000060ea00003412c5d9"),
     ("Version", Version(1, 0, 0, 1, "FG-RFSIM-1"), 3, "a50f0384010000010a46472d524653494d2d314192"),
+    ("SessionOpened", SessionOpened(0xDEADBEEF, 0x1234), 13, "a5060d85efbeadde34122a3f"),
     ("Field", Field((PhoneSignal(CARD, -42),)), 4, "a50a049001efcdab8967452301d64f6c"),
     ("Wallet", Wallet(CARD, RfStatus.OK, bytes(range(128))), 5,
      "a5890591efcdab896745230100000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
