@@ -2,7 +2,10 @@
 
 It is what the tests and the CLI's self-check use to play the gate controller, and a worked example
 of the rules in docs/protocol.md. The transaction rules are protocol/serial/transactions, the same
-ones the gate's asyncio link follows: a new SEQ per request (1..255, cycling), the same frame and SEQ
+ones the gate's asyncio link follows: the first request on the port opens a session (OpenSession,
+so the device forgets answers cached for an earlier controller whose SEQs this one may reuse; make a
+new client for a reopened port), a new SEQ per request (1..255 cycling, from a random start), the
+same frame and SEQ
 on a resend (after a silent timeout, or at once after a corrupt frame), the first response with the
 SEQ is the answer. Events are queued on the side, garbage and bad CRCs skipped by the decoder, a
 partial frame abandoned after an idle gap, and SerialException left to the caller (the port was
@@ -18,15 +21,27 @@ import time
 import serial
 
 from protocol.serial.framer import FrameDecoder
-from protocol.serial.messages import Kind, Message, Nak, NakReason, PayloadError, kind_of, parse
+from protocol.serial.messages import (
+    Kind,
+    Message,
+    Nak,
+    NakReason,
+    PayloadError,
+    SessionOpened,
+    kind_of,
+    parse,
+)
 from protocol.serial.timing import DEFAULT_BAUD, FRAME_GAP_S, RETRIES
 from protocol.serial.transactions import (
+    SESSION_ATTEMPTS,
     SeqCounter,
     Step,
     Transaction,
     Verdict,
     Wake,
     busy_wait,
+    new_session,
+    session_confirmed,
 )
 
 
@@ -54,7 +69,8 @@ class SerialClient:
         self.decoder = FrameDecoder()
         self.events: collections.deque[tuple[int, Message]] = collections.deque(maxlen=10_000)
         self._responses: dict[int, Message] = {}
-        self._seqs = SeqCounter()
+        self._seqs = SeqCounter.anywhere()
+        self.session: SessionOpened | None = None  # None until the first request opens one
         self.retries_used = 0
         self.ignored_frames = 0
         self._last_byte_at = time.monotonic()
@@ -65,9 +81,29 @@ class SerialClient:
     def send_raw(self, data: bytes) -> None:
         self.port.write(data)
 
+    def open_session(self, retries: int = RETRIES, timeout: float | None = None) -> SessionOpened:
+        """OpenSession, until the device echoes its nonce: from then on every answer is to this
+        client's requests, none from a cache an earlier controller left. The first request does it,
+        with that request's timeout and retries."""
+        for _ in range(SESSION_ATTEMPTS):
+            opening = new_session()
+            answer = self._request(opening, timeout, retries, 0)
+            if session_confirmed(opening, answer):
+                assert isinstance(answer, SessionOpened)
+                self.session = answer
+                return answer
+        raise ClientError(f"no session after {SESSION_ATTEMPTS} OpenSession requests")
+
     def request(self, message: Message, timeout: float | None = None, retries: int = RETRIES,
                 busy_retries: int = 0) -> Message:
-        """Send `message` and return its response; NakError if refused, RequestTimeout if unanswered."""
+        """Send `message` and return its response; NakError if refused, RequestTimeout if unanswered.
+        Opens the session first if this is the client's first request."""
+        if self.session is None:
+            self.open_session(retries, timeout)
+        return self._request(message, timeout, retries, busy_retries)
+
+    def _request(self, message: Message, timeout: float | None, retries: int,
+                 busy_retries: int) -> Message:
         busy = 0
         while True:
             transaction = Transaction(self.next_seq(), message, baud=self.baud, timeout=timeout,

@@ -15,6 +15,9 @@ Requests are answered exactly once. A repeat of a recent request (same SEQ, comm
 controller's retry after a lost response) is answered from a cache of the last RECENT responses, never
 executed twice: a retried BarrierOpen does not let two people through, a retried WriteSlot does not
 write again. A repeat of a request still in progress (an RF read) is ignored; its answer is coming.
+A controller opens a session (OpenSession) on every (re)open of the port: the device then forgets that
+cache and drops the answers still owed to earlier sessions' requests, so a restarted controller whose
+SEQs start over is never answered for its predecessor. OpenSession itself is always executed afresh.
 
 Device faults: `hang(seconds)` - the firmware stops (input ignored, nothing sent, state kept);
 `unplug(down_s)` - the port disappears (the controller gets SerialException) and comes back;
@@ -42,6 +45,7 @@ from protocol.serial.messages import (
     Boot,
     Buzzer,
     BuzzerPattern,
+    Command,
     Display,
     DisplayStyle,
     Field,
@@ -55,9 +59,11 @@ from protocol.serial.messages import (
     Message,
     Nak,
     NakReason,
+    OpenSession,
     PayloadError,
     PollField,
     ReadWallet,
+    SessionOpened,
     Status,
     Version,
     WriteSlot,
@@ -130,6 +136,7 @@ class GateDevice:
         self._tx_pacer = Pacer(config.link.baud)
         self._rx_pacer = Pacer(config.link.baud)
         self._recent: collections.OrderedDict[RequestKey, bytes | None] = collections.OrderedDict()
+        self._session = 0  # OpenSessions handled: an answer owed to an earlier session is dropped
         self._event_seq = 0
         self._hung_until = 0.0
         self._unplug_for: float | None = None
@@ -256,7 +263,12 @@ class GateDevice:
         self._send(self._event_seq, event)
 
     def _respond_later(self, seq: int, key: RequestKey) -> Callable[[Message], None]:
+        session = self._session
+
         def respond(message: Message) -> None:
+            if session != self._session:  # the controller that asked is gone: its SEQ may be reused
+                self._log("drop", {"seq": seq, "message": message, "why": "earlier session"})
+                return
             self._recent[key] = self._send(seq, message)
         return respond
 
@@ -270,6 +282,9 @@ class GateDevice:
     def _handle(self, frame: Frame) -> None:
         """One frame from the controller (under the lock)."""
         seq, key = frame.seq, (frame.seq, frame.command, frame.payload)
+        if frame.command == Command.OPEN_SESSION:  # before the cache: a new session never hits it
+            self._open_session(frame)
+            return
         if key in self._recent:
             cached = self._recent[key]
             self._log("rx", {"seq": seq, "command": frame.command, "repeat": True})
@@ -288,6 +303,25 @@ class GateDevice:
         self._log("rx", {"seq": seq, "message": message})
         self._remember(key)
         self._handlers[type(message)](message, seq, key)
+
+    def _open_session(self, frame: Frame) -> None:
+        """A controller (re)opened the port: forget the retry cache and the answers still owed.
+
+        Logged as a link record, not rx: it is the link's life cycle, like plugged and unplugged.
+        An RF operation of the earlier session runs on (a write is never cut short) but its answer is
+        dropped; until it ends, the new session's RF requests get NAK BUSY."""
+        try:
+            message = parse(frame)
+        except PayloadError as error:
+            self._log("rx", {"seq": frame.seq, "command": frame.command, "error": error.reason.name})
+            self._send(frame.seq, Nak(frame.command, error.reason))
+            return
+        assert isinstance(message, OpenSession)
+        self._session += 1
+        self._recent.clear()
+        self._log("link", {"state": "session", "seq": frame.seq, "nonce": message.nonce,
+                           "session": self._session})
+        self._send(frame.seq, SessionOpened(message.nonce, self.boot_id))
 
     def _on_heartbeat(self, _: Heartbeat, seq: int, key: RequestKey) -> None:
         self._respond_later(seq, key)(HeartbeatReply(self.boot_id, self.uptime_ms()))

@@ -57,7 +57,7 @@ def test_pty_with_link_serves_and_stops_on_sigterm(processes: list[subprocess.Po
     code, out, _ = _stop(process)
     assert code == 0
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["gates"]["0"]["rx_frames"] == 1
+    assert summary["gates"]["0"]["rx_frames"] == 2  # the client's OpenSession, then its Heartbeat
     assert not (tmp_path / "gate0").exists()  # the link goes with the port
 
 

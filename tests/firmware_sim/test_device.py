@@ -9,6 +9,7 @@ import fare_core
 from firmware_sim.client import NakError, SerialClient
 from firmware_sim.sim import Sim
 from protocol.serial import (
+    PROTOCOL_VERSION,
     Ack,
     BarrierChanged,
     BarrierClose,
@@ -54,9 +55,9 @@ def test_heartbeat_status_version(sim: Sim, client: SerialClient) -> None:
     assert isinstance(status, Status)
     assert status.position is BarrierPosition.CLOSED
     assert status.rssi_threshold_dbm == sim.config.reader.rssi_threshold_dbm
-    assert status.rx_frames == 2  # the heartbeat and this request
+    assert status.rx_frames == 3  # the client's OpenSession, the heartbeat and this request
     version = client.request(GetVersion())
-    assert version == Version(*sim.config.firmware, 1, sim.config.model)
+    assert version == Version(*sim.config.firmware, PROTOCOL_VERSION, sim.config.model)
 
 
 def test_boot_event_reaches_a_controller_that_is_already_listening() -> None:
