@@ -7,20 +7,28 @@ after NAK BUSY), the same rules firmware_sim's blocking client follows. Each req
 on one future that its answer, its timer or a corrupt frame resolves: no asyncio.wait, whose
 hand-offs cost event-loop iterations on the tap path. When the port goes down every pending request
 fails with LinkDown; the transport reopens it with back-off.
+
+Every time the port comes up, the first frame on it is OpenSession, written before anything else can
+be; requests made before its SessionOpened arrives wait for it. The device then forgets its retry
+cache: a gate process restarted on a reader that stayed powered (SEQs start over) is never answered
+with what the reader cached for the previous process. A session that fails (timeout, NAK) fails the
+requests waiting on it, and the next request asks for a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from protocol.serial import Frame, FrameDecoder, Kind, Message, Nak, NakReason, UnknownCommand, kind_of, parse
-from protocol.serial.messages import PayloadError
+from protocol.serial.messages import OpenSession, PayloadError, SessionOpened
 from protocol.serial.timing import DEFAULT_BAUD, RETRIES
 from protocol.serial.transactions import (
+    SESSION_ATTEMPTS,
     SeqCounter,
     SeqExhausted,
     Step,
@@ -29,6 +37,8 @@ from protocol.serial.transactions import (
     Wake,
     busy_wait,
     is_response,
+    new_session,
+    session_confirmed,
 )
 
 from .serial_transport import WRITE_STALL_S, LinkDown, LinkError, SerialTransport
@@ -65,11 +75,14 @@ class _InFlight(Transaction):
 
 
 class ReaderLink:
-    """One serial port to one device; `events` receives every event frame the device sends."""
+    """One serial port to one device; `events` receives every event frame the device sends.
+
+    `session=False` leaves OpenSession out: only for tests of the transport and the transaction
+    rules against a scripted device (a gate always opens a session)."""
 
     def __init__(self, url: str, baud: int = DEFAULT_BAUD, retries: int = RETRIES,
                  on_state: Callable[[bool], None] | None = None,
-                 stall_s: float = WRITE_STALL_S) -> None:
+                 stall_s: float = WRITE_STALL_S, session: bool = True) -> None:
         self.url = url
         self.baud = baud
         self.retries = retries
@@ -81,7 +94,10 @@ class ReaderLink:
         #: current while a request is still in flight, such as which phones are in the field).
         self.on_event: Callable[[Message], None] | None = None
         self._pending: dict[int, _InFlight] = {}
-        self._seqs = SeqCounter()
+        self._seqs = SeqCounter.anywhere()
+        self._sessions = session
+        self._session: asyncio.Task[SessionOpened] | None = None  # this port's OpenSession
+        self.session: SessionOpened | None = None  # the open session; None while there is none
         self.last_sent_ns = 0  # when the latest request first went out (perf_counter_ns)
         self.last_answer_ns = 0  # when the latest answer's bytes were read
         self.timeouts = 0
@@ -101,8 +117,12 @@ class ReaderLink:
         return self.transport.reopens
 
     async def open(self) -> None:
-        """Open now if the port is there, else keep trying in the background."""
+        """Open now if the port is there and wait for its session (a failed one is asked for again by
+        the next request), else keep trying in the background."""
         self.transport.open()
+        if self._session is not None:
+            with contextlib.suppress(LinkError):
+                await asyncio.shield(self._session)
 
     async def wait_up(self, timeout: float) -> bool:
         return await self.transport.wait_up(timeout)
@@ -115,13 +135,56 @@ class ReaderLink:
         self.transport.feed(data)
 
     def _transport_state(self, down: LinkDown | None) -> None:
+        self.session, self._session = None, None
         if down is not None:
             for flight in self._pending.values():
                 if not flight.woken.done():
                     flight.woken.set_exception(down)
             self._pending.clear()
+        elif self._sessions:
+            try:
+                self._start_session()  # the first frame on the reopened port, before anyone else's
+            except LinkError:  # the port failed at once: it is down again and being reopened
+                return
         if self._on_state:
             self._on_state(down is None)
+
+    # ------------------------------------------------------------------------------ session
+    def _start_session(self) -> asyncio.Task[SessionOpened]:
+        """Write OpenSession now (LinkDown if the port is down) and wait for its answer in a task."""
+        opening = new_session()
+        flight = self._send_new(opening, SessionOpened, None)
+        task = asyncio.get_running_loop().create_task(self._open_session(opening, flight))
+        task.add_done_callback(self._session_done)
+        self._session = task
+        return task
+
+    async def _open_session(self, opening: OpenSession, flight: _InFlight) -> SessionOpened:
+        for attempt in range(1, SESSION_ATTEMPTS + 1):
+            answer = await self._answer(opening, SessionOpened, None, flight)
+            if session_confirmed(opening, answer):
+                if self._session is asyncio.current_task():  # not a session of a port since closed
+                    self.session = answer
+                return answer
+            if attempt < SESSION_ATTEMPTS:  # an answer to another OpenSession: ask again
+                opening = new_session()
+                flight = self._send_new(opening, SessionOpened, None)
+        raise LinkError(f"no SessionOpened echoing the nonce after {SESSION_ATTEMPTS} OpenSessions")
+
+    def _session_done(self, task: asyncio.Task[SessionOpened]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved here: a failure nobody waited on is logged once
+        if error is not None:
+            if self._session is task:
+                self._session = None  # the next request asks for a new session
+            level = logging.INFO if isinstance(error, LinkDown) else logging.WARNING  # closed: said already
+            log.log(level, "serial %s: no session with the device: %s", self.url, error)
+
+    async def _session_open(self) -> None:
+        """Until this port's session is open (asking for one if there is none); raises its failure."""
+        task = self._session if self._session is not None else self._start_session()
+        await asyncio.shield(task)
 
     # ------------------------------------------------------------------------------ receive
     def _corrupt(self) -> None:
@@ -161,8 +224,16 @@ class ReaderLink:
         buffer did not take follows as it drains): a caller can send the wallet write and then do
         other work (journal the tap) while the phone writes. Resends and BUSY retries follow
         protocol/serial/transactions. Await what this returns: an unawaited request holds its SEQ.
+        Only while the port's session is being opened (just after it came up) does the frame wait
+        for SessionOpened instead.
         """
+        if self._sessions and self.session is None:
+            return self._after_session(message, expect, timeout)
         return self._answer(message, expect, timeout, self._send_new(message, expect, timeout))
+
+    async def _after_session(self, message: Message, expect: type[M], timeout: float | None) -> M:
+        await self._session_open()
+        return await self._answer(message, expect, timeout, self._send_new(message, expect, timeout))
 
     def _send_new(self, message: Message, expect: type[Message], timeout: float | None) -> _InFlight:
         try:

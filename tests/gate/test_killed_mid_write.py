@@ -307,10 +307,6 @@ def test_a_journal_from_before_the_column_opens_with_every_row_settled(tmp_path:
 # ---------------------------------------------------- a restarted controller and the reader's cache
 
 
-@pytest.mark.xfail(strict=True, reason="gate/serial_link.py starts every process's SEQ at 1, and the "
-                   "reader answers a repeat of a recent (SEQ, command, payload) from its retry cache: a "
-                   "gate restarted while its reader stayed up reads the wallet as it was before the "
-                   "restart (owner of gate/serial_link.py: start the SEQ where no cached request can match)")
 async def test_a_restarted_controller_is_never_answered_from_the_previous_ones_retry_cache(
         tmp_path: Path) -> None:
     """A gate process killed while its reader stays up (the soak's gate_kill) is started again on the

@@ -27,6 +27,7 @@ from protocol.serial import (
     Wallet,
     parse,
 )
+from protocol.serial.messages import OpenSession, SessionOpened
 from protocol.serial.transactions import Wake
 
 Script = Callable[[int, Message], Message | None]  # (seq, request) -> answer or None (stay silent)
@@ -35,7 +36,8 @@ Device = Callable[[Script], tuple[str, list[tuple[int, Message]]]]
 
 @pytest.fixture
 def device() -> Iterator[Device]:
-    """A device that answers each request as the script says, recording (seq, request)."""
+    """A device that answers each request as the script says, recording (seq, request); it opens
+    the link's session itself (OpenSession is neither scripted nor recorded)."""
     stop = threading.Event()
     threads: list[threading.Thread] = []
     fds: list[int] = []
@@ -57,6 +59,9 @@ def device() -> Iterator[Device]:
                     continue
                 for frame in decoder.feed(data):
                     request = parse(frame)
+                    if isinstance(request, OpenSession):
+                        os.write(master, SessionOpened(request.nonce, 1).to_bytes(frame.seq))
+                        continue
                     seen.append((frame.seq, request))
                     answer = script(len(seen), request)
                     if answer is not None:
@@ -260,7 +265,7 @@ def _read(master: int, n_bytes: int, limit_s: float = 5.0) -> bytes:
 
 async def test_a_write_the_port_cannot_take_waits_on_the_loop_not_in_it(quiet_pty: tuple[str, int]) -> None:
     path, master = quiet_pty
-    link = ReaderLink(path)
+    link = ReaderLink(path, session=False)  # the transport alone: nobody answers an OpenSession
     await link.open()
     ticks: list[float] = []
     ticker = asyncio.create_task(_tick(ticks))
@@ -287,7 +292,7 @@ async def test_a_write_the_port_cannot_take_waits_on_the_loop_not_in_it(quiet_pt
 async def test_a_request_behind_a_full_port_goes_out_whole_once_the_device_reads(
         quiet_pty: tuple[str, int]) -> None:
     path, master = quiet_pty
-    link = ReaderLink(path)
+    link = ReaderLink(path, session=False)  # the transport alone: nobody answers an OpenSession
     await link.open()
     ticks: list[float] = []
     ticker = asyncio.create_task(_tick(ticks))
@@ -312,7 +317,7 @@ async def test_a_port_that_takes_nothing_for_too_long_is_down_and_reopened(
         quiet_pty: tuple[str, int]) -> None:
     path, _master = quiet_pty
     states: list[bool] = []
-    link = ReaderLink(path, on_state=states.append, stall_s=0.3)
+    link = ReaderLink(path, on_state=states.append, stall_s=0.3, session=False)
     await link.open()
     ticks: list[float] = []
     ticker = asyncio.create_task(_tick(ticks))
