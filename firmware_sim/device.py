@@ -93,7 +93,7 @@ class Record:
 
     t: float  # monotonic seconds
     gate: int
-    kind: str  # rx, tx, phone, write, barrier, passage, alarm, display, lights, buzzer, fault, link
+    kind: str  # rx, tx, drop, phone, write, barrier, passage, alarm, display, lights, buzzer, fault, link
     data: dict[str, Any] = field(default_factory=dict)
 
 
