@@ -33,8 +33,10 @@ def expected_decision(
     *,
     topup: int = 0,
     unblock: bool = False,
+    action_id: int = 0,
 ) -> fare_core.Decision:
-    """The decision fare_core makes for this tap (deny-list reduced to the one fact that matters)."""
+    """The decision fare_core makes for this tap (deny-list reduced to the one fact that matters);
+    `action_id` is the ActionRow's id the wallet checks against its last_action (0: none)."""
     card_id = int(tap.card_id, 16)
     denylist = fare_core.DenyList([card_id] if denied else [], version=tap.denylist_version)
     context = fare_core.Tap(
@@ -47,6 +49,7 @@ def expected_decision(
         min_counter=tap.min_counter,
         topup=topup,
         unblock=unblock,
+        action_id=action_id,
     )
     return fare_core.decide(bytes(tap.wallet_before), context, table, denylist, sam)
 

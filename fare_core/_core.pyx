@@ -177,7 +177,7 @@ cdef struct Rec:
     uint8_t category, status, flags, transfer_from, transfers_used, last_network
     uint64_t card_id
     int64_t balance
-    uint32_t counter, entry_time, last_time, day_spent, month_spent
+    uint32_t counter, entry_time, last_time, day_spent, month_spent, last_action
     uint16_t expiry_day, entry_station, last_station, day_number, month_number
 
 
@@ -200,6 +200,7 @@ cdef inline void _parse(const uint8_t* p, Rec* r) noexcept nogil:
     r.day_spent = _le32(p + OFF_DAY_SPENT)
     r.month_number = _le16(p + OFF_MONTH_NUMBER)
     r.month_spent = _le32(p + OFF_MONTH_SPENT)
+    r.last_action = _le32(p + OFF_LAST_ACTION)
 
 
 cdef inline void _pack(const Rec* r, uint8_t* p) noexcept nogil:
@@ -223,6 +224,7 @@ cdef inline void _pack(const Rec* r, uint8_t* p) noexcept nogil:
     _put32(p + OFF_DAY_SPENT, r.day_spent)
     _put16(p + OFF_MONTH_NUMBER, r.month_number)
     _put32(p + OFF_MONTH_SPENT, r.month_spent)
+    _put32(p + OFF_LAST_ACTION, r.last_action)
 
 
 cdef inline bint _slot_valid(Sam sam, const uint8_t* s, uint64_t card_id) noexcept nogil:
@@ -336,12 +338,12 @@ cdef class Tap:
 
     cdef readonly uint64_t card_id
     cdef readonly int station, direction, gate_no, mode
-    cdef readonly int64_t time, min_counter, topup
+    cdef readonly int64_t time, min_counter, topup, action_id
     cdef readonly bint unblock
 
     def __init__(self, card_id, station, direction, time, gate_no=0, mode=GateMode.NORMAL,
-                 min_counter=0, topup=0, unblock=False):
-        check_tap(card_id, station, direction, time, gate_no, mode, min_counter, topup)
+                 min_counter=0, topup=0, unblock=False, action_id=0):
+        check_tap(card_id, station, direction, time, gate_no, mode, min_counter, topup, action_id)
         self.card_id = card_id
         self.station = station
         self.direction = direction
@@ -351,6 +353,7 @@ cdef class Tap:
         self.min_counter = min_counter
         self.topup = topup
         self.unblock = unblock
+        self.action_id = action_id  # applied only above the wallet's last_action (0: no id)
 
     def __repr__(self):
         return (f"Tap(card_id=0x{self.card_id:016x}, station={self.station}, direction={self.direction}, "
@@ -545,10 +548,15 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
     cdef int flags = 0
     cdef int64_t topup = 0
     work = rec
-    if tap.unblock and rec.status == STATUS_BLOCKED and not listed:
+    # An action id at or below the wallet's last_action is already in it (the twin's `fresh`).
+    cdef int64_t action_id = tap.action_id
+    cdef bint fresh = action_id == 0 or action_id > rec.last_action
+    if not fresh and (tap.topup or tap.unblock) and not listed:
+        flags |= F_ACTION_ALREADY_APPLIED
+    if fresh and tap.unblock and rec.status == STATUS_BLOCKED and not listed:
         work.status = STATUS_ACTIVE
         flags |= F_UNBLOCKED
-    if tap.topup and not listed:
+    if fresh and tap.topup and not listed:
         if work.balance + tap.topup <= t.max_balance:
             work.balance += tap.topup
             topup = tap.topup
@@ -556,6 +564,8 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
         else:
             flags |= F_TOPUP_REFUSED
     cdef bint changed = (flags & (F_UNBLOCKED | F_TOPUP_APPLIED)) != 0
+    if changed and action_id and not flags & F_TOPUP_REFUSED:
+        work.last_action = <uint32_t>action_id
     cdef int reason = R_OK
 
     # Denials from here on still write an applied action, so a top-up is never lost.

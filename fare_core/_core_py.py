@@ -182,13 +182,13 @@ class FareTable:
 class Tap:
     """One tap as the gate saw it; the action-list fields carry a pending top-up or unblock."""
 
-    __slots__ = ("card_id", "direction", "gate_no", "min_counter", "mode", "station", "time",
-                 "topup", "unblock")
+    __slots__ = ("action_id", "card_id", "direction", "gate_no", "min_counter", "mode", "station",
+                 "time", "topup", "unblock")
 
     def __init__(self, card_id: int, station: int, direction: int, time: int, gate_no: int = 0,
                  mode: int = GateMode.NORMAL, min_counter: int = 0, topup: int = 0,
-                 unblock: bool = False) -> None:
-        check_tap(card_id, station, direction, time, gate_no, mode, min_counter, topup)
+                 unblock: bool = False, action_id: int = 0) -> None:
+        check_tap(card_id, station, direction, time, gate_no, mode, min_counter, topup, action_id)
         self.card_id = card_id
         self.station = station
         self.direction = int(direction)
@@ -198,6 +198,9 @@ class Tap:
         self.min_counter = min_counter
         self.topup = topup
         self.unblock = bool(unblock)
+        #: The action's id (the backend's, increasing per card): applied only above the wallet's
+        #: last_action, which it then becomes. 0: an action without id, applied as it comes.
+        self.action_id = action_id
 
     def __repr__(self) -> str:
         return (f"Tap(card_id=0x{self.card_id:016x}, station={self.station}, direction={self.direction}, "
@@ -353,11 +356,16 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
     flags = 0
     topup = 0
     rec_work = rec
-    # The action list first: a top-up or unblock waiting for this phone is applied at this tap.
-    if tap.unblock and rec.status == STATUS_BLOCKED and not listed:
+    # The action list first: a top-up or unblock waiting for this phone is applied at this tap, once:
+    # an action id at or below the wallet's last_action is already in it (applied at another gate).
+    action_id = tap.action_id
+    fresh = not action_id or action_id > rec.last_action
+    if not fresh and (tap.topup or tap.unblock) and not listed:
+        flags |= Flag.ACTION_ALREADY_APPLIED
+    if fresh and tap.unblock and rec.status == STATUS_BLOCKED and not listed:
         rec_work = rec.replace(status=STATUS_ACTIVE)
         flags |= Flag.UNBLOCKED
-    if tap.topup and not listed:
+    if fresh and tap.topup and not listed:
         if rec_work.balance + tap.topup <= d.max_balance:
             rec_work = rec_work.replace(balance=rec_work.balance + tap.topup)
             topup = tap.topup
@@ -365,6 +373,10 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
         else:
             flags |= Flag.TOPUP_REFUSED
     changed = bool(flags & (Flag.UNBLOCKED | Flag.TOPUP_APPLIED))
+    # The wallet remembers the action it now holds whole; a refused top-up stays pending, so its id
+    # is not recorded (the unblock it may carry is harmless to apply again).
+    if changed and action_id and not flags & Flag.TOPUP_REFUSED:
+        rec_work = rec_work.replace(last_action=action_id)
 
     def deny(reason: Reason) -> Decision:
         if listed:  # the exit cannot be made as the rule says (no balance, ...): refused as listed

@@ -70,6 +70,8 @@ class Flag(IntFlag):
     # stayed shut, and the phone's next tap anywhere tells whether its counter moved
     RECOVERED = 2048  # set by the gate: a re-tap found its own UNCONFIRMED write landed and let the
     # rider through on it; nothing written, nothing charged (the wallet read shows the landed record)
+    ACTION_ALREADY_APPLIED = 4096  # the tap's action id is at or below the wallet's last_action: this
+    # wallet already holds that action (applied at another gate), so it is not applied again
 
 
 # (Chinese, English); "{fare}" and "{balance}" are yuan with two decimals.

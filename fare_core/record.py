@@ -10,7 +10,7 @@ Slot layout (little-endian), see docs/fare_core.md for the meaning of each field
     0 layout  1 category  2 status  3 flags  4..11 card_id  12 balance(i32)  16 counter
     20 expiry_day  22 entry_station  24 entry_time  28 transfer_from  29 transfers_used
     30 last_station  32 last_time  36 last_network  37 -  38 day_number  40 day_spent
-    44 month_number  46 -  48 month_spent  52 -  56..63 MAC
+    44 month_number  46 -  48 month_spent  52 last_action  56..63 MAC
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ BODY_FIELDS: tuple[tuple[str | None, str], ...] = (
     ("balance", "i"), ("counter", "I"), ("expiry_day", "H"), ("entry_station", "H"),
     ("entry_time", "I"), ("transfer_from", "B"), ("transfers_used", "B"), ("last_station", "H"),
     ("last_time", "I"), ("last_network", "B"), (None, "x"), ("day_number", "H"), ("day_spent", "I"),
-    ("month_number", "H"), (None, "2x"), ("month_spent", "I"), (None, "4x"),
+    ("month_number", "H"), (None, "2x"), ("month_spent", "I"), ("last_action", "I"),
 )
 #: Byte offset of each named field in a slot.
 FIELD_OFFSETS: dict[str, int] = {
@@ -82,6 +82,9 @@ class CardRecord:
     day_spent: int = 0
     month_number: int = 0
     month_spent: int = 0
+    #: The id of the last over-the-air action written into this wallet (0: none yet). Layout 1 kept
+    #: these bytes as zero padding, so older records read 0 and stay valid.
+    last_action: int = 0
 
     @property
     def entry_open(self) -> bool:
@@ -105,7 +108,7 @@ class CardRecord:
                 self.counter, self.expiry_day, self.entry_station, self.entry_time,
                 self.transfer_from, self.transfers_used, self.last_station, self.last_time,
                 self.last_network, self.day_number, self.day_spent, self.month_number,
-                self.month_spent,
+                self.month_spent, self.last_action,
             )
         except struct.error as exc:
             raise ValueError(f"card record field out of range: {exc}") from exc
@@ -114,10 +117,10 @@ class CardRecord:
     def from_body(cls, body: bytes) -> CardRecord:
         (_layout, category, status, flags, card_id, balance, counter, expiry_day, entry_station,
          entry_time, transfer_from, transfers_used, last_station, last_time, last_network,
-         day_number, day_spent, month_number, month_spent) = _BODY.unpack_from(body)
+         day_number, day_spent, month_number, month_spent, last_action) = _BODY.unpack_from(body)
         return cls(card_id, category, balance, status, counter, expiry_day, flags, entry_station,
                    entry_time, transfer_from, transfers_used, last_station, last_time, last_network,
-                   day_number, day_spent, month_number, month_spent)
+                   day_number, day_spent, month_number, month_spent, last_action)
 
 
 def encode_slot(record: CardRecord, mac: MacFunction) -> bytes:

@@ -16,7 +16,7 @@ _MODES = tuple(GateMode)
 
 
 def check_tap(card_id: int, station: int, direction: int, time: int, gate_no: int, mode: int,
-              min_counter: int, topup: int) -> None:
+              min_counter: int, topup: int, action_id: int = 0) -> None:
     """ValueError naming the first argument out of its range (the ranges of the card's fields)."""
     if not 0 <= card_id <= 0xFFFFFFFFFFFFFFFF:
         raise ValueError("card_id must be an unsigned 64-bit integer")
@@ -30,3 +30,5 @@ def check_tap(card_id: int, station: int, direction: int, time: int, gate_no: in
         raise ValueError("mode must be a GateMode")
     if not 0 <= min_counter <= U32_MAX or not 0 <= topup <= 0x7FFFFFFF or not 0 <= gate_no <= 0xFFFF:
         raise ValueError("min_counter, topup or gate_no out of range")
+    if not 0 <= action_id <= U32_MAX:
+        raise ValueError("action_id must be 0..4294967295 (the card's last_action is 32 bits)")

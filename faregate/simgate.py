@@ -188,7 +188,8 @@ class SimGate:
         """
         fare = self.fare
         context = fare_core.Tap(
-            card_id, self.station_id, direction, int(when.timestamp()), gate_no=self.gate_no, topup=topup
+            card_id, self.station_id, direction, int(when.timestamp()), gate_no=self.gate_no, topup=topup,
+            action_id=action_id or 0,
         )
         decision = fare_core.decide(wallet, context, fare.table, fare.denylist, fare.sam)
         written = decision.record is not None

@@ -325,7 +325,8 @@ class GateController:
         action = self.state.action_for(card_id)
         tap = fare_core.Tap(card_id, self.station_id, self.direction, when, gate_no=self.gate_no,
                             mode=self.state.mode, min_counter=self.state.min_counter(card_id),
-                            topup=action.topup if action else 0, unblock=bool(action and action.unblock))
+                            topup=action.topup if action else 0, unblock=bool(action and action.unblock),
+                            action_id=action.action_id if action else 0)
         decision = fare_core.decide(wallet, tap, table, self.state.denylist, self.sam)
         decision_us = (time.perf_counter_ns() - t_field_ns) // 1000
         if len(self._field_now) > 1:  # a second phone came in while reading: charge nobody

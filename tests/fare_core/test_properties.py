@@ -4,7 +4,8 @@
 - any flipped bit of a slot is caught; a tear at any byte leaves the old or the new record;
 - fares are never negative; balance before + top-up - fare = balance after; caps never exceeded;
 - the compiled core and the twin decide identically;
-- a deny-listed phone passes only out of the paid area, under the let-out rule, and leaves blocked.
+- a deny-listed phone passes only out of the paid area, under the let-out rule, and leaves blocked;
+- an action is applied only when its id is above the wallet's last_action, which it then becomes.
 
 Each example draws one of several tables: the minimum entry balance for all, some or no categories,
 and either deny-list exit rule.
@@ -39,8 +40,12 @@ records = st.builds(
     card_id=st.integers(0, 2**64 - 1), category=u8, balance=st.integers(-(2**31), 2**31 - 1),
     status=u8, counter=u32, expiry_day=u16, flags=u8, entry_station=u16, entry_time=u32,
     transfer_from=u8, transfers_used=u8, last_station=u16, last_time=u32, last_network=u8,
-    day_number=u16, day_spent=u32, month_number=u16, month_spent=u32,
+    day_number=u16, day_spent=u32, month_number=u16, month_spent=u32, last_action=u32,
 )
+
+# The wallet's last action and the tap's action id: 0 (none) or below, at or above the last action.
+last_actions = st.sampled_from((0, 0, 6))
+action_ids = st.sampled_from((0, 0, 5, 6, 7))
 
 # Records a real gate meets: known or unknown stations, open or closed entries, times around the tap.
 stations = st.sampled_from((*STATIONS, 999))
@@ -54,14 +59,14 @@ realistic = st.builds(
     transfer_from=st.sampled_from((0, 1, 255, 7)), transfers_used=st.integers(0, 3),
     last_station=stations, last_time=near, last_network=st.sampled_from((0, 1, 255, 9)),
     day_number=st.integers(9820, 9832), day_spent=st.integers(0, 1500),
-    month_number=st.sampled_from((321, 322)), month_spent=st.integers(0, 12000),
+    month_number=st.sampled_from((321, 322)), month_spent=st.integers(0, 12000), last_action=last_actions,
 )
 taps = st.fixed_dictionaries({
     "station": stations, "direction": st.sampled_from((Direction.ENTRY, Direction.EXIT)),
     "time": st.integers(BASE, BASE + 86400),
     "mode": st.sampled_from((GateMode.NORMAL,) * 6 + (GateMode.FREE_EXIT, GateMode.CLOSED)),
     "min_counter": st.sampled_from((0, 0, 0, 500)), "topup": st.sampled_from((0, 0, 0, 1000, 99000)),
-    "unblock": st.booleans(),
+    "unblock": st.booleans(), "action_id": action_ids,
 })
 listed = st.booleans()
 # Valid cards, mostly inside the paid area, at the metro: where the entry minimum and the
@@ -76,6 +81,7 @@ inside = st.builds(
     transfer_from=st.sampled_from((0, 1, 255)), transfers_used=st.integers(0, 2), last_station=stations,
     last_time=near, last_network=st.sampled_from((0, 1, 255)), day_number=st.integers(9830, 9832),
     day_spent=st.integers(0, 1200), month_number=st.just(322), month_spent=st.integers(0, 12000),
+    last_action=last_actions,
 )
 metro_taps = st.fixed_dictionaries({
     "station": st.sampled_from((A, B, C, BUS)),
@@ -83,6 +89,7 @@ metro_taps = st.fixed_dictionaries({
     "time": st.integers(BASE, BASE + 4 * 3600),  # a stay of up to 10 h: overstays and not
     "mode": st.sampled_from((GateMode.NORMAL,) * 4 + (GateMode.FREE_EXIT,)),
     "min_counter": st.just(0), "topup": st.sampled_from((0, 0, 1000)), "unblock": st.booleans(),
+    "action_id": action_ids,
 })
 # (record, tap): a rider inside tapping at the metro, or anything a gate meets
 cases = st.one_of(st.tuples(inside, metro_taps), st.tuples(realistic, taps))
@@ -161,6 +168,33 @@ def test_money_invariants(case: tuple[CardRecord, dict[str, Any]], denied: bool,
         same_day = rec.day_number == new.day_number
         if out.allowed and cap and (not same_day or rec.day_spent <= cap):
             assert new.day_spent <= cap
+
+
+@FAST
+@given(case=cases, denied=listed, which=tables)
+def test_an_action_is_applied_once(case: tuple[CardRecord, dict[str, Any]], denied: bool, which: int) -> None:
+    rec, tap = case
+    action_id = tap["action_id"]
+    fresh = action_id == 0 or action_id > rec.last_action
+    for core, dl, sam, compiled in _ENV.values():
+        wallet = core.new_wallet(rec, sam)
+        out = core.decide(wallet, core.Tap(rec.card_id, **tap), compiled[which],
+                          dl.DenyList([rec.card_id] if denied else []), sam)
+        applied = bool(out.flags & (Flag.TOPUP_APPLIED | Flag.UNBLOCKED))
+        assert fresh or not applied, out
+        # Flagged on the taps that go through; a refusal writes nothing and carries no flags.
+        stale = not fresh and bool(tap["topup"] or tap["unblock"]) and not denied
+        assert bool(out.flags & Flag.ACTION_ALREADY_APPLIED) == (stale and out.allowed), out
+        if out.record is None:
+            continue
+        new = core.decode_slot(out.record, rec.card_id, sam)
+        whole = applied and action_id and not out.flags & Flag.TOPUP_REFUSED
+        assert new.last_action == (action_id if whole else rec.last_action)
+        if whole:  # the same action at the next gate is not applied again; the wallet stays as written
+            again = core.decide(core.apply_write(wallet, out.slot, out.record),
+                                core.Tap(rec.card_id, **{**tap, "min_counter": 0}), compiled[which],
+                                dl.DenyList(), sam)
+            assert not again.flags & (Flag.TOPUP_APPLIED | Flag.UNBLOCKED) and again.topup == 0, again
 
 
 @FAST
