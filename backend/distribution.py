@@ -211,23 +211,32 @@ class Distributor:
     # --- actions ---------------------------------------------------------------------------------
 
     async def publish_actions(self) -> int:
-        """The action list: every pending action but those held by an unsettled write (held())."""
+        """The action list: for each phone its oldest pending action, unless that one is held by an
+        unsettled write (held()), then none for that phone.
+
+        A wallet takes an action only when its id is above the last one it holds (fare_core's
+        `last_action`), so a phone's actions must reach it oldest first: a newer one written first
+        would leave the older one never applicable."""
         async with self.sessions.begin() as session:
             version = await next_counter(session, "actions_version")
-            rows = (
-                (
-                    await session.execute(
-                        select(ActionRow)
-                        .where(ActionRow.state == "pending", ~held())
-                        .order_by(ActionRow.id)
-                    )
-                )
+            pending = (
+                (await session.execute(select(ActionRow).where(ActionRow.state == "pending")
+                                       .order_by(ActionRow.id)))
                 .scalars()
                 .all()
             )
+            held_ids = set(
+                (await session.execute(select(ActionRow.id).where(ActionRow.state == "pending", held())))
+                .scalars()
+                .all()
+            )
+            oldest: dict[str, ActionRow] = {}
+            for row in pending:
+                oldest.setdefault(row.card_id, row)
             actions = [
                 Action(action_id=r.id, card_id=int(r.card_id, 16), topup=r.topup, unblock=r.unblock)
-                for r in rows
+                for r in oldest.values()
+                if r.id not in held_ids
             ]
         message = ActionListMessage(version=version, actions=actions, time=datetime.now(UTC))
         await self.publisher.publish(self.topics.actions, message, retain=True)

@@ -189,7 +189,8 @@ class Processor:
         topup = action.topup if action is not None else 0
         unblock = action.unblock if action is not None else False
         try:
-            decision = expected_decision(tap, table, denied, self.sam, topup=topup, unblock=unblock)
+            decision = expected_decision(tap, table, denied, self.sam, topup=topup, unblock=unblock,
+                                         action_id=action.id if action is not None else 0)
         except (fare_core.FareCoreError, ValueError) as error:
             findings.add("decision_mismatch", f"fare_core refused the reported tap: {error}")
             return

@@ -375,7 +375,8 @@ class GateController:
             await journaled
         if landed is True:
             self.state.remember_counter(card_id, decision.counter)
-            if t.action is not None and decision.flags & _ACTION_FLAGS:
+            # applied now, or found in the wallet already (another gate wrote it): offer it no more
+            if t.action is not None and decision.flags & (_ACTION_FLAGS | Flag.ACTION_ALREADY_APPLIED):
                 self.state.action_applied(t.action)
             return True
         if landed is None:  # unknown: keep what the write would have made, say so

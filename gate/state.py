@@ -182,7 +182,11 @@ class LocalState:
         if msg.version <= self.actions_version:
             return UpdateResult(Outcome.IGNORED, f"action list {msg.version} is not newer")
         listed = {a.action_id for a in msg.actions}
-        self.actions = {a.card_id: a for a in msg.actions if a.action_id not in self.applied_actions}
+        self.actions = {}
+        # a phone's oldest action first: its wallet takes only ids above the last one it holds
+        for action in sorted(msg.actions, key=lambda a: a.action_id):
+            if action.action_id not in self.applied_actions:
+                self.actions.setdefault(action.card_id, action)
         self.applied_actions &= listed  # forget ids the backend has retired
         self.actions_version = msg.version
         self.journal.set_state("actions", [a.model_dump(mode="json") for a in self.actions.values()])

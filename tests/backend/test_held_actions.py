@@ -83,3 +83,39 @@ async def test_a_topup_in_an_unsettled_write_is_held_off_the_action_list(
         totals = await audit.account_totals(session)
     assert (held.state, held.applied_tap_id) == (("applied", exit_.tap_id) if lands else ("pending", None))
     assert totals["undelivered"] == (0 if lands else 1000) and totals["suspense"] == 0
+
+
+async def test_a_phone_gets_its_oldest_pending_action_first(migrated: Any, broker: BrokerInfo) -> None:
+    """A wallet takes only action ids above the last it holds: a newer action written first would
+    leave the older one never applicable, so the list offers a phone its oldest action alone."""
+    database, _engine, _ = migrated
+    sessions, _store, _processor = await setup(migrated)
+    publisher = Publisher(make_settings(database, broker))
+    distributor = Distributor(sessions, publisher)
+    async with sessions.begin() as session:
+        rows = [ActionRow(card_id=card(0), kind="topup", topup=amount, state="pending", created_at=at(1))
+                for amount in (500, 700)] + [
+            ActionRow(card_id=card(1), kind="topup", topup=300, state="pending", created_at=at(1))]
+        session.add_all(rows)
+        await session.flush()
+        older, newer, other = (row.id for row in rows)
+    url = urlsplit(broker.url)
+    version = aiomqtt.ProtocolVersion.V5 if broker.version == "5" else aiomqtt.ProtocolVersion.V311
+    try:
+        async with aiomqtt.Client(url.hostname or "127.0.0.1", url.port or 1883, protocol=version) as watcher:
+            await watcher.subscribe(distributor.topics.actions, qos=1)
+
+            async def published() -> list[int]:
+                async with asyncio.timeout(10):
+                    message = await anext(watcher.messages)
+                return sorted(a.action_id for a in ActionListMessage.model_validate_json(
+                    bytes(message.payload)).actions)
+
+            await distributor.publish_actions()
+            assert await published() == sorted([older, other])
+            async with sessions.begin() as session:
+                (await session.get(ActionRow, older)).state = "applied"  # type: ignore[union-attr]
+            await distributor.publish_actions()
+            assert await published() == sorted([newer, other])
+    finally:
+        await publisher.aclose()
