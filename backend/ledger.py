@@ -11,7 +11,8 @@ money comes from (payments, adjustments, issuance) go negative as it leaves them
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,6 +43,18 @@ class Unbalanced(ValueError):
 
 def wallet(card_id: str) -> str:
     return f"wallet:{card_id}"
+
+
+@dataclass(frozen=True)
+class ServiceDay:
+    """The network's service day: local time (UTC + offset) shifted back by the day's start. The one
+    definition: revenue accounts, the board's "today" and the TIDES export all date by it."""
+
+    utc_offset_min: int
+    day_start_min: int
+
+    def of(self, moment: datetime) -> date:
+        return (moment + timedelta(minutes=self.utc_offset_min - self.day_start_min)).date()
 
 
 def revenue(network: str, service_day: str) -> str:

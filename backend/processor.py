@@ -21,7 +21,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -89,8 +89,7 @@ class Processor:
         self.tables: dict[int, fare_core.FareTable] = {}
         self.on_block = on_block
         self.on_action_applied = on_action_applied
-        # the service day of a time: local time, less the day's start (04:00 by default)
-        self.day_shift = timedelta(minutes=settings.service_utc_offset_min - settings.service_day_start_min)
+        self.service_day = ledger.ServiceDay(settings.service_utc_offset_min, settings.service_day_start_min)
 
     async def run_once(self) -> int:
         """Process one batch of pending taps; returns how many were processed."""
@@ -147,7 +146,7 @@ class Processor:
         return str(table.data.network_names[network]), bool(table.data.network_flat[network])
 
     def revenue_account(self, tap: TapRow) -> str:
-        day = (tap.time + self.day_shift).date().isoformat()
+        day = self.service_day.of(tap.time).isoformat()
         return ledger.revenue(self.network(tap)[0], day)
 
     def passed(self, unconfirmed: TapRow) -> bool:

@@ -14,8 +14,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import BigInteger, Select, case, cast, func, or_, select
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from fare_core.reasons import Direction, Flag, yuan
 
 from .chain import Landing
+from .ledger import ServiceDay
 from .tables import ActionRow, LedgerEntryRow, PostingRow, TapRow
 
 # The fare_transactions schema's fields, in its order (tests/fixtures/tides holds the schema).
@@ -68,17 +68,6 @@ LANDED = "landed"  # the entry of an UNCONFIRMED tap found landed; its legs incl
 UNDELIVERED = "undelivered"  # the account a delivery takes its money from (docs/ledger.md)
 CHUNK_BYTES = 64 * 1024  # the response is written in pieces of about this size
 FETCH_ROWS = 500  # rows fetched from the database cursor at a time
-
-
-@dataclass(frozen=True)
-class ServiceDay:
-    """The network's service day: local time (UTC + offset) shifted back by the day's start."""
-
-    utc_offset_min: int
-    day_start_min: int
-
-    def of(self, moment: datetime) -> date:
-        return (moment + timedelta(minutes=self.utc_offset_min - self.day_start_min)).date()
 
 
 class ExportRow(Protocol):

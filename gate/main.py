@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from protocol.mqtt.address import NotAnMqttUrl, parse_mqtt_url
 from .config import ConfigError, MqttConfig, load_config
 from .controller import TapOutcome
 from .runtime import GateRuntime
+from .state import atomic_write
 from .tuning import limit_cpu_latency, use_realtime
 
 
@@ -101,7 +101,8 @@ def install_fare_table(path: Path, data_dir: Path) -> None:
     """Put a compiled fare table where the gate loads it from, after checking it is one; never over a
     newer table the gate already holds (that would undo what the backend sent)."""
     try:
-        table = FareTable.from_bytes(path.read_bytes())
+        blob = path.read_bytes()
+        table = FareTable.from_bytes(blob)
     except OSError as exc:
         raise ConfigError(f"--fare-table {path}: {exc.strerror}") from exc
     except FareCoreError as exc:
@@ -117,9 +118,7 @@ def install_fare_table(path: Path, data_dir: Path) -> None:
             raise ConfigError(f"--fare-table {path} is version {table.version} but the gate holds "
                               f"version {held}; delete {target} to go back to an older table")
     data_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".fgt.partial")
-    partial.write_bytes(path.read_bytes())
-    os.replace(partial, target)
+    atomic_write(target, blob)
     logging.getLogger("faregate.gate").warning(
         "fare table version %d from %s installed (commissioned offline, not signed by a backend)",
         table.version, path)

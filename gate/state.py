@@ -56,7 +56,8 @@ class UpdateResult:
         return self.outcome is Outcome.REFUSED
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` all or nothing, fsynced: a power cut leaves the old file or the new."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -169,10 +170,10 @@ class LocalState:
         if (table.version, table.checksum) != (msg.version, msg.checksum):
             return UpdateResult(Outcome.REFUSED, "fare table version or checksum differs from its message")
         if msg.activate_at <= now or self.fare_table is None:
-            _atomic_write(self.data_dir / "faretable.fgt", blob)
+            atomic_write(self.data_dir / "faretable.fgt", blob)
             self.fare_table = table
             return UpdateResult(Outcome.APPLIED, f"fare table {table.version} in force")
-        _atomic_write(self.data_dir / "faretable.next.fgt", blob)
+        atomic_write(self.data_dir / "faretable.next.fgt", blob)
         self.next_table, self.next_activate_at = table, msg.activate_at
         self.journal.set_state("next_activate_at", msg.activate_at.isoformat())
         return UpdateResult(Outcome.APPLIED, f"fare table {table.version} from {msg.activate_at.isoformat()}")

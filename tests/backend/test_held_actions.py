@@ -5,6 +5,8 @@ applied; voided, it is on the list again. Through the real processor, Distributo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +26,24 @@ from tests.backend.test_ledger import card, unconfirmed
 from tests.backend.test_processor import CARD, at, ingest, setup
 
 ENTRY, EXIT = Direction.ENTRY, Direction.EXIT
+
+
+@contextlib.asynccontextmanager
+async def action_lists(broker: BrokerInfo, distributor: Distributor) -> AsyncIterator[
+        Callable[[], Awaitable[list[int]]]]:
+    """Subscribed to the action list: yields `published()`, the sorted action ids of the next list."""
+    url = urlsplit(broker.url)
+    version = aiomqtt.ProtocolVersion.V5 if broker.version == "5" else aiomqtt.ProtocolVersion.V311
+    async with aiomqtt.Client(url.hostname or "127.0.0.1", url.port or 1883, protocol=version) as watcher:
+        await watcher.subscribe(distributor.topics.actions, qos=1)
+
+        async def published() -> list[int]:
+            async with asyncio.timeout(10):
+                message = await anext(watcher.messages)
+            body = ActionListMessage.model_validate_json(bytes(message.payload))
+            return sorted(a.action_id for a in body.actions)
+
+        yield published
 
 
 @pytest.mark.parametrize("lands", [True, False], ids=["landed", "voided"])
@@ -46,19 +66,8 @@ async def test_a_topup_in_an_unsettled_write_is_held_off_the_action_list(
         await ledger.payment(session, card(0), 1000, "provider", action.id, at(1))
         action_id = action.id
     alpha, delta = SimGate(1), SimGate(4)
-    url = urlsplit(broker.url)
-    version = aiomqtt.ProtocolVersion.V5 if broker.version == "5" else aiomqtt.ProtocolVersion.V311
     try:
-        async with aiomqtt.Client(url.hostname or "127.0.0.1", url.port or 1883, protocol=version) as watcher:
-            await watcher.subscribe(distributor.topics.actions, qos=1)
-
-            async def published() -> list[int]:
-                """The action ids of the next action list the backend publishes."""
-                async with asyncio.timeout(10):
-                    message = await anext(watcher.messages)
-                body = ActionListMessage.model_validate_json(bytes(message.payload))
-                return [a.action_id for a in body.actions]
-
+        async with action_lists(broker, distributor) as published:
             await distributor.publish_actions()
             assert await published() == [action_id]
             entry, wallet = alpha.tap(new_phone(CARD, balance=1000), CARD, ENTRY, at(2, 0))
@@ -99,18 +108,8 @@ async def test_a_phone_gets_its_oldest_pending_action_first(migrated: Any, broke
         session.add_all(rows)
         await session.flush()
         older, newer, other = (row.id for row in rows)
-    url = urlsplit(broker.url)
-    version = aiomqtt.ProtocolVersion.V5 if broker.version == "5" else aiomqtt.ProtocolVersion.V311
     try:
-        async with aiomqtt.Client(url.hostname or "127.0.0.1", url.port or 1883, protocol=version) as watcher:
-            await watcher.subscribe(distributor.topics.actions, qos=1)
-
-            async def published() -> list[int]:
-                async with asyncio.timeout(10):
-                    message = await anext(watcher.messages)
-                return sorted(a.action_id for a in ActionListMessage.model_validate_json(
-                    bytes(message.payload)).actions)
-
+        async with action_lists(broker, distributor) as published:
             await distributor.publish_actions()
             assert await published() == sorted([older, other])
             async with sessions.begin() as session:

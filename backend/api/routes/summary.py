@@ -155,8 +155,8 @@ async def revenue_today(session: AsyncSession, now: datetime, settings: Settings
     """The sum of today's revenue accounts (`revenue:<network>:<service day>`, service day as the
     processor dates it): money from writes known to have landed, never an unconfirmed write's. The
     accounts are named in full so the query reads the day's postings by the account index only."""
-    shift = timedelta(minutes=settings.service_utc_offset_min - settings.service_day_start_min)
-    day = (now + shift).date().isoformat()
+    service_day = ledger.ServiceDay(settings.service_utc_offset_min, settings.service_day_start_min)
+    day = service_day.of(now).isoformat()
     accounts = sorted(ledger.revenue(network, day) for network in await networks(session))
     total = await session.scalar(
         select(func.coalesce(func.sum(PostingRow.amount), 0)).where(PostingRow.account.in_(accounts)))
