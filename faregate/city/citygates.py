@@ -1,0 +1,264 @@
+"""Lightweight gates at the MQTT level, hundreds to an event loop: the city bench's and tests' gates.
+
+Each gate has its own MQTT connection and login (to its station server, under the station's per-gate
+ACL), as a real gate does, but no serial hardware and no fare decision: its taps are the simulator's
+synthetic ones (faregate.simgate.tap_payload, MACed under the gate's key). What it does as a real gate
+(gate/uplink.py) does:
+
+- taps are journaled in memory and published from the journal, a lone tap at once, several as arrays of
+  at most `batch_max`; they stay until the backend's signed `Committed` covers them; a `ResendRequest`
+  republishes its range; when no ack has moved for `stall_s` everything uncommitted goes again;
+- every downlink message is verified against the backend's public key (protocol.mqtt.Verifier) before
+  it is used; deny-list deltas apply only on their base version with the checksum checked (fare_core,
+  all or nothing), snapshots replace the list when newer and their checksum matches, and a verified
+  delta that cannot be applied makes the gate ask for a snapshot (SnapshotRequest, MACed).
+
+When each deny-list version was applied is recorded (time.monotonic(), one clock for every process on
+the machine), so the bench can measure a block's propagation from the operator's call to the last gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomqtt
+from pydantic import ValidationError
+
+import fare_core
+from faregate.simgate import SimGate
+from protocol.mqtt import (
+    Committed,
+    DenyListDeltaMessage,
+    DenyListSnapshotMessage,
+    ResendRequest,
+    SnapshotRequest,
+    Topics,
+    UpdateKind,
+    Verifier,
+    encode_taps,
+    encode_with_mac,
+)
+from protocol.mqtt.auth import AuthError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GateReport:
+    """What one gate did, sent back to the bench's main process (plain values, picklable)."""
+
+    gate_id: str
+    made: int
+    committed: int
+    publishes: int
+    connects: int
+    refused: int
+    snapshot_requests: int
+    denylist_version: int
+    applied: dict[int, float] = field(default_factory=dict)  # deny-list version -> monotonic time
+
+
+class CityGate:
+    """One gate: journal, uplink and deny-list, on its own aiomqtt connection to its station."""
+
+    def __init__(
+        self,
+        station_id: int,
+        gate_no: int,
+        *,
+        host: str,
+        port: int,
+        password: str | None,
+        topics: Topics,
+        verifier: Verifier,
+        stall_s: float = 10.0,
+        batch_max: int = 50,
+        keepalive: int = 30,
+    ) -> None:
+        self.sim = SimGate(station_id, gate_no, batch_max=batch_max)  # journal and committed seq
+        self.id = self.sim.id
+        self.host, self.port, self.password = host, port, password
+        self.topics = topics
+        self.verifier = verifier
+        self.stall_s = stall_s
+        self.keepalive = keepalive
+        self.denylist = fare_core.DenyList([], version=0)
+        self.applied: dict[int, float] = {}
+        self.refused = 0
+        self.snapshot_requests = 0
+        self.publishes = 0
+        self.connects = 0
+        self.connected = asyncio.Event()
+        self._cursor = 0  # the last seq handed to the broker in this connection
+        self._wake = asyncio.Event()
+        self._last_progress = time.monotonic()
+        self._client: aiomqtt.Client | None = None
+
+    # ------------------------------------------------------------------------------------ taps
+    def tap(self) -> None:
+        """One tap: journaled now, published as soon as the link allows."""
+        self.sim.synthetic_taps(1)
+        self._wake.set()
+
+    def all_committed(self) -> bool:
+        return self.sim.committed >= self.sim.seq
+
+    def report(self) -> GateReport:
+        return GateReport(self.id, self.sim.seq, self.sim.committed, self.publishes, self.connects,
+                          self.refused, self.snapshot_requests, self.denylist.version, dict(self.applied))
+
+    # ------------------------------------------------------------------------------ connection
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect (again after every loss, with back-off) until `stop` is set."""
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                delay = 0.2
+            except aiomqtt.MqttError as exc:
+                log.debug("gate %s: %s", self.id, exc)
+            finally:
+                self.connected.clear()
+                self._client = None
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        t = self.topics
+        async with aiomqtt.Client(
+            self.host, self.port, identifier=f"citygate-{t.prefix}-{self.id}",
+            username=self.id if self.password else None, password=self.password,
+            protocol=aiomqtt.ProtocolVersion.V311, clean_session=True, keepalive=self.keepalive,
+            max_queued_outgoing_messages=None,
+        ) as client:
+            self._client = client
+            self.connects += 1
+            await client.subscribe([(t.committed(self.id), 1), (t.resend(self.id), 1),
+                                    (t.denylist_delta, 1), (t.denylist_snapshot, 1)])
+            self._cursor = self.sim.committed  # publish again everything not yet committed
+            self._last_progress = time.monotonic()
+            self.connected.set()
+            tasks = {asyncio.create_task(self._publisher(client)),
+                     asyncio.create_task(self._receiver(client)), asyncio.create_task(stop.wait())}
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await task
+
+    async def _publisher(self, client: aiomqtt.Client) -> None:
+        sim = self.sim
+        while True:
+            now = time.monotonic()
+            stalled = now - self._last_progress > self.stall_s
+            if sim.committed < sim.seq and self._cursor >= sim.seq and stalled:
+                self._cursor = sim.committed  # as gate/uplink.py: no ack for stall_s, send it all again
+                self._last_progress = now
+            if self._cursor >= sim.seq:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                continue
+            first = max(self._cursor, sim.committed) + 1
+            last = min(sim.seq, first + sim.batch_max - 1)
+            await client.publish(self.topics.taps(self.id), encode_taps(sim.journal[first - 1 : last]), qos=1)
+            self.publishes += 1
+            self._cursor = max(self._cursor, last)
+
+    async def _receiver(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self.on_message(str(message.topic), bytes(message.payload))
+
+    # ------------------------------------------------------------------------------- downlink
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        t = self.topics
+        try:
+            if topic == t.committed(self.id):
+                ack = Committed.model_validate_json(payload)
+                self.verifier.check(ack)
+                if ack.gate_id != self.id or ack.through_seq > self.sim.seq:
+                    raise AuthError(f"ack through {ack.through_seq} for {ack.gate_id}")
+                if ack.through_seq > self.sim.committed:
+                    self.sim.committed = ack.through_seq
+                    self._last_progress = time.monotonic()
+            elif topic == t.resend(self.id):
+                resend = ResendRequest.model_validate_json(payload)
+                self.verifier.check(resend)
+                if resend.gate_id != self.id:
+                    raise AuthError(f"resend for {resend.gate_id}")
+                self._cursor = min(self._cursor, max(resend.from_seq - 1, self.sim.committed))
+                self._wake.set()
+            elif topic == t.denylist_delta:
+                delta = DenyListDeltaMessage.model_validate_json(payload)
+                self.verifier.check(delta)
+                if delta.version <= self.denylist.version:
+                    return
+                try:
+                    self.denylist.apply_delta(fare_core.DenyListDelta(
+                        version=delta.version, base_version=delta.base_version, add=tuple(delta.add),
+                        remove=tuple(delta.remove), checksum=delta.checksum))
+                except (fare_core.DenyListError, ValueError, TypeError):
+                    await self._ask_snapshot()
+                    return
+                self.applied[delta.version] = time.monotonic()
+            elif topic == t.denylist_snapshot:
+                snapshot = DenyListSnapshotMessage.model_validate_json(payload)
+                self.verifier.check(snapshot)
+                if snapshot.version <= self.denylist.version:
+                    return
+                candidate = fare_core.DenyList(snapshot.card_ids, version=snapshot.version)
+                if candidate.checksum != snapshot.checksum:
+                    await self._ask_snapshot()
+                    return
+                self.denylist = candidate
+                self.applied[snapshot.version] = time.monotonic()
+        except (AuthError, ValidationError, json.JSONDecodeError):
+            self.refused += 1  # unverified: never applied, never answered with a request
+
+    async def _ask_snapshot(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        self.snapshot_requests += 1
+        request = SnapshotRequest(gate_id=self.id, kind=UpdateKind.DENYLIST,
+                                  have_version=self.denylist.version, time=datetime.now(UTC))
+        payload = encode_with_mac(request, self.sim.mac_key)
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(self.topics.request(self.id), payload, qos=1)
+
+
+async def run_gates(gates: list[CityGate], stop: asyncio.Event, connect_spread_s: float = 0.0) -> None:
+    """Run `gates` until `stop`; connections are spread over `connect_spread_s` (no connect storm)."""
+
+    async def one(index: int, gate: CityGate) -> None:
+        if connect_spread_s and gates:
+            await asyncio.sleep(connect_spread_s * index / len(gates))
+        await gate.run(stop)
+
+    await asyncio.gather(*(one(i, gate) for i, gate in enumerate(gates)))
+
+
+def summary(reports: list[GateReport]) -> dict[str, Any]:
+    """Totals over gate reports."""
+    return {
+        "gates": len(reports),
+        "made": sum(r.made for r in reports),
+        "committed": sum(min(r.committed, r.made) for r in reports),
+        "publishes": sum(r.publishes for r in reports),
+        "refused": sum(r.refused for r in reports),
+        "snapshot_requests": sum(r.snapshot_requests for r in reports),
+    }
