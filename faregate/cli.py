@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "core": ("faregate.bench.core", "fare_core decide() and deny-list, compiled beside the twin"),
     "loop": ("faregate.bench.loop", "tap-to-open latency over the simulated serial loop"),
     "ingest": ("faregate.bench.ingest", "taps per second through a real broker into the database"),
+    "city": ("faregate.bench.city", "thousands of gates through station servers: taps, deny propagation"),
 }
 
 

@@ -1,0 +1,323 @@
+"""`faregate bench city`: a city of simulated gates through station servers into the centre.
+
+Many stations of MQTT-level gates (faregate.city.citygates: one connection and login per gate, hundreds
+to a process, each verifying the backend's signatures as a real gate does) tap at a steady rate through
+their station servers (faregate.city.station: a Mosquitto per station bridged to the centre) into the
+centre (today: one Mosquitto and PostgreSQL with the existing ingest workers; faregate.city.centre is
+where a clustered broker and several workers plug in). While the gates tap, the operator blocks phones
+(backend.distribution.Distributor.change_denylist, the call the block route makes): the time from that
+call to each gate applying the verified delta is the deny propagation. After the taps, a signed
+deny-list snapshot of `--snapshot-ids` phones goes to every gate (what a new gate, or one back from a
+long absence, starts from): snapshot_fanout_s is from its publication to the last gate applying it.
+At the end the database is counted: lost (made, not stored), duplicated (stored more than once).
+
+The same-run baseline is today's path: the same gates, rate and blocks, every gate logged in to the
+central Mosquitto directly, no station servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import json
+import multiprocessing
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from faregate.city.centre import POSTGRES_URL, ingest_values, run_centre
+from faregate.city.citygates import CityGate, GateReport, run_gates
+from faregate.city.station import run_city
+from protocol.mqtt import DEVELOPMENT_PUBLIC_KEY, DenyListSnapshotMessage, Topics, Verifier, gate_id
+
+MAX_GATES_PER_STATION = 255  # gate_no is a u8 (docs/mqtt.md)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gates", type=int, default=2000, help="simulated gates (default 2000)")
+    parser.add_argument("--stations", type=int, default=20, help="stations, one server each (default 20)")
+    parser.add_argument("--per-process", type=int, default=400,
+                        help="gates a simulating process runs, each its own connection (default 400)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long the gates tap (default 30)")
+    parser.add_argument("--tap-interval", type=float, default=5.0,
+                        help="seconds between one gate's taps (default 5: 400 taps/s for 2000 gates)")
+    parser.add_argument("--blocks", type=int, default=5,
+                        help="phones blocked while the gates tap (default 5)")
+    parser.add_argument("--snapshot-ids", type=int, default=1000,
+                        help="phones in the deny-list snapshot sent to every gate at the end (default 1000)")
+    parser.add_argument("--workers", type=int, default=1, help="ingest worker processes (default 1)")
+    parser.add_argument("--database", default=POSTGRES_URL, help=f"database URL (default {POSTGRES_URL})")
+    parser.add_argument("--stall", type=float, default=10.0,
+                        help="seconds without an ack before a gate sends its backlog again (gate default 10)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the single-broker baseline")
+    parser.add_argument("--timeout", type=float, default=120.0, help="longest wait for the last commit")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = bench(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>28}: {value}")
+    ok = result["lost"] == 0 and result["duplicated"] == 0 and result["deny_missed"] == 0
+    return 0 if ok else 1
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    _check(args)
+    result: dict[str, Any] = {}
+    if not args.no_baseline:
+        baseline = asyncio.run(scenario(args, via_stations=False))
+        result.update(asyncio.run(scenario(args, via_stations=True)))
+        result["baseline_single_broker"] = baseline
+    else:
+        result.update(asyncio.run(scenario(args, via_stations=True)))
+    return result
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.gates < 1 or args.stations < 1 or args.per_process < 1:
+        raise SystemExit("--gates, --stations and --per-process must be at least 1")
+    if -(-args.gates // args.stations) > MAX_GATES_PER_STATION:
+        raise SystemExit(f"at most {MAX_GATES_PER_STATION} gates a station: give more --stations")
+    if args.seconds <= 0 or args.tap_interval <= 0:
+        raise SystemExit("--seconds and --tap-interval must be positive")
+
+
+def layout(gates: int, stations: int) -> dict[int, list[int]]:
+    """Gates spread evenly over stations 1..stations, numbered 1.. within each."""
+    share = [gates // stations + (i < gates % stations) for i in range(stations)]
+    return {100 + i: list(range(1, n + 1)) for i, n in enumerate(share) if n}
+
+
+# --- the simulating processes --------------------------------------------------------------------------
+
+GateSpec = tuple[int, int, int, str]  # station, gate_no, broker port, password
+
+
+async def _poll(event: Any, interval: float = 0.02) -> None:
+    while not event.is_set():
+        await asyncio.sleep(interval)
+
+
+async def _gates_main(specs: list[GateSpec], prefix: str, options: dict[str, float], events: dict[str, Any],
+                      results: Any) -> None:
+    verifier = Verifier([DEVELOPMENT_PUBLIC_KEY])
+    topics = Topics(prefix)
+    gates = [CityGate(sid, no, host="127.0.0.1", port=port, password=password, topics=topics,
+                      verifier=verifier, stall_s=options["stall"]) for sid, no, port, password in specs]
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_gates(gates, stop, connect_spread_s=options["connect_spread"]))
+    try:
+        deadline = time.monotonic() + 60
+        while not all(g.connected.is_set() for g in gates) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        events["ready"].set()
+        await _poll(events["go"])
+        # each gate taps every `interval` seconds, first at a random moment within one interval
+        interval, rng = options["interval"], random.Random(specs[0][0] * 1000 + specs[0][1])
+        start = time.monotonic()
+        due = [(start + rng.random() * interval, i) for i in range(len(gates))]
+        heapq.heapify(due)
+        while not events["stop_tapping"].is_set():
+            now = time.monotonic()
+            while due and due[0][0] <= now:
+                when, i = heapq.heappop(due)
+                gates[i].tap()
+                heapq.heappush(due, (when + interval, i))
+            await asyncio.sleep(min(0.05, max(0.0, due[0][0] - time.monotonic())) if due else 0.05)
+        deadline = time.monotonic() + options["timeout"]
+        while not all(g.all_committed() for g in gates) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        events["drained"].put(time.monotonic())
+        while not events["stop"].is_set():  # until every gate here holds the final snapshot
+            wanted = events["snapshot"].value
+            if wanted and all(g.denylist.version >= wanted for g in gates):
+                events["have_snapshot"].put(time.monotonic())
+                break
+            await asyncio.sleep(0.02)
+        await _poll(events["stop"], 0.05)
+    finally:
+        stop.set()
+        await runner
+    results.put([asdict(g.report()) for g in gates])
+
+
+def _gates_process(specs: list[GateSpec], prefix: str, options: dict[str, float], events: dict[str, Any],
+                   results: Any) -> None:
+    asyncio.run(_gates_main(specs, prefix, options, events, results))
+
+
+# --- one scenario ----------------------------------------------------------------------------------------
+
+
+async def scenario(args: argparse.Namespace, via_stations: bool) -> dict[str, Any]:
+    """One run: stations and centre (or the centre alone), ingest, gates, blocks, snapshot, count."""
+    stations = layout(args.gates, args.stations)
+    prefix = f"city{uuid.uuid4().hex[:8]}"
+    all_gates = [gate_id(s, no) for s, nos in stations.items() for no in nos]
+    with (
+        tempfile.TemporaryDirectory(prefix="faregate-city-") as tmp,
+        run_city(Path(tmp), prefix, stations if via_stations else {},
+                 direct_gates=() if via_stations else all_gates) as city,
+    ):
+        if via_stations:
+            specs = [(s, no, city.stations[s].port, city.stations[s].passwords[gate_id(s, no)])
+                     for s, nos in stations.items() for no in nos]
+        else:
+            centre_files = city.centre.files
+            specs = [(s, no, centre_files.port, centre_files.passwords[gate_id(s, no)])
+                     for s, nos in stations.items() for no in nos]
+        values = ingest_values(args.database, city.centre_url, prefix)
+        async with run_centre(values, args.workers) as centre:
+            figures = await _drive(args, values, prefix, specs)
+            rows, unique = await centre.count(all_gates)
+    made = figures.pop("made")
+    figures.update({
+        "stations": len(stations) if via_stations else 0,
+        "brokers": 1 + (len(stations) if via_stations else 0),
+        "workers": args.workers,
+        "made": made,
+        "stored": unique,
+        "lost": made - unique,
+        "duplicated": rows - unique,
+    })
+    return figures
+
+
+async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
+                 specs: list[GateSpec]) -> dict[str, Any]:
+    from backend.config import Settings
+    from backend.db import make_engine, make_sessionmaker
+    from backend.distribution import Distributor
+    from backend.publisher import Publisher
+
+    ctx = multiprocessing.get_context("spawn")
+    go, stop_tapping, stop = ctx.Event(), ctx.Event(), ctx.Event()
+    drained, have_snapshot, results = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    wanted_snapshot = ctx.Value("q", 0)
+    chunks = [specs[i : i + args.per_process] for i in range(0, len(specs), args.per_process)]
+    options = {"stall": args.stall, "interval": args.tap_interval, "timeout": args.timeout,
+               "connect_spread": min(5.0, len(specs) / 400)}
+    processes, readies = [], []
+    for chunk in chunks:
+        ready = ctx.Event()
+        events = {"ready": ready, "go": go, "stop_tapping": stop_tapping, "stop": stop, "drained": drained,
+                  "snapshot": wanted_snapshot, "have_snapshot": have_snapshot}
+        process = ctx.Process(target=_gates_process, args=(chunk, prefix, options, events, results))
+        process.start()
+        processes.append(process)
+        readies.append(ready)
+    settings = Settings(**values)
+    engine = make_engine(settings)
+    publisher = Publisher(settings, client_id=f"city-operator-{uuid.uuid4().hex[:6]}")
+    publisher.start()
+    distributor = Distributor(make_sessionmaker(engine), publisher)
+    reports: list[GateReport] = []
+    try:
+        await publisher.mqtt.wait_connected(30)
+        for ready in readies:
+            await asyncio.wait_for(asyncio.to_thread(ready.wait), 120)
+        rng = random.Random(16)
+        blocks: dict[int, float] = {}
+        started = time.monotonic()
+        go.set()
+        for n in range(args.blocks):  # the operator's blocks, spread over the tapping time
+            due = started + args.seconds * (n + 1) / (args.blocks + 1)
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            called = time.monotonic()
+            row = await distributor.change_denylist([f"{rng.getrandbits(64):016x}"], [], "bench city")
+            blocks[row.version] = called
+        await asyncio.sleep(max(0.0, started + args.seconds - time.monotonic()))
+        stop_tapping.set()
+        tapped = time.monotonic() - started
+        drain_ends = [await asyncio.to_thread(drained.get, True, args.timeout + 60) for _ in processes]
+        span = max(drain_ends) - started
+        # the snapshot a new gate starts from: signed, retained, `snapshot_ids` phones
+        snapshot, snapshot_bytes, snapshot_sent = await _send_snapshot(
+            distributor, prefix, args.snapshot_ids, rng, wanted_snapshot)
+        deadline = time.monotonic() + 60
+        for _ in processes:  # every gate has it, or a minute passed
+            await asyncio.to_thread(have_snapshot.get, True, max(0.1, deadline - time.monotonic()))
+        stop.set()
+        for _ in processes:
+            reports += [GateReport(**r) for r in await asyncio.to_thread(results.get, True, 60)]
+    finally:
+        stop_tapping.set()
+        stop.set()
+        for process in processes:
+            await asyncio.to_thread(process.join, 30)
+            if process.is_alive():
+                process.kill()
+        await publisher.aclose()
+        await engine.dispose()
+    return _figures(args, reports, blocks, snapshot, snapshot_bytes, snapshot_sent, tapped, span)
+
+
+async def _send_snapshot(distributor: Any, prefix: str, count: int, rng: random.Random, wanted: Any
+                         ) -> tuple[int, int, float]:
+    """Publish a signed deny-list snapshot of `count` phones, a version above every block; returns
+    (version, payload bytes, monotonic time of the call)."""
+    import fare_core
+    from protocol.mqtt import encode
+
+    current = (await distributor.snapshot()).version
+    version = current + 1000
+    ids = sorted({rng.getrandbits(64) for _ in range(count)})
+    denylist = fare_core.DenyList(ids, version=version)
+    message = distributor.publisher.signer.sign(DenyListSnapshotMessage(
+        version=version, card_ids=ids, checksum=denylist.checksum, time=datetime.now(UTC)))
+    payload = encode(message)
+    wanted.value = version
+    sent = time.monotonic()
+    await distributor.publisher.publish(Topics(prefix).denylist_snapshot, payload, retain=True)
+    return version, len(payload), sent
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _figures(args: argparse.Namespace, reports: list[GateReport], blocks: dict[int, float], snapshot: int,
+             snapshot_bytes: int, snapshot_sent: float, tapped: float, span: float) -> dict[str, Any]:
+    latencies = [(r.applied[v] - called) * 1000 for v, called in blocks.items() for r in reports
+                 if v in r.applied]
+    missed = sum(1 for v in blocks for r in reports if v not in r.applied)
+    have_snapshot = [r.applied[snapshot] - snapshot_sent for r in reports if snapshot in r.applied]
+    made = sum(r.made for r in reports)
+    committed = sum(min(r.committed, r.made) for r in reports)
+    return {
+        "gates": len(reports),
+        "made": made,
+        "tap_seconds": round(tapped, 3),
+        "offered_taps_per_s": round(made / tapped),
+        "taps_per_s": round(committed / span),  # stored and acknowledged, from the start to the last ack
+        "uncommitted_at_end": made - committed,
+        "publishes": sum(r.publishes for r in reports),
+        "blocks": len(blocks),
+        "deny_propagation_ms_p50": round(_percentile(latencies, 0.5), 1),
+        "deny_propagation_ms_p99": round(_percentile(latencies, 0.99), 1),
+        "deny_propagation_ms_max": round(max(latencies), 1) if latencies else None,
+        "deny_propagation_ms_mean": round(statistics.fmean(latencies), 1) if latencies else None,
+        "deny_missed": missed,
+        "snapshot_ids": args.snapshot_ids,
+        "snapshot_bytes": snapshot_bytes,
+        "snapshot_fanout_s": round(max(have_snapshot), 3) if len(have_snapshot) == len(reports) else None,
+        "snapshot_fanout_p50_s": round(_percentile(have_snapshot, 0.5), 3),
+        "snapshot_missing": len(reports) - len(have_snapshot),
+        "refused": sum(r.refused for r in reports),
+        "snapshot_requests": sum(r.snapshot_requests for r in reports),
+        "reconnects": sum(max(0, r.connects - 1) for r in reports),
+    }
