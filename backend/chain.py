@@ -57,26 +57,45 @@ def _after(tap: TapRow, unconfirmed: TapRow) -> bool:
     return tap.time > unconfirmed.time
 
 
+def same_write(a: TapRow, b: TapRow) -> bool:
+    """Two writes that left the same record: from one counter, to one balance, stamped with one station
+    and second (a retry in the same second). A wallet holding that record cannot tell them apart."""
+    return (a.counter_before == b.counter_before and a.counter_after == b.counter_after
+            and a.balance_after == b.balance_after and a.station_id == b.station_id
+            and int(a.time.timestamp()) == int(b.time.timestamp()))
+
+
 def landing(unconfirmed: TapRow, taps: Iterable[TapRow],
-            recovered_by: TapRow | None = None) -> tuple[Landing, str]:
+            proof: TapRow | None = None) -> tuple[Landing, str]:
     """Whether an unconfirmed write landed, from the card's other taps, and the tap that tells.
 
+    Landed, first: `proof`, a tap whose wallet was checked under the SAM key to hold the very record
+    the write made (a RECOVERED re-tap, or the next tap of the handset that holds it). A record is
+    stamped with its station and second, so this holds even when another handset of a cloned card
+    wrote from the same counter; only a write that left the identical record outranks it.
     Not landed: a wallet seen at the unconfirmed tap's counter_before afterwards — a confirmed write
     from that counter (it could not have read the old counter had the write landed), or a read there
-    after it. This wins over the next rule, because a retry that wrote the same counter is what a later
-    tap then reads. Landed: a later tap read counter_after or above, or a RECOVERED re-tap whose wallet
-    was checked to hold the write (`recovered_by`)."""
+    after it. This wins over the last rule, because a retry that wrote the same counter is what a later
+    tap then reads. Landed: a later tap read counter_after or above."""
+    voided_by: list[TapRow] = []
     seen: TapRow | None = None
     for tap in taps:
         if tap is unconfirmed or tap.tap_id == unconfirmed.tap_id or not is_link(tap):
             continue
         if tap.counter_before == unconfirmed.counter_before:
             if (writes(tap) and not is_unconfirmed(tap)) or _after(tap, unconfirmed):
-                return Landing.VOIDED, f"tap {tap.tap_id} read counter {tap.counter_before} after it"
+                voided_by.append(tap)
         elif tap.counter_before >= unconfirmed.counter_after and seen is None:
             seen = tap
-    if recovered_by is not None:
-        return Landing.LANDED, f"re-tap {recovered_by.tap_id} found the write on the wallet"
+    if proof is not None and not any(writes(tap) and same_write(tap, unconfirmed) for tap in voided_by):
+        found = "re-tap" if is_recovered(proof) else "tap"
+        why = f"{found} {proof.tap_id} found the write on the wallet"
+        if voided_by:
+            why += f" (tap {voided_by[0].tap_id} wrote from it on another handset)"
+        return Landing.LANDED, why
+    if voided_by:
+        tap = voided_by[0]
+        return Landing.VOIDED, f"tap {tap.tap_id} read counter {tap.counter_before} after it"
     if seen is not None:
         return Landing.LANDED, f"tap {seen.tap_id} read counter {seen.counter_before}"
     return Landing.PENDING, ""

@@ -166,14 +166,23 @@ class Processor:
             return False
         return bool(decision.allowed) and decision.counter == unconfirmed.counter_after
 
-    def verify_recovery(self, recovered: TapRow, unconfirmed: TapRow) -> bool:
-        """Does the re-tap's wallet (checked under the SAM key) hold the record the unconfirmed tap wrote?"""
+    def holds_write(self, later: TapRow, unconfirmed: TapRow) -> bool:
+        """Does the wallet a later tap read (checked under the SAM key) hold the very record the
+        unconfirmed tap wrote? Its counter and balance, and the station and second the write stamped
+        (an entry stamps entry_station/entry_time, an exit or a boarding last_station/last_time): a retry
+        from the same counter, or a clone's own write, stamps another moment or place. A write that only
+        blocked a deny-listed wallet stamps nothing; counter and balance tell it."""
         try:
-            record, _slot = fare_core.read_wallet(bytes(recovered.wallet_before), int(recovered.card_id, 16),
+            record, _slot = fare_core.read_wallet(bytes(later.wallet_before), int(later.card_id, 16),
                                                   self.sam)
         except (fare_core.FareCoreError, ValueError):
             return False
-        return record.counter == unconfirmed.counter_after and record.balance == unconfirmed.balance_after
+        if record.counter != unconfirmed.counter_after or record.balance != unconfirmed.balance_after:
+            return False
+        stamp = (unconfirmed.station_id, int(unconfirmed.time.timestamp()))
+        stamps = ((record.entry_station, record.entry_time), (record.last_station, record.last_time))
+        stamped = stamp in stamps
+        return stamped or (bool(unconfirmed.flags & Flag.BLOCKED_NOW) and not self.passed(unconfirmed))
 
     async def reconcile(self, session: AsyncSession, tap: TapRow, action: ActionRow | None,
                         findings: Findings, listed: Sequence[tuple[int, int | None]]) -> None:
@@ -267,12 +276,8 @@ class CardChain:
         )
         changed = False
         for unconfirmed in sorted(candidates, key=chain_key):
-            recovered_by = next(
-                (tap for tap in evidence if is_recovered(tap) and tap.gate_id == unconfirmed.gate_id
-                 and tap.seq > unconfirmed.seq and self.p.verify_recovery(tap, unconfirmed)),
-                None,
-            )
-            outcome, why = landing(unconfirmed, evidence, recovered_by)
+            proof = next((tap for tap in evidence if self._proves_landed(tap, unconfirmed)), None)
+            outcome, why = landing(unconfirmed, evidence, proof)
             before = unconfirmed.reconciled or PENDING
             if unconfirmed.reconciled is None:  # new: its provisional write goes to suspense
                 await ledger.unconfirmed(session, unconfirmed)
@@ -295,6 +300,16 @@ class CardChain:
                 if unconfirmed.action_id is not None:  # its action, still pending, is free again
                     self.outcome.actions_applied = True
         return changed
+
+    def _proves_landed(self, tap: TapRow, unconfirmed: TapRow) -> bool:
+        """A RECOVERED re-tap at the same gate, or the next tap of a handset (counter_after), whose
+        wallet holds the record the unconfirmed write made."""
+        if is_recovered(tap):
+            if tap.gate_id != unconfirmed.gate_id or tap.seq <= unconfirmed.seq:
+                return False
+        elif not is_link(tap) or tap.counter_before != unconfirmed.counter_after:
+            return False
+        return self.p.holds_write(tap, unconfirmed)
 
     async def _unland(self, tap: TapRow) -> None:
         """A write taken as landed proves not to have (its retry's report arrived later): its `landed`
@@ -356,7 +371,7 @@ class CardChain:
             .order_by(TapRow.seq.desc())
             .limit(1)
         )
-        if unconfirmed is not None and not self.p.verify_recovery(tap, unconfirmed):
+        if unconfirmed is not None and not self.p.holds_write(tap, unconfirmed):
             findings.add("recovered_unproven",
                          f"re-tap claims tap {unconfirmed.tap_id} landed (counter "
                          f"{unconfirmed.counter_after}, balance {unconfirmed.balance_after}) but its wallet "

@@ -448,3 +448,47 @@ async def test_a_landing_proved_wrong_by_a_late_retry_is_taken_back(migrated: An
     found = await checks(sessions)
     assert found["positions"][card(0)] == held(wallet, CARD) and found["heads"] == []
     assert (found["totals"]["suspense"], found["totals"]["revenue"]) == (0, 400)
+
+
+async def test_a_clones_write_from_the_same_counter_does_not_void_a_write_that_landed(migrated: Any) -> None:
+    """A cloned card: the genuine handset's exit write landed but its answer was lost (UNCONFIRMED); the
+    clone, still at the old counter, then exits elsewhere with a confirmed write from that counter. The
+    genuine handset's next tap reads the very record its exit wrote (station and second stamped), so the
+    exit landed: its fare is revenue, not voided, whatever the clone did (soak seed 51, revenue off by
+    the voided fare). The clone's own write counts too: both handsets paid."""
+    sessions, store, processor = await setup(migrated, reconcile=False)
+    alpha, delta, bravo, echo = SimGate(1), SimGate(4), SimGate(2), SimGate(3)
+    entry, wallet = alpha.tap(new_phone(CARD, balance=2000), CARD, ENTRY, at(2, 0))
+    clone = wallet  # copied off the genuine handset inside the paid area
+    exit_, wallet = delta.tap(wallet, CARD, EXIT, at(2, 30))  # landed on the genuine handset
+    lost = unconfirmed(delta, exit_)
+    cloned_exit, clone = echo.tap(clone, CARD, EXIT, at(2, 40))  # the clone writes from the same counter
+    assert cloned_exit.counter_before == exit_.counter_before and cloned_exit.allowed
+    genuine_next, wallet = bravo.tap(wallet, CARD, ENTRY, at(4, 0))  # reads what the exit wrote
+    await ingest(store, processor, entry, lost, cloned_exit, genuine_next)
+    async with sessions() as session:
+        assert (await session.get(TapRow, lost.tap_id)).reconciled == "unconfirmed_landed"  # type: ignore[union-attr]
+    kinds = await entries(sessions)
+    assert ("landed", lost.tap_id) in kinds and ("voided", lost.tap_id) not in kinds
+    assert ("fare", cloned_exit.tap_id) in kinds
+    found = await checks(sessions)
+    assert found["totals"]["suspense"] == 0
+    assert found["totals"]["revenue"] == exit_.fare + cloned_exit.fare > 0
+
+
+async def test_a_retry_leaving_the_identical_record_still_voids_the_unconfirmed_write(migrated: Any) -> None:
+    """The exit's write did not land and the rider's retry in the same second at the same gate wrote the
+    same counter to the identical record: the next tap's wallet cannot tell which write it holds, and
+    the confirmed retry is the one that landed (the wallet read the old counter for it)."""
+    sessions, store, processor = await setup(migrated, reconcile=False)
+    alpha, delta, bravo = SimGate(1), SimGate(4), SimGate(2)
+    entry, wallet = alpha.tap(new_phone(CARD, balance=2000), CARD, ENTRY, at(2, 0))
+    exit_, _lost_write = delta.tap(wallet, CARD, EXIT, at(2, 30))
+    unknown = unconfirmed(delta, exit_)
+    retry, wallet = delta.tap(wallet, CARD, EXIT, at(2, 30))  # the same second: the same record
+    later, wallet = bravo.tap(wallet, CARD, ENTRY, at(4, 0))
+    await ingest(store, processor, entry, unknown, retry, later)
+    async with sessions() as session:
+        assert (await session.get(TapRow, unknown.tap_id)).reconciled == "unconfirmed_not_landed"  # type: ignore[union-attr]
+    found = await checks(sessions)
+    assert (found["totals"]["suspense"], found["totals"]["revenue"]) == (0, retry.fare)
