@@ -23,9 +23,7 @@ from gate.runtime import GateRuntime
 
 async def serve(config_path: Path, clock_offset_s: float) -> int:
     config = parse_config(json.loads(config_path.read_text(encoding="utf-8")), source=str(config_path))
-    runtime = GateRuntime(config)
-    if clock_offset_s:
-        runtime.controller.clock = lambda: time.time() + clock_offset_s
+    runtime = GateRuntime(config, clock=lambda: time.time() + clock_offset_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

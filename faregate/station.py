@@ -6,7 +6,8 @@ three exercise exactly what a gate runs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,10 @@ class SimStation:
                  mqtt_url: str | None = None, prefix: str = "faregate", denylist: DenyList | None = None,
                  gate_overrides: dict[str, Any] | None = None, passwords: Mapping[str, str] | None = None,
                  mqtt_options: Mapping[str, Any] | None = None, uplink_master_key: bytes | None = None,
-                 backend_keys: list[bytes] | None = None) -> None:
+                 backend_keys: list[bytes] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.data_dir = data_dir
+        self.clock = clock  # every gate's wall clock (a station whose clocks jumped, in tests)
         self.specs = gates
         self.population = population
         self.table = artefact.pack(table) if isinstance(table, TableData) else table
@@ -81,7 +84,7 @@ class SimStation:
 
     async def start_gate(self, index: int) -> GateRuntime:
         assert self.sim is not None
-        runtime = GateRuntime(self.prepare(index), self.sim.url(index))
+        runtime = GateRuntime(self.prepare(index), self.sim.url(index), clock=self.clock)
         await runtime.start()
         if not await runtime.link.wait_up(5.0):
             raise RuntimeError(f"gate {runtime.config.gate_id} could not open {self.sim.url(index)}")

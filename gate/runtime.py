@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 
 import fare_core
 
@@ -24,7 +26,11 @@ log = logging.getLogger(__name__)
 
 
 class GateRuntime:
-    def __init__(self, config: GateConfig, serial_url: str | None = None) -> None:
+    """`clock` is the gate's wall clock (UTC seconds) for everything it stamps, taps and status alike:
+    the soak runs gates whose clock jumped through it."""
+
+    def __init__(self, config: GateConfig, serial_url: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         url = serial_url or config.serial
         if not url:
             raise ValueError("no serial port: give --serial or `serial` in the gate configuration")
@@ -36,7 +42,7 @@ class GateRuntime:
         self.controller = GateController(
             station_id=config.station_id, gate_no=config.gate_no, direction=config.fare_direction,
             link=self.link, journal=self.journal, state=self.state, sam=fare_core.Sam(config.sam_key),
-            metrics=self.metrics, rssi_min_dbm=config.rssi_min_dbm, hold_ms=config.hold_ms)
+            metrics=self.metrics, rssi_min_dbm=config.rssi_min_dbm, hold_ms=config.hold_ms, clock=clock)
         self.controller.tap_key = config.uplink_key  # every tap is journaled with its MAC
         self.uplink: Uplink | None = None
         if config.mqtt.url:
@@ -49,7 +55,7 @@ class GateRuntime:
                 on_mode=self.controller.apply_mode,
                 extra_status=self.metrics.status_fields, username=config.mqtt.username,
                 password=config.mqtt.password, tls_context=config.mqtt.ssl_context(),
-                mac_key=config.uplink_key, backend_keys=config.backend_public_keys)
+                mac_key=config.uplink_key, backend_keys=config.backend_public_keys, clock=clock)
             self.controller.on_final = self.uplink.tap_journaled
             self.controller.on_alarm = self._alarm
         self._metrics_server: asyncio.Server | None = None

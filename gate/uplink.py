@@ -84,8 +84,9 @@ class Uplink:
                  extra_status: Callable[[], dict[str, Any]] | None = None,
                  username: str | None = None, password: str | None = None,
                  tls_context: ssl.SSLContext | None = None, mac_key: bytes | None = None,
-                 backend_keys: list[bytes] | None = None) -> None:
+                 backend_keys: list[bytes] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.gate_id = gate_id
+        self.clock = clock  # the gate's wall clock: status and snapshot-request times
         self.host, self.port = host, port
         self.topics = Topics(prefix)
         self.journal = journal
@@ -130,6 +131,9 @@ class Uplink:
     # ---------------------------------------------------------------------------- running
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"uplink {self.gate_id}")
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -245,7 +249,7 @@ class Uplink:
             return
         table = self.state.fare_table
         status = GateStatus(
-            gate_id=self.gate_id, state=GateState.ONLINE, time=datetime.now(UTC), mode=self.state.mode,
+            gate_id=self.gate_id, state=GateState.ONLINE, time=self._now(), mode=self.state.mode,
             fare_table_version=table.version if table is not None else 0,
             denylist_version=self.state.denylist.version, actions_version=self.state.actions_version,
             last_seq=self.journal.last_seq, journal_pending=self.journal.pending_count(), software=SOFTWARE,
@@ -282,7 +286,7 @@ class Uplink:
     async def _ask_snapshot(self, kind: UpdateKind, have: int) -> None:
         if self._client is None:
             return
-        request = SnapshotRequest(gate_id=self.gate_id, kind=kind, have_version=have, time=datetime.now(UTC))
+        request = SnapshotRequest(gate_id=self.gate_id, kind=kind, have_version=have, time=self._now())
         await self._client.publish(self.topics.request(self.gate_id), encode_with_mac(request, self.mac_key),
                                    qos=1)
 

@@ -8,6 +8,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from sqlalchemy import select
 from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.runtime import serve
-from backend.tables import FareTableRow, TapRow
+from backend.tables import AlarmRow, FareTableRow, TapRow
 from fare_core import FareTable, artefact, compiler, rules
 from fare_core.table_data import TableData
 from faregate.station import GateSpec, SimStation
@@ -270,3 +271,32 @@ async def test_denylist_delta_with_bad_checksum_is_refused(broker: Broker, tmp_p
         assert gate.uplink.rejected_updates >= 1
         entry = await st.tap(0x7000, 0)  # the phone is still let through: the list did not change
         assert entry.passed_at is not None
+
+
+async def test_a_gate_an_hour_behind_stamps_its_taps_and_status_so_and_raises_clock_skew(
+        broker: Broker, tmp_path: Path, table: TableData) -> None:
+    """One clock for everything a gate stamps: a gate whose clock is an hour behind reports its taps and
+    its status an hour behind, so the backend's clock_skew alarm names it (the soak's clock jumps
+    reached only the taps before, and no alarm)."""
+    behind = 3600.0
+    async with backend(broker, tmp_path) as settings, SimStation(
+            tmp_path, SPECS[:1], riders(1), table, device=DEVICE, mqtt_url=broker.url,
+            prefix=settings.mqtt_prefix, clock=lambda: time.time() - behind) as st:
+        await register_table(settings, table)
+        await st.tap(0x7000, 0)
+        engine = make_engine(settings)
+        try:
+            async def alarm_and_tap() -> bool:
+                async with engine.connect() as connection:
+                    alarms = (await connection.execute(
+                        select(AlarmRow.gate_id).where(AlarmRow.kind == "clock_skew"))).scalars().all()
+                    taps = (await connection.execute(select(TapRow.time))).scalars().all()
+                return list(alarms) == ["1-1"] and len(taps) == 1
+
+            await wait_until(alarm_and_tap, 20)
+            async with engine.connect() as connection:
+                tapped = (await connection.execute(select(TapRow.time))).scalar_one()
+        finally:
+            await engine.dispose()
+        lag = datetime.now(UTC) - (tapped if tapped.tzinfo else tapped.replace(tzinfo=UTC))
+        assert behind - 60 < lag.total_seconds() < behind + 60
