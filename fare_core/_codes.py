@@ -21,10 +21,12 @@ PXI_PATH = Path(__file__).with_name("_codes.pxi")
 #: record.py's scalar constants the compiled core uses, under the same names.
 _RECORD_CONSTANTS = (
     "LAYOUT", "SLOT_SIZE", "WALLET_SIZE", "MAC_OFFSET", "NO_NETWORK", "STATUS_ACTIVE",
-    "STATUS_BLOCKED", "FLAG_ENTRY_OPEN", "DAYS_1970_TO_2000", "U32_MAX",
+    "STATUS_BLOCKED", "FLAG_ENTRY_OPEN", "DAYS_1970_TO_2000", "U32_MAX", "U16_MAX", "U8_MAX",
 )
 #: table_data.py's constants the compiled core uses, under the same names.
-_TABLE_CONSTANTS = ("DENYLISTED_EXIT_LET_OUT", "DENYLISTED_EXIT_REFUSE")
+_TABLE_CONSTANTS = ("DENYLISTED_EXIT_LET_OUT", "DENYLISTED_EXIT_REFUSE", "MONTHLY_BY_RIDES",
+                    "MONTHLY_SURCHARGES_COUNT", "MONTH_COUNTS", "MONTH_DISCOUNTED", "OVERDRAFT_EXIT",
+                    "OVERDRAFT_BOARDING")
 #: Above this a value cannot be a C enum constant (an int); it becomes a typed module variable.
 _ENUM_MAX = 0x7FFFFFFF
 
@@ -39,6 +41,7 @@ def codes() -> dict[str, int]:
     out.update((name, getattr(record, name)) for name in _RECORD_CONSTANTS)
     out.update((name, getattr(table_data, name)) for name in _TABLE_CONSTANTS)
     out.update((f"OFF_{field.upper()}", offset) for field, offset in record.FIELD_OFFSETS.items())
+    out["OFF_LAYOUT1_DAY_SPENT"] = record.LAYOUT1_DAY_SPENT.start  # a u32 in layout-1 records
     return out
 
 

@@ -173,12 +173,21 @@ def new_wallet(record, Sam sam):
 apply_write = _record.apply_write
 
 
+cdef inline int64_t _min64(int64_t a, int64_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline int64_t _max64(int64_t a, int64_t b) noexcept nogil:
+    return a if a > b else b
+
+
 cdef struct Rec:
-    uint8_t category, status, flags, transfer_from, transfers_used, last_network
+    uint8_t category, status, flags, transfer_from, transfers_used, last_network, month_rides
     uint64_t card_id
     int64_t balance
-    uint32_t counter, entry_time, last_time, day_spent, month_spent, last_action
+    uint32_t counter, entry_time, last_time, month_spent, last_action
     uint16_t expiry_day, entry_station, last_station, day_number, month_number
+    uint16_t day_spent, week_start, week_spent
 
 
 cdef inline void _parse(const uint8_t* p, Rec* r) noexcept nogil:
@@ -197,10 +206,19 @@ cdef inline void _parse(const uint8_t* p, Rec* r) noexcept nogil:
     r.last_time = _le32(p + OFF_LAST_TIME)
     r.last_network = p[OFF_LAST_NETWORK]
     r.day_number = _le16(p + OFF_DAY_NUMBER)
-    r.day_spent = _le32(p + OFF_DAY_SPENT)
     r.month_number = _le16(p + OFF_MONTH_NUMBER)
     r.month_spent = _le32(p + OFF_MONTH_SPENT)
     r.last_action = _le32(p + OFF_LAST_ACTION)
+    if p[OFF_LAYOUT] == 1:  # layout 1: day_spent a u32, no week, no rides (record.py's from_body)
+        r.day_spent = <uint16_t>_min64(U16_MAX, _le32(p + OFF_LAYOUT1_DAY_SPENT))
+        r.week_start = 0
+        r.week_spent = 0
+        r.month_rides = 0
+    else:
+        r.day_spent = _le16(p + OFF_DAY_SPENT)
+        r.week_start = _le16(p + OFF_WEEK_START)
+        r.week_spent = _le16(p + OFF_WEEK_SPENT)
+        r.month_rides = p[OFF_MONTH_RIDES]
 
 
 cdef inline void _pack(const Rec* r, uint8_t* p) noexcept nogil:
@@ -220,15 +238,18 @@ cdef inline void _pack(const Rec* r, uint8_t* p) noexcept nogil:
     _put16(p + OFF_LAST_STATION, r.last_station)
     _put32(p + OFF_LAST_TIME, r.last_time)
     p[OFF_LAST_NETWORK] = r.last_network
+    p[OFF_MONTH_RIDES] = r.month_rides
     _put16(p + OFF_DAY_NUMBER, r.day_number)
-    _put32(p + OFF_DAY_SPENT, r.day_spent)
+    _put16(p + OFF_DAY_SPENT, r.day_spent)
+    _put16(p + OFF_WEEK_START, r.week_start)
     _put16(p + OFF_MONTH_NUMBER, r.month_number)
+    _put16(p + OFF_WEEK_SPENT, r.week_spent)
     _put32(p + OFF_MONTH_SPENT, r.month_spent)
     _put32(p + OFF_LAST_ACTION, r.last_action)
 
 
 cdef inline bint _slot_valid(Sam sam, const uint8_t* s, uint64_t card_id) noexcept nogil:
-    return (s[OFF_LAYOUT] == LAYOUT and _le64(s + OFF_CARD_ID) == card_id
+    return ((s[OFF_LAYOUT] == LAYOUT or s[OFF_LAYOUT] == 1) and _le64(s + OFF_CARD_ID) == card_id
             and sam.mac_c(card_id, s) == _le64(s + MAC_OFFSET))
 
 
@@ -250,13 +271,18 @@ cdef class FareTable:
     cdef object _station_index_arr
     cdef const int[::1] station_idx
     cdef const unsigned char[::1] station_network, network_flat, band_of_minute
-    cdef const unsigned char[::1] transfer_percent, monthly_percent
+    cdef const unsigned char[::1] transfer_percent, monthly_flags, monthly_tier_percent
+    cdef const unsigned char[::1] monthly_networks, date_override_as
     cdef const unsigned int[::1] fares, flat_fares, transfer_discount, transfer_window
-    cdef const unsigned int[::1] daily_cap, monthly_threshold, same_station_fare, missing_exit_fare
-    cdef const unsigned int[::1] min_entry_balance
-    cdef int n_stations, n_networks, n_categories, denylisted_exit
-    cdef int64_t utc_offset_s, day_start_s, max_transfers, max_inside_s, overstay_surcharge
-    cdef int64_t same_station_window_s, anti_passback_s, max_balance
+    cdef const unsigned int[::1] daily_cap, weekly_cap, same_station_fare, missing_exit_fare
+    cdef const unsigned int[::1] min_entry_balance, monthly_tier_first, monthly_tier_from
+    cdef const unsigned int[::1] offset_change_at, date_override_day
+    cdef const int[::1] offset_change_min
+    cdef int n_stations, n_networks, n_categories, denylisted_exit, n_offsets, n_overrides
+    cdef int week_rolling, overdraft_taps
+    cdef int64_t utc_offset_s, day_start_s, month_start_s, max_transfers, max_inside_s
+    cdef int64_t overstay_surcharge, same_station_window_s, anti_passback_s, max_balance
+    cdef int64_t overdraft_limit
 
     def __init__(self, data, checksum=None):
         try:
@@ -275,13 +301,23 @@ cdef class FareTable:
         self.network_flat = bytes(data.network_flat)
         self.band_of_minute = bytes(data.band_of_minute)
         self.transfer_percent = bytes(data.transfer_percent)
-        self.monthly_percent = bytes(data.monthly_percent)
+        self.monthly_flags = bytes(data.monthly_flags)
+        self.monthly_tier_percent = _nonempty(bytes(data.monthly_tier_percent))
+        self.monthly_networks = bytes(data.monthly_networks)
+        self.date_override_as = _nonempty(bytes(data.date_override_as))
         self.fares = _u32(data.fares)
         self.flat_fares = _u32(data.flat_fares)
         self.transfer_discount = _u32(data.transfer_discount)
         self.transfer_window = _u32(data.transfer_window_s)
         self.daily_cap = _u32(data.daily_cap)
-        self.monthly_threshold = _u32(data.monthly_threshold)
+        self.weekly_cap = _u32(data.weekly_cap)
+        self.monthly_tier_first = _u32(data.monthly_tier_first)
+        self.monthly_tier_from = _u32(data.monthly_tier_from, True)
+        self.offset_change_at = _u32(data.offset_change_at, True)
+        self.offset_change_min = _i32(data.offset_change_min)
+        self.date_override_day = _u32(data.date_override_day, True)
+        self.n_offsets = len(data.offset_change_at)
+        self.n_overrides = len(data.date_override_day)
         self.same_station_fare = _u32(data.same_station_fare)
         self.missing_exit_fare = _u32(data.missing_exit_fare)
         self.min_entry_balance = _u32(data.min_entry_balance)
@@ -290,6 +326,10 @@ cdef class FareTable:
         self.n_categories = data.n_categories
         self.utc_offset_s = data.utc_offset_min * 60
         self.day_start_s = data.day_start_min * 60
+        self.month_start_s = data.month_start_min * 60
+        self.week_rolling = data.week_rolling
+        self.overdraft_limit = data.overdraft_limit
+        self.overdraft_taps = data.overdraft_taps
         self.max_transfers = data.max_transfers
         self.max_inside_s = data.max_inside_s
         self.overstay_surcharge = data.overstay_surcharge
@@ -324,12 +364,22 @@ cdef class FareTable:
                 f"categories={d.n_categories}, bands={d.n_bands})")
 
 
-def _u32(values):
-    """An array of uint32 whatever the source container (the typed views need 'I' items)."""
+def _u32(values, pad=False):
+    """An array of uint32 whatever the source container (the typed views need 'I' items); `pad`: one
+    unused item when empty, so the view has a buffer (its length is kept apart)."""
     from array import array
-    if isinstance(values, array) and values.typecode == "I":
-        return values
-    return array("I", values)
+    out = values if isinstance(values, array) and values.typecode == "I" else array("I", values)
+    return array("I", [0]) if pad and not out else out
+
+
+def _i32(values):
+    from array import array
+    out = values if isinstance(values, array) and values.typecode == "i" else array("i", values)
+    return out if out else array("i", [0])
+
+
+def _nonempty(data):
+    return data if data else b"\0"
 
 
 # ------------------------------------------------------------------------------------- tap/decision
@@ -420,46 +470,88 @@ cdef inline int64_t _civil_month(int64_t days) noexcept nogil:
     return (year - 2000) * 12 + month - 1
 
 
-cdef inline int _minute_of_week(int64_t local) noexcept nogil:
-    return <int>(((local // 86400 + 3) % 7) * 1440 + (local % 86400) // 60)
+cdef inline int64_t _local(FareTable t, int64_t utc) noexcept:
+    """Local seconds of a UTC time: the offset in force then (the twin's _local; a binary search over
+    the compiled summer-time changes, none for a fixed offset)."""
+    cdef int lo = 0, hi = t.n_offsets, mid
+    while lo < hi:  # the first change after utc
+        mid = (lo + hi) >> 1
+        if t.offset_change_at[mid] <= utc:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo == 0:
+        return utc + t.utc_offset_s
+    return utc + <int64_t>t.offset_change_min[lo - 1] * 60
+
+
+cdef inline int _minute_of_week(FareTable t, int64_t local) noexcept:
+    """Local minute of the week, a date override's weekday for its date (the twin's)."""
+    cdef int64_t date = local // 86400
+    cdef int weekday = <int>((date + 3) % 7)
+    cdef int lo = 0, hi = t.n_overrides, mid
+    if hi:
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if t.date_override_day[mid] < date:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < t.n_overrides and t.date_override_day[lo] == date:
+            weekday = t.date_override_as[lo]
+    return <int>(weekday * 1440 + (local % 86400) // 60)
 
 
 # ------------------------------------------------------------------------------------------- decide
-cdef inline int64_t _min64(int64_t a, int64_t b) noexcept nogil:
-    return a if a < b else b
-
-
-cdef inline int64_t _max64(int64_t a, int64_t b) noexcept nogil:
-    return a if a > b else b
-
-
 cdef struct Priced:
     int64_t fare
     int flags
     bint capped
 
 
+cdef struct Counts:
+    int64_t day, week, week_start, month, rides
+
+
+cdef inline int _tier_percent(FareTable t, int category, const Counts* c) noexcept:
+    """Percent off of the monthly tier in force before this leg (the twin's _tier_percent)."""
+    cdef int64_t count = c.rides if t.monthly_flags[category] & MONTHLY_BY_RIDES else c.month
+    cdef int percent = 0
+    cdef unsigned int k
+    for k in range(t.monthly_tier_first[category], t.monthly_tier_first[category + 1]):
+        if count < t.monthly_tier_from[k]:
+            break
+        percent = t.monthly_tier_percent[k]
+    return percent
+
+
 cdef inline Priced _discounted(FareTable t, int64_t base, int transfer_from, int network, int category,
-                               int64_t day_spent, int64_t month_spent) noexcept:
-    """Transfer, then monthly discount, then the daily cap (the twin's `discounted`)."""
+                               const Counts* c) noexcept:
+    """Transfer, then the monthly tier, then the daily cap, then the weekly cap (the twin's)."""
     cdef Priced out
-    cdef int pair
-    cdef int64_t threshold, cap
+    cdef int pair, percent
+    cdef int64_t cap
     out.flags = 0
     if transfer_from != NO_NETWORK:
         pair = transfer_from * t.n_networks + network
         base = _max64(0, base - t.transfer_discount[pair])
         base -= base * t.transfer_percent[pair] // 100
         out.flags |= F_TRANSFER
-    threshold = t.monthly_threshold[category]
-    if threshold and month_spent >= threshold:
-        base -= base * t.monthly_percent[category] // 100
-        out.flags |= F_MONTHLY_DISCOUNT
+    if t.monthly_networks[category * t.n_networks + network] & MONTH_DISCOUNTED:
+        percent = _tier_percent(t, category, c)
+        if percent:
+            base -= base * percent // 100
+            out.flags |= F_MONTHLY_DISCOUNT
     cap = t.daily_cap[category]
-    out.capped = cap != 0 and day_spent + base > cap
+    out.capped = cap != 0 and c.day + base > cap
     if out.capped:
-        base = _max64(0, cap - day_spent)
+        base = _max64(0, cap - c.day)
         out.flags |= F_CAPPED
+    cap = t.weekly_cap[category]
+    if cap != 0 and c.week + base > cap:
+        base = _max64(0, cap - c.week)
+        out.flags |= F_WEEKLY_CAPPED
+        out.capped = True
     out.fare = base
     return out
 
@@ -578,7 +670,7 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
     if reason == R_OK and category >= t.n_categories:
         reason = R_WRONG_CATEGORY
     cdef int64_t time = tap.time
-    cdef int64_t local = time + t.utc_offset_s
+    cdef int64_t local = _local(t, time)
     cdef int64_t days = (local - t.day_start_s) // 86400
     cdef int64_t day_number = days - DAYS_1970_TO_2000
     if reason == R_OK and work.expiry_day and day_number > work.expiry_day:
@@ -590,9 +682,23 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
             return _write(sam, &work, &rec, slot, reason, flags, 0, before, topup)
         return _deny(reason, &rec, card_id)
 
-    cdef int64_t month_number = _civil_month(days)
-    cdef int64_t day_spent = work.day_spent if work.day_number == day_number else 0
-    cdef int64_t month_spent = work.month_spent if work.month_number == month_number else 0
+    # The month turns at month_start_s local, whatever the service day (the twin's comment).
+    cdef int64_t month_number = _civil_month((local - t.month_start_s) // 86400)
+    cdef bint same_month = work.month_number == month_number
+    cdef Counts counts
+    counts.day = work.day_spent if work.day_number == day_number else 0
+    counts.month = work.month_spent if same_month else 0
+    counts.rides = work.month_rides if same_month else 0
+    if t.week_rolling:  # the twin's _week
+        if 0 <= day_number - work.week_start < 7:
+            counts.week_start = work.week_start
+            counts.week = work.week_spent
+        else:
+            counts.week_start = day_number
+            counts.week = 0
+    else:
+        counts.week_start = _max64(0, day_number - (day_number + DAYS_1970_TO_2000 + 3) % 7)
+        counts.week = work.week_spent if work.week_start == counts.week_start else 0
     cdef int network = t.station_network[station]
     cdef bint flat = t.network_flat[network]
     cdef int64_t balance = work.balance
@@ -640,10 +746,10 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
                           penalty, before, topup)
 
     if reason == R_OK and flat:  # boarding a flat-fare vehicle: one tap, charged now
-        band = t.band_of_minute[_minute_of_week(local)]
+        band = t.band_of_minute[_minute_of_week(t, local)]
         base = t.flat_fares[(band * t.n_categories + category) * t.n_networks + network]
         transfer_from = _transfer_origin(t, &work, network, time)
-        priced = _discounted(t, base, transfer_from, network, category, day_spent, month_spent)
+        priced = _discounted(t, base, transfer_from, network, category, &counts)
         surcharge = 0
     elif reason == R_OK:  # exit from an entry/exit network
         origin = -1
@@ -660,19 +766,24 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
                 base = t.same_station_fare[category]
                 flags |= F_SAME_STATION
             else:
-                band = t.band_of_minute[_minute_of_week(<int64_t>work.entry_time + t.utc_offset_s)]
+                band = t.band_of_minute[_minute_of_week(t, _local(t, work.entry_time))]
                 base = t.fares[((band * t.n_categories + category) * t.n_stations + origin)
                                * t.n_stations + station]
             transfer_from = work.transfer_from if work.transfer_from < t.n_networks else NO_NETWORK
-            priced = _discounted(t, base, transfer_from, network, category, day_spent, month_spent)
+            priced = _discounted(t, base, transfer_from, network, category, &counts)
             surcharge = t.overstay_surcharge if t.max_inside_s and inside > t.max_inside_s else 0
             if surcharge:
                 priced.flags |= F_OVERSTAY
 
+    cdef int kind
     if reason == R_OK:
         total = priced.fare + surcharge + penalty
-        if total > balance:
-            reason = R_INSUFFICIENT_BALANCE
+        if total > balance:  # an overdraft, as the twin allows it
+            kind = OVERDRAFT_BOARDING if flat else OVERDRAFT_EXIT
+            if t.overdraft_taps & kind and balance > 0 and total - balance <= t.overdraft_limit:
+                priced.flags |= F_OVERDRAFT
+            else:
+                reason = R_INSUFFICIENT_BALANCE
     if reason != R_OK:
         if listed:
             return _refuse_listed(sam, &rec, slot, card_id)
@@ -689,9 +800,17 @@ def decide(wallet, Tap tap not None, FareTable table not None, denylist, Sam sam
     work.last_time = <uint32_t>time
     work.last_network = network
     work.day_number = <uint16_t>day_number
-    work.day_spent = <uint32_t>_min64(U32_MAX, day_spent + priced.fare)
+    work.day_spent = <uint16_t>_min64(U16_MAX, counts.day + priced.fare)
+    work.week_start = <uint16_t>counts.week_start
+    work.week_spent = <uint16_t>_min64(U16_MAX, counts.week + priced.fare)
     work.month_number = <uint16_t>month_number
-    work.month_spent = <uint32_t>_min64(U32_MAX, month_spent + priced.fare)
+    cdef int64_t counted
+    if t.monthly_networks[category * t.n_networks + network] & MONTH_COUNTS:
+        counted = priced.fare + surcharge if t.monthly_flags[category] & MONTHLY_SURCHARGES_COUNT else priced.fare
+        counts.month = _min64(U32_MAX, counts.month + counted)
+        counts.rides = _min64(U8_MAX, counts.rides + 1)
+    work.month_spent = <uint32_t>counts.month
+    work.month_rides = <uint8_t>counts.rides
     if listed:
         flags |= _block(&work, &rec)
         reason = R_DENYLISTED_EXIT_CHARGED

@@ -21,10 +21,23 @@ from .record import (
     SLOT_SIZE,
     STATUS_ACTIVE,
     STATUS_BLOCKED,
+    U8_MAX,
+    U16_MAX,
     U32_MAX,
     CardRecord,
 )
-from .table_data import DENYLISTED_EXIT_LET_OUT, TableData
+from .table_data import (
+    DENYLISTED_EXIT_LET_OUT,
+    MONTH_COUNTS,
+    MONTH_DISCOUNTED,
+    MONTHLY_BY_RIDES,
+    MONTHLY_SURCHARGES_COUNT,
+    OVERDRAFT_BOARDING,
+    OVERDRAFT_EXIT,
+    TableData,
+    utc_offset_at,
+    weekday_of,
+)
 from .tapcheck import check_tap
 
 __all__ = [
@@ -264,31 +277,77 @@ def _service_day(local: int, day_start_min: int) -> int:
     return (local - day_start_min * 60) // 86400
 
 
-def _minute_of_week(local: int) -> int:
-    """Local minute of the week, Monday 00:00 = 0 (1970-01-01 was a Thursday)."""
-    days = local // 86400
-    return ((days + 3) % 7) * 1440 + (local % 86400) // 60
+def _local(d: TableData, utc: int) -> int:
+    """Local seconds since 1970 of a UTC time: the offset in force then (summer time compiled in)."""
+    return utc + utc_offset_at(d, utc) * 60
+
+
+def _minute_of_week(d: TableData, local: int) -> int:
+    """Local minute of the week, Monday 00:00 = 0, a date override's weekday for its date."""
+    return weekday_of(d, local // 86400) * 1440 + (local % 86400) // 60
+
+
+class _Counts:
+    """What the day, week and month have counted before this leg (the record's, or 0 in a new period)."""
+
+    __slots__ = ("day", "month", "rides", "week", "week_start")
+
+    def __init__(self, day: int, week: int, week_start: int, month: int, rides: int) -> None:
+        self.day = day
+        self.week = week
+        self.week_start = week_start
+        self.month = month
+        self.rides = rides
+
+
+def _week(d: TableData, rec: CardRecord, day_number: int) -> tuple[int, int]:
+    """(week_start, week_spent before this tap): Monday to Sunday, or 7 days from the period's first
+    charged tap (a new period starts today when the last one has run out)."""
+    if d.week_rolling:
+        if 0 <= day_number - rec.week_start < 7:
+            return rec.week_start, rec.week_spent
+        return day_number, 0
+    start = max(0, day_number - (day_number + DAYS_1970_TO_2000 + 3) % 7)
+    return start, rec.week_spent if rec.week_start == start else 0
+
+
+def _tier_percent(d: TableData, category: int, counts: _Counts) -> int:
+    """Percent off of the category's monthly tier in force: the last tier whose threshold the month's
+    count before this leg has reached (a leg that crosses a threshold is priced at the tier it starts in)."""
+    count = counts.rides if d.monthly_flags[category] & MONTHLY_BY_RIDES else counts.month
+    percent = 0
+    for k in range(d.monthly_tier_first[category], d.monthly_tier_first[category + 1]):
+        if count < d.monthly_tier_from[k]:
+            break
+        percent = d.monthly_tier_percent[k]
+    return percent
 
 
 # ------------------------------------------------------------------------------------------- decide
-def _discounted(d: TableData, base: int, transfer_from: int, network: int, category: int, day_spent: int,
-                month_spent: int) -> tuple[int, int, bool]:
-    """Transfer, then monthly discount, then the daily cap: (fare, flags, capped)."""
+def _discounted(d: TableData, base: int, transfer_from: int, network: int, category: int,
+                counts: _Counts) -> tuple[int, int, bool]:
+    """Transfer, then the monthly tier, then the daily cap, then the weekly cap: (fare, flags, capped)."""
     extra = 0
     if transfer_from != NO_NETWORK:
         pair = transfer_from * d.n_networks + network
         base = max(0, base - d.transfer_discount[pair])
         base -= base * d.transfer_percent[pair] // 100
         extra |= Flag.TRANSFER
-    threshold = d.monthly_threshold[category]
-    if threshold and month_spent >= threshold:
-        base -= base * d.monthly_percent[category] // 100
-        extra |= Flag.MONTHLY_DISCOUNT
+    if d.monthly_networks[category * d.n_networks + network] & MONTH_DISCOUNTED:
+        percent = _tier_percent(d, category, counts)
+        if percent:
+            base -= base * percent // 100
+            extra |= Flag.MONTHLY_DISCOUNT
     cap = d.daily_cap[category]
-    capped = bool(cap) and day_spent + base > cap
+    capped = bool(cap) and counts.day + base > cap
     if capped:
-        base = max(0, cap - day_spent)
+        base = max(0, cap - counts.day)
         extra |= Flag.CAPPED
+    cap = d.weekly_cap[category]
+    if cap and counts.week + base > cap:
+        base = max(0, cap - counts.week)
+        extra |= Flag.WEEKLY_CAPPED
+        capped = True
     return base, extra, capped
 
 
@@ -404,14 +463,19 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
         return deny(Reason.WRONG_CATEGORY)
 
     time = tap.time
-    local = time + d.utc_offset_min * 60
+    local = _local(d, time)
     days = _service_day(local, d.day_start_min)
     day_number = days - DAYS_1970_TO_2000
     if rec_work.expiry_day and day_number > rec_work.expiry_day:
         return deny(Reason.EXPIRED)
-    month_number = _civil_month(days)
-    day_spent = rec_work.day_spent if rec_work.day_number == day_number else 0
-    month_spent = rec_work.month_spent if rec_work.month_number == month_number else 0
+    # The calendar month turns at month_start_min local (midnight unless the rules say otherwise),
+    # whatever the service day; the day and week caps follow the service day.
+    month_number = _civil_month(_service_day(local, d.month_start_min))
+    same_month = rec_work.month_number == month_number
+    week_start, week_spent = _week(d, rec_work, day_number)
+    counts = _Counts(rec_work.day_spent if rec_work.day_number == day_number else 0, week_spent,
+                     week_start, rec_work.month_spent if same_month else 0,
+                     rec_work.month_rides if same_month else 0)
     network = d.station_network[station]
     n_net = d.n_networks
     balance = rec_work.balance
@@ -445,11 +509,10 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
         return write(new, Reason.MISSING_EXIT_CHARGED if penalty else Reason.OK, flags, penalty, topup)
 
     if d.network_flat[network]:  # boarding a flat-fare vehicle: one tap, charged now
-        band = d.band_of_minute[_minute_of_week(local)]
+        band = d.band_of_minute[_minute_of_week(d, local)]
         base = d.flat_fares[(band * d.n_categories + category) * n_net + network]
         transfer_from = _transfer_origin(d, rec_work, network, time)
-        fare, extra, capped = _discounted(d, base, transfer_from, network, category, day_spent,
-                                          month_spent)
+        fare, extra, capped = _discounted(d, base, transfer_from, network, category, counts)
         surcharge = 0
         entry_flags = rec_work.flags & ~FLAG_ENTRY_OPEN
     else:  # exit from an entry/exit network
@@ -464,12 +527,11 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
             base = d.same_station_fare[category]
             flags |= Flag.SAME_STATION
         else:
-            band = d.band_of_minute[_minute_of_week(rec_work.entry_time + d.utc_offset_min * 60)]
+            band = d.band_of_minute[_minute_of_week(d, _local(d, rec_work.entry_time))]
             base = d.fares[((band * d.n_categories + category) * d.n_stations + origin) * d.n_stations
                            + station]
         transfer_from = rec_work.transfer_from if rec_work.transfer_from < n_net else NO_NETWORK
-        fare, extra, capped = _discounted(d, base, transfer_from, network, category, day_spent,
-                                          month_spent)
+        fare, extra, capped = _discounted(d, base, transfer_from, network, category, counts)
         surcharge = d.overstay_surcharge if d.max_inside_s and inside > d.max_inside_s else 0
         if surcharge:
             extra |= Flag.OVERSTAY
@@ -477,14 +539,25 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
 
     total = fare + surcharge + penalty
     if total > balance:
-        return deny(Reason.INSUFFICIENT_BALANCE)
+        # An overdraft: a tap of a kind the rules name, from a balance above zero, down to the limit;
+        # the next top-up recovers it (a negative balance is topped up like any other).
+        kind = OVERDRAFT_BOARDING if d.network_flat[network] else OVERDRAFT_EXIT
+        if not (d.overdraft_taps & kind and balance > 0 and total - balance <= d.overdraft_limit):
+            return deny(Reason.INSUFFICIENT_BALANCE)
+        extra |= Flag.OVERDRAFT
     flags |= extra
+    month_spent, month_rides = counts.month, counts.rides
+    if d.monthly_networks[category * n_net + network] & MONTH_COUNTS:
+        counted = fare + surcharge if d.monthly_flags[category] & MONTHLY_SURCHARGES_COUNT else fare
+        month_spent = min(U32_MAX, month_spent + counted)
+        month_rides = min(U8_MAX, month_rides + 1)
     new = rec_work.replace(
         balance=balance - total, flags=entry_flags, transfer_from=NO_NETWORK,
         transfers_used=rec_work.transfers_used + 1 if transfer_from != NO_NETWORK else 0,
         last_station=tap.station, last_time=time, last_network=network,
-        day_number=day_number, day_spent=min(U32_MAX, day_spent + fare),
-        month_number=month_number, month_spent=min(U32_MAX, month_spent + fare))
+        day_number=day_number, day_spent=min(U16_MAX, counts.day + fare),
+        week_start=counts.week_start, week_spent=min(U16_MAX, counts.week + fare),
+        month_number=month_number, month_spent=month_spent, month_rides=month_rides)
     if listed:
         new = blocked_if_listed(new)
         reason = Reason.DENYLISTED_EXIT_CHARGED

@@ -26,23 +26,34 @@ import hashlib
 import heapq
 import json
 import time
+import zoneinfo
 from array import array
 from collections.abc import Iterable
+from datetime import UTC, date, datetime
 
 from fare_core.rules import (
+    DAYS,
     DistanceLegRule,
     FareRules,
     FlatLegRule,
     OdLegRule,
     RiderCategory,
     ZoneLegRule,
+    parse_date,
     timeframe_minutes,
 )
 from fare_core.table_data import (
     DENYLISTED_EXIT_LET_OUT,
     DENYLISTED_EXIT_REFUSE,
     MINUTES_PER_WEEK,
+    MONTH_COUNTS,
+    MONTH_DISCOUNTED,
+    MONTHLY_BY_RIDES,
+    MONTHLY_SURCHARGES_COUNT,
+    OVERDRAFT_BOARDING,
+    OVERDRAFT_EXIT,
     TableData,
+    local_minute_of_week,
     minimum_for_paying_categories,
 )
 
@@ -85,8 +96,8 @@ def minute_of_week(utc_seconds: int, utc_offset_min: int) -> int:
 
 
 def band_at(table: TableData, utc_seconds: int) -> int:
-    """The time band index in force at a UTC time."""
-    return table.band_of_minute[minute_of_week(utc_seconds, table.utc_offset_min)]
+    """The time band index in force at a UTC time (summer time and date overrides as the core reads them)."""
+    return table.band_of_minute[local_minute_of_week(table, utc_seconds)]
 
 
 def fare_index(table: TableData, band: int, category: int, origin: int, dest: int) -> int:
@@ -139,7 +150,7 @@ def _layer_matrix(rules: FareRules, band: str, category: str | None, ids: list[i
     network; a category's own layer may price only some pairs.
     """
     n = len(ids)
-    zone_of = {s.id: s.zone for s in rules.stations}
+    zones_of = {s.id: s.zone_names for s in rules.stations}
     matrix = [UNPRICED] * (n * n)
     by_network: dict[str, list[int]] = {}
     for i, network in enumerate(network_of):
@@ -167,9 +178,13 @@ def _layer_matrix(rules: FareRules, band: str, category: str | None, ids: list[i
                         if fare is None:
                             fare = by_distance[metres] = base.fare(metres)
                         matrix[row + j] = fare
-                elif isinstance(base, ZoneLegRule):
-                    zf, zt = base.zones.index(zone_of[ids[i]] or ""), base.zones.index(zone_of[ids[j]] or "")
-                    matrix[row + j] = base.matrix[zf][zt]
+                elif isinstance(base, ZoneLegRule):  # a station in several zones: the cheapest reading
+                    matrix[row + j] = min(base.matrix[base.zones.index(zf)][base.zones.index(zt)]
+                                          for zf in zones_of[ids[i]] for zt in zones_of[ids[j]])
+        if category is None and rules.paid_area.same_station_window_min:
+            for i in members:  # an od table silent on exiting at the entry: the same-station fare
+                if matrix[i * n + i] == UNPRICED:
+                    matrix[i * n + i] = rules.paid_area.same_station_fare_fen
     return matrix
 
 
@@ -181,7 +196,7 @@ def _flat_price(rules: FareRules, network: str, band: str, category_id: str) -> 
     adult = _rule_for(rules, (FlatLegRule,), network, band, None)
     if not isinstance(adult, FlatLegRule):
         return 0  # not a flat network
-    return rules.rider_categories[category_id].discounted(adult.fare_fen)
+    return rules.rider_categories[category_id].discounted_on(network, adult.fare_fen)
 
 
 def _category_matrices(rules: FareRules, bands: list[str], adult: list[list[int]], ids: list[int],
@@ -194,7 +209,7 @@ def _category_matrices(rules: FareRules, bands: list[str], adult: list[list[int]
         has_own = any(rule.rider_category == category_id for rule in rules.leg_rules)
         matrices = []
         for b, band in enumerate(bands):
-            derived = _priced(category, adult[b])
+            derived = _priced(category, adult[b], network_of)
             if has_own:
                 own = _layer_matrix(rules, band, category_id, ids, network_of, distances)
                 derived = [o if o != UNPRICED else d for o, d in zip(own, derived, strict=True)]
@@ -203,10 +218,18 @@ def _category_matrices(rules: FareRules, bands: list[str], adult: list[list[int]
     return result
 
 
-def _priced(category: RiderCategory, values: list[int]) -> list[int]:
-    """Apply a category's discount to a list of adult fares (each distinct fare computed once)."""
+def _priced(category: RiderCategory, values: list[int], network_of: list[str]) -> list[int]:
+    """Apply a category's discount to an [origin][dest] matrix of adult fares (each distinct fare
+    computed once); a row from a network the discount does not cover keeps the adult fares."""
     cache = {v: category.discounted(v) if v != UNPRICED else v for v in set(values)}
-    return [cache[v] for v in values]
+    if category.discount_networks is None:
+        return [cache[v] for v in values]
+    n = len(network_of)
+    out: list[int] = []
+    for i, network in enumerate(network_of):
+        row = values[i * n:(i + 1) * n]
+        out.extend(cache[v] for v in row) if category.discounts(network) else out.extend(row)
+    return out
 
 
 def rules_digest(rules: FareRules) -> str:
@@ -228,7 +251,7 @@ def _missing_exit_fares(rules: FareRules, categories: list[RiderCategory], netwo
             if rules.networks[network_of[i]].fare_collection == "flat":
                 missing.append(0)  # a bus leg is paid on boarding; nothing is left open
             elif fixed_missing is not None:
-                missing.append(category.discounted(fixed_missing))
+                missing.append(category.discounted_on(network_of[i], fixed_missing))
             else:
                 missing.append(max(max(m[i * n:(i + 1) * n]) for m in per_category[c]))
     return missing
@@ -301,11 +324,20 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
     transfer_discount, transfer_percent, transfer_window = _transfer_arrays(rules, network_names)
 
     paid = rules.paid_area
+    base_offset, changes = utc_offsets(rules)
+    overrides = date_overrides(rules)
+    extra = {
+        "rules_sha256": rules_digest(rules),
+        "station_names": json.dumps({str(s.id): s.name for s in stations}, ensure_ascii=False,
+                                    separators=(",", ":")),
+    }
+    if rules.time_zone is not None:
+        extra["time_zone"] = rules.time_zone
     table = TableData(
         version=version,
         created_at=int(time.time()) if created_at is None else created_at,
         name=rules.name,
-        utc_offset_min=rules.utc_offset_min,
+        utc_offset_min=base_offset,
         day_start_min=rules.day_start_min,
         station_ids=array("H", ids),
         station_network=bytes(network_names.index(x) for x in network_of),
@@ -321,28 +353,112 @@ def compile_rules(rules: FareRules, version: int, created_at: int | None = None)
         transfer_window_s=transfer_window,
         max_transfers=rules.max_transfers,
         daily_cap=array("I", (c.daily_cap_fen for c in categories)),
-        monthly_threshold=array("I", (c.monthly_threshold_fen for c in categories)),
-        monthly_percent=bytes(c.monthly_percent_off for c in categories),
         max_inside_s=paid.max_inside_min * SECONDS_PER_MINUTE,
         overstay_surcharge=paid.overstay_surcharge_fen,
         same_station_window_s=paid.same_station_window_min * SECONDS_PER_MINUTE,
-        same_station_fare=array("I", (c.discounted(paid.same_station_fare_fen) for c in categories)),
+        same_station_fare=array("I", (_same_station_fare(rules, c) for c in categories)),
         missing_exit_fare=array("I", missing),
         anti_passback_s=paid.anti_passback_min * SECONDS_PER_MINUTE,
         min_entry_balance=array("I", [rules.min_entry_balance_fen] * len(categories)),
         max_balance=rules.max_balance_fen,
         denylisted_exit=_DENYLISTED_EXIT[rules.deny_list.exit_with_open_entry],
-        extra={
-            "rules_sha256": rules_digest(rules),
-            "station_names": json.dumps({str(s.id): s.name for s in stations}, ensure_ascii=False,
-                                        separators=(",", ":")),
-        },
+        month_start_min=rules.month_start_min,
+        **_monthly_arrays(rules, network_names),  # type: ignore[arg-type]
+        weekly_cap=array("I", (c.weekly_cap_fen for c in categories)),
+        week_rolling=int(rules.weekly_cap_period == "rolling_7_days"),
+        offset_change_at=array("I", (at for at, _ in changes)),
+        offset_change_min=array("i", (minutes for _, minutes in changes)),
+        date_override_day=array("I", (day for day, _ in overrides)),
+        date_override_as=bytes(weekday for _, weekday in overrides),
+        overdraft_limit=rules.overdraft.limit_fen,
+        overdraft_taps=sum(_OVERDRAFT_TAPS[name] for name in set(rules.overdraft.taps))
+        if rules.overdraft.limit_fen else 0,
+        extra=extra,
     )
     table.validate()
     return dataclasses.replace(table, min_entry_balance=_min_entry_balances(rules, table))
 
 
 _DENYLISTED_EXIT = {"let_out_charged": DENYLISTED_EXIT_LET_OUT, "refuse": DENYLISTED_EXIT_REFUSE}
+_OVERDRAFT_TAPS = {"exit": OVERDRAFT_EXIT, "boarding": OVERDRAFT_BOARDING}
+
+
+def _same_station_fare(rules: FareRules, category: RiderCategory) -> int:
+    """The category's same-station fare: discounted when its discount holds on every entry/exit network
+    (one fare serves them all; where it holds on only some, the full fare, never an undercharge)."""
+    paid_networks = [k for k, v in rules.networks.items() if v.fare_collection == "entry_exit"]
+    fare = rules.paid_area.same_station_fare_fen
+    return category.discounted(fare) if all(category.discounts(k) for k in paid_networks) else fare
+
+
+def _monthly_arrays(rules: FareRules, network_names: list[str]) -> dict[str, object]:
+    """The monthly schemes as TableData's monthly_* arrays (see table_data.py)."""
+    first, froms, percents = array("I", [0]), array("I"), bytearray()
+    flags, networks = bytearray(), bytearray()
+    for category in rules.rider_categories.values():
+        scheme = category.scheme()
+        if scheme is None:
+            flags.append(0)
+            networks.extend([MONTH_COUNTS | MONTH_DISCOUNTED] * len(network_names))
+        else:
+            by_rides = scheme.basis == "rides"
+            for tier in scheme.tiers:
+                froms.append((tier.from_rides if by_rides else tier.from_fen) or 0)
+                percents.append(tier.percent_off)
+            flags.append((MONTHLY_BY_RIDES if by_rides else 0)
+                         | (MONTHLY_SURCHARGES_COUNT if scheme.surcharges_count else 0))
+            counted = set(network_names if scheme.counted_networks is None else scheme.counted_networks)
+            discounted = counted if scheme.discounted_networks is None else set(scheme.discounted_networks)
+            networks.extend((MONTH_COUNTS if k in counted else 0)
+                            | (MONTH_DISCOUNTED if k in discounted else 0) for k in network_names)
+        first.append(len(froms))
+    return {"monthly_tier_first": first, "monthly_tier_from": froms, "monthly_tier_percent": bytes(percents),
+            "monthly_flags": bytes(flags), "monthly_networks": bytes(networks)}
+
+
+def _offset_min(zone: zoneinfo.ZoneInfo, utc_seconds: int) -> int:
+    offset = datetime.fromtimestamp(utc_seconds, zone).utcoffset()
+    seconds = int(offset.total_seconds()) if offset is not None else 0
+    if seconds % 60:
+        raise ValueError(f"{zone.key}: a UTC offset of {seconds} s is not whole minutes")
+    return seconds // 60
+
+
+def utc_offsets(rules: FareRules) -> tuple[int, list[tuple[int, int]]]:
+    """(offset in force at valid_from, [(UTC second, offset from then on)]) in minutes: the time zone's
+    changes (summer time) from valid_from to valid_until, found a day at a time and each pinned to its
+    second by bisection; a fixed utc_offset_min has none. After valid_until the last offset holds."""
+    if rules.time_zone is None:
+        return rules.utc_offset_min, []
+    zone = zoneinfo.ZoneInfo(rules.time_zone)
+    start = int(datetime.combine(parse_date(rules.valid_from), datetime.min.time(), UTC).timestamp())
+    end = int(datetime.combine(parse_date(rules.valid_until), datetime.min.time(), UTC).timestamp())
+    start, end = max(0, start), min(0xFFFFFFFF, end)
+    base = current = _offset_min(zone, start)
+    changes: list[tuple[int, int]] = []
+    t = start
+    while t < end:
+        step = min(86400, end - t)
+        after = _offset_min(zone, t + step)
+        if after != current:
+            lo, hi = t, t + step  # offset(lo) == current, offset(hi) == after
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if _offset_min(zone, mid) == current:
+                    lo = mid
+                else:
+                    hi = mid
+            changes.append((hi, after))
+            current = after
+        t += step
+    return base, changes
+
+
+def date_overrides(rules: FareRules) -> list[tuple[int, int]]:
+    """[(local date as days since 1970, weekday it is priced as)], by date."""
+    epoch = date(1970, 1, 1)
+    return sorted(((parse_date(day) - epoch).days, DAYS.index(calendar.price_as))
+                  for calendar in rules.calendars for day in calendar.dates)
 
 
 def _min_entry_balances(rules: FareRules, table: TableData) -> array[int]:

@@ -72,6 +72,9 @@ class Flag(IntFlag):
     # rider through on it; nothing written, nothing charged (the wallet read shows the landed record)
     ACTION_ALREADY_APPLIED = 4096  # the tap's action id is at or below the wallet's last_action: this
     # wallet already holds that action (applied at another gate), so it is not applied again
+    WEEKLY_CAPPED = 8192  # the weekly cap reduced the fare (Reason.CAP_REACHED, as for the daily cap)
+    OVERDRAFT = 16384  # the fare took the balance below zero, within the table's overdraft limit:
+    # balance_after < 0 is the debt, recovered by the next top-up
 
 
 # (Chinese, English); "{fare}" and "{balance}" are yuan with two decimals.

@@ -24,12 +24,14 @@ in one station does not hide an unknown network in a leg rule.
 
 from __future__ import annotations
 
+import datetime as _dt
 import difflib
 import json
 import re
 import tomllib
 import types
 import typing
+import zoneinfo
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +40,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -71,6 +75,31 @@ Metres = Annotated[int, Field(gt=0, le=MAX_U32)]
 Minutes = Annotated[int, Field(ge=0, le=MAX_U32 // 60)]
 Name = Annotated[str, Field(min_length=1, max_length=100)]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+#: A daily or weekly cap: the card keeps the day's and the week's spend in 16 bits.
+CapFen = Annotated[int, Field(ge=0, le=0xFFFF)]
+
+
+def _date_text(value: Any) -> Any:
+    """A TOML date literal (2026-10-01 unquoted) is read as the text it stands for."""
+    return value.isoformat() if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime) else value
+
+
+def parse_date(text: str) -> _dt.date:
+    """'YYYY-MM-DD' -> date; ValueError naming the text otherwise."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise ValueError(f"{text!r} is not a date written YYYY-MM-DD")
+    try:
+        return _dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date of the calendar") from None
+
+
+def _checked_date(value: str) -> str:
+    parse_date(value)
+    return value
+
+
+IsoDate = Annotated[str, BeforeValidator(_date_text), AfterValidator(_checked_date)]
 
 _TIME_RE = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
 
@@ -128,6 +157,14 @@ class Station(_Model):
     network: str
     lines: list[str] = []
     zone: str | None = None  # used by a "zones" leg rule
+    # A station on a zone boundary: in each of these zones, priced by whichever reading is cheapest
+    # (GTFS stop_areas with one stop in several areas). Give zone or zones, not both.
+    zones: list[Name] = []
+
+    @property
+    def zone_names(self) -> list[str]:
+        """The zones the station is read in: zones, else [zone], else none."""
+        return list(self.zones) if self.zones else ([] if self.zone is None else [self.zone])
 
 
 def _every_day() -> list[Day]:
@@ -157,6 +194,29 @@ class Timeframe(_Model):
         return minute_of_day(self.end)
 
 
+class MonthlyTier(_Model):
+    """One step of a monthly scheme: from this count in the month (fen spent or rides taken, before the
+    leg), percent_off holds until the next tier's count (0 ends a discount)."""
+
+    from_fen: Fen | None = None  # basis "spend"
+    from_rides: Annotated[int, Field(ge=0, le=255)] | None = None  # basis "rides" (the card counts to 255)
+    percent_off: Percent
+
+
+class MonthlyScheme(_Model):
+    """A category's monthly scheme: ordered tiers by spend or by ride count.
+
+    A leg is priced at the tier the month's count has reached *before* it: the leg that crosses a
+    threshold pays the old tier's price, the next one the new tier's (Beijing: "满100元以后的乘次").
+    """
+
+    basis: Literal["spend", "rides"] = "spend"
+    tiers: list[MonthlyTier] = Field(min_length=1)
+    counted_networks: list[Name] | None = None  # legs on these count toward the month; None: every one
+    discounted_networks: list[Name] | None = None  # legs on these get the tier's discount; None: counted
+    surcharges_count: bool = False  # the overstay surcharge counts toward the month's spend
+
+
 class RiderCategory(_Model):
     """A GTFS rider category with its discount (at most one kind) and its spending limits."""
 
@@ -164,9 +224,31 @@ class RiderCategory(_Model):
     percent_off: Percent | None = None
     fen_off: Fen | None = None
     free: bool = False
-    daily_cap_fen: Fen = 0  # 0 = no cap
+    # The networks the discount above applies on (students half price on the metro, full on the bus);
+    # None: every network.
+    discount_networks: list[Name] | None = None
+    daily_cap_fen: CapFen = 0  # 0 = no cap
+    weekly_cap_fen: CapFen = 0  # 0 = no cap; the week is the table's weekly_cap_period
+    # One spend threshold and its percent on every network: monthly = { tiers = [...] } in short.
     monthly_threshold_fen: Fen = 0  # fen spent in the month before monthly_percent_off applies; 0 = none
     monthly_percent_off: Percent = 0
+    monthly: MonthlyScheme | None = None
+
+    def scheme(self) -> MonthlyScheme | None:
+        """The monthly scheme, the one-threshold form written as a one-tier scheme."""
+        if self.monthly is not None:
+            return self.monthly
+        if self.monthly_threshold_fen:
+            tier = MonthlyTier(from_fen=self.monthly_threshold_fen, percent_off=self.monthly_percent_off)
+            return MonthlyScheme(tiers=[tier])
+        return None
+
+    def discounts(self, network: str) -> bool:
+        return self.discount_networks is None or network in self.discount_networks
+
+    def discounted_on(self, network: str, fare: int) -> int:
+        """The category's price of an adult fare on a network (full price where its discount is not)."""
+        return self.discounted(fare) if self.discounts(network) else fare
 
     def discounted(self, fare: int) -> int:
         """The category's price for an adult fare; percentages round half up to the fen."""
@@ -270,6 +352,30 @@ class PaidArea(_Model):
     anti_passback_min: Minutes = 0
 
 
+class Calendar(_Model):
+    """Dates priced as another weekday: public holidays as a Sunday, a special service day (GTFS
+    calendar_dates, for the timeframes). Local dates, the whole day from 00:00."""
+
+    name: str = ""
+    dates: list[IsoDate] = Field(min_length=1)
+    price_as: Day
+
+
+OverdraftTap = Literal["exit", "boarding"]
+
+
+def _both_taps() -> list[OverdraftTap]:
+    return ["exit", "boarding"]
+
+
+class Overdraft(_Model):
+    """An allowed tap may take the balance below zero, by at most limit_fen, once: only from a balance
+    above zero (Octopus-style). A negative balance enters nowhere and is recovered at the next top-up."""
+
+    limit_fen: Purse = 0  # 0 = no overdraft
+    taps: list[OverdraftTap] = Field(default_factory=lambda: _both_taps())
+
+
 class DenyListRules(_Model):
     """What a deny-listed phone gets where the back office's reconciliation must decide the same.
 
@@ -287,7 +393,15 @@ class FareRules(_Model):
 
     name: Name
     utc_offset_min: Annotated[int, Field(gt=-MINUTES_PER_DAY, lt=MINUTES_PER_DAY)] = 480
+    # An IANA time zone (Europe/London): its summer time compiled in over valid_from..valid_until.
+    # Give time_zone or utc_offset_min, not both.
+    time_zone: Name | None = None
+    valid_from: IsoDate = "2020-01-01"
+    valid_until: IsoDate = "2040-01-01"
     service_day_start: str = "04:00"
+    month_start: str = "00:00"  # the calendar month turns at this local time of its first day
+    weekly_cap_period: Literal["calendar_week", "rolling_7_days"] = "calendar_week"
+    calendars: list[Calendar] = []
     min_entry_balance_fen: Purse = 0
     # The categories the minimum applies to; None: every category the compiled table charges anything
     # (a free or fully discounted category is never refused for a balance it will not be charged).
@@ -303,8 +417,9 @@ class FareRules(_Model):
     transfer_rules: list[TransferRule] = []
     paid_area: PaidArea = PaidArea()
     deny_list: DenyListRules = DenyListRules()
+    overdraft: Overdraft = Overdraft()
 
-    @field_validator("service_day_start")
+    @field_validator("service_day_start", "month_start")
     @classmethod
     def _day_start(cls, value: str) -> str:
         if minute_of_day(value) >= MINUTES_PER_DAY:
@@ -334,6 +449,10 @@ class FareRules(_Model):
     @property
     def day_start_min(self) -> int:
         return minute_of_day(self.service_day_start)
+
+    @property
+    def month_start_min(self) -> int:
+        return minute_of_day(self.month_start)
 
 
 def timeframe_minutes(frame: Timeframe) -> Iterable[int]:
@@ -465,6 +584,7 @@ class _Checker:
         self.check_categories()
         self.check_leg_rules()
         self.check_transfers()
+        self.check_time()
         return self.problems
 
     def numbered(self, path: LocPath, items: Sequence[T]) -> list[tuple[int, T]]:
@@ -502,6 +622,11 @@ class _Checker:
             self.station_network[station.id] = station.network
             if len(set(station.lines)) != len(station.lines):
                 self.add((*where, "lines"), "duplicate line")
+            if station.zones and station.zone is not None:
+                self.add((*where, "zones"), "give zone or zones, not both",
+                         'zones = ["A", "B"] for a station read in either zone (priced at the cheaper)')
+            elif len(set(station.zones)) != len(station.zones):
+                self.add((*where, "zones"), "duplicate zone")
         if self.draft.lossy("stations"):
             return  # a station cut from the draft may be the one a network is missing
         used = set(self.station_network.values())
@@ -620,6 +745,13 @@ class _Checker:
             if category.monthly_percent_off and not category.monthly_threshold_fen:
                 self.add((*where, "monthly_threshold_fen"), "must be > 0 when monthly_percent_off is set",
                          f"the fen spent in a month before the discount applies; {MONEY_HINT}")
+            self.check_network_list((*where, "discount_networks"), category.discount_networks)
+            if category.monthly is not None:
+                if category.monthly_threshold_fen or category.monthly_percent_off:
+                    self.add((*where, "monthly"),
+                             "give monthly or monthly_threshold_fen/monthly_percent_off, not both",
+                             "a one-threshold scheme is one tier of monthly")
+                self.check_scheme((*where, "monthly"), category.monthly)
         known = self.rules.rider_categories
         for i, name in enumerate(self.rules.min_entry_categories or []):
             where = ("min_entry_categories", i)
@@ -628,6 +760,61 @@ class _Checker:
                     self.add(where, f"unknown rider category {name!r} (known: {', '.join(known)})")
             elif name in (self.rules.min_entry_categories or [])[:i]:
                 self.add(where, f"{name!r} is listed twice")
+
+    def check_network_list(self, where: LocPath, names: list[str] | None) -> None:
+        for j, name in enumerate(names or []):
+            if not self.network_known(name):
+                self.add((*where, j), f"unknown network {name!r}{self._known_networks()}")
+            elif name in (names or [])[:j]:
+                self.add((*where, j), f"{name!r} is listed twice")
+
+    def check_scheme(self, where: LocPath, scheme: MonthlyScheme) -> None:
+        """Tiers state their count in the basis' unit and rise; the networks named are known."""
+        key, other = ("from_fen", "from_rides") if scheme.basis == "spend" else ("from_rides", "from_fen")
+        previous: int | None = None
+        for j, tier in enumerate(scheme.tiers):
+            at: LocPath = (*where, "tiers", j)
+            value = getattr(tier, key)
+            if getattr(tier, other) is not None:
+                self.add((*at, other), f"a {scheme.basis!r} scheme counts with {key}, not {other}",
+                         f'basis = "{scheme.basis}": each tier gives {key}')
+            if value is None:
+                self.add(at, f"{key} is required in a {scheme.basis!r} scheme",
+                         "e.g. { from_fen = 10000, percent_off = 20 }: 20% off once ¥100 is spent"
+                         if key == "from_fen" else
+                         "e.g. { from_rides = 15, percent_off = 40 }: 40% off once 15 rides are taken")
+                return
+            if previous is not None and value <= previous:
+                self.add((*at, key), f"{value} must be above the previous tier's {previous}",
+                         "tiers are listed in rising order of the month's count")
+                return
+            previous = value
+        self.check_network_list((*where, "counted_networks"), scheme.counted_networks)
+        self.check_network_list((*where, "discounted_networks"), scheme.discounted_networks)
+
+    def check_time(self) -> None:
+        """The time zone, the compiled range, calendars and the overdraft's taps."""
+        r = self.rules
+        if r.time_zone is not None:
+            if "utc_offset_min" in r.model_fields_set:
+                self.add(("utc_offset_min",), "give time_zone or utc_offset_min, not both",
+                         "the time zone states the offset, summer time included")
+            try:
+                zoneinfo.ZoneInfo(r.time_zone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                self.add(("time_zone",), f"unknown time zone {r.time_zone!r}",
+                         "an IANA name such as Asia/Shanghai, Europe/London or America/Toronto")
+        if parse_date(r.valid_from) >= parse_date(r.valid_until):
+            self.add(("valid_until",), f"{r.valid_until} must come after valid_from {r.valid_from}")
+        seen: dict[str, int] = {}
+        for i, calendar in self.numbered(("calendars",), r.calendars):
+            for j, day in enumerate(calendar.dates):
+                if day in seen:
+                    self.add(("calendars", i, "dates", j), f"{day} is also in calendars[{seen[day]}]",
+                             "a date is priced as one weekday")
+                seen.setdefault(day, i)
+        if len(set(r.overdraft.taps)) != len(r.overdraft.taps):
+            self.add(("overdraft", "taps"), "a tap kind is listed twice")
 
     def check_leg_rules(self) -> None:
         r = self.rules
@@ -722,9 +909,15 @@ class _Checker:
             if len(row) != n:
                 self.add((*where, "matrix", j), f"{len(row)} columns for {n} zones")
         for k, station in self.numbered(("stations",), self.rules.stations):
-            if station.network == rule.network and station.zone not in rule.zones:
-                self.add(("stations", k, "zone"), f"{station.zone!r} is not a zone of {format_path(where)} "
-                                                  f"({', '.join(rule.zones)})")
+            if station.network != rule.network:
+                continue
+            names = station.zone_names
+            unknown = [z for z in names if z not in rule.zones]
+            if not names or unknown:
+                key = "zones" if station.zones else "zone"
+                written = unknown[0] if unknown else None
+                self.add(("stations", k, key), f"{written!r} is not a zone of "
+                                               f"{format_path(where)} ({', '.join(rule.zones)})")
 
     def check_od(self, where: LocPath, rule: OdLegRule, pairs: dict[tuple[int, int], int]) -> None:
         for j, pair in self.numbered((*where, "pairs"), rule.pairs):
@@ -787,6 +980,8 @@ class _Checker:
                                  f"timeframe for every band")
                     continue
                 explicit = set(od.get((network_id, band), {})) | set(od.get((network_id, None), {}))
+                if r.paid_area.same_station_window_min:  # the same-station fare prices what od leaves out
+                    explicit |= {(a, a) for a in stations}
                 rule = None if rule_index is None else rules_by_index[rule_index]
                 if isinstance(rule, DistanceLegRule) and (self.draft.lossy("networks", network_id)
                                                           or network_id in self.unsure_edges):

@@ -17,7 +17,13 @@ from __future__ import annotations
 from array import array
 from datetime import datetime, timedelta, timezone
 
-from fare_core.table_data import DENYLISTED_EXIT_LET_OUT, MINUTES_PER_WEEK, TableData
+from fare_core.table_data import (
+    DENYLISTED_EXIT_LET_OUT,
+    MINUTES_PER_WEEK,
+    MONTH_COUNTS,
+    MONTH_DISCOUNTED,
+    TableData,
+)
 
 CST = timezone(timedelta(hours=8))
 A, B, C, BUS = 101, 102, 103, 201
@@ -67,11 +73,16 @@ def build_table(**overrides: object) -> TableData:
         flat_fares=array("I", [0, 200, 0, 100, 0, 200, 0, 100]),
         transfer_discount=array("I", [0, 100, 100, 0]), transfer_percent=bytes(4),
         transfer_window_s=array("I", [0, 5400, 5400, 0]), max_transfers=2,
-        daily_cap=array("I", [1000, 0]), monthly_threshold=array("I", [10000, 0]),
-        monthly_percent=bytes([20, 0]), max_inside_s=4 * 3600, overstay_surcharge=500,
+        daily_cap=array("I", [1000, 0]), max_inside_s=4 * 3600, overstay_surcharge=500,
         same_station_window_s=300, same_station_fare=array("I", [0, 0]),
         missing_exit_fare=missing, anti_passback_s=1200, min_entry_balance=array("I", [200, 200]),
         max_balance=100000, denylisted_exit=DENYLISTED_EXIT_LET_OUT,
+        # the adult's monthly scheme: 20% off once 10000 fen are spent, on every network
+        month_start_min=240, monthly_flags=bytes(2), monthly_tier_first=array("I", [0, 1, 1]),
+        monthly_tier_from=array("I", [10000]), monthly_tier_percent=bytes([20]),
+        monthly_networks=bytes([MONTH_COUNTS | MONTH_DISCOUNTED] * 4), weekly_cap=array("I", [0, 0]),
+        week_rolling=0, offset_change_at=array("I"), offset_change_min=array("i"),
+        date_override_day=array("I"), date_override_as=b"", overdraft_limit=0, overdraft_taps=0,
     )
     fields.update(overrides)
     table = TableData(**fields)  # type: ignore[arg-type]

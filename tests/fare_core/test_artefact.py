@@ -67,8 +67,11 @@ def test_header_fields(tiny: TableData, tiny_blob: bytes) -> None:
     s, n, c, b = tiny.n_stations, tiny.n_networks, tiny.n_categories, tiny.n_bands
     assert struct.unpack_from("<HBBB", tiny_blob, 24) == (s, n, c, b)
     # the fares dominate: 4 bytes each, after station ids, their networks, networks' kinds and the week
-    arrays = (2 * s + s + n + MINUTES_PER_WEEK + 4 * b * c * s * s + 4 * b * c * n + 9 * n * n + 17 * c
-              + 4 * c * s)
+    # then per category: caps, fares, minimum, monthly flags, tier starts, tiers (5 bytes each), the
+    # networks' monthly bits; no offset changes or date overrides in tiny
+    tiers = len(tiny.monthly_tier_from)
+    arrays = (2 * s + s + n + MINUTES_PER_WEEK + 4 * b * c * s * s + 4 * b * c * n + 9 * n * n + 21 * c
+              + 4 * c * s + 4 + 5 * tiers + c * n)
     labels = struct.unpack_from("<I", tiny_blob, 60)[0]
     assert len(tiny_blob) == HEADER_SIZE + arrays + labels + 32
     # little-endian on the wire: station id 50 is the fifth u16 after the header
@@ -164,11 +167,12 @@ def test_inconsistent_contents_behind_a_good_checksum(tiny: TableData, tiny_blob
 
 
 def test_rule_fields_in_the_header_and_the_last_array(tiny: TableData, tiny_blob: bytes) -> None:
-    # offset 52: what a deny-listed phone gets at an exit; the per-category minimum closes the arrays
+    # offset 52: what a deny-listed phone gets at an exit; the per-category minimum closes layout 2's
+    # arrays, before layout 3's monthly schemes and weekly caps (tiny has no offset changes or overrides)
     assert struct.unpack_from("<I", tiny_blob, 52) == (DENYLISTED_EXIT_LET_OUT,)
     labels = struct.unpack_from("<I", tiny_blob, 60)[0]
-    end = len(tiny_blob) - 32 - labels
-    c = tiny.n_categories
+    c, n, tiers = tiny.n_categories, tiny.n_networks, len(tiny.monthly_tier_from)
+    end = len(tiny_blob) - 32 - labels - (c + 4 * (c + 1) + 5 * tiers + c * n + 4 * c)
     assert struct.unpack_from(f"<{c}I", tiny_blob, end - 4 * c) == (200, 200, 0, 200)  # senior is free
     refusing = dataclasses.replace(tiny, denylisted_exit=DENYLISTED_EXIT_REFUSE)
     assert unpack(pack(refusing)).denylisted_exit == DENYLISTED_EXIT_REFUSE
@@ -189,10 +193,12 @@ def test_layout_1_artefact_still_loads(tiny: TableData) -> None:
     assert old.category_names == ("adult", "student", "senior", "staff")
     assert list(old.min_entry_balance) == [200, 200, 0, 200]
     assert old.denylisted_exit == DENYLISTED_EXIT_LET_OUT
-    same = dataclasses.replace(tiny, version=41, extra=old.extra)
-    assert old == same  # the rules digest differs: the rules model gained fields since
+    # the rules digest differs: the rules model gained fields since; its month turned at the service
+    # day's start (04:00), as tables before layout 3 did
+    same = dataclasses.replace(tiny, version=41, extra=old.extra, month_start_min=240)
+    assert old == same
     assert checksum_of(blob) == hashlib.sha256(blob[:-32]).hexdigest()
-    assert pack(old) != blob and unpack(pack(old)) == old  # written again, it is layout 2
+    assert pack(old) != blob and unpack(pack(old)) == old  # written again, it is layout 3
 
 
 def test_layout_1_artefact_decides_as_the_rules_do_now(impl: Any) -> None:
@@ -261,6 +267,31 @@ def tables(draw: st.DrawFn) -> TableData:
     def small(count: int, below: int) -> bytes:
         return bytes(draw(st.lists(st.integers(0, below - 1), min_size=count, max_size=count)))
 
+    def caps(count: int) -> array[int]:
+        return array("I", draw(st.lists(st.integers(0, 0xFFFF), min_size=count, max_size=count)))
+
+    def rising(values: list[int]) -> list[int]:
+        return sorted(set(values))
+
+    def schemes(c: int, n: int) -> dict[str, object]:
+        """Monthly tiers, weekly caps, offset changes, date overrides and an overdraft (layout 3)."""
+        per = [rising(draw(st.lists(u32, max_size=3))) for _ in range(c)]
+        first = [0]
+        for tiers in per:
+            first.append(first[-1] + len(tiers))
+        changes = rising(draw(st.lists(u32, max_size=4)))
+        days = rising(draw(st.lists(st.integers(0, 40000), max_size=4)))
+        return dict(
+            month_start_min=draw(st.integers(0, 1439)), monthly_flags=small(c, 4),
+            monthly_tier_first=array("I", first), monthly_tier_from=array("I", [x for t in per for x in t]),
+            monthly_tier_percent=small(first[-1], 101), monthly_networks=small(c * n, 4),
+            weekly_cap=caps(c), week_rolling=draw(st.sampled_from((0, 1))),
+            offset_change_at=array("I", changes),
+            offset_change_min=array("i", draw(st.lists(st.integers(-1439, 1439), min_size=len(changes),
+                                                       max_size=len(changes)))),
+            date_override_day=array("I", days), date_override_as=small(len(days), 7),
+            overdraft_limit=draw(st.integers(0, 0x7FFFFFFF)), overdraft_taps=draw(st.integers(0, 3)))
+
     name = st.text(min_size=1, max_size=8)
     band_values = draw(st.lists(st.integers(0, b - 1), min_size=1, max_size=4))
     return TableData(
@@ -274,7 +305,7 @@ def tables(draw: st.DrawFn) -> TableData:
         fares=u32s(b * c * s * s), flat_fares=u32s(b * c * n), transfer_discount=u32s(n * n),
         transfer_percent=small(n * n, 101), transfer_window_s=u32s(n * n),
         max_transfers=draw(st.integers(0, 254)),
-        daily_cap=u32s(c), monthly_threshold=u32s(c), monthly_percent=small(c, 101),
+        daily_cap=caps(c), **schemes(c, n),
         max_inside_s=draw(u32), overstay_surcharge=draw(u32), same_station_window_s=draw(u32),
         same_station_fare=u32s(c), missing_exit_fare=u32s(c * s), anti_passback_s=draw(u32),
         min_entry_balance=array("I", draw(st.lists(st.integers(0, 0x7FFFFFFF), min_size=c, max_size=c))),

@@ -22,11 +22,14 @@ def _python_definitions() -> dict[str, int]:
     for prefix, enum in (("R_", Reason), ("F_", Flag), ("MODE_", GateMode), ("DIR_", Direction)):
         expected.update((prefix + name, member.value) for name, member in enum.__members__.items())
     for name in ("LAYOUT", "SLOT_SIZE", "WALLET_SIZE", "MAC_OFFSET", "NO_NETWORK", "STATUS_ACTIVE",
-                 "STATUS_BLOCKED", "FLAG_ENTRY_OPEN", "DAYS_1970_TO_2000", "U32_MAX"):
+                 "STATUS_BLOCKED", "FLAG_ENTRY_OPEN", "DAYS_1970_TO_2000", "U32_MAX", "U16_MAX", "U8_MAX"):
         expected[name] = getattr(record, name)
-    for name in ("DENYLISTED_EXIT_LET_OUT", "DENYLISTED_EXIT_REFUSE"):
+    for name in ("DENYLISTED_EXIT_LET_OUT", "DENYLISTED_EXIT_REFUSE", "MONTHLY_BY_RIDES",
+                 "MONTHLY_SURCHARGES_COUNT", "MONTH_COUNTS", "MONTH_DISCOUNTED", "OVERDRAFT_EXIT",
+                 "OVERDRAFT_BOARDING"):
         expected[name] = getattr(table_data, name)
     expected.update((f"OFF_{field.upper()}", offset) for field, offset in record.FIELD_OFFSETS.items())
+    expected["OFF_LAYOUT1_DAY_SPENT"] = record.LAYOUT1_DAY_SPENT.start
     return expected
 
 

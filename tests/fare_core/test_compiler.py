@@ -13,7 +13,14 @@ import pytest
 import fare_core
 from fare_core.compiler import band_at, compile_rules, fare_index, minute_of_week, track_distances
 from fare_core.rules import DistanceLegRule, FareRules, RulesError, load_rules, parse_rules
-from fare_core.table_data import DENYLISTED_EXIT_LET_OUT, DENYLISTED_EXIT_REFUSE, MINUTES_PER_WEEK, TableData
+from fare_core.table_data import (
+    DENYLISTED_EXIT_LET_OUT,
+    DENYLISTED_EXIT_REFUSE,
+    MINUTES_PER_WEEK,
+    MONTH_COUNTS,
+    MONTH_DISCOUNTED,
+    TableData,
+)
 
 EXAMPLES = Path(fare_core.__file__).parent / "examples"
 ADULT, STUDENT, SENIOR, STAFF = range(4)
@@ -305,8 +312,12 @@ def test_transfers(tiny: TableData) -> None:
 
 def test_caps_monthly_and_paid_area(tiny: TableData) -> None:
     assert list(tiny.daily_cap) == [1000, 500, 0, 0]
-    assert list(tiny.monthly_threshold) == [10000, 0, 0, 0]
-    assert list(tiny.monthly_percent) == [20, 0, 0, 0]
+    # the adult's one spend threshold is one tier, counted and discounted on every network
+    assert list(tiny.monthly_tier_first) == [0, 1, 1, 1, 1]
+    assert list(tiny.monthly_tier_from) == [10000] and list(tiny.monthly_tier_percent) == [20]
+    assert set(tiny.monthly_networks) == {MONTH_COUNTS | MONTH_DISCOUNTED} and tiny.monthly_flags == bytes(4)
+    assert list(tiny.weekly_cap) == [0, 0, 0, 0] and tiny.overdraft_limit == 0 and tiny.overdraft_taps == 0
+    assert tiny.month_start_min == 0 and not tiny.offset_change_at and not tiny.date_override_day
     assert tiny.max_inside_s == 4 * 3600 and tiny.overstay_surcharge == 500
     assert tiny.same_station_window_s == 300 and list(tiny.same_station_fare) == [0, 0, 0, 0]
     assert tiny.anti_passback_s == 600
