@@ -89,9 +89,15 @@ def advise(rules: FareRules, draft: Draft) -> list[Problem]:
             warnings.append(_warning((*at, "fen_off"), category.fen_off,
                                      f"a discount under {_yuan(FARE_FLOOR)}"))
         for name, fen in (("daily_cap_fen", category.daily_cap_fen),
+                          ("weekly_cap_fen", category.weekly_cap_fen),
                           ("monthly_threshold_fen", category.monthly_threshold_fen)):
             if 0 < fen < CAP_FLOOR:
                 warnings.append(_warning((*at, name), fen, f"a cap or threshold under {_yuan(CAP_FLOOR)}"))
+        if category.monthly is not None and category.monthly.basis == "spend":
+            for j, tier in enumerate(category.monthly.tiers):
+                if tier.from_fen is not None and 0 < tier.from_fen < CAP_FLOOR:
+                    warnings.append(_warning((*at, "monthly", "tiers", j, "from_fen"), tier.from_fen,
+                                             f"a threshold under {_yuan(CAP_FLOOR)}"))
     for i, transfer in draft.numbered(("transfer_rules",), rules.transfer_rules):
         if 0 < transfer.discount_fen < FARE_FLOOR:
             warnings.append(_warning(("transfer_rules", i, "discount_fen"), transfer.discount_fen,
@@ -100,6 +106,9 @@ def advise(rules: FareRules, draft: Draft) -> list[Problem]:
                       ("max_balance_fen", rules.max_balance_fen)):
         if 0 < fen < CAP_FLOOR:
             warnings.append(_warning((name,), fen, f"a balance under {_yuan(CAP_FLOOR)}"))
+    if 0 < rules.overdraft.limit_fen < CAP_FLOOR:
+        warnings.append(_warning(("overdraft", "limit_fen"), rules.overdraft.limit_fen,
+                                 f"an overdraft under {_yuan(CAP_FLOOR)}"))
     return warnings
 
 
