@@ -43,6 +43,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "python -m backend.deploy.mosquitto_config prints); the backend logs in as FAREGATE_MQTT_USERNAME "
         "(default faregate-backend) with FAREGATE_MQTT_PASSWORD (default: generated for the run)",
     )
+    parser.add_argument(
+        "--ingest-from",
+        metavar="URLS",
+        help="pull the gates' messages from a broker cluster's JetStream stream instead of the MQTT "
+        "subscription: nats://host:port[,nats://host:port...] (docs/deployment.md, \"Central broker\")",
+    )
+    parser.add_argument(
+        "--ingest-downlink",
+        metavar="URLS",
+        help="with --ingest-from: the cluster's MQTT gateways the acks to the gates go through, "
+        "mqtt://host:port[,...] (default: the --mqtt URL)",
+    )
+    parser.add_argument(
+        "--ingest-ack-wait",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="with --ingest-from: seconds before the cluster hands a message a worker took and did not "
+        "acknowledge (a killed worker) to another worker (default 30)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -86,6 +106,17 @@ def run(args: argparse.Namespace) -> int:
             print("faregate backend: no --broker-credentials: only the backend can log in to the broker")
         login = {"mqtt_username": accounts.backend_user, "mqtt_password": accounts.backend_password}
         settings = settings.model_copy(update=login)
+    stream = None
+    if args.ingest_from:
+        from .ingest.stream import StreamSource
+
+        try:
+            downlink = (args.ingest_downlink or settings.mqtt_url).split(",")
+            stream = StreamSource(args.ingest_from, [url.strip() for url in downlink if url.strip()],
+                                  ack_wait_s=args.ingest_ack_wait)
+        except ValueError as error:
+            print(f"faregate backend: configuration error: {error}")
+            return 2
     from .runtime import PortInUse, serve
 
     try:
@@ -99,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 port=args.port,
                 embedded_broker_port=args.embedded_broker,
                 embedded_broker_accounts=accounts,
+                ingest_stream=stream,
             )
         )
     except PortInUse as error:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 from .db import make_engine, make_sessionmaker
@@ -15,6 +15,9 @@ from .deploy.accounts import BrokerAccounts
 from .distribution import Conflict, Distributor
 from .migrate import upgrade
 from .publisher import Publisher
+
+if TYPE_CHECKING:
+    from .ingest.stream import StreamSource
 
 log = logging.getLogger("faregate.backend")
 
@@ -59,6 +62,7 @@ async def serve(
     embedded_broker_accounts: BrokerAccounts | None = None,
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
+    ingest_stream: StreamSource | None = None,  # pull from a cluster's stream instead of subscribing
 ) -> None:
     stop = stop or asyncio.Event()
     if install_signals:  # a program embedding the backend (the demo) keeps its own handlers
@@ -99,6 +103,7 @@ async def serve(
                 on_other=on_other,
                 on_stored=lambda result: wake_processor.set(),
                 on_connected=snapshots.republish_all,  # a broker restarted empty gets the state back
+                stream=ingest_stream,
             )
             tasks.append(asyncio.create_task(worker.run(stop), name="ingest"))
         if processor:

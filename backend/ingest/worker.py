@@ -34,6 +34,7 @@ from ..config import Settings
 from ..mqtt import Delivery, MqttClient
 from . import authn
 from .store import BatchResult, GateProgress, RawMessage, Refused, TapStore, parse
+from .stream import Downlink, JetStreamSource, StreamSource
 
 log = logging.getLogger("faregate.ingest")
 
@@ -120,6 +121,7 @@ class IngestWorker:
         on_stored: Callable[[BatchResult], None] | None = None,
         on_connected: Callable[[], None] | None = None,
         dead_letter_alarm: tuple[int, float] = (DEAD_LETTER_ALARM_COUNT, DEAD_LETTER_ALARM_WINDOW_S),
+        stream: StreamSource | None = None,
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.mqtt_prefix)
@@ -130,20 +132,29 @@ class IngestWorker:
         self.on_connected = on_connected  # every (re)connection: the backend republishes its state
         self.dead_letter_alarm = dead_letter_alarm  # (count, window in seconds)
         self._dead_letters: defaultdict[str, deque[float]] = defaultdict(deque)  # per gate, recent
-        self.mqtt = MqttClient(
-            settings,
-            client_id or settings.ingest_client_id,
-            manual_ack=True,
-            persistent=True,
-            subscriptions=[
-                (self.tap_subscription, 1),
-                (self.topics.all_status, 1),
-                (self.topics.all_requests, 1),
-            ],
-            on_message=self._on_message,
-            on_ready=self._on_ready,
-        )
         self._incoming: deque[Delivery] = deque()
+        self.mqtt: MqttClient | JetStreamSource
+        if stream is not None:  # a broker cluster's stream (ingest/stream.py), not a subscription
+            downlink = Downlink(settings, stream.downlink, client_id or settings.ingest_client_id)
+            self.mqtt = JetStreamSource(
+                settings, stream.url, downlink,
+                on_message=self._on_message, on_ready=self._on_ready, ack_wait_s=stream.ack_wait_s,
+                backlog=lambda: len(self._incoming),
+            )
+        else:
+            self.mqtt = MqttClient(
+                settings,
+                client_id or settings.ingest_client_id,
+                manual_ack=True,
+                persistent=True,
+                subscriptions=[
+                    (self.tap_subscription, 1),
+                    (self.topics.all_status, 1),
+                    (self.topics.all_requests, 1),
+                ],
+                on_message=self._on_message,
+                on_ready=self._on_ready,
+            )
         self._wakeup = asyncio.Event()
         self._gaps: dict[str, OpenGap] = {}  # gates with taps missing above their committed seq
         self.connected = self.mqtt.connected  # set while subscribed

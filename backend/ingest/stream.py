@@ -1,0 +1,298 @@
+"""The ingest's second source: the gates' messages pulled from a NATS JetStream stream (a city's broker
+cluster, docs/deployment.md "Central broker"), beside the MQTT shared subscription of backend/mqtt.py.
+
+The gates still speak MQTT 3.1.1 to the cluster's MQTT gateway; nats-server turns `<prefix>/gates/<gate>/taps`
+into the subject `<prefix>.gates.<gate>.taps`, which the stream `FAREGATE_UPLINK` (file storage, R3,
+work-queue retention) stores. Every ingest worker pulls from ONE durable consumer, so the stream's
+messages are shared between them, and acknowledges a message only after the batch holding it is
+committed (IngestWorker calls `ack` then, exactly as it acks an MQTT message). A worker killed before its
+commit acknowledged nothing: after `ack_wait` the cluster hands those messages to another worker, and the
+taps table's unique key stores each tap once whoever stores it first.
+
+This class is only the transport: IngestWorker keeps the whole pipeline (each message authenticated by
+its gate's MAC, dead letters, the store, Committed and ResendRequest). What the worker sends the gates
+(Committed, retained; ResendRequest) goes through an ordinary MQTT client to a node's MQTT gateway, so the
+gates receive it exactly as from Mosquitto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.errors import ConnectionClosedError, NoServersError
+from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from ..config import Settings
+from ..mqtt import Delivery, MqttClient
+
+log = logging.getLogger("faregate.ingest.stream")
+
+STREAM = "FAREGATE_UPLINK"
+DURABLE = "ingest"
+UPLINK_KINDS = ("taps", "status", "request")  # what gates publish; acks and commands go the other way
+FETCH_TIMEOUT_S = 1.0
+RETRY_S = 1.0
+
+
+def subjects(prefix: str) -> list[str]:
+    """The stream's subjects: every gate's taps, status and requests under the topic prefix."""
+    base = prefix.replace("/", ".")
+    return [f"{base}.gates.*.{kind}" for kind in UPLINK_KINDS]
+
+
+def topic_of(subject: str) -> str:
+    """The MQTT topic a subject came from (nats-server maps topic levels to subject tokens)."""
+    return subject.replace(".", "/")
+
+
+def stream_config(prefix: str, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=STREAM,
+        subjects=subjects(prefix),
+        retention=RetentionPolicy.WORK_QUEUE,  # a message leaves the stream once a worker acked it
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=7 * 24 * 3600.0,  # a week of backlog if every worker is down
+    )
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """Where a worker pulls from instead of subscribing: the cluster's NATS URLs (comma-separated; the
+    client fails over between them) and the MQTT gateways its acks to the gates go through."""
+
+    url: str
+    downlink: list[str]
+    ack_wait_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        servers = [part.strip() for part in self.url.split(",") if part.strip()]
+        if not servers or not all(s.startswith(("nats://", "tls://")) for s in servers):
+            raise ValueError(f"--ingest-from takes nats://host:port[,nats://...], not {self.url!r}")
+        if not self.downlink:
+            raise ValueError("a stream source needs the MQTT gateway(s) its acks to the gates go through")
+
+
+class Downlink:
+    """MQTT clients to several of the cluster's gateways (one connection each, clean sessions, their own
+    client ids: one id on two nodes would take the session over); a message goes out through the first
+    one connected. Retained messages are stored by the cluster (replicated), so any node serves them.
+
+    When none is connected (a node lost, the cluster electing leaders) the clients not connected are made
+    afresh at most once a second: a client's own back-off grows to 30 s, far longer than an election."""
+
+    REFRESH_EVERY_S = 1.0
+
+    def __init__(self, settings: Settings, urls: list[str], client_id: str) -> None:
+        self.settings = settings
+        self.urls = urls
+        self.client_id = client_id
+        self.clients = [self._client(url) for url in urls]
+        self._refreshed = 0.0
+        self._closing: set[asyncio.Task[None]] = set()
+        self._started = False
+
+    def _client(self, url: str) -> MqttClient:
+        name = f"{self.client_id}-{uuid.uuid4().hex[:6]}-down"
+        return MqttClient(self.settings, name, url=url, version="3.1.1")
+
+    def start(self) -> None:
+        self._started = True
+        for client in self.clients:
+            client.start()
+
+    async def aclose(self) -> None:
+        self._started = False
+        await asyncio.gather(*(client.aclose() for client in self.clients), *self._closing,
+                             return_exceptions=True)
+
+    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        if any(client.publish_nowait(topic, payload, qos=qos, retain=retain) for client in self.clients):
+            return True
+        self._refresh()
+        return False
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if not self._started or now - self._refreshed < self.REFRESH_EVERY_S:
+            return
+        self._refreshed = now
+        for index, client in enumerate(self.clients):
+            if client.connected.is_set():
+                continue
+            closing = asyncio.get_running_loop().create_task(client.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            self.clients[index] = self._client(self.urls[index])
+            self.clients[index].start()
+
+
+class JetStreamSource:
+    """Delivers the stream's messages to `on_message` as `Delivery` tuples and acks them on request.
+
+    Drop-in for the MqttClient the worker otherwise uses: `start`, `aclose`, `connected`, `ack` and
+    `publish_nowait` (the downlink, through `downlink`, an MQTT client to the cluster's gateway).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        url: str,
+        downlink: Downlink,
+        *,
+        on_message: Callable[[Delivery], None],
+        on_ready: Callable[[], None] | None = None,
+        replicas: int = 3,
+        ack_wait_s: float = 30.0,
+        window: int | None = None,
+        backlog: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.settings = settings
+        self.servers = [part.strip() for part in url.split(",") if part.strip()]
+        self.downlink = downlink
+        self.on_message = on_message
+        self.on_ready = on_ready
+        self.replicas = replicas
+        self.ack_wait_s = ack_wait_s
+        self.batch = settings.ingest_batch_size
+        # messages delivered and not yet acked at most (the consumer's max_ack_pending is larger: it
+        # counts every worker's)
+        self.window = window or 2 * settings.ingest_batch_size
+        self.backlog = backlog  # messages the worker holds not yet stored
+        self.connected = asyncio.Event()
+        self._unacked: dict[int, Any] = {}  # our id -> nats Msg
+        self._acks: list[Any] = []
+        self._ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._nc: Any = None
+        self._closed = False
+        self.stats = {"fetched": 0, "acked": 0, "redelivered": 0}
+
+    def start(self) -> None:
+        self.downlink.start()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="jetstream source")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._nc is not None:
+            try:
+                await self._flush_acks()
+                await asyncio.wait_for(self._nc.flush(), 2.0)
+                await self._nc.close()
+            except Exception as error:  # closing: what is not acked is redelivered after ack_wait
+                log.debug("closing the NATS connection: %s", error)
+        await self.downlink.aclose()
+
+    def ack(self, message: Delivery) -> bool:
+        msg = self._unacked.pop(message.mid, None)
+        if msg is None:
+            return False
+        self._acks.append(msg)
+        return True
+
+    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
+        return self.downlink.publish_nowait(topic, payload, qos=qos, retain=retain)
+
+    async def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        for msg in acks:
+            await msg.ack()  # buffered by the client, written on its next flush
+        self.stats["acked"] += len(acks)
+
+    async def _connect(self) -> Any:
+        async def disconnected() -> None:
+            self.connected.clear()
+            log.warning("NATS connection lost; reconnecting")
+
+        async def reconnected() -> None:
+            log.info("NATS reconnected to %s", self._nc.connected_url.netloc if self._nc else "?")
+
+        return await nats.connect(
+            servers=self.servers,
+            name=self.settings.ingest_client_id,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+        )
+
+    async def _ensure(self, js: Any) -> Any:
+        config = stream_config(self.settings.mqtt_prefix, self.replicas)
+        try:
+            await js.add_stream(config)
+        except BadRequestError:  # it exists (another worker made it): keep its configuration
+            log.debug("stream %s exists", STREAM)
+        consumer = ConsumerConfig(
+            durable_name=DURABLE,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=100_000,
+            max_deliver=-1,  # a message is never given up: a database outage can last
+        )
+        base = self.settings.mqtt_prefix.replace("/", ".")
+        return await js.pull_subscribe(f"{base}.gates.>", durable=DURABLE, stream=STREAM, config=consumer)
+
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                self._nc = await self._connect()
+                subscription = await self._ensure(self._nc.jetstream())
+                self.connected.set()
+                log.info("ingest pulling %s/%s from %s", STREAM, DURABLE, ",".join(self.servers))
+                if self.on_ready is not None:
+                    self.on_ready()
+                await self._pull(subscription)
+            except asyncio.CancelledError:
+                raise
+            except (NoServersError, OSError, ConnectionClosedError, NotFoundError, NatsTimeout) as error:
+                log.warning("JetStream not reachable (%s); retrying", error)
+            except Exception:
+                log.exception("JetStream source failed; retrying")
+            self.connected.clear()
+            if self._nc is not None:
+                nc, self._nc = self._nc, None
+                await asyncio.gather(nc.close(), return_exceptions=True)
+            self._unacked.clear()  # their acks cannot be sent on another connection's behalf anyway
+            self._acks.clear()
+            await asyncio.sleep(RETRY_S)
+
+    async def _pull(self, subscription: Any) -> None:
+        while not self._closed:
+            await self._flush_acks()
+            room = self.window - len(self._unacked)
+            if room <= 0 or self.backlog() >= self.batch:
+                await asyncio.sleep(0.002)  # the worker is behind: let it store and ack first
+                continue
+            try:
+                messages = await subscription.fetch(min(room, self.batch), timeout=FETCH_TIMEOUT_S)
+            except (TimeoutError, NatsTimeout):
+                continue
+            except NatsError as error:  # a node lost, a leader being elected: the client reconnects itself
+                if self._nc is None or self._nc.is_closed:
+                    raise
+                log.info("fetch failed (%s: %s); pulling again", type(error).__name__, error)
+                await asyncio.sleep(0.2)
+                continue
+            for msg in messages:
+                number = next(self._ids)
+                self._unacked[number] = msg
+                if msg.metadata.num_delivered > 1:
+                    self.stats["redelivered"] += 1
+                self.stats["fetched"] += 1
+                self.on_message(Delivery(topic_of(msg.subject), msg.data, 1, number, False, 0))

@@ -1,0 +1,273 @@
+"""The central broker cluster, started for real on loopback: three nats-server nodes (JetStream, R3
+storage, each with the MQTT gateway the gates publish to), and the one stream the ingest workers pull.
+
+    gates ──MQTT 3.1.1 QoS 1──► any node's MQTT gateway ──subject <prefix>.gates.<gate>.taps──►
+        stream FAREGATE_UPLINK (file storage, 3 replicas, RAFT) ──durable pull consumer "ingest"──►
+        ingest workers (ack after the database commit); their Committed / ResendRequest go back to the
+        gates through a node's MQTT gateway, retained where the contract says so.
+
+Every node writes its configuration, JetStream store and log under its own directory; ports are taken
+free from the kernel. A node is a process group of its own, so `kill(node)` is a real kill -9 and
+`stop()` ends every node even when a test failed. Nothing here is used by gate/ or backend/: the
+backend reaches the stream only through its URL (`faregate backend --ingest-from nats://...`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+from backend.mqtt import BrokerAddress
+from faregate.simgate import SimGate, SimUplink
+from protocol.mqtt import Topics
+
+NATS_SERVER = "nats-server"
+CLUSTER_NAME = "faregate"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports the kernel says are free now (bound together, then released)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@dataclass
+class NatsNode:
+    name: str
+    client_port: int
+    cluster_port: int
+    mqtt_port: int
+    http_port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.client_port}"
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def config(self, routes: list[int], replicas: int) -> str:
+        route_list = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in routes)
+        store = json.dumps(str(self.directory / "jetstream"))
+        return f"""
+server_name: {self.name}
+listen: 127.0.0.1:{self.client_port}
+http: 127.0.0.1:{self.http_port}
+max_payload: 2MB
+jetstream {{
+  store_dir: {store}
+  max_memory_store: 64MB
+  max_file_store: 2GB
+}}
+cluster {{
+  name: {CLUSTER_NAME}
+  listen: 127.0.0.1:{self.cluster_port}
+  routes: [{route_list}]
+}}
+mqtt {{
+  listen: 127.0.0.1:{self.mqtt_port}
+  stream_replicas: {replicas}
+  ack_wait: "30s"
+  max_ack_pending: 1000
+  consumer_replicas: 1
+  consumer_memory_storage: true
+}}
+"""
+
+    def varz(self) -> dict[str, object]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/varz", timeout=2) as answer:
+            data = json.load(answer)
+        assert isinstance(data, dict)
+        return data
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the node's process (from /proc, as `ps` reads it)."""
+        if self.process is None:
+            return 0
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+
+@dataclass
+class NatsCluster:
+    """Three (or `size`) nats-server nodes clustered on loopback with JetStream and the MQTT gateway."""
+
+    directory: Path
+    size: int = 3
+    nodes: list[NatsNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if shutil.which(NATS_SERVER) is None:
+            raise FileNotFoundError("nats-server is not installed (Debian: apt-get install nats-server)")
+        ports = free_ports(4 * self.size)
+        for index in range(self.size):
+            client, route, mqtt, http = ports[4 * index : 4 * index + 4]
+            name = f"n{index + 1}"
+            self.nodes.append(NatsNode(name, client, route, mqtt, http, self.directory / name))
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def mqtt_urls(self) -> list[str]:
+        return [node.mqtt_url for node in self.nodes]
+
+    @property
+    def ingest_url(self) -> str:
+        """Every node's client URL, comma-separated: what `--ingest-from` takes (nats-py fails over)."""
+        return ",".join(self.urls)
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            self.start_node(node)
+        self.wait_ready(timeout)
+
+    def start_node(self, node: NatsNode) -> None:
+        node.directory.mkdir(parents=True, exist_ok=True)
+        routes = [other.cluster_port for other in self.nodes if other is not node]
+        conf = node.directory / "nats.conf"
+        conf.write_text(node.config(routes, min(3, self.size)))
+        log = open(node.directory / "nats.log", "ab")  # noqa: SIM115 - the child holds it
+        try:
+            node.process = subprocess.Popen(
+                [NATS_SERVER, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # a process group of its own: killed alone, never with the test
+            )
+        finally:
+            log.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every live node answers /healthz with JetStream ready (a meta leader elected)."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            url = f"http://127.0.0.1:{node.http_port}/healthz"
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    pass
+                if not node.alive:
+                    raise RuntimeError(f"nats node {node.name} exited: see {node.directory / 'nats.log'}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nats node {node.name} not ready within {timeout} s")
+                time.sleep(0.1)
+
+    def kill(self, node: NatsNode) -> None:
+        """kill -9 the node's process group (no shutdown, no flush: a power cut)."""
+        if node.process is not None and node.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.process.pid, signal.SIGKILL)
+            node.process.wait(10)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.process.pid, signal.SIGTERM)
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            try:
+                node.process.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.process.pid, signal.SIGKILL)
+                node.process.wait(10)
+
+    def __enter__(self) -> NatsCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stop()
+
+
+class FailoverUplink(SimUplink):
+    """Simulated gates that, like a gate configured with every node of the cluster, reconnect to the
+    next node when theirs is gone (a real gate's broker list; SimUplink itself knows one address)."""
+
+    def __init__(self, urls: list[str], topics: Topics, gates: Iterable[SimGate], *, downlink_qos: int = 0,
+                 **options: Any) -> None:
+        super().__init__(urls[0], topics, gates, **options)
+        self.addresses = [BrokerAddress.parse(url) for url in urls]
+        self.downlink_qos = downlink_qos
+        self._node = 0
+        self.failovers = 0
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+        """As SimUplink's, subscribing at `downlink_qos`: through nats-server's MQTT gateway every QoS 1
+        subscription is a JetStream consumer created through the cluster's meta leader (measured in
+        docs/deployment.md), so the gates' acks and updates are taken at QoS 0 here; the retained ack
+        still arrives on every (re)subscription and a lost one is repaired by the next or by a replay."""
+        if reason.is_failure:
+            self.refused = reason
+            return
+        self.connected.set()
+        for gate in self.gates.values():
+            gate.rewind()
+        filters = self._subscriptions
+        self._suback_due = -(-len(filters) // self.SUBSCRIBE_CHUNK)
+        if not filters:
+            self.subscribed.set()
+        for start in range(0, len(filters), self.SUBSCRIBE_CHUNK):
+            chunk = filters[start : start + self.SUBSCRIBE_CHUNK]
+            client.subscribe([(topic, self.downlink_qos) for topic in chunk])
+
+    def _network(self, timeout: float) -> None:
+        if self.client.loop(timeout) in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            return
+        self.connected.clear()
+        if self._closing:
+            return
+        time.sleep(max(timeout, 0.01))
+        if self.refused is None and time.monotonic() - self._last_reconnect > 0.5:
+            self._last_reconnect = time.monotonic()
+            self._node = (self._node + 1) % len(self.addresses)
+            address = self.addresses[self._node]
+            self.failovers += 1
+            with contextlib.suppress(OSError):
+                self.client.connect(address.host, address.port, keepalive=self.keepalive)
