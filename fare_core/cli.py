@@ -28,6 +28,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fare_core.artefact import checksum_of, pack, unpack
 from fare_core.compiler import band_at, compile_rules, fare_index
@@ -301,7 +302,10 @@ def _utc_seconds(text: str | None, table: TableData) -> int:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise _UsageError(f"--at {text!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
+    if moment.tzinfo is None:  # local time: the table's zone (summer time included), else its offset
+        zone = table.extra.get("time_zone")
+        if zone is not None:
+            return int(moment.replace(tzinfo=ZoneInfo(zone)).timestamp())
         moment = moment.replace(tzinfo=timezone(timedelta(minutes=table.utc_offset_min)))
     return int(moment.timestamp())
 
@@ -315,8 +319,12 @@ def _show(args: argparse.Namespace) -> int:
         print(f"checksum  sha256:{checksum_of(blob)}")
         print(f"size      {len(blob)} bytes")
         print(_dimensions(table))
-        print(f"utc offset {table.utc_offset_min} min, service day from {table.day_start_min // 60:02d}:"
-              f"{table.day_start_min % 60:02d}; max balance {table.max_balance} fen")
+        zone = table.extra.get("time_zone")
+        where = (f"time zone {zone} ({len(table.offset_change_at)} offset changes compiled)" if zone
+                 else f"utc offset {table.utc_offset_min} min")
+        print(f"{where}, service day from {table.day_start_min // 60:02d}:"
+              f"{table.day_start_min % 60:02d}, month from {table.month_start_min // 60:02d}:"
+              f"{table.month_start_min % 60:02d}; max balance {table.max_balance} fen")
         pairs = zip(table.category_names, table.min_entry_balance, strict=True)
         minimums = ", ".join(f"{name} {fen}" for name, fen in pairs)
         print(f"min to enter (fen): {minimums}; deny-listed phone at an exit with an open entry: "

@@ -1,11 +1,13 @@
 """FareRules -> GTFS-Fares v2 files, with every rule GTFS cannot state listed instead of dropped.
 
 What is written:
-- agency.txt (name, a fixed-offset Etc/GMT time zone), networks.txt, routes.txt + route_networks.txt
-  (one route an entry/exit network, one a flat-network station: a bus reader), stops.txt (entry/exit
-  stations; the GTFS stop id is the one in the station name's brackets, else the station id);
-- areas.txt + stop_areas.txt: a "zones" network's zones; a network priced by distance or OD pairs gets
-  one area a station and its fares as computed by the compiler, pair by pair;
+- agency.txt (name, the rules' time_zone, else a fixed-offset Etc/GMT zone), networks.txt, routes.txt +
+  route_networks.txt (one route an entry/exit network, one a flat-network station: a bus reader),
+  stops.txt (entry/exit stations; the GTFS stop id is the one in the station name's brackets, else the
+  station id);
+- areas.txt + stop_areas.txt: a "zones" network's zones (a boundary station in each of its areas); a
+  network priced by distance or OD pairs gets one area a station and its fares as computed by the
+  compiler, pair by pair;
 - timeframes.txt + calendar.txt: each time band's minutes of the week as rows (a band past midnight is
   two rows); rules for every band are rows without a timeframe;
 - rider_categories.txt (the first category the default), fare_media.txt (the phone, a transit card),
@@ -144,7 +146,9 @@ class _Writer:
 
     def write_agency(self) -> None:
         offset = self.rules.utc_offset_min
-        if offset % 60:
+        if self.rules.time_zone is not None:
+            zone = self.rules.time_zone  # its summer time too
+        elif offset % 60:
             self.lost.append(f"utc_offset_min {offset}: no fixed-offset IANA zone; written as UTC")
             zone = "Etc/UTC"
         else:
@@ -220,12 +224,12 @@ class _Writer:
             fare_product_id=product,
         )
 
-    def category_prices(self, fare: int, category: str | None) -> list[tuple[int, str | None]]:
+    def category_prices(self, fare: int, category: str | None, network: str) -> list[tuple[int, str | None]]:
         """Product sales for a rule's fare: as written for a named category; for the base price one sale
-        for everyone, or one a category when their discounts make prices differ."""
+        for everyone, or one a category when their discounts (on this network) make prices differ."""
         if category is not None:
             return [(fare, category)]
-        prices = {cid: c.discounted(fare) for cid, c in self.rules.rider_categories.items()}
+        prices = {cid: c.discounted_on(network, fare) for cid, c in self.rules.rider_categories.items()}
         if len(set(prices.values())) == 1:
             return [(fare, None)]
         return list((v, k) for k, v in prices.items())
@@ -236,14 +240,14 @@ class _Writer:
             if zone not in {row["area_id"] for row in self.files["areas.txt"]}:
                 self.row("areas.txt", area_id=zone, area_name="")
         for station in self.rules.stations:
-            if station.network == network and station.zone is not None:
-                self.row(
-                    "stop_areas.txt", area_id=station.zone, stop_id=split_name(station.name, station.id)[1]
-                )
+            if station.network == network:
+                for zone in station.zone_names:  # a boundary station: a stop in each of its areas
+                    self.row("stop_areas.txt", area_id=zone, stop_id=split_name(station.name, station.id)[1])
         for rule in rules:
             for i, a in enumerate(rule.zones):
                 for j, b in enumerate(rule.zones):
-                    for amount, category in self.category_prices(rule.matrix[i][j], rule.rider_category):
+                    for amount, category in self.category_prices(rule.matrix[i][j], rule.rider_category,
+                                                                    network):
                         self.leg(network, rule.timeframe, self.product(amount, category), a, b)
 
     def write_pairs(self, network: str) -> None:
@@ -279,7 +283,8 @@ class _Writer:
     def write_flat(self, network: str) -> None:
         for rule in self.rules.leg_rules:
             if isinstance(rule, FlatLegRule) and rule.network == network:
-                for amount, category in self.category_prices(rule.fare_fen, rule.rider_category):
+                for amount, category in self.category_prices(rule.fare_fen, rule.rider_category,
+                                                                    rule.network):
                     self.leg(network, rule.timeframe, self.product(amount, category))
 
     def write_transfers(self) -> None:
@@ -301,7 +306,7 @@ class _Writer:
                 # what the transfer leaves to pay on the flat network, category by category
                 base = flat_fare[rule.to_network]
                 prices = {
-                    cid: max(0, c.discounted(base) - rule.discount_fen)
+                    cid: max(0, c.discounted_on(rule.to_network, base) - rule.discount_fen)
                     for cid, c in r.rider_categories.items()
                 }
                 first = next(iter(prices))
@@ -363,10 +368,20 @@ class _Writer:
                     f"rider_categories.{cid}.daily_cap_fen = {category.daily_cap_fen}: fare capping "
                     f"is not in GTFS-Fares v2"
                 )
+            if category.weekly_cap_fen:
+                self.lost.append(
+                    f"rider_categories.{cid}.weekly_cap_fen = {category.weekly_cap_fen} "
+                    f"({r.weekly_cap_period}): fare capping is not in GTFS-Fares v2"
+                )
             if category.monthly_threshold_fen:
                 self.lost.append(
                     f"rider_categories.{cid}.monthly_threshold_fen: monthly discounts are not in "
                     f"GTFS-Fares v2"
+                )
+            if category.monthly is not None:
+                self.lost.append(
+                    f"rider_categories.{cid}.monthly: a {category.monthly.basis} scheme of "
+                    f"{len(category.monthly.tiers)} tiers; monthly discounts are not in GTFS-Fares v2"
                 )
             if category.percent_off is not None or category.fen_off is not None or category.free:
                 self.lost.append(
@@ -374,6 +389,13 @@ class _Writer:
                 )
         if r.deny_list.exit_with_open_entry != "let_out_charged":
             self.lost.append("deny_list.exit_with_open_entry: not GTFS fare data")
+        if r.overdraft.limit_fen:
+            self.lost.append(f"overdraft.limit_fen = {r.overdraft.limit_fen}: not GTFS fare data")
+        for i, calendar in enumerate(r.calendars):
+            self.lost.append(
+                f"calendars[{i}] ({len(calendar.dates)} dates priced as {calendar.price_as}): timeframes "
+                f"are written by weekday; the dates are not written"
+            )
 
     def save(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@
 How a feed maps (the reverse of rules.py's table):
 - networks.txt / routes.network_id / route_networks.txt -> networks. A network whose fare_leg_rules name
   areas is priced entry to exit by zones ("entry_exit"); one priced without areas is "flat" (tap on).
-- areas.txt + stop_areas.txt -> stations of the area-priced networks, one a stop, `zone` = its area;
+- agency.txt agency_timezone -> time_zone (its summer time is compiled into the table).
+- areas.txt + stop_areas.txt -> stations of the area-priced networks, one a stop, `zone` = its area
+  (`zones` = its areas for a stop in several, priced at the cheapest reading);
   stops.txt gives the name, and the GTFS stop id rides in the name ("Czarna [100]") so that
   `faregate fares show --from 100` finds it. A numeric stop id that fits 16 bits is the station id;
   other stops get the lowest free ids in file order. A flat network gets one station a route (a bus
@@ -113,7 +115,7 @@ class _Importer:
         self.read_leg_rules()
         if self.errors:
             raise GtfsImportError(self.errors)
-        data: dict[str, Any] = {"name": self.feed_name(), "utc_offset_min": self.utc_offset()}
+        data: dict[str, Any] = {"name": self.feed_name(), **self.time_zone()}
         timeframes = self.build_timeframes()
         networks, stations, leg_rules = self.build_networks(timeframes)
         data["networks"] = networks
@@ -173,31 +175,29 @@ class _Importer:
                 return rows[0].get(column)[:100]
         return "GTFS feed"
 
-    def utc_offset(self) -> int:
+    def time_zone(self) -> dict[str, Any]:
+        """The rules' time: agency_timezone itself, whose summer time the compiler turns into offset
+        changes (time_zone), or the default offset when the feed names none."""
         agencies = self.feed.rows("agency.txt")
         if not agencies or not agencies[0].get("agency_timezone"):
             self.notes.append("agency.txt: no agency_timezone; the table keeps the default UTC offset +08:00")
-            return 480
+            return {"utc_offset_min": 480}
         row = agencies[0]
         name = row.get("agency_timezone")
         try:
             zone = ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):
             self.error(row, f"unknown agency_timezone {name!r}")
-            return 480
+            return {"utc_offset_min": 480}
         offsets = []
         for month in (1, 7):
             delta = datetime(2026, month, 15, 12, tzinfo=zone).utcoffset()
             offsets.append(0 if delta is None else int(delta.total_seconds()) // 60)
-        standard = min(offsets)
-        if max(offsets) != standard:
-            self.unenforceable(
-                row.where,
-                f"time zone {name} keeps summer time (UTC{_hm(max(offsets))}); the "
-                f"table holds one offset, UTC{_hm(standard)}, so in summer "
-                f"timeframes are an hour off",
-            )
-        return standard
+        if max(offsets) != min(offsets):
+            self.notes.append(
+                f"{row.where}: time zone {name} keeps summer time (UTC{_hm(max(offsets))}); the table "
+                f"follows it (time_zone = {name!r}, its changes compiled for valid_from..valid_until)")
+        return {"time_zone": name}
 
     def read_networks(self) -> None:
         self.networks: dict[str, str] = {}
@@ -523,7 +523,7 @@ class _Importer:
         groups = set(self.frame_groups)
         networks: dict[str, Any] = {}
         leg_rules: list[dict[str, Any]] = []
-        station_keys: list[tuple[str, str, str, str | None]] = []  # (network, kind, gtfs id, zone)
+        station_keys: list[tuple[str, str, str, list[str] | None]] = []  # (network, kind, gtfs id, zones)
         for network, legs in legs_of.items():
             legs = [leg for leg in legs if not leg.timeframe or leg.timeframe in groups]
             zoned = any(leg.from_area or leg.to_area for leg in legs)
@@ -566,17 +566,12 @@ class _Importer:
     def stops_in(self, zones: list[str]) -> list[str]:
         return list(dict.fromkeys(s for a in zones for s in self.area_stops.get(a, [])))
 
-    def zone_of(self, stop: str, zones: list[str]) -> str:
-        mine = [(a, row) for a, row in self.stop_areas[stop] if a in zones]
-        for area, row in mine[1:]:
-            self.unenforceable(
-                row.where,
-                f"stop {stop!r} is also in area {area!r}: a station has one zone, so "
-                f"it is priced in {mine[0][0]!r} only, not at the cheaper reading",
-            )
-        return mine[0][0]
+    def zone_of(self, stop: str, zones: list[str]) -> list[str]:
+        """The stop's areas among the network's zones: more than one is a boundary station, priced at
+        whichever reading is cheapest (`zones` in the rules)."""
+        return list(dict.fromkeys(a for a, _ in self.stop_areas[stop] if a in zones))
 
-    def number_stations(self, keys: list[tuple[str, str, str, str | None]]) -> list[dict[str, Any]]:
+    def number_stations(self, keys: list[tuple[str, str, str, list[str] | None]]) -> list[dict[str, Any]]:
         taken: set[int] = set()
         ids: list[int | None] = []
         for _, _, gtfs_id, _ in keys:
@@ -605,8 +600,10 @@ class _Importer:
                 label = f"{self.networks.get(network) or network} (any vehicle)"
                 gtfs_id = f"any:{network}"  # the route the export writes for it
             station: dict[str, Any] = {"id": sid, "name": station_name(label, gtfs_id), "network": network}
-            if zone is not None:
-                station["zone"] = zone
+            if zone is not None and len(zone) == 1:
+                station["zone"] = zone[0]
+            elif zone:
+                station["zones"] = zone
             stations.append(station)
         return stations
 

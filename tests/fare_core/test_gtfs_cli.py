@@ -28,7 +28,7 @@ def test_import_writes_rules_that_check_and_lists_what_is_lost(tmp_path: Path,
     assert main(["fares", "import-gtfs", str(FIXTURES / "zakroczym"), "-o", str(rules)]) == 0
     out = capsys.readouterr().out
     assert "not enforceable: fare_products.txt:8: product 'monthly_normal'" in out
-    assert out.rstrip().endswith("6 item(s) not enforceable")
+    assert out.rstrip().endswith("5 item(s) not enforceable")
     text = rules.read_text(encoding="utf-8")
     assert "#   rider_categories.txt:3: category '1'" in text  # the list travels with the rules
     assert load_rules(rules).name == "Komunikacja Gminna Zakroczym"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -35,6 +36,11 @@ def at(offset_min: int, *when: int) -> int:
     return int(datetime(*when, tzinfo=timezone(timedelta(minutes=offset_min))).timestamp())  # type: ignore[misc]
 
 
+def local(zone: str, *when: int) -> int:
+    """UTC seconds of a wall-clock time in the feed's agency_timezone (summer time included)."""
+    return int(datetime(*when, tzinfo=ZoneInfo(zone)).timestamp())  # type: ignore[misc]
+
+
 def fare(impl: Any, result: ImportResult, origin: str, dest: str, when: int, category: int = 0) -> int:
     """What decide() charges for one trip between two GTFS stops, on a fresh wallet."""
     table = compile_rules(result.rules, 1, 0)
@@ -50,7 +56,8 @@ def fare(impl: Any, result: ImportResult, origin: str, dest: str, when: int, cat
 def test_zakroczym_fares_across_zones_as_published(impl: Any) -> None:
     result = imported("zakroczym")
     assert result.currency == "PLN"
-    tue = at(result.rules.utc_offset_min, 2026, 3, 10, 9, 0)
+    assert result.rules.time_zone == "Europe/Warsaw"
+    tue = local("Europe/Warsaw", 2026, 3, 10, 9, 0)
     assert fare(impl, result, "100", "120", tue) == 500  # Zakroczym -> Nowy Dwór Mazowiecki, 5.00 PLN
     assert fare(impl, result, "120", "113-2", tue) == 500  # and back, from the other zone
     assert fare(impl, result, "117", "113", tue) == 400  # Modlin-Twierdza -> Zakroczym, 4.00 PLN
@@ -64,13 +71,16 @@ def test_zakroczym_lists_what_the_gate_cannot_enforce() -> None:
     network = result.rules.networks["default"]  # the feed names no network: one for its routes
     assert (network.mode, network.fare_collection) == ("bus", "entry_exit")  # zones: tap on and off
     lost = result.not_enforceable
-    assert lost[0].startswith("agency.txt:2: time zone Europe/Warsaw keeps summer time (UTC+02:00)")
+    # summer time is enforced now (time_zone), so it is a note, not a loss
+    assert not any("summer time" in x for x in lost)
+    assert any(x.startswith("agency.txt:2: time zone Europe/Warsaw keeps summer time (UTC+02:00); the "
+                            "table follows it") for x in result.notes), result.notes
     for line, category in ((3, "1"), (4, "2"), (5, "3")):
         assert any(x.startswith(f"rider_categories.txt:{line}: category {category!r}") and "monthly" not in x
                    for x in lost), lost
     assert any(x.startswith("fare_products.txt:8: product 'monthly_normal'") for x in lost)
     assert any(x.startswith("fare_products.txt:9: product 'monthly_discount'") for x in lost)
-    assert len(lost) == 6, lost
+    assert len(lost) == 5, lost
 
 
 # --- Transcollines (CAD, fares between three municipalities, a fare timeframe on a service calendar)
@@ -78,7 +88,7 @@ def test_zakroczym_lists_what_the_gate_cannot_enforce() -> None:
 
 def test_transcollines_fares_between_municipalities_as_published(impl: Any) -> None:
     result = imported("transcollines")
-    assert result.rules.utc_offset_min == -300  # America/Montreal standard time
+    assert result.rules.time_zone == "America/Montreal"  # with its summer time
     monday = at(-300, 2026, 3, 2, 7, 30)
     assert fare(impl, result, "F101-60", "411-56", monday) == 500  # Pontiac -> Les Collines, 5.00 CAD
     assert fare(impl, result, "F101-60", "F401-10", monday) == 2000  # Pontiac -> Gatineau, 20.00 CAD
@@ -92,13 +102,15 @@ def test_transcollines_fares_between_municipalities_as_published(impl: Any) -> N
 def test_transcollines_lists_the_trip_it_does_not_sell_and_its_calendar() -> None:
     result = imported("transcollines")
     lost = result.not_enforceable
-    assert any(x.startswith("agency.txt:2: time zone America/Montreal keeps summer time") for x in lost)
+    assert not any("summer time" in x for x in lost)
     assert ("calendar.txt:2: service 'FARES-GT-2026-1' runs 20260105 to 20260823; the gate applies "
             "timeframe 'GT-2026' on those weekdays on every date") in lost
     assert any(x.startswith("fare_leg_rules.txt: no fare from area 'GAT' to 'GAT' on network 'REG'")
                and x.endswith("charges the highest fare from 'GAT', 2000") for x in lost)
     assert any(x.startswith("fare_products.txt:4: product 'PS-0'") for x in lost)
-    assert len(lost) == 4, lost
+    assert len(lost) == 3, lost  # and a note that the table follows America/Montreal's summer time
+    assert any(x.startswith("agency.txt:2: time zone America/Montreal keeps summer time")
+               for x in result.notes), result.notes
 
 
 def test_within_gatineau_is_charged_the_highest_fare_from_there(impl: Any) -> None:
@@ -165,6 +177,10 @@ def test_timeframes_categories_media_and_transfers(impl: Any, small: ImportResul
     assert fare(impl, small, "S1", "S3", off) == 400  # centre -> suburbs
     assert fare(impl, small, "S1", "S3", peak) == 500
     assert fare(impl, small, "S3", "S3", peak) == 400  # no peak product of its own: outer
+    # S2 is in areas A and B (stop_areas.txt): a boundary station, priced at the cheaper reading
+    assert next(x.zones for x in rules.stations if x.name.endswith("[S2]")) == ["A", "B"]
+    assert fare(impl, small, "S2", "S3", peak) == 400  # as B -> B (outer), not A -> B (peak outer, 500)
+    assert fare(impl, small, "S1", "S2", peak) == 200  # as A -> A (inner)
     assert fare(impl, small, "S1", "S3", off, category=1) == 200  # the student's own product
 
 
@@ -185,8 +201,6 @@ def test_small_feed_lists_each_unenforceable_line(small: ImportResult) -> None:
         "timeframes.txt:3: end_time 19:00:30: the gate counts whole minutes, 19:00",
         "fare_products.txt:3: product 'in' on medium 'cash' costs 2.50; the gate charges the card price, "
         "2.00",
-        "stop_areas.txt:5: stop 'S2' is also in area 'B': a station has one zone, so it is priced in 'A' "
-        "only, not at the cheaper reading",
         "fare_transfer_rules.txt:3: duration_limit_type 1: the gate measures from the end of one leg to the "
         "start of the next (type 2)",
         "fare_leg_join_rules.txt:3: legs joined across networks 'metro' -> 'bus': a station belongs to one "

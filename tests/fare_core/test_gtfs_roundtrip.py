@@ -44,7 +44,7 @@ def test_exported_feed_is_plain_gtfs(tmp_path: Path) -> None:
     assert "fare_20_00,,phone,,20.00,CAD" in (tmp_path / "fare_products.txt").read_text(encoding="utf-8")
     assert "GT-2026,00:00:00,24:00:00,days_mon_tue_wed_thu_fri_sat_sun" in (
         tmp_path / "timeframes.txt").read_text(encoding="utf-8")
-    assert "operator,Transcollines,https://example.invalid/,Etc/GMT+5" in (
+    assert "operator,Transcollines,https://example.invalid/,America/Montreal" in (
         tmp_path / "agency.txt").read_text(encoding="utf-8")
 
 

@@ -367,3 +367,17 @@ def test_yuan_typed_as_fen_in_the_new_rules_is_warned_about() -> None:
     where = sorted(p.location for p in outcome.problems if p.severity == "warning")
     assert where == ["overdraft.limit_fen", "rider_categories.adult.monthly.tiers[0].from_fen",
                      "rider_categories.adult.weekly_cap_fen"]
+
+
+def test_export_to_gtfs_states_the_zone_and_boundary_and_lists_the_rest(tmp_path: Path) -> None:
+    from fare_core.gtfs.exporter import export_gtfs
+
+    rules = rules_from_data(example("lakeshore"))
+    lost = "\n".join(export_gtfs(rules, tmp_path))
+    agency = (tmp_path / "agency.txt").read_text(encoding="utf-8")
+    assert agency.splitlines()[1].endswith(",America/Toronto")
+    stop_areas = (tmp_path / "stop_areas.txt").read_text(encoding="utf-8").splitlines()
+    assert "1,2" in stop_areas and "2,2" in stop_areas  # Harbour (stop 2) in zones 1 and 2
+    for what in ("weekly_cap_fen = 4700 (rolling_7_days)", "overdraft.limit_fen = 350",
+                 "calendars[0] (10 dates priced as sun)"):
+        assert what in lost, lost
