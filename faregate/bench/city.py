@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import heapq
 import json
 import multiprocessing
@@ -35,6 +36,7 @@ from typing import Any
 from faregate.city.centre import POSTGRES_URL, ingest_values, run_centre
 from faregate.city.citygates import CityGate, GateReport, run_gates
 from faregate.city.station import run_city
+from faregate.simgate import SimUplink
 from protocol.mqtt import DEVELOPMENT_PUBLIC_KEY, DenyListSnapshotMessage, Topics, Verifier, gate_id
 
 MAX_GATES_PER_STATION = 255  # gate_no is a u8 (docs/mqtt.md)
@@ -157,6 +159,21 @@ def _gates_process(specs: list[GateSpec], prefix: str, options: dict[str, float]
     asyncio.run(_gates_main(specs, prefix, options, events, results))
 
 
+class ArrivalProbe(SimUplink):
+    """One plain subscriber at a broker (a station server, or the centre in the baseline), logged in as
+    one of its gates: when each deny-list delta reached that broker's subscribers, apart from the
+    simulated gates' own processing (hundreds of gates share a core here; a real gate has its own)."""
+
+    def __init__(self, url: str, topics: Topics, username: str, password: str) -> None:
+        super().__init__(url, topics, username=username, password=password, subscribe=[topics.denylist_delta],
+                         record=False, client_id=f"probe-{uuid.uuid4().hex[:8]}")
+        self.arrived: dict[int, float] = {}
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            self.arrived.setdefault(int(json.loads(message.payload)["version"]), time.monotonic())
+
+
 # --- one scenario ----------------------------------------------------------------------------------------
 
 
@@ -178,9 +195,22 @@ async def scenario(args: argparse.Namespace, via_stations: bool) -> dict[str, An
             specs = [(s, no, centre_files.port, centre_files.passwords[gate_id(s, no)])
                      for s, nos in stations.items() for no in nos]
         values = ingest_values(args.database, city.centre_url, prefix)
-        async with run_centre(values, args.workers) as centre:
-            figures = await _drive(args, values, prefix, specs)
-            rows, unique = await centre.count(all_gates)
+        first: dict[int, tuple[str, str]] = {}
+        for station, no, port, password in specs:
+            first.setdefault(port, (gate_id(station, no), password))
+        probes = [ArrivalProbe(f"mqtt://127.0.0.1:{port}", Topics(prefix), user, password)
+                  for port, (user, password) in first.items()]
+        try:
+            for probe in probes:
+                probe.start()
+            for probe in probes:
+                probe.wait_ready(30)
+            async with run_centre(values, args.workers) as centre:
+                figures = await _drive(args, values, prefix, specs, probes)
+                rows, unique = await centre.count(all_gates)
+        finally:
+            for probe in probes:
+                probe.close()
     made = figures.pop("made")
     figures.update({
         "stations": len(stations) if via_stations else 0,
@@ -195,7 +225,7 @@ async def scenario(args: argparse.Namespace, via_stations: bool) -> dict[str, An
 
 
 async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
-                 specs: list[GateSpec]) -> dict[str, Any]:
+                 specs: list[GateSpec], probes: list[ArrivalProbe]) -> dict[str, Any]:
     from backend.config import Settings
     from backend.db import make_engine, make_sessionmaker
     from backend.distribution import Distributor
@@ -229,6 +259,7 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
             await asyncio.wait_for(asyncio.to_thread(ready.wait), 120)
         rng = random.Random(16)
         blocks: dict[int, float] = {}
+        published: list[float] = []  # how long each block call took (commit, delta and snapshot PUBACKed)
         started = time.monotonic()
         go.set()
         for n in range(args.blocks):  # the operator's blocks, spread over the tapping time
@@ -236,6 +267,7 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             called = time.monotonic()
             row = await distributor.change_denylist([f"{rng.getrandbits(64):016x}"], [], "bench city")
+            published.append(time.monotonic() - called)
             blocks[row.version] = called
         await asyncio.sleep(max(0.0, started + args.seconds - time.monotonic()))
         stop_tapping.set()
@@ -260,7 +292,13 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
                 process.kill()
         await publisher.aclose()
         await engine.dispose()
-    return _figures(args, reports, blocks, snapshot, snapshot_bytes, snapshot_sent, tapped, span)
+    figures = _figures(args, reports, blocks, snapshot, snapshot_bytes, snapshot_sent, tapped, span)
+    figures["block_call_ms_max"] = round(max(published) * 1000, 1) if published else None
+    at_brokers = [(probe.arrived[v] - called) * 1000 for v, called in blocks.items() for probe in probes
+                  if v in probe.arrived]
+    figures["deny_at_brokers_ms_p50"] = round(_percentile(at_brokers, 0.5), 1)
+    figures["deny_at_brokers_ms_max"] = round(max(at_brokers), 1) if at_brokers else None
+    return figures
 
 
 async def _send_snapshot(distributor: Any, prefix: str, count: int, rng: random.Random, wanted: Any
@@ -295,6 +333,10 @@ def _figures(args: argparse.Namespace, reports: list[GateReport], blocks: dict[i
     latencies = [(r.applied[v] - called) * 1000 for v, called in blocks.items() for r in reports
                  if v in r.applied]
     missed = sum(1 for v in blocks for r in reports if v not in r.applied)
+    arrivals = [(r.received[v] - called) * 1000 for v, called in blocks.items() for r in reports
+                if v in r.received]
+    verify = [(r.applied[v] - r.received[v]) * 1000 for v in blocks for r in reports
+              if v in r.applied and v in r.received]
     have_snapshot = [r.applied[snapshot] - snapshot_sent for r in reports if snapshot in r.applied]
     made = sum(r.made for r in reports)
     committed = sum(min(r.committed, r.made) for r in reports)
@@ -312,6 +354,11 @@ def _figures(args: argparse.Namespace, reports: list[GateReport], blocks: dict[i
         "deny_propagation_ms_max": round(max(latencies), 1) if latencies else None,
         "deny_propagation_ms_mean": round(statistics.fmean(latencies), 1) if latencies else None,
         "deny_missed": missed,
+        # where the time goes: the delta's arrival at the gate's process (broker path and the
+        # simulating process's queue), then the gate's own parse, verify and apply
+        "deny_arrival_ms_p50": round(_percentile(arrivals, 0.5), 1),
+        "deny_arrival_ms_p99": round(_percentile(arrivals, 0.99), 1),
+        "deny_verify_apply_ms_p99": round(_percentile(verify, 0.99), 2),
         "snapshot_ids": args.snapshot_ids,
         "snapshot_bytes": snapshot_bytes,
         "snapshot_fanout_s": round(max(have_snapshot), 3) if len(have_snapshot) == len(reports) else None,
