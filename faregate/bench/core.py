@@ -66,33 +66,67 @@ def bench_table() -> TableData:
     return compiler.compile_rules(rules.load_rules(example), version=1, created_at=0)
 
 
+def bench_table_variant(tiers: bool) -> TableData:
+    """The shipped example without any monthly scheme (`tiers=False`), or with every rule of issue 13
+    in play at once (`tiers=True`): six spend tiers for adults (counted on the metro only), a weekly
+    cap, Europe/London's summer time over 20 years (40 offset changes to search) and 30 holiday dates."""
+    import tomllib
+
+    from fare_core import compiler, rules
+
+    example = Path(fare_core.__file__).with_name("examples") / "guangzhou.toml"
+    with example.open("rb") as file:
+        data = tomllib.load(file)
+    adult = {k: v for k, v in data["rider_categories"]["adult"].items() if k != "monthly"}
+    if tiers:
+        adult["monthly"] = {"basis": "spend", "counted_networks": ["metro"], "surcharges_count": True,
+                            "tiers": [{"from_fen": f, "percent_off": p} for f, p in (
+                                (5000, 5), (10000, 20), (15000, 50), (20000, 40), (30000, 10), (40000, 0))]}
+        adult["weekly_cap_fen"] = 6000
+        del data["utc_offset_min"]
+        data.update(time_zone="Europe/London", valid_from="2020-01-01", valid_until="2040-01-01",
+                    calendars=[{"dates": [f"{year}-{month:02d}-01" for year in (2026, 2027)
+                                          for month in range(1, 13) if month != 11] + ["2026-11-25"],
+                                "price_as": "sun"}])
+    data["rider_categories"] = {**data["rider_categories"], "adult": adult}
+    return compiler.compile_rules(rules.rules_from_data(data), version=1, created_at=0)
+
+
 def _exit_tap_inputs(core: Any, table: TableData) -> tuple[bytes, Any, Any, Any]:
-    """A wallet with an open entry and the exit tap that closes it: the most work decide() does."""
+    """A wallet with an open entry and the exit tap that closes it: the most work decide() does. The
+    month has 17,000 fen spent and the week 1,000, so a table's tiers and weekly cap are all looked at."""
     sam = core.Sam(MASTER_KEY)
     ids = list(table.station_ids)
     origin, dest = ids[0], ids[len(ids) // 2]
     when = 1795500000  # 2026-11-24 around 10:40 CST, a Tuesday
+    day = (when + 8 * 3600) // 86400 - 10957
     record = CardRecord(card_id=CARD, balance=50_000, counter=10, flags=1, entry_station=origin,
-                        entry_time=when - 1800, last_network=255, transfer_from=255)
+                        entry_time=when - 1800, last_network=255, transfer_from=255,
+                        month_number=(2026 - 2000) * 12 + 10, month_spent=17_000, month_rides=40,
+                        week_start=day - 1, week_spent=1_000)
     wallet = core.new_wallet(record, sam)
     return wallet, core.Tap(CARD, dest, Direction.EXIT, when), core.FareTable(table), sam
 
 
-def bench_decide(table: TableData, denylists: dict[str, Any]) -> dict[str, float]:
+def bench_decide(table: TableData, denylists: dict[str, Any],
+                 variants: dict[str, TableData] | None = None) -> dict[str, float]:
+    """decide() on `table` per implementation (keyed by its name), then on each variant table
+    (`<name>_<variant>`), all in this run, interleaved per implementation."""
     impls = implementations()
     out: dict[str, float] = {}
     for name, (core, _dl) in impls.items():
-        wallet, tap, fare_table, sam = _exit_tap_inputs(core, table)
-        dl = denylists[name]
-        decision = core.decide(wallet, tap, fare_table, dl, sam)
-        assert decision.allowed and decision.record is not None, decision
-
-        def call(core: Any = core, w: bytes = wallet, t: Any = tap, f: Any = fare_table, d: Any = dl,
-                 s: Any = sam) -> object:
-            return core.decide(w, t, f, d, s)
-
         fast = name == "cython"
-        out[name] = per_call_ns(call, batch=2000 if fast else 20, batches=101 if fast else 31)
+        dl = denylists[name]
+        for key, data in (("", table), *((f"_{v}", t) for v, t in (variants or {}).items())):
+            wallet, tap, fare_table, sam = _exit_tap_inputs(core, data)
+            decision = core.decide(wallet, tap, fare_table, dl, sam)
+            assert decision.allowed and decision.record is not None, decision
+
+            def call(core: Any = core, w: bytes = wallet, t: Any = tap, f: Any = fare_table, d: Any = dl,
+                     s: Any = sam) -> object:
+                return core.decide(w, t, f, d, s)
+
+            out[name + key] = per_call_ns(call, batch=2000 if fast else 20, batches=101 if fast else 31)
         body = CardRecord(card_id=CARD).body()
         out[f"mac_{name}"] = per_call_ns(functools.partial(sam.mac, CARD, body),
                                          batch=2000 if fast else 20, batches=51 if fast else 21)
@@ -168,19 +202,28 @@ def run_core_bench(entries: int) -> dict[str, Any]:
     impls = implementations()
     twin_list = impls["python"][1].DenyList(range(1, 100_001), version=1)
     denylists = {"python": twin_list, "cython": big}
-    decide = bench_decide(table, denylists)
-    compiled = decide.get("cython", decide["python"])
+    variants = {"no_tiers": bench_table_variant(tiers=False), "tiers": bench_table_variant(tiers=True)}
+    decide = bench_decide(table, denylists, variants)
+    fast = "cython" if "cython" in decide else "python"
+    compiled = decide[fast]
     result = {
-        "implementation": "cython" if "cython" in decide else "python",
+        "implementation": fast,
         "decide_ns_median": round(compiled, 1),
         "decide_ns_median_twin": round(decide["python"], 1),
         "decide_speedup": round(decide["python"] / compiled, 1),
+        # issue 13: the same exit tap without any monthly scheme, and with every new rule in play
+        "decide_ns_median_no_tiers": round(decide[f"{fast}_no_tiers"], 1),
+        "decide_ns_median_tiers": round(decide[f"{fast}_tiers"], 1),
+        "decide_ns_median_twin_no_tiers": round(decide["python_no_tiers"], 1),
+        "decide_ns_median_twin_tiers": round(decide["python_tiers"], 1),
+        "decide_speedup_tiers": round(decide["python_tiers"] / decide[f"{fast}_tiers"], 1),
         "mac_ns_median": round(decide.get("mac_cython", decide["mac_python"]), 1),
         "mac_ns_median_twin": round(decide["mac_python"], 1),
         "python_call_floor_ns": round(decide["call_floor"], 1),
         "fare_table_stations": table.n_stations,
         **dl_figures,
-        "targets": {"decide_ns_median": 5000, "decide_speedup": 20, "denylist_lookup_ns_median": 300,
+        "targets": {"decide_ns_median": 5000, "decide_speedup": 20, "decide_ns_median_tiers": 5000,
+                    "decide_speedup_tiers": 20, "denylist_lookup_ns_median": 300,
                     "denylist_load_s": 1.0, "denylist_bytes_per_entry": 12},
     }
     return result
@@ -217,6 +260,11 @@ def report(result: dict[str, Any]) -> str:
         f" twin {result['decide_ns_median_twin']:,.0f} ns, {result['decide_speedup']:,.0f}x slower"
         f"  {against(result['decide_ns_median'], t['decide_ns_median'], ' ns')}"
         f" {against(result['decide_speedup'], t['decide_speedup'], 'x', most=False)}",
+        f"  with tiers etc.    {result['decide_ns_median_tiers']:>9,.0f} ns median;"
+        f" without tiers {result['decide_ns_median_no_tiers']:,.0f} ns; twin"
+        f" {result['decide_ns_median_twin_tiers']:,.0f} / {result['decide_ns_median_twin_no_tiers']:,.0f} ns"
+        f"  {against(result['decide_ns_median_tiers'], t['decide_ns_median_tiers'], ' ns')}"
+        f" {against(result['decide_speedup_tiers'], t['decide_speedup_tiers'], 'x', most=False)}",
         f"MAC (SipHash-2-4)    {result['mac_ns_median']:>9,.0f} ns median;"
         f" twin {result['mac_ns_median_twin']:,.0f} ns; an empty Python call"
         f" {result['python_call_floor_ns']:.0f} ns",
