@@ -14,6 +14,12 @@ The minimum entry balance applies to the categories the rules list (min_entry_ca
 list none, to every category the compiled table charges anything: a free or fully discounted category
 gets 0. The deny-list rule compiles to table_data.DENYLISTED_EXIT_*.
 
+A station in several zones is priced at the cheapest reading of the zones rule; a category whose
+discount names networks keeps the adult fare elsewhere; an od table silent on exiting at the entry
+station, where the paid area has a same-station rule, gets the same-station fare there. The monthly
+schemes, weekly caps, overdraft and calendars compile to TableData's arrays as they are written; a
+time_zone compiles to its UTC offset changes from valid_from to valid_until (utc_offsets).
+
 Table cells no trip uses are filled so that a lookup there can never undercharge: a pair of stations on
 different networks holds the origin's missing-exit fare, and a flat-network (bus) row holds that
 network's flat fare.
