@@ -381,3 +381,55 @@ def test_export_to_gtfs_states_the_zone_and_boundary_and_lists_the_rest(tmp_path
     for what in ("weekly_cap_fen = 4700 (rolling_7_days)", "overdraft.limit_fen = 350",
                  "calendars[0] (10 dates priced as sun)"):
         assert what in lost, lost
+
+
+@pytest.mark.security
+def test_a_record_relabelled_as_layout_1_is_refused(impl: Any) -> None:
+    """Layout 1 is still read, so a forger might relabel a layout-2 record to have its week and ride
+    counters read as zero: the MAC covers the layout byte, and the slot is refused."""
+    r = Rider(impl, table=BEIJING, balance=5000, month_number=(2026 - 2000) * 12 + 10, month_spent=9_000,
+              month_rides=30, week_spent=900)
+    forged = bytearray(r.wallet)
+    assert forged[0] == 2
+    forged[0] = 1
+    r.wallet = bytes(forged)
+    out = r.tap(PINGGUOYUAN, ENTRY, beijing(2026, 11, 10, 9))
+    assert (out.allowed, out.reason, out.record) == (False, Reason.BAD_MAC, None)
+
+
+@pytest.mark.security
+def test_a_table_whose_new_arrays_do_not_hold_is_refused_even_with_a_good_checksum() -> None:
+    """Tiers that do not rise, an offset change out of order or a cap the card cannot count: a forged or
+    broken artefact re-hashed is still refused by TableData.validate() when it loads."""
+    import dataclasses
+    from array import array
+
+    from fare_core.artefact import pack, unpack
+    from fare_core.errors import FareTableError
+
+    blob = pack(LAKESHORE)
+    assert unpack(blob) == LAKESHORE
+    for bad, why in (
+        ({"monthly_tier_first": array("I", [0, 2, 2]), "monthly_tier_from": array("I", [500, 100]),
+          "monthly_tier_percent": bytes([10, 20])}, "tiers do not rise"),
+        ({"offset_change_at": array("I", [20, 10]), "offset_change_min": array("i", [60, 0])}, "do not rise"),
+        ({"weekly_cap": array("I", [70_000, 0])}, "at most 65535"),
+        ({"date_override_as": bytes([7] * len(LAKESHORE.date_override_day))}, "weekday 0..6"),
+    ):
+        broken = dataclasses.replace(LAKESHORE, **bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=why):
+            broken.validate()
+        with pytest.raises(FareTableError):
+            pack(broken)
+    # the same written into the bytes: the adult's weekly cap set to 70000, the SHA-256 made good again
+    import hashlib
+    import struct
+
+    labels = struct.unpack_from("<I", blob, 60)[0]
+    k, h, c = len(LAKESHORE.offset_change_at), len(LAKESHORE.date_override_day), LAKESHORE.n_categories
+    weekly = len(blob) - 32 - labels - 5 * h - 8 * k - 4 * c
+    assert struct.unpack_from("<I", blob, weekly) == (4700,)
+    body = bytearray(blob[:-32])
+    struct.pack_into("<I", body, weekly, 70_000)
+    with pytest.raises(FareTableError, match="inconsistent: daily_cap and weekly_cap are at most 65535"):
+        unpack(bytes(body) + hashlib.sha256(body).digest())
