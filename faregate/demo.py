@@ -208,7 +208,8 @@ class Demo:
 
         async def stop_backend() -> None:
             backend_stop.set()
-            await asyncio.wait_for(backend, 30)
+            async with asyncio.timeout(30):
+                await backend
 
         stack.push_async_callback(stop_backend)
         base = f"http://127.0.0.1:{port}"
@@ -241,7 +242,8 @@ class Demo:
         recharges = asyncio.create_task(self._air_recharges(client, settings, population, blocked))
         while not self.stop.is_set() and time.monotonic() - started < args.duration:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.stop.wait()
             print(await self._progress(settings, station, time.monotonic() - started), flush=True)
         for task in (traffic, recharges):
             task.cancel()

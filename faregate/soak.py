@@ -247,8 +247,8 @@ class Soak:
         topups = self._spawn(self._topups(settings))
         while not self.stopping.is_set() and time.monotonic() - started < args.duration:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(),
-                                       min(10.0, args.duration - (time.monotonic() - started)))
+                async with asyncio.timeout(min(10.0, args.duration - (time.monotonic() - started))):
+                    await self.stopping.wait()
             if not args.json:
                 print(f"[{time.monotonic() - started:5.0f} s] taps {self.taps:6d}  faults "
                       f"{sum(self.faults.values()):5d}  gates up {sum(g.alive for g in self.gates)}"

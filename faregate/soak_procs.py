@@ -69,7 +69,8 @@ class ProcessGroup:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(sig)
         try:
-            await asyncio.wait_for(process.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await process.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()

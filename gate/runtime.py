@@ -106,7 +106,8 @@ class GateRuntime:
     async def _serve_metrics(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """GET /metrics in Prometheus text format; a few lines beat a web framework on a gate."""
         try:
-            request = await asyncio.wait_for(reader.readline(), 5)
+            async with asyncio.timeout(5):
+                request = await reader.readline()
             ok = request.split(b" ")[1:2] == [b"/metrics"]
             body = self.metrics.exposition() if ok else b"not found\n"
             status = b"200 OK" if ok else b"404 Not Found"

@@ -95,7 +95,8 @@ class SerialTransport:
 
     async def wait_up(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._up.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                await self._up.wait()
         return self.is_up
 
     async def close(self) -> None:

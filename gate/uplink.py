@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Payload)
 
 SOFTWARE = "faregate-gate/0.1"
+STOP_WAIT_S = 5.0  # how long stop() waits for the MQTT session to close before cancelling it again
 
 
 class Uplink:
@@ -136,10 +137,18 @@ class Uplink:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     async def stop(self) -> None:
+        """Cancel the session; bounded, so a broker that never answers DISCONNECT (aiomqtt waits for it
+        without a timeout) cannot hold the gate's shutdown: a second cancel ends that wait."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            for attempt in range(3):
+                self._task.cancel()
+                done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
+                if done:
+                    break
+                log.warning("gate %s: MQTT session still closing after %.0f s (attempt %d)", self.gate_id,
+                            STOP_WAIT_S, attempt + 1)
+            if self._task.done() and not self._task.cancelled() and self._task.exception() is not None:
+                log.warning("gate %s: MQTT session ended with %r", self.gate_id, self._task.exception())
             self._task = None
 
     def tap_journaled(self, seq: int) -> None:
@@ -224,8 +233,11 @@ class Uplink:
                                            through=self.final_seq())
             if not pending:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 a wait_for whose inner wait ends as the
+                # task is cancelled returns instead of raising, and this loop would outlive stop()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
                 continue
             # Only what is already pending is grouped: a lone tap leaves at once, never waits for company.
             for start in range(0, len(pending), self.batch_max):
