@@ -63,7 +63,13 @@ class Base(DeclarativeBase):
 
 
 class TapRow(Base):
-    """One tap exactly as the gate reported it, plus what the backend derived from it."""
+    """One tap exactly as the gate reported it, plus what the backend derived from it.
+
+    The table's key is (tap_id, time): on PostgreSQL the table is partitioned by service day (monthly
+    ranges of `time` cut at the service day's start, backend/ingest/partitions.py, migration 0008), and
+    a partitioned table's unique keys must hold its partition key. A tap's time is under its gate's MAC,
+    so a tap sent again has the same time and the key stores it once; one tap id with another time is
+    a conflict the ingest refuses (store.py). The ORM still identifies a tap by its tap_id alone."""
 
     __tablename__ = "taps"
     tap_id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -72,7 +78,7 @@ class TapRow(Base):
     gate_no: Mapped[int] = mapped_column(Integer)
     seq: Mapped[int] = mapped_column(BigInteger)
     card_id: Mapped[str] = mapped_column(CardIdCol)
-    time: Mapped[datetime] = mapped_column(UtcDateTime())
+    time: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)  # the partition key
     direction: Mapped[int] = mapped_column(Integer)
     mode: Mapped[int] = mapped_column(Integer)
     allowed: Mapped[bool] = mapped_column(Boolean)
@@ -96,12 +102,13 @@ class TapRow(Base):
     trip_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     __table_args__ = (
-        UniqueConstraint("gate_id", "seq"),
+        Index("ix_taps_gate_seq", "gate_id", "seq"),  # each gate's progress (store.advance_gates)
         Index("ix_taps_card_time", "card_id", "time"),
-        Index("ix_taps_time", "time"),
+        Index("ix_taps_time", "time"),  # the reports' windows (and partition pruning does the rest)
         Index("ix_taps_reconciled", "reconciled"),
         Index("ix_taps_card_counter", "card_id", "counter_before"),  # reconciliation's clone check
     )
+    __mapper_args__ = {"primary_key": [tap_id]}  # noqa: RUF012  # the ORM: session.get(TapRow, tap_id)
 
 
 class DeadLetterRow(Base):

@@ -3,8 +3,11 @@
 A payload is one tap object or an array of them (a gate sending its backlog, docs/mqtt.md); each
 element is validated and stored or dead-lettered on its own.
 
-Idempotence is the primary key: `INSERT ... ON CONFLICT (tap_id) DO NOTHING` (TapInsert) stores a
-tap once however often it comes; the count of new rows tells new taps from duplicates. In the same
+Idempotence is the primary key (tap_id, time): `INSERT ... ON CONFLICT (tap_id, time) DO NOTHING`
+(TapInsert) stores a tap once however often it comes (its time is under its gate's MAC, so a tap sent
+again has the same); the count of new rows tells new taps from duplicates. A tap whose seq is not above
+its gate's highest stored one is first compared with what is stored under its id at any time
+(_maybe_stored), so one tap id never gets two rows. In the same
 transaction each touched gate's `committed_seq` advances to the highest seq with nothing missing at
 or below it, so a Committed message published after the commit never promises a tap the database
 does not hold.
@@ -102,7 +105,7 @@ def dead_letter_row(topic: str, payload: bytes, reason: str, now: datetime) -> d
 
 class TapInsert:
     """Many taps in one driver-level statement: one executemany on SQLite, one INSERT ... SELECT FROM
-    unnest(arrays) on PostgreSQL, both ON CONFLICT (tap_id) DO NOTHING.
+    unnest(arrays) on PostgreSQL, both ON CONFLICT (tap_id, time) DO NOTHING.
 
     Why not the ORM's Core insert: building and type-processing its parameters cost about 20 µs a
     tap, more than the database's own work. The columns' own bind processors (the UTC datetime
@@ -126,12 +129,12 @@ class TapInsert:
             )
             self.sql = (
                 f"INSERT INTO {table.name} ({columns}) SELECT * FROM unnest({arrays}) "
-                "ON CONFLICT (tap_id) DO NOTHING RETURNING tap_id"
+                "ON CONFLICT (tap_id, time) DO NOTHING RETURNING tap_id"
             )
         else:
             marks = ", ".join("?" for _ in self.names)
             self.sql = (
-                f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT (tap_id) DO NOTHING"
+                f"INSERT INTO {table.name} ({columns}) VALUES ({marks}) ON CONFLICT (tap_id, time) DO NOTHING"
             )
 
     async def __call__(self, session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
@@ -334,11 +337,20 @@ class TapStore:
         result.received = received
         result.duplicates = received - len(dead) - len(taps)
         async with self.sessions.begin() as session:
+            checked: set[str] = set()  # tap ids already compared with what is stored under them
+            if taps:  # (tap_id, time) is the key: one id at another time must be caught before the insert
+                early = await _maybe_stored(session, taps)
+                checked = {row["tap_id"] for row in early}
+                for row in await authn.conflicts(session, early, now) if early else []:
+                    tap, topic = sent[row["tap_id"]]
+                    del taps[row["tap_id"]]
+                    dead.append(dead_letter_row(topic, encode(tap), f"tap_conflict: {row['tap_id']}", now))
+                    result.dead_by_gate[row["gate_id"]] += 1
             if taps:
                 result.stored = await _tap_insert(session)(session, list(taps.values()))
                 result.duplicates += len(taps) - result.stored
             if result.stored < len(taps) or repeats:  # a duplicate must be the same tap, not another
-                candidates = [(row, *sent[tap]) for tap, row in taps.items()] + repeats
+                candidates = [(row, *sent[tap]) for tap, row in taps.items() if tap not in checked] + repeats
                 clashes = await authn.conflicts(session, [c[0] for c in candidates], now)
                 clashing = {id(row) for row in clashes}
                 for row, tap, topic in candidates:
@@ -437,6 +449,19 @@ class TapStore:
         """Re-evaluate gates' committed_seq and gaps (taps may have arrived through another worker)."""
         async with self.sessions.begin() as session:
             return await advance_gates(session, gate_ids)
+
+
+async def _maybe_stored(session: AsyncSession, taps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of `taps` at or below their gate's highest stored seq: only those can already be stored
+    (a resend, a replay, or the same tap id at another time, which the key alone would let in). The
+    gates' rows are locked until the commit, in gate order, so two workers storing taps of one gate
+    take turns and the check cannot miss the other's insert (a gate's very first taps excepted: it has
+    no row to lock yet)."""
+    gate_ids = sorted({row["gate_id"] for row in taps.values()})
+    highest = dict((await session.execute(
+        select(GateRow.gate_id, GateRow.highest_seq).where(GateRow.gate_id.in_(gate_ids))
+        .order_by(GateRow.gate_id).with_for_update())).all())
+    return [row for row in taps.values() if row["seq"] <= highest.get(row["gate_id"], 0)]
 
 
 async def advance_gates(session: AsyncSession, gate_ids: Sequence[str]) -> dict[str, GateProgress]:

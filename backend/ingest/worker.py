@@ -31,8 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from protocol.mqtt import Committed, ResendRequest, Topics, encode
 
 from ..config import Settings
+from ..ledger import ServiceDay
 from ..mqtt import Delivery, MqttClient
-from . import authn
+from . import authn, partitions
 from .store import BatchResult, GateProgress, RawMessage, Refused, TapStore, parse
 from .stream import Downlink, JetStreamSource, StreamSource
 
@@ -181,6 +182,8 @@ class IngestWorker:
         stays unacknowledged, for the broker to redeliver)."""
         self.mqtt.start()
         gap_task = asyncio.create_task(self._gap_sweeper(stop))
+        day = ServiceDay(self.settings.service_utc_offset_min, self.settings.service_day_start_min)
+        partition_task = asyncio.create_task(partitions.maintain(self.store.sessions, day, stop))
         try:
             while not stop.is_set():
                 batch = await self._next_batch(stop)
@@ -188,7 +191,8 @@ class IngestWorker:
                     await self._handle(batch)
         finally:
             gap_task.cancel()
-            await asyncio.wait({gap_task})
+            partition_task.cancel()
+            await asyncio.wait({gap_task, partition_task})
             await self.mqtt.aclose()
 
     async def _next_batch(self, stop: asyncio.Event) -> list[Delivery]:
