@@ -28,14 +28,14 @@ import statistics
 import tempfile
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from faregate.city.centre import POSTGRES_URL, ingest_values, run_centre
+from faregate.city.centre import POSTGRES_URL, CentreBackend, ingest_values, run_centre
 from faregate.city.citygates import CityGate, GateReport, run_gates
-from faregate.city.station import run_city
+from faregate.city.station import Mosquitto, run_city
 from faregate.simgate import SimUplink
 from protocol.mqtt import DEVELOPMENT_PUBLIC_KEY, DenyListSnapshotMessage, Topics, Verifier, gate_id
 
@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database", default=POSTGRES_URL, help=f"database URL (default {POSTGRES_URL})")
     parser.add_argument("--stall", type=float, default=10.0,
                         help="seconds without an ack before a gate sends its backlog again (gate default 10)")
+    parser.add_argument("--outage", type=float, default=0.0,
+                        help="stop the centre for the last this many seconds of taps, then measure the "
+                        "backlog's catch-up (default 0: no outage)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the single-broker baseline")
     parser.add_argument("--timeout", type=float, default=120.0, help="longest wait for the last commit")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -91,6 +94,8 @@ def _check(args: argparse.Namespace) -> None:
         raise SystemExit("--gates, --stations and --per-process must be at least 1")
     if -(-args.gates // args.stations) > MAX_GATES_PER_STATION:
         raise SystemExit(f"at most {MAX_GATES_PER_STATION} gates a station: give more --stations")
+    if not 0 <= args.outage < args.seconds:
+        raise SystemExit("--outage must be below --seconds")
     if args.seconds <= 0 or args.tap_interval <= 0:
         raise SystemExit("--seconds and --tap-interval must be positive")
 
@@ -206,7 +211,8 @@ async def scenario(args: argparse.Namespace, via_stations: bool) -> dict[str, An
             for probe in probes:
                 probe.wait_ready(30)
             async with run_centre(values, args.workers) as centre:
-                figures = await _drive(args, values, prefix, specs, probes)
+                outage = Outage(city.centre, centre, all_gates)
+                figures = await _drive(args, values, prefix, specs, probes, outage)
                 rows, unique = await centre.count(all_gates)
         finally:
             for probe in probes:
@@ -224,8 +230,53 @@ async def scenario(args: argparse.Namespace, via_stations: bool) -> dict[str, An
     return figures
 
 
+@dataclass
+class Outage:
+    """What a centre outage needs: the centre broker to stop and start, the database to count."""
+
+    broker: Mosquitto
+    backend: CentreBackend
+    gate_ids: list[str]
+    figures: dict[str, Any] = field(default_factory=dict)
+    restored: float = 0.0
+    first_commit: float = 0.0
+    _watch: asyncio.Task[None] | None = None
+
+    async def cut(self) -> None:
+        await asyncio.to_thread(self.broker.stop)
+        self.figures["outage_started"] = time.monotonic()
+
+    async def restore(self) -> None:
+        _, stored = await self.backend.count(self.gate_ids)
+        await asyncio.to_thread(self.broker.start)
+        self.restored = time.monotonic()
+        self.figures.update(outage_s=round(self.restored - self.figures.pop("outage_started"), 3),
+                            stored_before_restore=stored)
+        self._watch = asyncio.create_task(self._first_commit(stored))
+
+    async def _first_commit(self, stored: int) -> None:
+        """When the first tap of the backlog is stored: the ingest's own reconnection (its back-off
+        doubles to 30 s while the broker is away) comes before any catch-up can start."""
+        while (await self.backend.count(self.gate_ids))[1] <= stored:
+            await asyncio.sleep(0.1)
+        self.first_commit = time.monotonic()
+
+    def settle(self, made: int, drained_at: float) -> dict[str, Any]:
+        if not self.restored:
+            return {}
+        if self._watch is not None:
+            self._watch.cancel()
+        backlog = made - self.figures["stored_before_restore"]
+        catch_up = drained_at - self.restored
+        drain = drained_at - self.first_commit if self.first_commit else 0.0
+        return {**self.figures, "backlog_taps": backlog, "catch_up_s": round(catch_up, 3),
+                "ingest_back_s": round(self.first_commit - self.restored, 3) if self.first_commit else None,
+                "drain_s": round(drain, 3),
+                "drain_taps_per_s": round(backlog / drain) if drain > 0 else None}
+
+
 async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
-                 specs: list[GateSpec], probes: list[ArrivalProbe]) -> dict[str, Any]:
+                 specs: list[GateSpec], probes: list[ArrivalProbe], outage: Outage) -> dict[str, Any]:
     from backend.config import Settings
     from backend.db import make_engine, make_sessionmaker
     from backend.distribution import Distributor
@@ -262,19 +313,27 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
         published: list[float] = []  # how long each block call took (commit, delta and snapshot PUBACKed)
         started = time.monotonic()
         go.set()
-        for n in range(args.blocks):  # the operator's blocks, spread over the tapping time
-            due = started + args.seconds * (n + 1) / (args.blocks + 1)
+        live = args.seconds - args.outage  # the centre is cut for the last `outage` seconds of taps
+        for n in range(args.blocks):  # the operator's blocks, spread over the time the centre is up
+            due = started + live * (n + 1) / (args.blocks + 1)
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             called = time.monotonic()
             row = await distributor.change_denylist([f"{rng.getrandbits(64):016x}"], [], "bench city")
             published.append(time.monotonic() - called)
             blocks[row.version] = called
+        if args.outage:
+            await asyncio.sleep(max(0.0, started + live - time.monotonic()))
+            await outage.cut()
         await asyncio.sleep(max(0.0, started + args.seconds - time.monotonic()))
         stop_tapping.set()
         tapped = time.monotonic() - started
+        if args.outage:
+            await asyncio.sleep(0.5)  # the last taps reach their station
+            await outage.restore()
         drain_ends = [await asyncio.to_thread(drained.get, True, args.timeout + 60) for _ in processes]
         span = max(drain_ends) - started
         # the snapshot a new gate starts from: signed, retained, `snapshot_ids` phones
+        await publisher.mqtt.wait_connected(60)  # back after an outage
         snapshot, snapshot_bytes, snapshot_sent = await _send_snapshot(
             distributor, prefix, args.snapshot_ids, rng, wanted_snapshot)
         deadline = time.monotonic() + 60
@@ -294,6 +353,7 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
         await engine.dispose()
     figures = _figures(args, reports, blocks, snapshot, snapshot_bytes, snapshot_sent, tapped, span)
     figures["block_call_ms_max"] = round(max(published) * 1000, 1) if published else None
+    figures.update(outage.settle(figures["made"], started + span))
     at_brokers = [(probe.arrived[v] - called) * 1000 for v, called in blocks.items() for probe in probes
                   if v in probe.arrived]
     figures["deny_at_brokers_ms_p50"] = round(_percentile(at_brokers, 0.5), 1)
