@@ -167,7 +167,8 @@ class IngestWorker:
         return f"$share/{group}/{self.topics.all_taps}" if group else self.topics.all_taps
 
     def _on_ready(self) -> None:
-        log.info("ingest connected, subscribed to %s", self.tap_subscription)
+        source = "the cluster's stream" if isinstance(self.mqtt, JetStreamSource) else self.tap_subscription
+        log.info("ingest connected, taking taps from %s", source)
         if self.on_connected is not None:
             self.on_connected()
 

@@ -123,16 +123,21 @@ mqtt {{
 
 @dataclass
 class NatsCluster:
-    """Three (or `size`) nats-server nodes clustered on loopback with JetStream and the MQTT gateway."""
+    """Three (or `size`) nats-server nodes clustered on loopback with JetStream and the MQTT gateway.
+    Ports are free ones from the kernel, or from `base_port` up: node n (1..) takes base + 4(n-1) for
+    clients, + 1 for routes, + 2 for MQTT, + 3 for monitoring."""
 
     directory: Path
     size: int = 3
+    base_port: int | None = None
     nodes: list[NatsNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if shutil.which(NATS_SERVER) is None:
             raise FileNotFoundError("nats-server is not installed (Debian: apt-get install nats-server)")
-        ports = free_ports(4 * self.size)
+        count = 4 * self.size
+        base = self.base_port
+        ports = free_ports(count) if base is None else list(range(base, base + count))
         for index in range(self.size):
             client, route, mqtt, http = ports[4 * index : 4 * index + 4]
             name = f"n{index + 1}"
@@ -239,10 +244,12 @@ class FailoverUplink(SimUplink):
         self.failovers = 0
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
-        """As SimUplink's, subscribing at `downlink_qos`: through nats-server's MQTT gateway every QoS 1
-        subscription is a JetStream consumer created through the cluster's meta leader (measured in
-        docs/deployment.md), so the gates' acks and updates are taken at QoS 0 here; the retained ack
-        still arrives on every (re)subscription and a lost one is repaired by the next or by a replay."""
+        """As SimUplink's, subscribing at `downlink_qos`. Through nats-server's MQTT gateway every QoS 1
+        subscription is a JetStream consumer, and a clean session's reconnection deletes its old ones and
+        makes new ones through the JetStream API, whose calls time out (4 s each, in the nodes' logs)
+        while the cluster elects a leader after a node's loss. So the simulated gates take their acks at
+        QoS 0 here: the retained ack still arrives on every (re)subscription and a lost one is made good
+        by the next or by a replay (docs/deployment.md, "Central broker")."""
         if reason.is_failure:
             self.refused = reason
             return
@@ -271,3 +278,31 @@ class FailoverUplink(SimUplink):
             self.failovers += 1
             with contextlib.suppress(OSError):
                 self.client.connect(address.host, address.port, keepalive=self.keepalive)
+
+
+def main() -> int:
+    """`python3 -m faregate.city.cluster --dir DIR [--base-port P]`: run the three nodes until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python3 -m faregate.city.cluster")
+    parser.add_argument("--dir", type=Path, required=True, help="configuration, JetStream data and logs")
+    parser.add_argument("--base-port", type=int, help="ports from here up (default: free ones)")
+    args = parser.parse_args()
+    cluster = NatsCluster(args.dir, base_port=args.base_port)
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job inherits it ignored
+        signal.signal(signum, interrupt)
+    with cluster:
+        print("nats (ingest --ingest-from):", cluster.ingest_url)
+        print("mqtt gateways (gates, --ingest-downlink):", ",".join(cluster.mqtt_urls), flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while any(node.alive for node in cluster.nodes):
+                time.sleep(1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

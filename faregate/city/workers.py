@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-READY_LINE = b"ingest pulling"  # backend/ingest/stream.py logs it once the durable consumer is bound
+READY_LINE = b"ingest connected"  # IngestWorker logs it once subscribed, or bound to the durable consumer
 
 
 @dataclass
@@ -30,26 +30,31 @@ class Worker:
 
 @dataclass
 class IngestWorkers:
-    """`count` ingest worker processes on `database_url` (schema optional) pulling from `nats_urls`."""
+    """`count` ingest worker processes on `database_url` (schema optional) pulling from `nats_urls`, or
+    without them subscribed to `mqtt_urls[0]` (MQTT `mqtt_version`, shared subscription group `group`)."""
 
     directory: Path
-    nats_urls: str
+    nats_urls: str | None
     mqtt_urls: list[str]
     database_url: str
     prefix: str
     count: int = 2
     schema: str | None = None
     ack_wait_s: float | None = None
+    mqtt_version: str = "3.1.1"
+    group: str = "faregate"
     extra_env: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
 
     def command(self) -> list[str]:
-        wait = [] if self.ack_wait_s is None else ["--ingest-ack-wait", str(self.ack_wait_s)]
+        stream = [] if self.nats_urls is None else [
+            "--ingest-from", self.nats_urls, "--ingest-downlink", ",".join(self.mqtt_urls)]
+        if self.nats_urls is not None and self.ack_wait_s is not None:
+            stream += ["--ingest-ack-wait", str(self.ack_wait_s)]
         return [
-            sys.executable, "-m", "backend.cli", "--no-api", "--no-processor", *wait,
-            "--database", self.database_url, "--mqtt", self.mqtt_urls[0], "--mqtt-version", "3.1.1",
-            "--prefix", self.prefix, "--ingest-from", self.nats_urls,
-            "--ingest-downlink", ",".join(self.mqtt_urls), "--log-level", "info",
+            sys.executable, "-m", "backend.cli", "--no-api", "--no-processor", *stream,
+            "--database", self.database_url, "--mqtt", self.mqtt_urls[0], "--mqtt-version", self.mqtt_version,
+            "--prefix", self.prefix, "--log-level", "info",
         ]
 
     def start(self, timeout: float = 60.0) -> None:
@@ -63,6 +68,7 @@ class IngestWorkers:
             FAREGATE_ENVIRONMENT="development",
             FAREGATE_INGEST_CLIENT_ID=f"{self.prefix}-{name}",
             FAREGATE_INGEST_BATCH_WAIT_MS="5",
+            FAREGATE_INGEST_GROUP=self.group,
             **self.extra_env,
         )
         if self.schema:
