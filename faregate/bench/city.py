@@ -211,7 +211,7 @@ async def scenario(args: argparse.Namespace, via_stations: bool) -> dict[str, An
             for probe in probes:
                 probe.wait_ready(30)
             async with run_centre(values, args.workers) as centre:
-                outage = Outage(city.centre, centre, all_gates)
+                outage = Outage(city.centre, centre, all_gates, [st.broker for st in city.stations.values()])
                 figures = await _drive(args, values, prefix, specs, probes, outage)
                 rows, unique = await centre.count(all_gates)
         finally:
@@ -230,6 +230,14 @@ async def scenario(args: argparse.Namespace, via_stations: bool) -> dict[str, An
     return figures
 
 
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 @dataclass
 class Outage:
     """What a centre outage needs: the centre broker to stop and start, the database to count."""
@@ -237,17 +245,25 @@ class Outage:
     broker: Mosquitto
     backend: CentreBackend
     gate_ids: list[str]
+    stations: list[Mosquitto]
     figures: dict[str, Any] = field(default_factory=dict)
     restored: float = 0.0
     first_commit: float = 0.0
     _watch: asyncio.Task[None] | None = None
 
+    def _station_rss_mb(self) -> float | None:
+        """The largest resident memory of a station server (its queue lives there), in MB."""
+        sizes = [_rss_kb(b.process.pid) for b in self.stations if b.process is not None]
+        return round(max(sizes) / 1024, 1) if sizes else None
+
     async def cut(self) -> None:
+        self.figures["station_rss_mb_before"] = self._station_rss_mb()
         await asyncio.to_thread(self.broker.stop)
         self.figures["outage_started"] = time.monotonic()
 
     async def restore(self) -> None:
         _, stored = await self.backend.count(self.gate_ids)
+        self.figures["station_rss_mb_at_restore"] = self._station_rss_mb()
         await asyncio.to_thread(self.broker.start)
         self.restored = time.monotonic()
         self.figures.update(outage_s=round(self.restored - self.figures.pop("outage_started"), 3),
