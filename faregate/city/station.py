@@ -151,11 +151,16 @@ def write_station(
     run_as: str | None = None,
     max_queued_messages: int = STATION_MAX_QUEUED_MESSAGES,
     max_queued_bytes: int = STATION_MAX_QUEUED_BYTES,
+    centre_is_mosquitto: bool = True,
+    more_centres: Sequence[tuple[str, int]] = (),
 ) -> BrokerFiles:
     """A station server's mosquitto.conf, password file and ACL in `out`; returns its gates' passwords.
 
     The gates' accounts and ACL are the centre's (each gate its own topics); there is no other local
-    account: the bridge is configured here, not a login."""
+    account: the bridge is configured here, not a login. `centre` (host, port), then `more_centres` (the
+    other MQTT listeners of a clustered centre): the bridge uses the first that answers, in order, and
+    moves on when it is lost. `centre_is_mosquitto` False for any other engine (NATS's MQTT gateway,
+    RabbitMQ): Mosquitto's private bridge handshake is then not tried."""
     out.mkdir(parents=True, exist_ok=True)
     gates = _gate_ids(station_id, gate_nos)
     passwords = {g: (gate_passwords or {}).get(g) or secrets.token_urlsafe(18) for g in gates}
@@ -168,11 +173,11 @@ def write_station(
     acl.write_text("# written by faregate.city.station: every user is a gate of this station\n"
                    + "\n".join(gate_pattern_lines(prefix)) + "\n")
     topics = Topics(prefix)
-    host, centre_port = centre
+    addresses = [centre, *more_centres]
     user = bridge_user(station_id)
     bridge = [
         f"connection {user}",
-        f"address {host}:{centre_port}",
+        "address " + " ".join(f"{host}:{port}" for host, port in addresses),
         f"remote_clientid {user}",
         f"remote_username {user}",
         f"remote_password {bridge_password}",
@@ -181,7 +186,8 @@ def write_station(
         "cleansession false",
         "local_cleansession false",
         "bridge_protocol_version mqttv311",
-        "try_private true",  # Mosquitto to Mosquitto: retained flags cross the bridge as published
+        # Mosquitto to Mosquitto: the centre knows the bridge, and retained flags cross as published
+        f"try_private {'true' if centre_is_mosquitto else 'false'}",
         "start_type automatic",
         f"restart_timeout {BRIDGE_RETRY_S[0]} {BRIDGE_RETRY_S[1]}",  # reconnect back-off, with jitter
         "keepalive_interval 10",
