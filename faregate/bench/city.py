@@ -13,6 +13,13 @@ At the end the database is counted: lost (made, not stored), duplicated (stored 
 
 The same-run baseline is today's path: the same gates, rate and blocks, every gate logged in to the
 central Mosquitto directly, no station servers.
+
+Where the clustered centre plugs in (faregate/city/cluster.py, workers.py): `scenario` takes its centre
+from `run_city` (one Mosquitto) and `run_centre` (ingest worker processes on its shared subscription).
+For the cluster, start the NatsCluster, write each station with `write_station(..., centre=(first
+node's MQTT port), more_centres=[the others], centre_is_mosquitto=False)`, run the IngestWorkers with
+`--ingest-from cluster.ingest_url`, and let the operator's Publisher and `Outage.broker` point at a
+node; `_drive` and the figures stay as they are.
 """
 
 from __future__ import annotations
