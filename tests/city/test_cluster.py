@@ -146,6 +146,7 @@ async def test_a_node_killed_mid_stream_loses_and_doubles_nothing(
             leader = await stream_leader(cluster)
             with Feeder(gates, per_gate, seconds=4.0):
                 await asyncio.sleep(1.5)
+                before, _, _ = await stored(pg_schema)
                 victim = next(node for node in cluster.nodes if node.name == leader)
                 cluster.kill(victim)  # the stream's leader: a new one must be elected mid-stream
             done = await asyncio.to_thread(wait_committed, uplinks, 60)
@@ -156,6 +157,7 @@ async def test_a_node_killed_mid_stream_loses_and_doubles_nothing(
         assert done, [(w.name, w.log.read_text()[-2000:]) for w in workers.workers]
         assert all(worker.alive for worker in workers.workers)
     expected = per_gate * len(gates)
+    assert 0 < before < expected  # the node died mid-stream
     assert (total, distinct) == (expected, expected)  # nothing lost, nothing doubled
     assert seqs == {gate.id: list(range(1, per_gate + 1)) for gate in gates}
     assert not victim.alive and sum(uplink.failovers for uplink in uplinks) >= 1
