@@ -1,7 +1,8 @@
 """`faregate bench city`: a city of simulated gates through station servers into the centre.
 
 Many stations of MQTT-level gates (faregate.city.citygates: one connection and login per gate, hundreds
-to a process, each verifying the backend's signatures as a real gate does) tap at a steady rate through
+to a process, each verifying the backend's signatures as a real gate does) tap at a steady rate and
+send their status every minute through
 their station servers (faregate.city.station: a Mosquitto per station bridged to the centre) into the
 centre (today: one Mosquitto and PostgreSQL with the existing ingest workers; faregate.city.centre is
 where a clustered broker and several workers plug in). While the gates tap, the operator blocks phones
@@ -63,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="phones in the deny-list snapshot sent to every gate at the end (default 1000)")
     parser.add_argument("--workers", type=int, default=1, help="ingest worker processes (default 1)")
     parser.add_argument("--database", default=POSTGRES_URL, help=f"database URL (default {POSTGRES_URL})")
+    parser.add_argument("--status-interval", type=float, default=60.0,
+                        help="seconds between one gate's status messages (default 60, as a gate)")
     parser.add_argument("--stall", type=float, default=10.0,
                         help="seconds without an ack before a gate sends its backlog again (gate default 10)")
     parser.add_argument("--outage", type=float, default=0.0,
@@ -128,7 +131,8 @@ async def _gates_main(specs: list[GateSpec], prefix: str, options: dict[str, flo
     verifier = Verifier([DEVELOPMENT_PUBLIC_KEY])
     topics = Topics(prefix)
     gates = [CityGate(sid, no, host="127.0.0.1", port=port, password=password, topics=topics,
-                      verifier=verifier, stall_s=options["stall"]) for sid, no, port, password in specs]
+                      verifier=verifier, stall_s=options["stall"], status_s=options["status"])
+             for sid, no, port, password in specs]
     stop = asyncio.Event()
     runner = asyncio.create_task(run_gates(gates, stop, connect_spread_s=options["connect_spread"]))
     try:
@@ -311,6 +315,7 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
     wanted_snapshot = ctx.Value("q", 0)
     chunks = [specs[i : i + args.per_process] for i in range(0, len(specs), args.per_process)]
     options = {"stall": args.stall, "interval": args.tap_interval, "timeout": args.timeout,
+               "status": args.status_interval,
                "connect_spread": min(5.0, len(specs) / 400)}
     processes, readies = [], []
     for chunk in chunks:
@@ -431,6 +436,7 @@ def _figures(args: argparse.Namespace, reports: list[GateReport], blocks: dict[i
         "taps_per_s": round(committed / span),  # stored and acknowledged, from the start to the last ack
         "uncommitted_at_end": made - committed,
         "publishes": sum(r.publishes for r in reports),
+        "statuses": sum(r.statuses for r in reports),
         "blocks": len(blocks),
         "deny_propagation_ms_p50": round(_percentile(latencies, 0.5), 1),
         "deny_propagation_ms_p99": round(_percentile(latencies, 0.99), 1),

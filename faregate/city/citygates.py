@@ -8,6 +8,7 @@ synthetic ones (faregate.simgate.tap_payload, MACed under the gate's key). What 
 - taps are journaled in memory and published from the journal, a lone tap at once, several as arrays of
   at most `batch_max`; they stay until the backend's signed `Committed` covers them; a `ResendRequest`
   republishes its range; when no ack has moved for `stall_s` everything uncommitted goes again;
+- a retained, MACed `GateStatus` on connect and every `status_s` (60 s), the last will "offline";
 - every downlink message is verified against the backend's public key (protocol.mqtt.Verifier) before
   it is used; deny-list deltas apply only on their base version with the checksum checked (fare_core,
   all or nothing), snapshots replace the list when newer and their checksum matches, and a verified
@@ -43,6 +44,8 @@ from protocol.mqtt import (
     Committed,
     DenyListDeltaMessage,
     DenyListSnapshotMessage,
+    GateState,
+    GateStatus,
     ResendRequest,
     SnapshotRequest,
     Topics,
@@ -68,6 +71,7 @@ class GateReport:
     refused: int
     snapshot_requests: int
     denylist_version: int
+    statuses: int = 0
     applied: dict[int, float] = field(default_factory=dict)  # deny-list version -> monotonic time
     received: dict[int, float] = field(default_factory=dict)  # when that version's message came in
 
@@ -88,6 +92,7 @@ class CityGate:
         stall_s: float = 10.0,
         batch_max: int = 50,
         keepalive: int = 30,
+        status_s: float = 60.0,
     ) -> None:
         self.sim = SimGate(station_id, gate_no, batch_max=batch_max)  # journal and committed seq
         self.id = self.sim.id
@@ -96,6 +101,8 @@ class CityGate:
         self.verifier = verifier
         self.stall_s = stall_s
         self.keepalive = keepalive
+        self.status_s = status_s
+        self.statuses = 0
         self.denylist = fare_core.DenyList([], version=0)
         self.applied: dict[int, float] = {}
         self.received: dict[int, float] = {}
@@ -120,8 +127,8 @@ class CityGate:
 
     def report(self) -> GateReport:
         return GateReport(self.id, self.sim.seq, self.sim.committed, self.publishes, self.connects,
-                          self.refused, self.snapshot_requests, self.denylist.version, dict(self.applied),
-                          dict(self.received))
+                          self.refused, self.snapshot_requests, self.denylist.version, self.statuses,
+                          dict(self.applied), dict(self.received))
 
     # ------------------------------------------------------------------------------ connection
     async def run(self, stop: asyncio.Event) -> None:
@@ -143,8 +150,10 @@ class CityGate:
 
     async def _session(self, stop: asyncio.Event) -> None:
         t = self.topics
+        offline = encode_with_mac(GateStatus(gate_id=self.id, state=GateState.OFFLINE), self.sim.mac_key)
         async with aiomqtt.Client(
             self.host, self.port, identifier=f"citygate-{t.prefix}-{self.id}",
+            will=aiomqtt.Will(t.status(self.id), offline, qos=1, retain=True),
             username=self.id if self.password else None, password=self.password,
             protocol=aiomqtt.ProtocolVersion.V311, clean_session=True, keepalive=self.keepalive,
             max_queued_outgoing_messages=None,
@@ -157,6 +166,7 @@ class CityGate:
             self._last_progress = time.monotonic()
             self.connected.set()
             tasks = {asyncio.create_task(self._publisher(client)),
+                     asyncio.create_task(self._heartbeat(client)),
                      asyncio.create_task(self._receiver(client)), asyncio.create_task(stop.wait())}
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -187,6 +197,21 @@ class CityGate:
             await client.publish(self.topics.taps(self.id), encode_taps(sim.journal[first - 1 : last]), qos=1)
             self.publishes += 1
             self._cursor = max(self._cursor, last)
+
+    async def _heartbeat(self, client: aiomqtt.Client) -> None:
+        """The retained status, as a gate sends it: on connect, then every `status_s` (MACed)."""
+        while True:
+            await self.publish_status(client)
+            await asyncio.sleep(self.status_s)
+
+    async def publish_status(self, client: aiomqtt.Client) -> None:
+        status = GateStatus(gate_id=self.id, state=GateState.ONLINE, time=datetime.now(UTC),
+                            denylist_version=self.denylist.version, last_seq=self.sim.seq,
+                            journal_pending=self.sim.uncommitted, software="faregate-citygate/0.1",
+                            auth_refused=self.refused)
+        await client.publish(self.topics.status(self.id), encode_with_mac(status, self.sim.mac_key), qos=1,
+                             retain=True)
+        self.statuses += 1
 
     async def _receiver(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -32,4 +32,5 @@ def test_bench_city_short_run_loses_and_doubles_nothing(mosquitto_tools: None, p
         assert run["deny_propagation_ms_max"] is not None
         assert run["snapshot_missing"] == 0 and run["snapshot_fanout_s"] is not None
         assert run["refused"] == 0 and run["snapshot_requests"] == 0
+        assert run["statuses"] >= 200  # every gate's status on connect, MACed and retained
     assert result["stations"] == 4 and baseline["stations"] == 0
