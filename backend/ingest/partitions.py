@@ -6,11 +6,11 @@ partition's index, and PostgreSQL plans every partition it cannot prune; a city'
 monthly partitions against 1,800 daily ones. A report over a day or a month touches one partition.
 
 Why a default partition: a tap is never refused for its date (a gate whose clock says 1999 is still
-stored, in `taps_default`, and reconciled like any other). `ensure` creates the partitions from the
-data's first month to `AHEAD` months after today (the migration, then every ingest worker at its start
-and every few hours); should rows of a month have landed in the default partition first, they are moved
-into the new partition in the same transaction (PostgreSQL refuses to attach a partition whose rows sit
-in the default one).
+stored, in `taps_default`, and reconciled like any other). `ensure` creates the partitions from last
+month to `AHEAD` months after today, and one for each month that has rows in the default partition (the
+migration, then every ingest worker at its start and every few hours): those rows are moved into the new
+partition in the same transaction (PostgreSQL refuses to attach a partition whose rows sit in the
+default one). A gate whose clock is years off costs one partition for its month, not every month since.
 
 The partitions live in a schema of their own, `taps_partitions`, named after the schema of their table
 (`public_taps_2026_12`): the application's schema then holds exactly the tables backend/tables.py
@@ -77,8 +77,9 @@ def _exists(connection: Connection, table: str) -> bool:
 
 def ensure(connection: Connection, day: ServiceDay, today: date | None = None,
            parent: str = TABLE) -> list[str]:
-    """Create the default partition and every missing monthly partition from the month of the oldest tap
-    (or last month) to AHEAD months after `today`; returns the names created. Idempotent."""
+    """Create the default partition and every missing monthly partition from last month to AHEAD months
+    after `today`, and one for each month with rows in the default partition (moving them into it);
+    returns the names created. Idempotent."""
     today = today or day.of(datetime.now(UTC))
     connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_KEY})
     connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
@@ -88,12 +89,18 @@ def ensure(connection: Connection, day: ServiceDay, today: date | None = None,
     if not _exists(connection, name(schema, None)):
         connection.execute(text(f"CREATE TABLE {default} PARTITION OF {parent} DEFAULT"))
         created.append(default)
-    oldest = connection.execute(text(f"SELECT min(time) FROM {parent}")).scalar()
-    first = day.of(oldest) if isinstance(oldest, datetime) else today.replace(day=1) - timedelta(days=1)
     last = today
     for _ in range(AHEAD):
         last = next_month(last.replace(day=1))
-    for month in months(min(first, today), last):
+    wanted = set(months(today.replace(day=1) - timedelta(days=1), last))
+    # and the months of whatever sits in the default partition: a stray from a gate whose clock is years
+    # off gets its own month's partition, not every month in between (the migration's copy lands here)
+    shift = day.utc_offset_min - day.day_start_min
+    strays = connection.execute(text(
+        "SELECT DISTINCT date_trunc('month', (time AT TIME ZONE 'UTC') + make_interval(mins => :shift))"
+        f"::date FROM {default}"), {"shift": shift}).scalars()
+    wanted.update(month for month in strays if isinstance(month, date))
+    for month in sorted(wanted):
         if _exists(connection, name(schema, month)):
             continue
         table = f"{SCHEMA}.{name(schema, month)}"
