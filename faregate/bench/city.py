@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="phones in the deny-list snapshot sent to every gate at the end (default 1000)")
     parser.add_argument("--workers", type=int, default=1, help="ingest worker processes (default 1)")
     parser.add_argument("--database", default=POSTGRES_URL, help=f"database URL (default {POSTGRES_URL})")
+    parser.add_argument("--stall-max", type=float, default=0.0,
+                        help="a proposal, not today's gate: double the stall wait after each replay that "
+                        "brought no ack, up to this many seconds (default 0: off, as gate/uplink.py)")
     parser.add_argument("--status-interval", type=float, default=60.0,
                         help="seconds between one gate's status messages (default 60, as a gate)")
     parser.add_argument("--stall", type=float, default=10.0,
@@ -131,7 +134,8 @@ async def _gates_main(specs: list[GateSpec], prefix: str, options: dict[str, flo
     verifier = Verifier([DEVELOPMENT_PUBLIC_KEY])
     topics = Topics(prefix)
     gates = [CityGate(sid, no, host="127.0.0.1", port=port, password=password, topics=topics,
-                      verifier=verifier, stall_s=options["stall"], status_s=options["status"])
+                      verifier=verifier, stall_s=options["stall"], status_s=options["status"],
+                      stall_max_s=options["stall_max"])
              for sid, no, port, password in specs]
     stop = asyncio.Event()
     runner = asyncio.create_task(run_gates(gates, stop, connect_spread_s=options["connect_spread"]))
@@ -315,7 +319,7 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
     wanted_snapshot = ctx.Value("q", 0)
     chunks = [specs[i : i + args.per_process] for i in range(0, len(specs), args.per_process)]
     options = {"stall": args.stall, "interval": args.tap_interval, "timeout": args.timeout,
-               "status": args.status_interval,
+               "status": args.status_interval, "stall_max": args.stall_max,
                "connect_spread": min(5.0, len(specs) / 400)}
     processes, readies = [], []
     for chunk in chunks:

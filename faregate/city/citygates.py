@@ -7,7 +7,9 @@ synthetic ones (faregate.simgate.tap_payload, MACed under the gate's key). What 
 
 - taps are journaled in memory and published from the journal, a lone tap at once, several as arrays of
   at most `batch_max`; they stay until the backend's signed `Committed` covers them; a `ResendRequest`
-  republishes its range; when no ack has moved for `stall_s` everything uncommitted goes again;
+  republishes its range; when no ack has moved for `stall_s` everything uncommitted goes again
+  (`stall_max_s` above `stall_s` is a proposal the real gate does not have: the wait doubles after
+  each replay that brought no ack, up to `stall_max_s`, and starts again at `stall_s` on an ack);
 - a retained, MACed `GateStatus` on connect and every `status_s` (60 s), the last will "offline";
 - every downlink message is verified against the backend's public key (protocol.mqtt.Verifier) before
   it is used; deny-list deltas apply only on their base version with the checksum checked (fare_core,
@@ -90,6 +92,7 @@ class CityGate:
         topics: Topics,
         verifier: Verifier,
         stall_s: float = 10.0,
+        stall_max_s: float = 0.0,
         batch_max: int = 50,
         keepalive: int = 30,
         status_s: float = 60.0,
@@ -100,6 +103,8 @@ class CityGate:
         self.topics = topics
         self.verifier = verifier
         self.stall_s = stall_s
+        self.stall_max_s = stall_max_s
+        self._stall_now = stall_s
         self.keepalive = keepalive
         self.status_s = status_s
         self.statuses = 0
@@ -183,9 +188,11 @@ class CityGate:
         sim = self.sim
         while True:
             now = time.monotonic()
-            stalled = now - self._last_progress > self.stall_s
+            stalled = now - self._last_progress > self._stall_now
             if sim.committed < sim.seq and self._cursor >= sim.seq and stalled:
                 self._cursor = sim.committed  # as gate/uplink.py: no ack for stall_s, send it all again
+                if self.stall_max_s > self.stall_s:
+                    self._stall_now = min(self._stall_now * 2, self.stall_max_s)
                 self._last_progress = now
             if self._cursor >= sim.seq:
                 self._wake.clear()
@@ -230,6 +237,7 @@ class CityGate:
                 if ack.through_seq > self.sim.committed:
                     self.sim.committed = ack.through_seq
                     self._last_progress = time.monotonic()
+                    self._stall_now = self.stall_s
             elif topic == t.resend(self.id):
                 resend = ResendRequest.model_validate_json(payload)
                 self.verifier.check(resend)
