@@ -139,3 +139,43 @@ def test_neither_a_gate_nor_a_station_reaches_another_gates_topics(
         finally:
             for client in clients:
                 client.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_a_station_server_killed_mid_stream_loses_and_doubles_nothing(
+    tmp_path: Path, mosquitto_tools: None, postgres_url: str, city_prefix: str
+) -> None:
+    """kill -9 of a station server while its gates tap: what it had queued and not saved is gone, the
+    gates still hold every unacknowledged tap, reconnect to the restarted station and send them again."""
+    stations = {23: [1, 2, 3]}
+    topics = Topics(city_prefix)
+    verifier = Verifier([DEVELOPMENT_PUBLIC_KEY])
+    with run_city(tmp_path, city_prefix, stations) as city:
+        station = city.stations[23]
+        values = ingest_values(postgres_url, city.centre_url, city_prefix, batch_wait_ms=5)
+        async with run_centre(values) as centre:
+            gates = [CityGate(23, no, host="127.0.0.1", port=station.port,
+                              password=station.passwords[f"23-{no}"], topics=topics, verifier=verifier,
+                              stall_s=2.0) for no in stations[23]]
+            stop = asyncio.Event()
+            running = asyncio.create_task(run_gates(gates, stop))
+            try:
+                await until(lambda: all(g.connected.is_set() for g in gates), 15, "gates connected")
+                for round_ in range(40):
+                    for gate in gates:
+                        gate.tap()
+                    if round_ == 20:
+                        station.broker.kill()  # mid-stream: no DISCONNECT, no save
+                        await until(lambda: not any(g.connected.is_set() for g in gates), 10, "gates cut")
+                    if round_ == 30:
+                        station.broker.start()
+                    await asyncio.sleep(0.02)
+                await until(lambda: all(g.all_committed() for g in gates), 60, "every tap committed")
+            finally:
+                stop.set()
+                await running
+            rows, unique = await centre.count([g.id for g in gates])
+    assert sum(g.sim.seq for g in gates) == 120
+    assert unique == 120 and rows == 120
+    assert all(g.connects >= 2 for g in gates)  # each gate lost its station and came back
