@@ -81,20 +81,36 @@ class ProcessGroup:
         self.processes.clear()
 
 
-class GateProcess:
-    """One gate controller (faregate.soak_gate) on its simulated reader's port."""
+class ChildProcess:
+    """One process of the soak's: started through its ProcessGroup, killed (SIGKILL, a crash: nothing
+    flushed) or stopped (SIGTERM, then SIGKILL after the group's timeout)."""
 
-    def __init__(self, group: ProcessGroup, config: GateConfig, serial: str, log: Path) -> None:
+    def __init__(self, group: ProcessGroup, log: Path) -> None:
         self.group = group
-        self.config = config.model_copy(update={"serial": serial})
         self.log = log
-        self.path = config.data_dir / "gate-config.json"
         self.process: asyncio.subprocess.Process | None = None
-        self.clock_offset_s = 0.0
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
+
+    async def kill(self) -> None:
+        if self.process is not None:
+            await self.group.stop(self.process, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            await self.group.stop(self.process)
+
+
+class GateProcess(ChildProcess):
+    """One gate controller (faregate.soak_gate) on its simulated reader's port."""
+
+    def __init__(self, group: ProcessGroup, config: GateConfig, serial: str, log: Path) -> None:
+        super().__init__(group, log)
+        self.config = config.model_copy(update={"serial": serial})
+        self.path = config.data_dir / "gate-config.json"
+        self.clock_offset_s = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -108,25 +124,13 @@ class GateProcess:
             [sys.executable, "-m", "faregate.soak_gate", str(self.path),
              "--clock-offset", str(self.clock_offset_s)], self.log)
 
-    async def kill(self) -> None:
-        """SIGKILL: the controller dies mid-whatever, as in a power cut."""
-        if self.process is not None:
-            await self.group.stop(self.process, signal.SIGKILL)
-
-    async def stop(self) -> None:
-        if self.process is not None:
-            await self.group.stop(self.process)
-
-
-class BackendProcess:
+class BackendProcess(ChildProcess):
     """`faregate backend` (API, ingest, processor) on the soak's database and broker."""
 
     def __init__(self, group: ProcessGroup, settings: Settings, port: int, log: Path) -> None:
-        self.group = group
+        super().__init__(group, log)
         self.settings = settings
         self.port = port
-        self.log = log
-        self.process: asyncio.subprocess.Process | None = None
 
     @property
     def base_url(self) -> str:
@@ -161,40 +165,25 @@ class BackendProcess:
                     raise RuntimeError(f"the backend API did not come up in {timeout} s; see {self.log}")
                 await asyncio.sleep(0.2)
 
-    async def kill(self) -> None:
-        if self.process is not None:
-            await self.group.stop(self.process, signal.SIGKILL)
-
-    async def stop(self) -> None:
-        if self.process is not None:
-            await self.group.stop(self.process)
-
-
-class BrokerProcess:
+class BrokerProcess(ChildProcess):
     """The embedded amqtt broker in a process of its own (faregate.soak_broker) on a fixed port, which
     the soak kills and starts again: a restarted broker keeps no session and no retained message."""
 
     def __init__(self, group: ProcessGroup, port: int, accounts: BrokerAccounts, prefix: str,
                  data_dir: Path) -> None:
-        self.group = group
+        super().__init__(group, data_dir / "broker.log")
         self.port = port
         self.accounts = accounts
         self.prefix = prefix
-        self.log = data_dir / "broker.log"
         self.credentials = data_dir / "broker-credentials"
-        self.process: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
     async def start(self, timeout: float = 30.0) -> None:
         """Start it and wait until it takes connections."""
-        if self.running:
+        if self.alive:
             return
         self.accounts.write(self.credentials)
         self.process = await self.group.spawn(
@@ -214,12 +203,3 @@ class BrokerProcess:
             if loop.time() > deadline:
                 raise RuntimeError(f"the broker did not listen within {timeout} s; see {self.log}")
             await asyncio.sleep(0.05)
-
-    async def kill(self) -> None:
-        """SIGKILL: the broker crashes; every client's connection drops at once."""
-        if self.process is not None:
-            await self.group.stop(self.process, signal.SIGKILL)
-
-    async def stop(self) -> None:
-        if self.process is not None:
-            await self.group.stop(self.process)
