@@ -30,9 +30,11 @@ ACTION_KINDS = ("topup", "refund", "adjustment", "transfer")
 GRANTED = {"refund": "refund_granted", "adjustment": "adjustment_granted"}
 #: Entries that put an action's money into `undelivered` when the action is created.
 SOURCE_KINDS = ("payment", "refund_granted", "adjustment_granted", "transfer_out")
+#: The part of a delivery that pays back an overdraft's debt (a wallet below zero): its own entry.
+OVERDRAFT_RECOVERY = "overdraft_recovery"
 #: Kinds whose entries carry a wallet write, in the order a phone's ledger lists them at one counter.
-WALLET_KINDS = ("opening", "unconfirmed", "voided", "landed", *ACTION_KINDS, "missing_exit", "fare",
-                "transfer_out")
+WALLET_KINDS = ("opening", "unconfirmed", "voided", "landed", OVERDRAFT_RECOVERY, *ACTION_KINDS,
+                "missing_exit", "fare", "transfer_out")
 
 Legs = Sequence[tuple[str, int]]
 

@@ -50,7 +50,7 @@ BATCH = 500
 CLONE_FINDINGS = {"counter_reused", "balance_jump"}
 CRITICAL_FINDINGS = CLONE_FINDINGS | {"recovered_unproven"}
 #: Entries posted per tap from its own write (an unconfirmed write's are posted by the settling instead).
-TAP_MONEY_KINDS = ("fare", "missing_exit", *ledger.ACTION_KINDS)
+TAP_MONEY_KINDS = ("fare", "missing_exit", ledger.OVERDRAFT_RECOVERY, *ledger.ACTION_KINDS)
 PENDING = Landing.PENDING.value  # TapRow.reconciled of a tap whose write is not yet known to have landed
 OPEN_LANDINGS = (Landing.PENDING.value, Landing.LANDED.value)  # resolutions a later link may still change
 
@@ -412,15 +412,23 @@ class CardChain:
         return action
 
     async def _post_money(self, tap: TapRow, action: ActionRow | None, *, fork: bool) -> None:
-        """A top-up delivered and a fare charged at one tap are two entries, never one net amount.
-        A tap's money entries commit together, so one found posted means all are (`self.posted`)."""
+        """A top-up delivered and a fare charged at one tap are two entries, never one net amount; a
+        delivery into a wallet below zero (an overdraft's debt) books the part that pays the debt as
+        `overdraft_recovery` and the rest as the action's kind. A tap's money entries commit together,
+        so one found posted means all are (`self.posted`)."""
         if tap.tap_id in self.posted:
             return
         note = "fork" if fork else ""
         if writes(tap) and tap.topup_applied > 0:
             kind = action.kind if action is not None and action.kind in ledger.ACTION_KINDS else "topup"
-            await ledger.delivery(self.session, tap, kind, tap.topup_applied,
-                                  action.id if action is not None else None, note, looked=True)
+            action_id = action.id if action is not None else None
+            recovery = min(tap.topup_applied, max(0, -tap.balance_before))
+            if recovery:
+                await ledger.delivery(self.session, tap, ledger.OVERDRAFT_RECOVERY, recovery, action_id,
+                                      note, looked=True)
+            if tap.topup_applied > recovery:
+                await ledger.delivery(self.session, tap, kind, tap.topup_applied - recovery, action_id, note,
+                                      looked=True)
         amount = ledger.charged(tap)
         if amount:
             kind = "missing_exit" if tap.flags & Flag.MISSING_EXIT else "fare"

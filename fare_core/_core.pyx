@@ -421,11 +421,11 @@ cdef class Decision:
 
     @property
     def display_zh(self):
-        return display_text(self.reason, self.fare, self.balance_after)[0]
+        return display_text(self.reason, self.fare, self.balance_after, self.flags)[0]
 
     @property
     def display_en(self):
-        return display_text(self.reason, self.fare, self.balance_after)[1]
+        return display_text(self.reason, self.fare, self.balance_after, self.flags)[1]
 
     def as_dict(self):
         return {name: getattr(self, name) for name in (

@@ -242,11 +242,11 @@ class Decision:
 
     @property
     def display_zh(self) -> str:
-        return display_text(self.reason, self.fare, self.balance_after)[0]
+        return display_text(self.reason, self.fare, self.balance_after, self.flags)[0]
 
     @property
     def display_en(self) -> str:
-        return display_text(self.reason, self.fare, self.balance_after)[1]
+        return display_text(self.reason, self.fare, self.balance_after, self.flags)[1]
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}

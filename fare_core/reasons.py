@@ -115,8 +115,16 @@ def yuan(fen: int) -> str:
     return f"{sign}{fen // 100}.{fen % 100:02d}"
 
 
-def display_text(reason: int, fare: int, balance: int) -> tuple[str, str]:
+#: An allowed tap that overdrew the wallet (Flag.OVERDRAFT): the rider is told the debt and what to do,
+#: whatever the reason (a capped or surcharged exit can overdraw too); "{debt}" is -balance in yuan.
+_OVERDRAWN = ("扣费 {fare} 元 透支 {debt} 元 请充值", "Fare ¥{fare}  Overdrawn ¥{debt} - please top up")
+
+
+def display_text(reason: int, fare: int, balance: int, flags: int = 0) -> tuple[str, str]:
     """The gate display's (Chinese, English) lines for a decision."""
-    zh, en = _TEXT.get(reason, ("请到客服中心", "See customer service"))
-    values = {"fare": yuan(fare), "balance": yuan(balance)}
+    if flags & Flag.OVERDRAFT and balance < 0:
+        zh, en = _OVERDRAWN
+    else:
+        zh, en = _TEXT.get(reason, ("请到客服中心", "See customer service"))
+    values = {"fare": yuan(fare), "balance": yuan(balance), "debt": yuan(-balance)}
     return zh.format(**values), en.format(**values)

@@ -529,7 +529,7 @@ class GateController:
         closed = self.state.mode in (GateMode.CLOSED, GateMode.MAINTENANCE)
         allowed = pending.allowed and not closed
         reason = Reason.OK if allowed else Reason.GATE_CLOSED if closed else Reason(pending.reason)
-        balance = max(0, record.balance)
+        balance = record.balance
         return TapMessage(
             tap_id=tap_id(self.station_id, self.gate_no, seq), station_id=self.station_id,
             gate_no=self.gate_no, seq=seq, card_id=pending.card_id,
@@ -565,7 +565,7 @@ class GateController:
             time=datetime.fromtimestamp(tap.time, UTC), direction=Direction(tap.direction),
             mode=GateMode(tap.mode), allowed=bool(d.allowed), reason=Reason(d.reason), flags=int(d.flags),
             fare=int(d.fare),
-            balance_before=max(0, int(d.balance_before)), balance_after=max(0, int(d.balance_after)),
+            balance_before=int(d.balance_before), balance_after=int(d.balance_after),
             counter_before=counter_before, counter_after=int(d.counter),
             wallet_before=bytes(t.wallet).hex(), fare_table_version=t.table_version,
             denylist_version=self.state.denylist.version, min_counter=tap.min_counter,

@@ -361,6 +361,7 @@ class LedgerReport(BaseModel):
     revenue: int  # landed fares, every network and day
     suspense: int  # fares and top-ups of writes whose landing is not yet known
     undelivered: int  # paid or granted, not yet written to a wallet
+    overdrawn: int  # riders' debts: the sum of the wallets below zero (overdraft taps not yet topped up)
     totals: dict[str, int]  # per kind of account (wallet, issuance, payments, adjustments, ...)
     accounts: dict[str, int]  # per account, wallets left out (GET /phones/{card}/ledger has them)
 

@@ -86,6 +86,8 @@ UtcTime = Annotated[
 ]
 #: Money in fen (1/100 yuan): an integer, never negative, never a float.
 Fen = Annotated[int, Field(ge=0, le=U32_MAX)]
+#: A wallet balance (the record's i32): below zero only after an overdraft tap (docs/fare_core.md).
+Balance = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 #: A checksum or hash as lower-case hex (as fare_core computes it for deny-lists and fare tables).
 Checksum = Annotated[str, Field(pattern=r"^[0-9a-f]{8,128}$")]
 #: A version number of the deny-list, fare table or action list: u32, only ever grows.
@@ -130,8 +132,8 @@ class TapMessage(Payload):
     reason: Reason  # fare_core reason code (reasons.py)
     flags: Annotated[int, Field(ge=0, le=U32_MAX)]  # fare_core.Flag bits
     fare: Fen  # fen charged by this tap
-    balance_before: Fen  # wallet balance read (fen)
-    balance_after: Fen  # wallet balance after the tap (fen; = before when nothing was written)
+    balance_before: Balance  # wallet balance read (fen; negative: an overdraft's debt)
+    balance_after: Balance  # wallet balance after the tap (fen; = before when nothing was written)
     counter_before: Annotated[int, Field(ge=0, le=U32_MAX)]  # wallet transaction counter read
     counter_after: Annotated[int, Field(ge=0, le=U32_MAX)]  # counter written (= before when no write)
     wallet_before: Annotated[str, Field(pattern=r"^[0-9a-f]{256}$")]  # 128 wallet bytes read, hex

@@ -6,6 +6,7 @@ arrive in and whatever the gates' clocks say."""
 from __future__ import annotations
 
 import random
+import tomllib
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -15,10 +16,13 @@ from sqlalchemy import delete, func, select, update
 
 import fare_core
 from backend import audit, ledger
+from backend.api.routes.reports import ledger_totals
+from backend.api.schemas import LedgerReport
 from backend.ingest.store import RawMessage
 from backend.tables import (
     ActionRow,
     AlarmRow,
+    FareTableRow,
     GateRow,
     LedgerEntryRow,
     PhoneRow,
@@ -26,9 +30,9 @@ from backend.tables import (
     TapRow,
     TripRow,
 )
-from fare_core import Flag, Reason
+from fare_core import Flag, Reason, artefact, compiler, rules
 from fare_core.reasons import Direction
-from faregate.simgate import SimGate, new_phone
+from faregate.simgate import TINY, FareState, SimGate, new_phone
 from protocol.mqtt import TapMessage, Topics, encode, tap_id, with_mac
 from tests.backend.test_processor import CARD, at, ingest, setup
 
@@ -492,3 +496,51 @@ async def test_a_retry_leaving_the_identical_record_still_voids_the_unconfirmed_
         assert (await session.get(TapRow, unknown.tap_id)).reconciled == "unconfirmed_not_landed"  # type: ignore[union-attr]
     found = await checks(sessions)
     assert (found["totals"]["suspense"], found["totals"]["revenue"]) == (0, retry.fare)
+
+
+async def test_an_overdraft_exit_and_the_top_up_that_recovers_it(migrated: Any) -> None:
+    """An exit that overdraws the wallet (the table's [overdraft]) is a fare like any other and the
+    wallet's account goes below zero with the wallet; the next top-up is two entries, the part that
+    pays the debt (`overdraft_recovery`) and the rest (`topup`); the ledger report shows the debt
+    while it is owed."""
+    sessions, store, processor = await setup(migrated)
+    data = tomllib.loads(TINY.read_text(encoding="utf-8"))
+    data["overdraft"] = {"limit_fen": 300, "taps": ["exit"]}
+    blob = artefact.pack(compiler.compile_rules(rules.rules_from_data(data), 7, created_at=1_700_000_000))
+    async with sessions.begin() as session:
+        session.add(FareTableRow(version=7, name="overdraft", rules="", artefact=blob, checksum="00" * 32,
+                                 created_at=at(0), activate_at=at(0)))
+        action = ActionRow(card_id=card(0), kind="topup", topup=1000, state="pending", created_at=at(1))
+        session.add(action)
+        await session.flush()
+        await ledger.payment(session, card(0), 1000, "provider", action.id, at(1))
+    fare = FareState(fare_core.FareTable.from_bytes(blob), fare_core.DenyList([], version=0), SAM)
+    alpha, delta = SimGate(1, fare=fare), SimGate(4, fare=fare)
+    entry, wallet = alpha.tap(new_phone(CARD, balance=300), CARD, ENTRY, at(2, 0))
+    exit_, wallet = delta.tap(wallet, CARD, EXIT, at(2, 30))  # 400 from 300
+    assert exit_.allowed and exit_.flags & Flag.OVERDRAFT and (exit_.fare, exit_.balance_after) == (400, -100)
+    await ingest(store, processor, entry, exit_)
+    async with sessions() as session:
+        assert (await ledger_report(session)).overdrawn == 100
+    again, wallet = alpha.tap(wallet, CARD, ENTRY, at(3, 0), topup=1000, action_id=action.id)
+    assert (again.allowed, again.topup_applied, again.balance_after) == (True, 1000, 900)
+    await ingest(store, processor, again)
+    kinds = await entries(sessions)
+    assert kinds[-2:] == [("overdraft_recovery", again.tap_id), ("topup", again.tap_id)]
+    async with sessions() as session:
+        legs = (await session.execute(
+            select(LedgerEntryRow.kind, PostingRow.account, PostingRow.amount).join(LedgerEntryRow)
+            .where(LedgerEntryRow.tap_id == again.tap_id).order_by(PostingRow.id))).all()
+        report = await ledger_report(session)
+    assert [tuple(leg) for leg in legs] == [
+        ("overdraft_recovery", "undelivered", -100), ("overdraft_recovery", f"wallet:{card(0)}", 100),
+        ("topup", "undelivered", -900), ("topup", f"wallet:{card(0)}", 900)]
+    assert report.overdrawn == 0 and report.revenue == 400
+    found = await checks(sessions)
+    assert found["positions"][card(0)] == held(wallet, CARD) == (900, again.counter_after)
+    assert found["unbalanced"] == [] and found["heads"] == []
+
+
+async def ledger_report(session: Any) -> LedgerReport:
+    """GET /reports/ledger's answer, from the route itself."""
+    return await ledger_totals(None, session)  # the viewer dependency is not used

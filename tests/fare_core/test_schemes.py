@@ -276,7 +276,8 @@ def test_overdraft_lets_one_exit_go_below_zero_and_the_top_up_recovers_it(impl: 
     out = r.trip(UNION, BLUFFS, toronto(2026, 6, 13, 12), toronto(2026, 6, 13, 12, 30))
     assert (out.allowed, out.reason, out.fare, out.balance_after) == (True, Reason.OK, 520, -320)
     assert out.flags & Flag.OVERDRAFT and r.record.balance == -320
-    assert out.display_en == "Fare ¥5.20  Balance ¥-3.20"
+    assert out.display_en == "Fare ¥5.20  Overdrawn ¥3.20 - please top up"  # the gate's display
+    assert out.display_zh == "扣费 5.20 元 透支 3.20 元 请充值"
     # a negative balance enters nowhere and boards nothing...
     refused = r.tap(UNION, ENTRY, toronto(2026, 6, 13, 13))
     assert (refused.allowed, refused.reason) == (False, Reason.INSUFFICIENT_BALANCE)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -23,7 +24,8 @@ from backend.config import Settings
 from backend.db import make_engine, make_sessionmaker
 from backend.runtime import serve
 from backend.tables import AlarmRow, FareTableRow, TapRow
-from fare_core import FareTable, artefact, compiler, rules
+from fare_core import FareTable, Flag, artefact, compiler, rules
+from fare_core.reasons import yuan
 from fare_core.table_data import TableData
 from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
@@ -300,3 +302,43 @@ async def test_a_gate_an_hour_behind_stamps_its_taps_and_status_so_and_raises_cl
             await engine.dispose()
         lag = datetime.now(UTC) - (tapped if tapped.tzinfo else tapped.replace(tzinfo=UTC))
         assert behind - 60 < lag.total_seconds() < behind + 60
+
+
+async def test_an_overdraft_exit_is_shown_reported_and_reconciled(broker: Broker, tmp_path: Path) -> None:
+    """A table with an [overdraft]: a real gate lets the rider out below zero, the display says how much
+    is owed, and the tap reaches the backend with its negative balance (the wire's Balance) and
+    reconciles: the backend's fare_core agrees."""
+    data = tomllib.loads((EXAMPLES / "tiny.toml").read_text(encoding="utf-8"))
+    data["overdraft"] = {"limit_fen": 300, "taps": ["exit"]}
+    table = compiler.compile_rules(rules.rules_from_data(data), version=2)
+    async with backend(broker, tmp_path) as settings, SimStation(
+            tmp_path, SPECS, Population([Phone(card_id=0x7100, balance=250)]), table, device=DEVICE,
+            mqtt_url=broker.url, prefix=settings.mqtt_prefix) as st:
+        await register_table(settings, table)
+        await st.tap(0x7100, 0)
+        out = await st.tap(0x7100, 1)
+        assert out.passed_at is not None
+        assert st.sim is not None
+        debt = st.sim.record(0x7100).balance  # the wallet itself, below zero
+        assert debt < 0
+        assert out.display == (f"扣费 {yuan(250 - debt)} 元 透支 {yuan(-debt)} 元 请充值",
+                               f"Fare ¥{yuan(250 - debt)}  Overdrawn ¥{yuan(-debt)} - please top up")
+        engine = make_engine(settings)
+        try:
+            async def stored() -> list[tuple[int, int, str | None]]:
+                async with engine.connect() as connection:
+                    rows = (await connection.execute(
+                        select(TapRow.balance_after, TapRow.flags, TapRow.reconciled)
+                        .where(TapRow.gate_id == "3-2"))).all()
+                return [(int(a), int(f), r) for a, f, r in rows]
+
+            await wait_until(lambda: _reconciled(stored), 20)
+            [(balance_after, flags, reconciled)] = await stored()
+        finally:
+            await engine.dispose()
+        assert balance_after == debt and flags & Flag.OVERDRAFT and reconciled == "ok"
+
+
+async def _reconciled(query: Any) -> bool:
+    rows = await query()
+    return bool(rows) and all(row[-1] is not None for row in rows)

@@ -60,7 +60,9 @@ def test_card_id_is_sixteen_hex_digits_on_the_wire() -> None:
         ("fare", 2.5),
         ("fare", -1),
         ("fare", "200"),
-        ("balance_after", -5),
+        ("balance_after", -(2**31) - 1),  # below zero only within the record's i32 (an overdraft)
+        ("balance_before", 2**31),
+        ("balance_after", 2.5),
         ("seq", 0),
         ("time", "2026-11-22T08:00:01"),
         ("time", "2026-11-22T16:00:01+08:00"),

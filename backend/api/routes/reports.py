@@ -111,13 +111,16 @@ async def ledger_totals(_: ViewerDep, session: SessionDep) -> LedgerReport:
     )).all()
     totals: dict[str, int] = defaultdict(int)
     accounts: dict[str, int] = {}
+    overdrawn = 0
     for account, total in rows:
         totals[account_kind(account)] += int(total)
         if account_kind(account) != "wallet":
             accounts[account] = int(total)
+        elif total < 0:
+            overdrawn -= int(total)
     return LedgerReport(
         revenue=totals["revenue"], suspense=totals[SUSPENSE], undelivered=totals[UNDELIVERED],
-        totals=dict(totals), accounts=dict(sorted(accounts.items())),
+        overdrawn=overdrawn, totals=dict(totals), accounts=dict(sorted(accounts.items())),
     )
 
 
