@@ -46,6 +46,9 @@ class MqttConfig(_Section):
     batch_max: Annotated[int, Field(ge=1, le=MAX_TAPS_PER_MESSAGE)] = 50  # taps in one message (backlog)
     heartbeat_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     stall_s: Annotated[float, Field(gt=0, le=3600)] = 10.0  # republish if no commit for this long
+    # ...and wait twice as long after each republish that brought no commit, up to this (behind a
+    # station cut off from the centre, every replay is queued there: docs/deployment.md)
+    stall_max_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
 
     @field_validator("url")
     @classmethod

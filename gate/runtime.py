@@ -52,6 +52,7 @@ class GateRuntime:
                 journal=self.journal, state=self.state, final_seq=lambda: self.controller.final_seq,
                 window=config.mqtt.window, batch_max=config.mqtt.batch_max,
                 heartbeat_s=config.mqtt.heartbeat_s, stall_s=config.mqtt.stall_s,
+                stall_max_s=config.mqtt.stall_max_s,
                 on_mode=self.controller.apply_mode,
                 extra_status=self.metrics.status_fields, username=config.mqtt.username,
                 password=config.mqtt.password, tls_context=config.mqtt.ssl_context(),

@@ -5,8 +5,9 @@ QoS 1 publishes in flight (a paho client handed a whole backlog at once stalls a
 A backlog goes as arrays of up to `batch_max` taps a message; a lone tap as itself, at once.
 A tap leaves the journal only when the backend's "committed through seq N" arrives: a PUBACK covers one
 hop, the backend's ack covers the database. After every reconnect, on a resend request, and when the
-backend's ack has not moved for `stall_s`, publishing starts again from the last committed seq; the
-backend stores by tap id, so repeats are harmless.
+backend's ack has not moved for `stall_s`, publishing starts again from the last committed seq (and
+the next such wait doubles, up to `stall_max_s`, until an ack moves: behind a station cut off from the
+centre every replay is queued there); the backend stores by tap id, so repeats are harmless.
 
 The connection is a plain reconnect loop around `async with aiomqtt.Client` (aiomqtt's own advice);
 the gate keeps deciding offline meanwhile, its journal growing. Updates (deny-list, fare table,
@@ -80,7 +81,7 @@ class Uplink:
 
     def __init__(self, *, gate_id: str, host: str, port: int, prefix: str, journal: Journal,
                  state: LocalState, final_seq: Callable[[], int], window: int = 500, batch_max: int = 50,
-                 heartbeat_s: float = 30.0, stall_s: float = 10.0,
+                 heartbeat_s: float = 30.0, stall_s: float = 10.0, stall_max_s: float = 300.0,
                  on_mode: Callable[[], Awaitable[None]] | None = None,
                  extra_status: Callable[[], dict[str, Any]] | None = None,
                  username: str | None = None, password: str | None = None,
@@ -99,6 +100,8 @@ class Uplink:
         self.batch_max = batch_max  # taps in one message at most (a backlog goes as arrays)
         self.heartbeat_s = heartbeat_s
         self.stall_s = stall_s
+        self.stall_max_s = max(stall_s, stall_max_s)
+        self._stall_wait = stall_s  # doubles after each republish that brought no commit
         self.on_mode = on_mode
         self.extra_status = extra_status
         self.username, self.password = username, password
@@ -126,6 +129,7 @@ class Uplink:
         self._task: asyncio.Task[None] | None = None
         self._client: aiomqtt.Client | None = None
         self.published = 0
+        self.stall_replays = 0  # republishes for want of a commit
         self.rejected_updates = 0
         self.connects = 0
 
@@ -187,6 +191,7 @@ class Uplink:
             self.connected.set()
             self._cursor = self.journal.committed_through  # resend everything not yet committed
             self._last_progress = time.monotonic()
+            self._stall_wait = self.stall_s
             await self.publish_status()
             # Not a TaskGroup: it would wrap a lost broker's MqttError in an ExceptionGroup, and the
             # reconnect loop must see the MqttError itself.
@@ -223,12 +228,17 @@ class Uplink:
                 in_flight.release()
 
         while True:
-            if (self.journal.pending_count() and time.monotonic() - self._last_progress > self.stall_s
+            if (self.journal.pending_count() and time.monotonic() - self._last_progress > self._stall_wait
                     and self._cursor >= self.final_seq()):
-                log.info("gate %s: no commit for %.0f s, republishing from %d", self.gate_id, self.stall_s,
-                         self.journal.committed_through)
+                log.info("gate %s: no commit for %.0f s, republishing from %d", self.gate_id,
+                         self._stall_wait, self.journal.committed_through)
                 self._cursor = self.journal.committed_through
                 self._last_progress = time.monotonic()
+                # Back off: behind a station cut off from the centre the PUBACKs keep coming and every
+                # replay is queued at the station, so replaying at a fixed pace grows its queue with
+                # the square of the outage. A commit (or a new connection) starts again at stall_s.
+                self.stall_replays += 1
+                self._stall_wait = min(self._stall_wait * 2, self.stall_max_s)
             pending = self.journal.pending(after=self._cursor, limit=self.window * self.batch_max,
                                            through=self.final_seq())
             if not pending:
@@ -316,6 +326,7 @@ class Uplink:
                 if committed.through_seq > self.journal.committed_through:
                     await asyncio.to_thread(self.journal.mark_committed, committed.through_seq)
                     self._last_progress = time.monotonic()
+                    self._stall_wait = self.stall_s
             elif topic == t.resend(self.gate_id):
                 resend = self._trusted(ResendRequest.model_validate_json(payload))
                 if resend.gate_id != self.gate_id:

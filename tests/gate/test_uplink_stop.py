@@ -1,16 +1,23 @@
-"""The uplink's publisher ends when its session is cancelled, even when a tap wakes it in the same
-moment: on Python 3.11, asyncio.wait_for returns instead of raising when its wait ends as the task is
-cancelled, and the publisher's loop then outlived the cancel (the session's stop waited forever)."""
+"""The uplink's publisher: it ends when its session is cancelled, even when a tap wakes it in the same
+moment (on Python 3.11, asyncio.wait_for returns instead of raising when its wait ends as the task is
+cancelled, and the publisher's loop then outlived the cancel: the session's stop waited forever); and
+its stall replay backs off while no ack comes."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gate.journal import Journal
 from gate.state import LocalState
 from gate.uplink import Uplink
+from protocol.mqtt import Committed, Topics, encode
+from tests.backend.conftest import make_tap
+from tests.gate.test_downlink_attacks import BACKEND, eventually, publish
+
+from .brokers import Broker
 
 
 async def test_a_publisher_woken_as_it_is_cancelled_still_stops(tmp_path: Path) -> None:
@@ -33,3 +40,27 @@ async def test_a_publisher_woken_as_it_is_cancelled_still_stops(tmp_path: Path) 
         assert stopped == 20
     finally:
         journal.close()
+
+
+async def test_the_stall_replay_backs_off_until_an_ack_moves(broker: Broker, tmp_path: Path) -> None:
+    """No commit comes (a station cut off from the centre still PUBACKs): each replay of the backlog
+    doubles the wait before the next, up to stall_max_s, so the station's queue does not grow with the
+    square of the outage; the backend's ack starts the wait again at stall_s."""
+    gate_id, prefix = "12-3", f"st{tmp_path.name[-10:].replace('_', '')}"
+    port = int(broker.url.rsplit(":", 1)[1])
+    with Journal(tmp_path / "journal.db") as journal:
+        for seq in range(1, 6):
+            journal.append(seq, encode(make_tap(seq)))
+        uplink = Uplink(gate_id=gate_id, host="127.0.0.1", port=port, prefix=prefix, journal=journal,
+                        state=LocalState(tmp_path / "state", journal), final_seq=lambda: 5,
+                        stall_s=0.1, stall_max_s=0.4)
+        await uplink.start()
+        try:
+            await eventually(lambda: uplink.stall_replays >= 4)
+            assert uplink._stall_wait == 0.4  # 0.1 -> 0.2 -> 0.4, then held at the cap
+            ack = Committed(gate_id=gate_id, through_seq=2, time=datetime.now(UTC))
+            await publish(broker, Topics(prefix).committed(gate_id), encode(BACKEND.sign(ack)))
+            await eventually(lambda: journal.committed_through == 2)
+            assert uplink._stall_wait in (0.1, 0.2)  # started again (one more replay may have run since)
+        finally:
+            await uplink.stop()
