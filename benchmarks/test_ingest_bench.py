@@ -88,7 +88,7 @@ def test_floor_plain_executemany(benchmark: Any, tmp_path: Path,
         connection.execute(statement)
     columns = [c.name for c in TapRow.__table__.columns]
     insert = (f"INSERT INTO taps ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
-              "ON CONFLICT (tap_id) DO NOTHING")
+              "ON CONFLICT (tap_id, time) DO NOTHING")
 
     def setup() -> tuple[tuple[list[tuple[Any, ...]]], dict[str, Any]]:
         now = datetime.now(UTC)
