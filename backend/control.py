@@ -15,8 +15,9 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from protocol.mqtt import GateState, GateStatus, SnapshotRequest, Topics, UpdateKind, parse_gate_id
 
+from .catchup import Answer
 from .config import Settings
 from .ingest import authn
 from .ingest.store import RawMessage, dead_letter_row
@@ -32,14 +34,28 @@ from .tables import AlarmRow, DeadLetterRow, GateRow
 log = logging.getLogger("faregate.control")
 
 SNAPSHOT_WINDOW_S = 5.0  # one republish of a kind per window, whoever asks and however often
+DELTA_GATHER_S = 0.5  # a deny-list catch-up waits this long after its first request, serving the rest
+DELTA_VERSIONS_PER_WINDOW = 8  # distinct deny-list versions answered with a delta within a window
 REQUESTS_PER_GATE = 6  # requests one gate may make within a window (two per kind); more are dropped
 CLOCK_SKEW_EVERY = timedelta(hours=1)  # one clock_skew alarm per gate within this
 #: Statuses ignored per gate because their `time` was not newer than the gate's last_seen (replays).
 stale_statuses: Counter[str] = Counter()
 
 
+class Republish(Protocol):
+    """Republish a kind whole (`have_version` None), or answer a gate holding deny-list version
+    `have_version` (backend/catchup.py's Answer; None counts as SNAPSHOT): `Distributor.resend`."""
+
+    def __call__(self, kind: UpdateKind, have_version: int | None = None, /) -> Awaitable[Answer | None]: ...
+
+
+#: A republish of a kind (have None), or the catch-up of gates holding deny-list version `have`.
+Key = tuple[UpdateKind, int | None]
+
+
 class SnapshotRequests:
-    """Snapshot requests coalesced per kind and rate-limited per gate.
+    """Snapshot requests coalesced per kind (per version held, for deny-list catch-ups), rate-limited
+    per gate, and bounded.
 
     The fare table, deny-list snapshot and action list go to one topic every gate reads (286 KB for a
     fare table), so a republish for one gate is one for all: a kind is republished at once if it was
@@ -47,28 +63,48 @@ class SnapshotRequests:
     meanwhile (the later askers still get a republish after their request). A gate asking more than
     REQUESTS_PER_GATE times within a window is ignored until it slows down. `republish_all` is the
     same path for the backend's own (re)connection to the broker.
+
+    A deny-list request names the version the gate holds; it is answered with the net delta from that
+    version to the current one (backend/catchup.py), on the shared delta topic, which every gate
+    holding that version applies: so deltas are coalesced per version held, the first `gather_s`
+    after the first request (the gates a live delta left behind ask within a moment of each other),
+    then at most one a window like a kind. A gate holding the current version causes nothing. When a
+    delta is not the way (a version the backend never made, too far behind, a delta not smaller than
+    the list) the request joins the deny-list snapshot's republish. At most `versions_per_window`
+    distinct versions are answered with a delta within a window; requests at further versions join
+    the snapshot too, so a compromised gate (its MAC genuine), or many, cannot make the backend
+    compute and publish unbounded deltas: per window, at most that many catch-ups plus one republish
+    of each kind, however many gates ask at however many versions.
     """
 
     def __init__(
         self,
-        republish: Callable[[UpdateKind], Awaitable[None]],
+        republish: Republish,
         *,
         window_s: float = SNAPSHOT_WINDOW_S,
         per_gate: int = REQUESTS_PER_GATE,
         retry_s: float = 1.0,
+        gather_s: float = DELTA_GATHER_S,
+        versions_per_window: int = DELTA_VERSIONS_PER_WINDOW,
     ) -> None:
         self.republish = republish
         self.window_s = window_s
         self.per_gate = per_gate
         self.retry_s = retry_s
-        self._done_at: dict[UpdateKind, float] = {}  # when each kind was last republished
-        self._pending: dict[UpdateKind, asyncio.Task[None]] = {}
+        self.gather_s = gather_s
+        self.versions_per_window = versions_per_window
+        self._done_at: dict[Key, float] = {}  # when each kind (or catch-up) was last published
+        self._pending: dict[Key, asyncio.Task[None]] = {}
+        self._versions: dict[int, float] = {}  # deny-list versions held by askers: when last answered
         self._asked: dict[str, deque[float]] = {}
         self.republished: dict[UpdateKind, int] = dict.fromkeys(UpdateKind, 0)
+        self.answers: Counter[Answer] = Counter()  # deny-list catch-ups: delta, current, snapshot
         self.dropped = 0  # requests over a gate's limit
+        self.capped = 0  # deny-list requests sent to the snapshot: too many versions within the window
 
-    def ask(self, gate: str, kind: UpdateKind) -> bool:
-        """A gate's request; False when the gate is over its limit (nothing is scheduled)."""
+    def ask(self, gate: str, kind: UpdateKind, have_version: int | None = None) -> bool:
+        """A gate's request (with the version it holds); False when the gate is over its limit
+        (nothing is scheduled)."""
         now = time.monotonic()
         asked = self._asked.setdefault(gate, deque())
         while asked and now - asked[0] > self.window_s:
@@ -81,41 +117,67 @@ class SnapshotRequests:
             quiet = [g for g, times in self._asked.items() if not times or now - times[-1] > self.window_s]
             for other in quiet:
                 del self._asked[other]
-        self._schedule(kind)
+        if kind is UpdateKind.DENYLIST and have_version is not None:
+            if self._version_admitted(have_version, now):
+                self._schedule((kind, have_version))
+                return True
+            self.capped += 1
+        self._schedule((kind, None))
+        return True
+
+    def _version_admitted(self, have: int, now: float) -> bool:
+        """May gates holding `have` get a delta: is it one of the versions being answered within this
+        window, or is there room for one more?"""
+        for version, at in list(self._versions.items()):
+            if now - at > self.window_s and (UpdateKind.DENYLIST, version) not in self._pending:
+                del self._versions[version]
+                self._done_at.pop((UpdateKind.DENYLIST, version), None)
+        if have not in self._versions and len(self._versions) >= self.versions_per_window:
+            return False
+        self._versions[have] = now
         return True
 
     def republish_all(self) -> None:
         """The backend (re)connected to the broker: a broker restarted without persistence has lost
         the retained state, so every kind is republished (coalesced like a request)."""
         for kind in UpdateKind:
-            self._schedule(kind)
+            self._schedule((kind, None))
 
-    def _schedule(self, kind: UpdateKind) -> None:
-        if kind in self._pending:  # one is already waiting for its turn: it serves this request too
+    def _schedule(self, key: Key) -> None:
+        if key in self._pending:  # one is already waiting for its turn: it serves this request too
             return
-        last = self._done_at.get(kind)
-        delay = 0.0 if last is None else max(0.0, last + self.window_s - time.monotonic())
-        task = asyncio.get_running_loop().create_task(self._publish(kind, delay), name=f"republish {kind}")
-        self._pending[kind] = task
+        first = 0.0 if key[1] is None else self.gather_s
+        last = self._done_at.get(key)
+        delay = first if last is None else max(first, last + self.window_s - time.monotonic())
+        task = asyncio.get_running_loop().create_task(self._publish(key, delay), name=f"republish {key}")
+        self._pending[key] = task
 
-    async def _publish(self, kind: UpdateKind, delay: float) -> None:
+    async def _publish(self, key: Key, delay: float) -> None:
+        kind, have = key
         try:
             await asyncio.sleep(delay)
             while True:
                 try:
-                    await self.republish(kind)
+                    answer = await self.republish(kind, have) or Answer.SNAPSHOT
                 except Exception as error:  # the broker or the database is away: try again later
                     log.warning(
                         "republishing the %s failed (%s); again in %.0f s", kind.value, error, self.retry_s
                     )
                     await asyncio.sleep(self.retry_s)
                     continue
-                self.republished[kind] += 1
-                self._done_at[kind] = time.monotonic()  # requests during the publish were served by it
+                now = time.monotonic()
+                self._done_at[key] = now  # requests during the publish were served by it
+                if have is None:
+                    self.republished[kind] += 1
+                else:
+                    self.answers[answer] += 1
+                    self._versions[have] = now
+                    if answer is Answer.SNAPSHOT:  # only the whole list will do: the kind's republish
+                        self._schedule((kind, None))
                 return
         finally:
-            if self._pending.get(kind) is asyncio.current_task():
-                del self._pending[kind]
+            if self._pending.get(key) is asyncio.current_task():
+                del self._pending[key]
 
     async def aclose(self) -> None:
         tasks = list(self._pending.values())
@@ -148,12 +210,16 @@ async def handle_control_message(
             if request.gate_id != gate:
                 raise ValueError(f"request of gate {request.gate_id} on the topic of gate {gate}")
             await _authentic(settings, sessions, request, gate)
-            if isinstance(distributor, SnapshotRequests):
-                distributor.ask(gate, request.kind)  # coalesced, rate-limited, published in the background
-            elif distributor is not None:
-                await distributor.resend(request.kind)  # type: ignore[attr-defined]
+            have = request.have_version if request.kind is UpdateKind.DENYLIST else None
+            if isinstance(distributor, SnapshotRequests):  # coalesced, rate-limited, in the background
+                distributor.ask(gate, request.kind, have)
+            elif distributor is not None:  # a Distributor, answering at once
+                resend = distributor.resend  # type: ignore[attr-defined]
+                answer = await resend(request.kind, have)
+                if answer is Answer.SNAPSHOT and have is not None:  # the catch-up needs the whole list
+                    await resend(request.kind)
             log.info(
-                "gate %s asked for a %s snapshot (has version %d)",
+                "gate %s asked for the %s (has version %d)",
                 gate,
                 request.kind.value,
                 request.have_version,

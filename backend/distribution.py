@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from datetime import UTC, datetime
 
+from pydantic import ValidationError
 from sqlalchemy import Exists, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import fare_core
 from fare_core.reasons import Flag
 from protocol.mqtt import (
+    MAX_LIST_ITEMS,
     Action,
     ActionListMessage,
     DenyListDeltaMessage,
@@ -25,6 +28,7 @@ from protocol.mqtt import (
     UpdateKind,
 )
 
+from .catchup import Answer, catch_up
 from .chain import Landing
 from .publisher import Publisher
 from .tables import (
@@ -37,6 +41,8 @@ from .tables import (
     PhoneRow,
     TapRow,
 )
+
+log = logging.getLogger("faregate.distribution")
 
 
 class Conflict(ValueError):
@@ -92,6 +98,7 @@ async def is_held(session: AsyncSession, action_id: int) -> bool:
 
 class Distributor:
     _lock = asyncio.Lock()  # one deny-list version at a time in this process
+    _snapshot_fits_mqtt: bool | None = None  # whether the last snapshot asked for fitted MQTT's limit
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher) -> None:
         self.sessions = sessions
@@ -103,7 +110,8 @@ class Distributor:
     async def change_denylist(
         self, add: list[str], remove: list[str], reason: str, status: str | None = None
     ) -> DenyListVersionRow:
-        """Commit a new deny-list version (add/remove card ids, 16 hex) and publish its delta."""
+        """Commit a new deny-list version (add/remove card ids, 16 hex), publish its delta, then the
+        retained snapshot (skipped past MAX_LIST_ITEMS ids: `publish_denylist_snapshot`)."""
         async with self._lock:
             async with self.sessions.begin() as session:
                 base, ids = await current_denylist(session)
@@ -152,8 +160,11 @@ class Distributor:
                             session.add(phone)
                         phone.status = status if card in add_ids else "active"
                         phone.status_reason = reason[:200]
-            await self.publish_denylist_delta(row, add_ids, remove_ids)
-            await self.publish_denylist_snapshot()
+            await self.publish_denylist_delta(row, add_ids, remove_ids)  # first: the block itself
+            try:
+                await self.publish_denylist_snapshot()  # none past MQTT's limit (the delta is out)
+            except ValidationError as error:  # a list MQTT cannot carry: HTTP's, never the call's failure
+                log.warning("deny-list version %d: no MQTT snapshot (%s)", version, error)
             return row
 
     async def publish_denylist_delta(
@@ -175,7 +186,21 @@ class Distributor:
         return fare_core.DenyList(ids, version=version)
 
     async def publish_denylist_snapshot(self) -> None:
-        denylist = await self.snapshot()
+        """The whole list as the retained MQTT snapshot, unless it holds more than MAX_LIST_ITEMS ids,
+        which no MQTT message may carry: then nothing is published (said once in the log, and again
+        whenever the list crosses the limit), and gates catch up by delta or download the binary
+        snapshot, GET /api/v1/denylist/snapshot.bin. The size is read from the latest version first,
+        so a list past the limit is not even loaded for it."""
+        async with self.sessions() as session:
+            size = await session.scalar(
+                select(DenyListVersionRow.size).order_by(DenyListVersionRow.version.desc()).limit(1)
+            )
+            if not self._fits_mqtt(int(size or 0)):
+                return
+            version, ids = await current_denylist(session)
+        if not self._fits_mqtt(len(ids)):  # grew in between
+            return
+        denylist = fare_core.DenyList(ids, version=version)
         message = DenyListSnapshotMessage(
             version=denylist.version,
             card_ids=list(denylist.ids()),
@@ -183,6 +208,31 @@ class Distributor:
             time=datetime.now(UTC),
         )
         await self.publisher.publish(self.topics.denylist_snapshot, message, retain=True)
+
+    def _fits_mqtt(self, size: int) -> bool:
+        fits = size <= MAX_LIST_ITEMS
+        if fits != self._snapshot_fits_mqtt:
+            if not fits:
+                log.warning(
+                    "the deny-list holds %d ids, more than an MQTT message may carry (%d): no MQTT "
+                    "snapshot from now on; gates catch up by delta or download "
+                    "GET /api/v1/denylist/snapshot.bin", size, MAX_LIST_ITEMS,
+                )
+            elif self._snapshot_fits_mqtt is not None:
+                log.info("the deny-list holds %d ids again, within MQTT's limit: MQTT snapshots resume", size)
+            Distributor._snapshot_fits_mqtt = fits  # once per process, not once per Distributor
+        return fits
+
+    async def catch_up_denylist(self, have: int) -> Answer:
+        """Bring a gate holding deny-list version `have` up to date: publish the signed net delta
+        from `have` when that is the way (backend/catchup.py), nothing when `have` is current.
+        Answer.SNAPSHOT publishes nothing: only the whole list will do, and the caller republishes
+        it (backend/control.py coalesces those)."""
+        async with self.sessions() as session:
+            answer, delta = await catch_up(session, have)
+        if delta is not None:
+            await self.publisher.publish(self.topics.denylist_delta, delta)
+        return answer
 
     # --- fare tables -----------------------------------------------------------------------------
 
@@ -255,10 +305,16 @@ class Distributor:
         await self.publisher.publish(self.topics.command(gate.gate_id), message, retain=True)
         return message
 
-    async def resend(self, kind: UpdateKind) -> None:
+    async def resend(self, kind: UpdateKind, have_version: int | None = None) -> Answer:
+        """Republish `kind` whole (Answer.SNAPSHOT); or, for the deny-list with the version a gate
+        holds, its catch-up (`catch_up_denylist`: DELTA published, CURRENT nothing, SNAPSHOT nothing
+        yet, the caller asks again without a version)."""
         if kind == UpdateKind.DENYLIST:
+            if have_version is not None:
+                return await self.catch_up_denylist(have_version)
             await self.publish_denylist_snapshot()
         elif kind == UpdateKind.FARE_TABLE:
             await self.republish_current_fare_table()
         else:
             await self.publish_actions()
+        return Answer.SNAPSHOT

@@ -1,4 +1,4 @@
-"""The deny-list downlink at city scale: catching a gate up with one net delta, and what a fan-out costs.
+"""The deny-list downlink at city scale: what a fan-out costs, and the catch-up for direct callers.
 
 The contract is the existing one (docs/mqtt.md, "Deny-list"; backend/distribution.py; gate/state.py):
 a live block goes out as a signed `DenyListDeltaMessage` on the shared `denylist/delta` topic, the
@@ -8,12 +8,11 @@ A gate applies a delta only when it holds exactly its `base_version`, and checks
 
 A gate back from a week offline holds an old version. The whole list is the costly way back (10
 million phones: ~84 MB binary, every gate); the cheap way is one delta from the version it holds to the
-current one, the *net* change over the week (`catch_up_delta`, from the deny-list history the backend
-already keeps: `denylist_entries` rows with added_version/removed_version). It is an ordinary
-`DenyListDeltaMessage` (base = the gate's version, version = the current one, the current checksum),
-so a gate applies it with the code it has. Gates already current ignore it (not newer); a gate at
-another old version cannot apply it and asks for a snapshot, which the backend coalesces (one
-republish a kind per window, backend/control.py::SnapshotRequests), so no storm follows.
+current one, the *net* change over the week. The backend computes it (backend/catchup.py: `net_change`,
+`catch_up`) and its control plane answers a gate's deny-list request with it, coalesced per version
+held and bounded (backend/control.py::SnapshotRequests); they are re-exported here for the city
+tests and figures. Gates already current ignore it (not newer); a gate at another old version cannot
+apply it and asks in turn.
 
 Through station servers a retained message crosses each bridge once and is then served by the station
 to its gates (tests/city/test_downlink.py and `faregate bench city` measure that fan-out), so the
@@ -25,87 +24,26 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 import fare_core
+from backend.catchup import Answer, NetChange, catch_up, net_change
 from backend.distribution import Distributor
-from backend.tables import DenyListEntryRow, DenyListVersionRow
 from protocol.mqtt import MAX_LIST_ITEMS, DenyListDeltaMessage, DenyListSnapshotMessage, encode
 
-
-@dataclass(frozen=True)
-class NetChange:
-    """The net change of the deny-list from `base_version` to `version`."""
-
-    base_version: int
-    version: int
-    add: list[int]
-    remove: list[int]
-    checksum: str
-
-
-def net_change(history: list[tuple[int, int, int | None]], have: int, current: int, checksum: str
-               ) -> NetChange:
-    """From membership rows (card, added_version, removed_version or None) changed after `have`: the
-    cards to add and remove so that the list at `have` becomes the list at `current`.
-
-    A card is in the list at version v when one of its rows has added <= v < removed (or no removed).
-    Rows untouched since `have` (added <= have, never removed) are in both lists and cannot matter."""
-    if not 0 <= have <= current:
-        raise ValueError(f"cannot catch up from version {have} to {current}")
-    then = {card for card, added, removed in history if added <= have and (removed is None or removed > have)}
-    now = {card for card, added, removed in history
-           if added <= current and (removed is None or removed > current)}
-    return NetChange(have, current, sorted(now - then), sorted(then - now), checksum)
-
-
-async def catch_up_delta(session: AsyncSession, have: int) -> DenyListDeltaMessage | None:
-    """One delta from version `have` to the current one (unsigned: the publisher signs), or None when
-    `have` is current or unknown (newer than current: only a snapshot can help)."""
-    current_row = (await session.execute(
-        select(DenyListVersionRow).order_by(DenyListVersionRow.version.desc()).limit(1))).scalar()
-    if current_row is None or have >= current_row.version or have < 0:
-        return None
-    rows = (await session.execute(
-        select(DenyListEntryRow.card_id, DenyListEntryRow.added_version, DenyListEntryRow.removed_version)
-        .where(or_(DenyListEntryRow.added_version > have, DenyListEntryRow.removed_version > have))
-    )).all()
-    history = [(int(card, 16), int(added), None if removed is None else int(removed))
-               for card, added, removed in rows]
-    change = net_change(history, have, current_row.version, current_row.checksum)
-    if len(change.add) + len(change.remove) > MAX_LIST_ITEMS:
-        return None
-    return DenyListDeltaMessage(version=change.version, base_version=change.base_version, add=change.add,
-                                remove=change.remove, checksum=change.checksum, time=datetime.now(UTC))
+__all__ = ["Answer", "NetChange", "answer_denylist_request", "catch_up", "list_figures", "net_change"]
 
 
 async def answer_denylist_request(distributor: Distributor, have: int) -> str:
-    """A gate holding version `have` asked for the deny-list: publish the net delta from `have` when it
-    exists and is smaller than the whole list, else the snapshot. Returns "delta" or "snapshot".
-
-    For the backend's control plane (backend/control.py answers every request with the snapshot
-    today); the delta goes on the shared topic, signed, and only a gate holding `have` applies it."""
-    async with distributor.sessions() as session:
-        delta = await catch_up_delta(session, have)
-        size = await session.scalar(select(DenyListVersionRow.size)
-                                    .order_by(DenyListVersionRow.version.desc()).limit(1))
-    if delta is not None and len(delta.add) + len(delta.remove) < (size or 0):
-        await distributor.publisher.publish(distributor.topics.denylist_delta, delta)
-        return "delta"
-    await distributor.publish_denylist_snapshot()
-    return "snapshot"
-
-
-async def changes_since(session: AsyncSession, have: int) -> int:
-    """How many membership rows changed after version `have` (an upper bound on the net delta's ids)."""
-    count = await session.scalar(select(func.count()).select_from(DenyListEntryRow).where(
-        or_(DenyListEntryRow.added_version > have, DenyListEntryRow.removed_version > have)))
-    return int(count or 0)
+    """A gate holding version `have` asked for the deny-list: what backend/control.py does for it,
+    at once and uncoalesced (a test's or a bench's direct call): the net delta from `have` when it
+    exists and is smaller than the whole list, nothing when `have` is current, else the snapshot.
+    Returns "delta", "current" or "snapshot"."""
+    answer = await distributor.catch_up_denylist(have)
+    if answer is Answer.SNAPSHOT:
+        await distributor.publish_denylist_snapshot()
+    return answer.value
 
 
 # --- what a fan-out costs ---------------------------------------------------------------------------------
