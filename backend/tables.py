@@ -263,8 +263,9 @@ class DenyListEntryRow(Base):
     __tablename__ = "denylist_entries"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     card_id: Mapped[str] = mapped_column(CardIdCol, index=True)
-    added_version: Mapped[int] = mapped_column(BigInteger)
-    removed_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # indexed: a returning gate's catch-up reads the rows changed after its version (backend/catchup.py)
+    added_version: Mapped[int] = mapped_column(BigInteger, index=True)
+    removed_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
     reason: Mapped[str] = mapped_column(String(200), default="")
 
 
