@@ -141,4 +141,5 @@ async def maintain(sessions: async_sessionmaker[AsyncSession], day: ServiceDay, 
         except Exception as error:  # never stops the ingest
             log.warning("taps partitions not checked: %s", error)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), EVERY_S)
+            async with asyncio.timeout(EVERY_S):
+                await stop.wait()

@@ -192,7 +192,8 @@ class JetStreamSource:
         if self._nc is not None:
             try:
                 await self._flush_acks()
-                await asyncio.wait_for(self._nc.flush(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._nc.flush()
                 await self._nc.close()
             except Exception as error:  # closing: what is not acked is redelivered after ack_wait
                 log.debug("closing the NATS connection: %s", error)

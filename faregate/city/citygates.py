@@ -150,7 +150,8 @@ class CityGate:
                 self._client = None
             if not stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
                 delay = min(delay * 2, 5.0)
 
     async def _session(self, stop: asyncio.Event) -> None:
@@ -197,7 +198,8 @@ class CityGate:
             if self._cursor >= sim.seq:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
                 continue
             first = max(self._cursor, sim.committed) + 1
             last = min(sim.seq, first + sim.batch_max - 1)
