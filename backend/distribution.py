@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -18,11 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 import fare_core
 from fare_core.reasons import Flag
 from protocol.mqtt import (
+    DENYLIST_FETCH_PATH,
     MAX_LIST_ITEMS,
     Action,
     ActionListMessage,
     DenyListDeltaMessage,
     DenyListSnapshotMessage,
+    DenyListSnapshotRef,
     FareTableMessage,
     GateCommand,
     UpdateKind,
@@ -96,6 +100,23 @@ async def is_held(session: AsyncSession, action_id: int) -> bool:
     return await session.scalar(query) is not None
 
 
+@dataclass(frozen=True)
+class SnapshotFile:
+    """fare_core's binary snapshot of one deny-list version (DenyList.to_bytes), as gates download it."""
+
+    version: int
+    checksum: str
+    size: int  # ids
+    data: bytes
+    sha256: str
+
+
+def _snapshot_file(denylist: fare_core.DenyList) -> SnapshotFile:
+    data = denylist.to_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    return SnapshotFile(denylist.version, denylist.checksum, len(denylist), data, digest)
+
+
 class Distributor:
     _lock = asyncio.Lock()  # one deny-list version at a time in this process
     _snapshot_fits_mqtt: bool | None = None  # whether the last snapshot asked for fitted MQTT's limit
@@ -104,6 +125,8 @@ class Distributor:
         self.sessions = sessions
         self.publisher = publisher
         self.topics = publisher.topics
+        self._file: SnapshotFile | None = None  # the latest version's binary snapshot, built once
+        self._file_lock = asyncio.Lock()  # one build at a time: 2,000 gates asking build it once
 
     # --- deny-list -------------------------------------------------------------------------------
 
@@ -161,6 +184,11 @@ class Distributor:
                         phone.status = status if card in add_ids else "active"
                         phone.status_reason = reason[:200]
             await self.publish_denylist_delta(row, add_ids, remove_ids)  # first: the block itself
+            if len(new_list) > MAX_LIST_ITEMS:  # its binary snapshot from the list in hand, not reloaded
+                built = await asyncio.to_thread(_snapshot_file, new_list)
+                async with self._file_lock:
+                    if self._file is None or self._file.version < built.version:
+                        self._file = built
             try:
                 await self.publish_denylist_snapshot()  # none past MQTT's limit (the delta is out)
             except ValidationError as error:  # a list MQTT cannot carry: HTTP's, never the call's failure
@@ -185,20 +213,46 @@ class Distributor:
             version, ids = await current_denylist(session)
         return fare_core.DenyList(ids, version=version)
 
+    async def current_version(self) -> int:
+        async with self.sessions() as session:
+            version = await session.scalar(select(func.max(DenyListVersionRow.version)))
+        return int(version or 0)
+
+    async def snapshot_file(self) -> SnapshotFile:
+        """The current version's binary snapshot, built once per version (in a worker thread: a
+        10-million list is 80 MB) and kept until the next version, so gates fetching it at once cost
+        one build, not one each."""
+        version = await self.current_version()
+        cached = self._file
+        if cached is not None and cached.version == version:
+            return cached
+        async with self._file_lock:
+            cached = self._file
+            if cached is not None and cached.version >= version:
+                return cached
+            async with self.sessions() as session:
+                version, ids = await current_denylist(session)
+            self._file = await asyncio.to_thread(
+                lambda: _snapshot_file(fare_core.DenyList(ids, version=version)))
+            return self._file
+
     async def publish_denylist_snapshot(self) -> None:
         """The whole list as the retained MQTT snapshot, unless it holds more than MAX_LIST_ITEMS ids,
-        which no MQTT message may carry: then nothing is published (said once in the log, and again
-        whenever the list crosses the limit), and gates catch up by delta or download the binary
-        snapshot, GET /api/v1/denylist/snapshot.bin. The size is read from the latest version first,
-        so a list past the limit is not even loaded for it."""
+        which no MQTT message may carry: then the retained, signed `DenyListSnapshotRef` instead (said
+        once in the log, and again whenever the list crosses the limit), and gates catch up by delta
+        or download the binary snapshot it names over HTTP (GET DENYLIST_FETCH_PATH with the gate's
+        MAC). The size is read from the latest version first, so a list past the limit is loaded
+        only for its binary snapshot."""
         async with self.sessions() as session:
             size = await session.scalar(
                 select(DenyListVersionRow.size).order_by(DenyListVersionRow.version.desc()).limit(1)
             )
             if not self._fits_mqtt(int(size or 0)):
+                await self.publish_denylist_ref()
                 return
             version, ids = await current_denylist(session)
         if not self._fits_mqtt(len(ids)):  # grew in between
+            await self.publish_denylist_ref()
             return
         denylist = fare_core.DenyList(ids, version=version)
         message = DenyListSnapshotMessage(
@@ -209,14 +263,24 @@ class Distributor:
         )
         await self.publisher.publish(self.topics.denylist_snapshot, message, retain=True)
 
+    async def publish_denylist_ref(self) -> SnapshotFile:
+        """The retained `DenyListSnapshotRef` of the current version (its binary snapshot built, or
+        taken from the cache, for the SHA-256 the gates check the download against)."""
+        built = await self.snapshot_file()
+        ref = DenyListSnapshotRef(version=built.version, checksum=built.checksum, size=built.size,
+                                  sha256=built.sha256, time=datetime.now(UTC))
+        await self.publisher.publish(self.topics.denylist_snapshot_ref, ref, retain=True)
+        return built
+
     def _fits_mqtt(self, size: int) -> bool:
         fits = size <= MAX_LIST_ITEMS
         if fits != self._snapshot_fits_mqtt:
             if not fits:
                 log.warning(
                     "the deny-list holds %d ids, more than an MQTT message may carry (%d): no MQTT "
-                    "snapshot from now on; gates catch up by delta or download "
-                    "GET /api/v1/denylist/snapshot.bin", size, MAX_LIST_ITEMS,
+                    "snapshot from now on, its reference instead; gates catch up by delta or download "
+                    "the binary snapshot (%s, snapshot.bin for operators)", size, MAX_LIST_ITEMS,
+                    DENYLIST_FETCH_PATH,
                 )
             elif self._snapshot_fits_mqtt is not None:
                 log.info("the deny-list holds %d ids again, within MQTT's limit: MQTT snapshots resume", size)

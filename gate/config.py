@@ -92,6 +92,20 @@ class MqttConfig(_Section):
         return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
 
+class BackendConfig(_Section):
+    """The backend's HTTP API, for what MQTT cannot carry: a deny-list past MAX_LIST_ITEMS ids, fetched
+    when a signed reference to it arrives (docs/mqtt.md). No `url`: the gate never fetches (it logs
+    so once) and catches up by delta only."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")] | None = None
+    ca_file: Path | None = None  # https: the backend's certificate is checked against it (else system CAs)
+    # a reference is fetched after a random delay up to this, so a station's gates do not all ask at once
+    fetch_jitter_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    fetch_retry_s: Annotated[float, Field(gt=0, le=3600)] = 30.0  # after a failed fetch, doubling...
+    fetch_retry_max_s: Annotated[float, Field(gt=0, le=86_400)] = 900.0  # ...up to this
+    fetch_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0  # connect, and between two reads
+
+
 class GateConfig(_Section):
     station_id: Annotated[int, Field(ge=0, le=0xFFFF)]
     gate_no: Annotated[int, Field(ge=0, le=0xFF)]
@@ -109,6 +123,7 @@ class GateConfig(_Section):
     # CPU wake-up latency limit held through /dev/cpu_dma_latency (gate/tuning.py); None: leave it
     cpu_latency_us: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     mqtt: MqttConfig = MqttConfig()
+    backend: BackendConfig = BackendConfig()
     # message authentication (docs/security.md): the gate's own uplink MAC key, diversified by the backend
     # from its master key (None: the development master key's, refused in production), and the backend's
     # Ed25519 public keys, raw hex: the current one and, during a rotation, the next

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 
@@ -20,7 +21,7 @@ from .journal import Journal
 from .metrics import GateMetrics
 from .serial_link import ReaderLink
 from .state import LocalState
-from .uplink import Uplink
+from .uplink import DenyListFetcher, Uplink
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,19 @@ class GateRuntime:
         self.uplink: Uplink | None = None
         if config.mqtt.url:
             host, port = config.mqtt.host_port
+            fetcher = None
+            if config.backend.url:
+                verify: ssl.SSLContext | bool = True
+                if config.backend.ca_file is not None:
+                    verify = ssl.create_default_context(cafile=str(config.backend.ca_file))
+                fetcher = DenyListFetcher(
+                    gate_id=config.gate_id, url=config.backend.url, state=self.state,
+                    mac_key=config.uplink_key, clock=clock, jitter_s=config.backend.fetch_jitter_s,
+                    retry_s=config.backend.fetch_retry_s, retry_max_s=config.backend.fetch_retry_max_s,
+                    timeout_s=config.backend.fetch_timeout_s, verify=verify)
+            else:
+                log.info("gate %s: no [backend] url: a deny-list too big for MQTT will not be fetched",
+                         config.gate_id)
             self.uplink = Uplink(
                 gate_id=config.gate_id, host=host, port=port, prefix=config.mqtt.prefix,
                 journal=self.journal, state=self.state, final_seq=lambda: self.controller.final_seq,
@@ -56,7 +70,8 @@ class GateRuntime:
                 on_mode=self.controller.apply_mode,
                 extra_status=self.metrics.status_fields, username=config.mqtt.username,
                 password=config.mqtt.password, tls_context=config.mqtt.ssl_context(),
-                mac_key=config.uplink_key, backend_keys=config.backend_public_keys, clock=clock)
+                mac_key=config.uplink_key, backend_keys=config.backend_public_keys, clock=clock,
+                fetcher=fetcher)
             self.controller.on_final = self.uplink.tap_journaled
             self.controller.on_alarm = self._alarm
         self._metrics_server: asyncio.Server | None = None

@@ -18,6 +18,7 @@ import enum
 import logging
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from protocol.mqtt import (
     ActionListMessage,
     DenyListDeltaMessage,
     DenyListSnapshotMessage,
+    DenyListSnapshotRef,
     FareTableMessage,
     GateCommand,
 )
@@ -79,6 +81,7 @@ class LocalState:
         self.journal = journal
         data_dir.mkdir(parents=True, exist_ok=True)
         self.denylist = self._load_denylist()
+        self._denylist_lock = threading.Lock()  # deltas and snapshots are applied in worker threads
         self.fare_table, self.next_table, self.next_activate_at = self._load_tables()
         self.mode = GateMode(journal.get_state("mode", int(GateMode.NORMAL)))
         self.command_id = int(journal.get_state("command_id", 0))
@@ -118,6 +121,10 @@ class LocalState:
 
     # ------------------------------------------------------------------------- deny-list
     def apply_denylist_delta(self, msg: DenyListDeltaMessage) -> UpdateResult:
+        with self._denylist_lock:
+            return self._apply_denylist_delta(msg)
+
+    def _apply_denylist_delta(self, msg: DenyListDeltaMessage) -> UpdateResult:
         held = self.denylist.version
         if msg.version <= held:
             return UpdateResult(Outcome.IGNORED, f"version {msg.version} is not newer than {held}")
@@ -131,6 +138,10 @@ class LocalState:
         return UpdateResult(Outcome.APPLIED, f"deny-list now version {msg.version}")
 
     def apply_denylist_snapshot(self, msg: DenyListSnapshotMessage) -> UpdateResult:
+        with self._denylist_lock:
+            return self._apply_denylist_snapshot(msg)
+
+    def _apply_denylist_snapshot(self, msg: DenyListSnapshotMessage) -> UpdateResult:
         if msg.version <= self.denylist.version:
             return UpdateResult(Outcome.IGNORED, f"snapshot {msg.version} is not newer")
         try:
@@ -142,6 +153,40 @@ class LocalState:
         candidate.save(self._denylist_path)
         self.denylist = candidate
         return UpdateResult(Outcome.APPLIED, f"deny-list snapshot version {msg.version}")
+
+    def apply_denylist_file(self, path: Path, ref: DenyListSnapshotRef, sha256: str) -> UpdateResult:
+        """A downloaded binary snapshot (`path`, of SHA-256 `sha256`) named by a verified `ref`: loaded
+        and checked (fare_core verifies the file's own order and checksum; its SHA-256, version and
+        checksum must be the ref's), then made the gate's stored list by renaming the file into place
+        and swapped in. Anything else leaves the list as it was; `path` is consumed either way. CPU
+        and disk work: call it in a worker thread."""
+        try:
+            with self._denylist_lock:
+                if ref.version <= self.denylist.version:
+                    return UpdateResult(Outcome.IGNORED, f"snapshot {ref.version} is not newer")
+                if sha256 != ref.sha256:
+                    return UpdateResult(Outcome.REFUSED, "downloaded snapshot's SHA-256 is not the ref's")
+                try:
+                    candidate = DenyList.load(path)
+                except (DenyListError, ValueError) as exc:
+                    return UpdateResult(Outcome.REFUSED, f"downloaded snapshot refused: {exc}")
+                if (candidate.version, candidate.checksum, len(candidate)) != (ref.version, ref.checksum,
+                                                                               ref.size):
+                    return UpdateResult(Outcome.REFUSED, f"downloaded snapshot is version "
+                                        f"{candidate.version} ({len(candidate)} ids), not the ref's")
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(path, self._denylist_path)
+                directory = os.open(self.data_dir, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
+                self.denylist = candidate
+                return UpdateResult(Outcome.APPLIED, f"deny-list snapshot version {ref.version} "
+                                    f"({len(candidate)} ids) fetched over HTTP")
+        finally:
+            path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------ fare table
     def table_at(self, now: datetime) -> FareTable | None:

@@ -25,6 +25,11 @@ ack must name this gate and may not go past the highest seq this gate can have h
 (`_ack_bound`); one that does is refused and reported the same way. Everything the gate sends carries
 its MAC.
 
+A deny-list past MQTT's size comes as a signed reference (`DenyListSnapshotRef`) instead of a snapshot;
+`DenyListFetcher` downloads the binary snapshot it names from the backend over HTTP (the gate's MAC in
+the headers), after a random delay so a station's gates do not all ask at once, and applies it only if
+it is exactly the referenced file. Without a backend URL the gate says so once and catches up by delta.
+
 MQTT 3.1.1 by default: the embedded amqtt broker speaks nothing newer, and a gate needs no v5 feature.
 """
 
@@ -32,26 +37,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
+import random
 import ssl
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiomqtt
+import httpx
 from pydantic import ValidationError
 
 from protocol.mqtt import (
+    DENYLIST_FETCH_PATH,
     DEVELOPMENT_PUBLIC_KEY,
     DEVELOPMENT_UPLINK_MASTER_KEY,
+    FETCH_GATE_HEADER,
+    FETCH_MAC_HEADER,
+    FETCH_TIME_HEADER,
     MAX_TAPS_PER_MESSAGE,
     ActionListMessage,
     Committed,
     DenyListDeltaMessage,
     DenyListSnapshotMessage,
+    DenyListSnapshotRef,
     FareTableMessage,
     GateCommand,
+    GateFetchAuth,
     GateState,
     GateStatus,
     Payload,
@@ -63,6 +80,7 @@ from protocol.mqtt import (
     derive_gate_key,
     encode_taps,
     encode_with_mac,
+    with_mac,
 )
 from protocol.mqtt.auth import AuthError
 
@@ -76,6 +94,144 @@ SOFTWARE = "faregate-gate/0.1"
 STOP_WAIT_S = 5.0  # how long stop() waits for the MQTT session to close before cancelling it again
 
 
+class FetchFailed(Exception):
+    """A deny-list download that did not give the referenced file (HTTP error, too long, cut short);
+    `retry_after`: the seconds the backend asked the gate to wait (429), if it did."""
+
+    def __init__(self, why: str, retry_after: float | None = None) -> None:
+        super().__init__(why)
+        self.retry_after = retry_after
+
+
+class DenyListFetcher:
+    """Downloads the deny-list a verified `DenyListSnapshotRef` names, over HTTP, and applies it.
+
+    Only the newest reference counts. It is fetched after a random delay of 0..`jitter_s`, streamed to
+    a temporary file in the data directory (its SHA-256 taken on the way, at most the ref's 48 + 8 *
+    size bytes accepted), then loaded and checked in a worker thread (LocalState.apply_denylist_file),
+    so the tap loop only ever waits for a chunk's write. The backend serves only the version asked for
+    (409 if it has moved on: the next reference is awaited, no download is wasted). A failure keeps
+    the list held and retries after `retry_s`, doubling up to `retry_max_s`, or at once on a newer
+    reference."""
+
+    def __init__(self, *, gate_id: str, url: str, state: LocalState, mac_key: bytes,
+                 clock: Callable[[], float] = time.time, jitter_s: float = 5.0, retry_s: float = 30.0,
+                 retry_max_s: float = 900.0, timeout_s: float = 60.0, verify: ssl.SSLContext | bool = True,
+                 on_applied: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.gate_id, self.url, self.state = gate_id, url.rstrip("/"), state
+        self.mac_key, self.clock = mac_key, clock
+        self.jitter_s, self.retry_s, self.retry_max_s = jitter_s, retry_s, max(retry_s, retry_max_s)
+        self.timeout_s, self.verify, self.on_applied = timeout_s, verify, on_applied
+        self.pending: DenyListSnapshotRef | None = None  # the newest reference not yet applied
+        self._offered = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.fetched = 0  # snapshots applied
+        self.failures = 0  # downloads that failed or gave another file
+        self.last_error: str | None = None
+
+    def offer(self, ref: DenyListSnapshotRef) -> None:
+        """A verified reference: fetch it if it is newer than the list held and not older than the one
+        pending (the same version again, e.g. republished after a failed fetch, is tried again)."""
+        if ref.version <= self.state.denylist.version:
+            return
+        if self.pending is None or ref.version >= self.pending.version:
+            self.pending = ref
+            self._offered.set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"denylist fetch {self.gate_id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = self.retry_s
+        while True:
+            await self._offered.wait()
+            self._offered.clear()
+            await asyncio.sleep(random.uniform(0, self.jitter_s))  # spreading load, not a secret
+            ref = self.pending
+            if ref is None or ref.version <= self.state.denylist.version:
+                self.pending = None
+                continue
+            wait = backoff
+            try:
+                result = await self.fetch(ref)
+            except (httpx.HTTPError, OSError, FetchFailed) as exc:
+                result = UpdateResult(Outcome.REFUSED, f"fetch failed: {exc}")
+                if isinstance(exc, FetchFailed) and exc.retry_after is not None:
+                    wait = max(wait, exc.retry_after)
+            except Exception as exc:  # a bug must not end the fetching for good: logged, retried
+                log.exception("gate %s: deny-list %d fetch crashed", self.gate_id, ref.version)
+                result = UpdateResult(Outcome.REFUSED, f"fetch crashed: {exc!r}")
+            log.info("gate %s: deny-list %d over HTTP: %s %s", self.gate_id, ref.version,
+                     result.outcome.value, result.detail)
+            if result.outcome is Outcome.REFUSED:
+                self.failures += 1
+                self.last_error = result.detail
+                with contextlib.suppress(TimeoutError):  # a newer reference, or the back-off
+                    async with asyncio.timeout(wait):
+                        await self._offered.wait()
+                backoff = min(backoff * 2, self.retry_max_s)
+                self._offered.set()
+                continue
+            backoff = self.retry_s
+            if self.pending is ref:  # applied, or the backend moved on (its next reference follows)
+                self.pending = None
+            if result.outcome is Outcome.APPLIED:
+                self.fetched += 1
+                if self.on_applied is not None:
+                    await self.on_applied()
+
+    def _headers(self, target: str) -> dict[str, str]:
+        sent = datetime.fromtimestamp(int(self.clock()), UTC)
+        auth = with_mac(GateFetchAuth(gate_id=self.gate_id, method="GET", target=target, time=sent),
+                        self.mac_key)
+        return {FETCH_GATE_HEADER: self.gate_id, FETCH_TIME_HEADER: auth.model_dump(mode="json")["time"],
+                FETCH_MAC_HEADER: str(auth.mac)}
+
+    async def fetch(self, ref: DenyListSnapshotRef) -> UpdateResult:
+        """Download `ref`'s file and apply it (the result says how it went); FetchFailed, httpx.HTTPError
+        or OSError when no complete file came."""
+        target = f"{DENYLIST_FETCH_PATH}?version={ref.version}"
+        url = httpx.URL(self.url + target)
+        limit = 48 + 8 * ref.size  # fare_core's snapshot: the header, then 8 bytes an id
+        fd, name = tempfile.mkstemp(dir=self.state.data_dir, prefix=".denylist.fetch.", suffix=".tmp")
+        path = Path(name)
+        try:
+            digest = hashlib.sha256()
+            received = 0
+            with os.fdopen(fd, "wb") as out:
+                async with httpx.AsyncClient(timeout=self.timeout_s, verify=self.verify) as client:
+                    headers = self._headers(url.raw_path.decode())
+                    async with client.stream("GET", url, headers=headers) as response:
+                        if response.status_code == httpx.codes.CONFLICT:
+                            return UpdateResult(Outcome.IGNORED, f"the backend moved on to version "
+                                                f"{response.headers.get('X-Faregate-Version', '?')}")
+                        if response.status_code != httpx.codes.OK:
+                            await response.aread()
+                            retry_after = response.headers.get("Retry-After", "")
+                            raise FetchFailed(f"HTTP {response.status_code}: {response.text[:200]}",
+                                              float(retry_after) if retry_after.isdigit() else None)
+                        async for chunk in response.aiter_bytes():
+                            received += len(chunk)
+                            if received > limit:
+                                raise FetchFailed(f"more than the {limit} bytes the ref names")
+                            digest.update(chunk)
+                            out.write(chunk)
+            if received != limit:
+                raise FetchFailed(f"{received} bytes, the ref names {limit}")
+            result = await asyncio.to_thread(self.state.apply_denylist_file, path, ref, digest.hexdigest())
+        finally:
+            path.unlink(missing_ok=True)
+        return result
+
+
 class Uplink:
     """Publishes one gate's journal and applies what the backend sends it."""
 
@@ -86,8 +242,11 @@ class Uplink:
                  extra_status: Callable[[], dict[str, Any]] | None = None,
                  username: str | None = None, password: str | None = None,
                  tls_context: ssl.SSLContext | None = None, mac_key: bytes | None = None,
-                 backend_keys: list[bytes] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 backend_keys: list[bytes] | None = None, clock: Callable[[], float] = time.time,
+                 fetcher: DenyListFetcher | None = None) -> None:
         self.gate_id = gate_id
+        self.fetcher = fetcher  # None: a deny-list past MQTT's size is not fetched (said once)
+        self._fetch_off_said = False
         self.clock = clock  # the gate's wall clock: status and snapshot-request times
         self.host, self.port = host, port
         self.topics = Topics(prefix)
@@ -136,6 +295,10 @@ class Uplink:
     # ---------------------------------------------------------------------------- running
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"uplink {self.gate_id}")
+        if self.fetcher is not None:
+            if self.fetcher.on_applied is None:
+                self.fetcher.on_applied = self.publish_status_soon
+            await self.fetcher.start()
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -143,6 +306,8 @@ class Uplink:
     async def stop(self) -> None:
         """Cancel the session; bounded, so a broker that never answers DISCONNECT (aiomqtt waits for it
         without a timeout) cannot hold the gate's shutdown: a second cancel ends that wait."""
+        if self.fetcher is not None:
+            await self.fetcher.stop()
         if self._task is not None:
             for attempt in range(3):
                 self._task.cancel()
@@ -186,7 +351,8 @@ class Uplink:
             self.connects += 1
             for topic in (self.topics.committed(self.gate_id), self.topics.resend(self.gate_id),
                           self.topics.command(self.gate_id), self.topics.denylist_delta,
-                          self.topics.denylist_snapshot, self.topics.fare_table, self.topics.actions):
+                          self.topics.denylist_snapshot, self.topics.denylist_snapshot_ref,
+                          self.topics.fare_table, self.topics.actions):
                 await client.subscribe(topic, qos=1)
             self.connected.set()
             self._cursor = self.journal.committed_through  # resend everything not yet committed
@@ -348,6 +514,8 @@ class Uplink:
                 snapshot = await asyncio.to_thread(self._trusted, snapshot)
                 result = await asyncio.to_thread(self.state.apply_denylist_snapshot, snapshot)
                 await self._updated(result, UpdateKind.DENYLIST, self.state.denylist.version)
+            elif topic == t.denylist_snapshot_ref:
+                self._on_ref(self._trusted(DenyListSnapshotRef.model_validate_json(payload)))
             elif topic == t.fare_table:
                 table = FareTableMessage.model_validate_json(payload)
                 table = await asyncio.to_thread(self._trusted, table)  # up to 64 MiB: off the tap loop
@@ -364,6 +532,17 @@ class Uplink:
             # request (anyone on a shared topic could otherwise make every gate ask at once).
             errors = exc.errors()
             await self._refuse(topic, f"malformed: {errors[0].get('msg') if errors else exc}")
+
+    def _on_ref(self, ref: DenyListSnapshotRef) -> None:
+        if ref.version <= self.state.denylist.version:
+            return
+        if self.fetcher is not None:
+            self.fetcher.offer(ref)
+        elif not self._fetch_off_said:
+            self._fetch_off_said = True
+            log.warning("gate %s: deny-list version %d (%d ids) is only on HTTP and this gate has no "
+                        "[backend] url: not fetched (said once); catching up by delta only",
+                        self.gate_id, ref.version, ref.size)
 
     @property
     def _ack_bound(self) -> int:

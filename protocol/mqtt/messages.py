@@ -301,6 +301,45 @@ class DenyListSnapshotMessage(Payload):
     sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
 
 
+class DenyListSnapshotRef(Payload):
+    """The current deny-list is too big for MQTT (past MAX_LIST_ITEMS ids): fetch it over HTTP.
+
+    Retained, on its own topic; the backend publishes it instead of the MQTT snapshot. A gate holding an
+    older version downloads fare_core's binary snapshot from the backend (DENYLIST_FETCH_PATH, its own
+    MAC in the headers, `GateFetchAuth`) and applies it only if the file's SHA-256, version and checksum
+    are the signed ones here. The SHA-256 is what binds the file: fare_core's checksum catches
+    corruption, not an adversary who crafts ids to a given sum (docs/security.md)."""
+
+    version: Version  # deny-list version of the file
+    checksum: Checksum  # fare_core.DenyList checksum of the list in the file
+    size: Annotated[int, Field(ge=0, le=U32_MAX)]  # ids in the list (the file is 48 + 8 * size bytes)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # of the file's exact bytes
+    time: UtcTime  # when published
+    key_id: KeyId | None = None  # the backend key that signed (auth.py); a gate refuses it missing
+    sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
+
+
+#: Where a gate downloads the binary deny-list snapshot (under its `[backend] url`).
+DENYLIST_FETCH_PATH = "/api/v1/denylist/gate.bin"
+#: The HTTP headers that carry a `GateFetchAuth`: the gate id, its time, its MAC.
+FETCH_GATE_HEADER = "X-Faregate-Gate"
+FETCH_TIME_HEADER = "X-Faregate-Time"
+FETCH_MAC_HEADER = "X-Faregate-Mac"
+FETCH_MAX_SKEW_S = 300  # a fetch whose time is further than this from the backend's clock is refused
+
+
+class GateFetchAuth(Payload):
+    """What a gate MACs (under its own uplink key) to fetch from the backend over HTTP: the method, the
+    request target (path and query) and its time travel in the headers above, so a MAC is good for
+    that one request within FETCH_MAX_SKEW_S only."""
+
+    gate_id: GateIdStr  # who asks
+    method: Literal["GET"]
+    target: Annotated[str, Field(min_length=1, max_length=300)]  # path and query, as sent
+    time: UtcTime  # the gate's clock
+    mac: Mac | None = None  # the gate's MAC (auth.py); last field
+
+
 class FareTableMessage(Payload):
     """A compiled fare table artefact (retained) and when gates must start using it."""
 

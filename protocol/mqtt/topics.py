@@ -78,6 +78,10 @@ class Topics:
         return f"{self.prefix}/denylist/snapshot"
 
     @property
+    def denylist_snapshot_ref(self) -> str:  # backend -> gates, QoS 1, retained (past MQTT's size)
+        return f"{self.prefix}/denylist/snapshot-ref"
+
+    @property
     def fare_table(self) -> str:  # backend -> gates, QoS 1, retained
         return f"{self.prefix}/faretable/current"
 
