@@ -39,13 +39,17 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from faregate.city.centre import POSTGRES_URL, CentreBackend, ingest_values, run_centre
+from faregate.city.centre import POSTGRES_URL, CentreBackend, database, ingest_values, run_centre
 from faregate.city.citygates import CityGate, GateReport, run_gates
-from faregate.city.station import Mosquitto, run_city
+from faregate.city.station import Mosquitto, free_port, run_city, write_station
 from faregate.simgate import SimUplink
 from protocol.mqtt import DEVELOPMENT_PUBLIC_KEY, DenyListSnapshotMessage, Topics, Verifier, gate_id
+
+if TYPE_CHECKING:
+    from faregate.city.cluster import NatsCluster, NatsNode
+    from faregate.city.workers import IngestWorkers
 
 MAX_GATES_PER_STATION = 255  # gate_no is a u8 (docs/mqtt.md)
 
@@ -62,7 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="phones blocked while the gates tap (default 5)")
     parser.add_argument("--snapshot-ids", type=int, default=1000,
                         help="phones in the deny-list snapshot sent to every gate at the end (default 1000)")
-    parser.add_argument("--workers", type=int, default=1, help="ingest worker processes (default 1)")
+    parser.add_argument("--centre", choices=("mosquitto", "cluster"), default="mosquitto",
+                        help="the centre the stations bridge to: one Mosquitto (default, today's) or the "
+                        "3-node NATS JetStream cluster, with one node and one worker killed -9 mid-stream")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="ingest worker processes (default 1 on Mosquitto, 2 on the cluster)")
+    parser.add_argument("--ack-wait", type=float, default=10.0,
+                        help="cluster: seconds before a killed worker's unacknowledged messages go to "
+                        "another (the workers' --ingest-ack-wait; default 10)")
+    parser.add_argument("--kill", choices=("both", "node", "worker", "none"), default="both",
+                        help="cluster: what is killed -9 while the gates tap (default both)")
+    parser.add_argument("--kill-node", choices=("leader", "follower"), default="leader",
+                        help="cluster: kill the uplink stream's RAFT leader or a follower (default leader)")
     parser.add_argument("--database", default=POSTGRES_URL, help=f"database URL (default {POSTGRES_URL})")
     parser.add_argument("--stall-max", type=float, default=0.0,
                         help="a proposal, not today's gate: double the stall wait after each replay that "
@@ -92,13 +107,16 @@ def run(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     _check(args)
+    cluster = args.centre == "cluster"
+    workers = args.workers or (2 if cluster else 1)
+    run = cluster_scenario(args, workers) if cluster else scenario(args, via_stations=True, workers=workers)
     result: dict[str, Any] = {}
-    if not args.no_baseline:
-        baseline = asyncio.run(scenario(args, via_stations=False))
-        result.update(asyncio.run(scenario(args, via_stations=True)))
+    if not args.no_baseline:  # today's path: every gate on one Mosquitto, one worker (as many on Mosquitto)
+        baseline = asyncio.run(scenario(args, via_stations=False, workers=1 if cluster else workers))
+        result.update(asyncio.run(run))
         result["baseline_single_broker"] = baseline
     else:
-        result.update(asyncio.run(scenario(args, via_stations=True)))
+        result.update(asyncio.run(run))
     return result
 
 
@@ -111,6 +129,14 @@ def _check(args: argparse.Namespace) -> None:
         raise SystemExit("--outage must be below --seconds")
     if args.seconds <= 0 or args.tap_interval <= 0:
         raise SystemExit("--seconds and --tap-interval must be positive")
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    if args.centre == "cluster" and not args.database.startswith("postgresql"):
+        raise SystemExit("--centre cluster stores on PostgreSQL (the workers share it)")
+    if args.centre == "cluster" and args.outage:
+        raise SystemExit("--outage stops a Mosquitto centre; with --centre cluster a node is killed instead")
+    if args.centre == "cluster" and args.kill in ("both", "worker") and (args.workers or 2) < 2:
+        raise SystemExit("killing a worker needs --workers 2 or more (the others carry on)")
 
 
 def layout(gates: int, stations: int) -> dict[int, list[int]]:
@@ -197,7 +223,7 @@ class ArrivalProbe(SimUplink):
 # --- one scenario ----------------------------------------------------------------------------------------
 
 
-async def scenario(args: argparse.Namespace, via_stations: bool) -> dict[str, Any]:
+async def scenario(args: argparse.Namespace, via_stations: bool, workers: int = 1) -> dict[str, Any]:
     """One run: stations and centre (or the centre alone), ingest, gates, blocks, snapshot, count."""
     stations = layout(args.gates, args.stations)
     prefix = f"city{uuid.uuid4().hex[:8]}"
@@ -215,19 +241,15 @@ async def scenario(args: argparse.Namespace, via_stations: bool) -> dict[str, An
             specs = [(s, no, centre_files.port, centre_files.passwords[gate_id(s, no)])
                      for s, nos in stations.items() for no in nos]
         values = ingest_values(args.database, city.centre_url, prefix)
-        first: dict[int, tuple[str, str]] = {}
-        for station, no, port, password in specs:
-            first.setdefault(port, (gate_id(station, no), password))
-        probes = [ArrivalProbe(f"mqtt://127.0.0.1:{port}", Topics(prefix), user, password)
-                  for port, (user, password) in first.items()]
+        probes = _station_probes(specs, prefix)
         try:
             for probe in probes:
                 probe.start()
             for probe in probes:
                 probe.wait_ready(30)
-            async with run_centre(values, args.workers) as centre:
+            async with run_centre(values, workers) as centre:
                 outage = Outage(city.centre, centre, all_gates, [st.broker for st in city.stations.values()])
-                figures = await _drive(args, values, prefix, specs, probes, outage)
+                figures = await _drive(args, values, prefix, specs, probes, outage, None)
                 rows, unique = await centre.count(all_gates)
         finally:
             for probe in probes:
@@ -235,8 +257,185 @@ async def scenario(args: argparse.Namespace, via_stations: bool) -> dict[str, An
     made = figures.pop("made")
     figures.update({
         "stations": len(stations) if via_stations else 0,
+        "centre": "mosquitto",
         "brokers": 1 + (len(stations) if via_stations else 0),
-        "workers": args.workers,
+        "workers": workers,
+        "made": made,
+        "stored": unique,
+        "lost": made - unique,
+        "duplicated": rows - unique,
+    })
+    return figures
+
+
+# --- the clustered centre ----------------------------------------------------------------------------------
+
+
+async def _stream_leader(cluster: NatsCluster, timeout: float = 30.0) -> str:
+    """The node leading the uplink stream's RAFT group (the workers made the stream at their start)."""
+    import nats
+
+    from backend.ingest.stream import STREAM
+
+    connection = await nats.connect(cluster.urls)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                info = await connection.jetstream().stream_info(STREAM)
+                if info.cluster is not None and info.cluster.leader:
+                    return str(info.cluster.leader)
+            await asyncio.sleep(0.2)
+    finally:
+        await connection.close()
+    raise TimeoutError("the uplink stream has no leader")
+
+
+def _station_probes(specs: list[GateSpec], prefix: str) -> list[ArrivalProbe]:
+    """One probe at each broker the gates log in to, as its first gate."""
+    first: dict[int, tuple[str, str]] = {}
+    for station, no, port, password in specs:
+        first.setdefault(port, (gate_id(station, no), password))
+    return [ArrivalProbe(f"mqtt://127.0.0.1:{port}", Topics(prefix), user, password)
+            for port, (user, password) in first.items()]
+
+
+@dataclass
+class Kills:
+    """kill -9 one NATS node (0.4 into the taps) and one ingest worker (0.7 into them). Each counts as
+    killed mid-stream only if the process was alive and is dead after, taps were stored before it and
+    more were made after it (the latter checked at the end)."""
+
+    cluster: NatsCluster
+    workers: IngestWorkers
+    backend: CentreBackend
+    gate_ids: list[str]
+    node: NatsNode | None
+    node_role: str
+    kill_worker: bool
+    figures: dict[str, Any] = field(default_factory=dict)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    NODE_AT, WORKER_AT = 0.4, 0.7  # fractions of the tap phase (the first taps take a while to be stored)
+
+    def schedule(self, started: float, live: float) -> None:
+        if self.node is not None:
+            self._tasks.append(asyncio.create_task(self._kill_node(started + self.NODE_AT * live)))
+        if self.kill_worker:
+            self._tasks.append(asyncio.create_task(self._kill_worker(started + self.WORKER_AT * live)))
+
+    async def _kill_node(self, at: float) -> None:
+        node = self.node
+        assert node is not None
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        _, stored = await self.backend.count(self.gate_ids)
+        alive = node.alive
+        await asyncio.to_thread(self.cluster.kill, node)
+        self.figures.update(node_killed_name=node.name, node_killed_role=self.node_role,
+                            stored_at_node_kill=stored, _node_ok=alive and not node.alive and stored > 0,
+                            _node_at=time.monotonic())
+
+    async def _kill_worker(self, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        victim = self.workers.workers[0]
+        _, stored = await self.backend.count(self.gate_ids)
+        alive = victim.alive
+        await asyncio.to_thread(self.workers.kill, victim)
+        self.figures.update(worker_killed_name=victim.name, stored_at_worker_kill=stored,
+                            _worker_ok=alive and not victim.alive and stored > 0, _worker_at=time.monotonic())
+
+    async def done(self, stopped_tapping: float) -> None:
+        """After the taps: each kill happened, and before the taps stopped."""
+        await asyncio.gather(*self._tasks)
+        f = self.figures
+        for kill in ("node", "worker"):
+            ok, at = bool(f.pop(f"_{kill}_ok", False)), f.pop(f"_{kill}_at", None)
+            f[f"{kill}_killed"] = ok and at is not None and at < stopped_tapping
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    """The city through the cluster: station servers bridged to a 3-node NATS JetStream cluster (each
+    station's bridge lists the three MQTT gateways, first nodes spread round the stations), `workers`
+    ingest processes pulling the stream into PostgreSQL; one node and one worker killed -9 mid-stream."""
+    from faregate.city.cluster import NatsCluster
+    from faregate.city.workers import IngestWorkers
+
+    stations = layout(args.gates, args.stations)
+    prefix = f"city{uuid.uuid4().hex[:8]}"
+    all_gates = [gate_id(s, no) for s, nos in stations.items() for no in nos]
+    with (
+        tempfile.TemporaryDirectory(prefix="faregate-city-") as tmp,
+        NatsCluster(Path(tmp) / "nats") as cluster,
+    ):
+        nodes = cluster.nodes
+        brokers: list[Mosquitto] = []
+        probes: list[ArrivalProbe] = []
+        try:
+            specs: list[GateSpec] = []
+            for index, (station, nos) in enumerate(stations.items()):
+                order = nodes[index % len(nodes):] + nodes[: index % len(nodes)]
+                files = write_station(Path(tmp) / f"station-{station}", prefix, station, nos, free_port(),
+                                      ("127.0.0.1", order[0].mqtt_port), "no-auth-on-this-cluster",
+                                      more_centres=[("127.0.0.1", n.mqtt_port) for n in order[1:]],
+                                      centre_is_mosquitto=False)
+                broker = Mosquitto(files)
+                brokers.append(broker)
+                broker.start()
+                specs += [(station, no, files.port, files.passwords[gate_id(station, no)]) for no in nos]
+            values = ingest_values(args.database, nodes[0].mqtt_url, prefix)
+            values["mqtt_version"] = "3.1.1"  # nats-server's MQTT gateway speaks 3.1.1 only
+            async with database(values):
+                ingest = IngestWorkers(Path(tmp) / "workers", cluster.ingest_url, cluster.mqtt_urls,
+                                       args.database, prefix, count=workers, schema=values["database_schema"],
+                                       ack_wait_s=args.ack_wait)
+                try:
+                    await asyncio.to_thread(ingest.start)
+                    leader = await _stream_leader(cluster)
+                    if args.kill_node == "leader":
+                        victim = next(n for n in nodes if n.name == leader)
+                    else:
+                        victim = next(n for n in nodes if n.name != leader)
+                    # the operator's publisher on a node that stays up (a real backend lists them all)
+                    values["mqtt_url"] = next(n for n in nodes if n is not victim).mqtt_url
+                    backend = CentreBackend(values, workers)
+                    probes = _station_probes(specs, prefix)
+                    for probe in probes:
+                        probe.start()
+                    for probe in probes:
+                        probe.wait_ready(30)
+                    kills = Kills(cluster, ingest, backend, all_gates,
+                                  victim if args.kill in ("both", "node") else None,
+                                  f"stream leader ({leader})" if victim.name == leader
+                                  else f"follower (leader {leader})",
+                                  args.kill in ("both", "worker"))
+                    outage = Outage(brokers[0], backend, all_gates, brokers)
+                    try:
+                        figures = await _drive(args, values, prefix, specs, probes, outage, kills)
+                    finally:
+                        kills.cancel()
+                    rows, unique = await backend.count(all_gates)
+                    figures["workers_alive_at_end"] = sum(w.alive for w in ingest.workers)
+                    figures["cluster_rss_mb"] = [round(n.rss_bytes() / 2**20, 1) for n in nodes if n.alive]
+                finally:
+                    for probe in probes:
+                        probe.close()
+                    await asyncio.to_thread(ingest.stop)
+        finally:
+            for broker in reversed(brokers):
+                broker.stop()
+    made = figures.pop("made")
+    for kill in ("node", "worker"):  # mid-stream: more taps were made after the kill than stored before
+        at = figures.get(f"stored_at_{kill}_kill")
+        figures[f"{kill}_killed"] = bool(figures.get(f"{kill}_killed")) and at is not None and at < made
+    figures.update({
+        "centre": "nats-cluster",
+        "stations": len(stations),
+        "brokers": len(stations) + len(nodes),
+        "workers": workers,
         "made": made,
         "stored": unique,
         "lost": made - unique,
@@ -306,8 +505,8 @@ class Outage:
                 "drain_taps_per_s": round(backlog / drain) if drain > 0 else None}
 
 
-async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
-                 specs: list[GateSpec], probes: list[ArrivalProbe], outage: Outage) -> dict[str, Any]:
+async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str, specs: list[GateSpec],
+                 probes: list[ArrivalProbe], outage: Outage, kills: Kills | None) -> dict[str, Any]:
     from backend.config import Settings
     from backend.db import make_engine, make_sessionmaker
     from backend.distribution import Distributor
@@ -343,22 +542,32 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
         rng = random.Random(16)
         blocks: dict[int, float] = {}
         published: list[float] = []  # how long each block call took (commit, delta and snapshot PUBACKed)
+        block_failures = 0  # block calls whose publish failed (no PUBACK), republished as the snapshot
         started = time.monotonic()
         go.set()
         live = args.seconds - args.outage  # the centre is cut for the last `outage` seconds of taps
+        if kills is not None:  # between the blocks: the node after the first, the worker after the third
+            kills.schedule(started, live / (args.blocks + 1))
         for n in range(args.blocks):  # the operator's blocks, spread over the time the centre is up
             due = started + live * (n + 1) / (args.blocks + 1)
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             called = time.monotonic()
-            row = await distributor.change_denylist([f"{rng.getrandbits(64):016x}"], [], "bench city")
+            try:
+                version = (await distributor.change_denylist([f"{rng.getrandbits(64):016x}"], [],
+                                                             "bench city")).version
+            except TimeoutError:  # saved, not published (the API's 503): republish the list until it is
+                block_failures += 1
+                version = await _republish_denylist(distributor)
             published.append(time.monotonic() - called)
-            blocks[row.version] = called
+            blocks[version] = called
         if args.outage:
             await asyncio.sleep(max(0.0, started + live - time.monotonic()))
             await outage.cut()
         await asyncio.sleep(max(0.0, started + args.seconds - time.monotonic()))
         stop_tapping.set()
         tapped = time.monotonic() - started
+        if kills is not None:
+            await kills.done(stopped_tapping=time.monotonic())
         if args.outage:
             await asyncio.sleep(0.5)  # the last taps reach their station
             await outage.restore()
@@ -383,14 +592,30 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str,
                 process.kill()
         await publisher.aclose()
         await engine.dispose()
+        if kills is not None:
+            kills.cancel()
     figures = _figures(args, reports, blocks, snapshot, snapshot_bytes, snapshot_sent, tapped, span)
     figures["block_call_ms_max"] = round(max(published) * 1000, 1) if published else None
+    figures["block_publish_failures"] = block_failures
     figures.update(outage.settle(figures["made"], started + span))
+    if kills is not None:
+        figures.update(kills.figures)
     at_brokers = [(probe.arrived[v] - called) * 1000 for v, called in blocks.items() for probe in probes
                   if v in probe.arrived]
     figures["deny_at_brokers_ms_p50"] = round(_percentile(at_brokers, 0.5), 1)
     figures["deny_at_brokers_ms_max"] = round(max(at_brokers), 1) if at_brokers else None
     return figures
+
+
+async def _republish_denylist(distributor: Any) -> int:
+    """The operator's retry after a block call answered "saved, but not published" (a cluster node
+    lost, its streams electing leaders): the retained snapshot of the current list, until PUBACKed."""
+    while True:
+        try:
+            await distributor.publish_denylist_snapshot()
+            return int((await distributor.snapshot()).version)
+        except TimeoutError:
+            await asyncio.sleep(0.5)
 
 
 async def _send_snapshot(distributor: Any, prefix: str, count: int, rng: random.Random, wanted: Any
@@ -439,6 +664,7 @@ def _figures(args: argparse.Namespace, reports: list[GateReport], blocks: dict[i
         "offered_taps_per_s": round(made / tapped),
         "taps_per_s": round(committed / span),  # stored and acknowledged, from the start to the last ack
         "uncommitted_at_end": made - committed,
+        "last_ack_after_taps_s": round(span - tapped, 3),  # from the last tap to the last gate's ack
         "publishes": sum(r.publishes for r in reports),
         "statuses": sum(r.statuses for r in reports),
         "blocks": len(blocks),

@@ -61,6 +61,21 @@ PERSIST_EVERY = 1000  # queue changes between saves to disk (autosave_on_changes
 # (docs/deployment.md, "Station servers"). At 2 s, 1,000 stations retry a dead centre 500 times a second.
 BRIDGE_RETRY_S = (1, 2)
 
+# NATS_BRIDGE: on nats-server 2.9's MQTT gateway every QoS 1 subscription is a JetStream consumer (made
+# through the JetStream API on every connection, R1 on the $MQTT_msgs stream) and a persistent session a
+# record in a replicated stream. A station subscribes 3 topics a gate plus 3, so a bridge that lost its
+# node had to remake hundreds of consumers while the cluster elected leaders; the API calls timed out
+# (4 s), the node closed the bridge, and it went round the nodes without ever staying connected
+# (measured, 60 gates on 3 stations, the stream's leader killed -9: cleansession false with QoS 1 never
+# recovered within 60 s, cleansession true with QoS 1 cycled through the nodes every 6-7 s).
+# Subscribing the downlink at QoS 0 makes them plain NATS subscriptions: the bridge on the killed node
+# was on the next one within 2 s and every tap was stored once (with cleansession true or false; clean
+# is kept, since a QoS 0 subscriber has nothing queued at the centre to keep). Nothing is lost by QoS 0
+# here: acks, commands, the fare table, action list and deny-list snapshot are retained (sent again on
+# every subscription), a delta missed in a reconnection is covered by the retained snapshot of its
+# version, a resend request by the gates' stall replay. The uplink (taps) stays QoS 1 with the station's
+# persistent local queue. Failover needs no tuning beyond restart_timeout: a node killed -9 refuses the
+# connection at once; a host that vanishes is noticed after 1.5 keepalive intervals (15 s at 10 s).
 
 def bridge_user(station_id: int) -> str:
     """The account a station's bridge logs in to the centre with."""
@@ -153,6 +168,8 @@ def write_station(
     max_queued_bytes: int = STATION_MAX_QUEUED_BYTES,
     centre_is_mosquitto: bool = True,
     more_centres: Sequence[tuple[str, int]] = (),
+    remote_cleansession: bool | None = None,
+    downlink_qos: int | None = None,
 ) -> BrokerFiles:
     """A station server's mosquitto.conf, password file and ACL in `out`; returns its gates' passwords.
 
@@ -160,7 +177,12 @@ def write_station(
     account: the bridge is configured here, not a login. `centre` (host, port), then `more_centres` (the
     other MQTT listeners of a clustered centre): the bridge uses the first that answers, in order, and
     moves on when it is lost. `centre_is_mosquitto` False for any other engine (NATS's MQTT gateway,
-    RabbitMQ): Mosquitto's private bridge handshake is then not tried."""
+    RabbitMQ): Mosquitto's private bridge handshake is then not tried.
+
+    `remote_cleansession` and `downlink_qos` (the centre's side of the bridge session, and the QoS the
+    bridge subscribes the centre's topics at) default to the settings for the centre's engine: for
+    Mosquitto a persistent session at QoS 1; for a clustered centre (NATS) a clean session and QoS 0
+    downlink: with QoS 1 downlink a bridge did not survive the loss of its node (see NATS_BRIDGE)."""
     out.mkdir(parents=True, exist_ok=True)
     gates = _gate_ids(station_id, gate_nos)
     passwords = {g: (gate_passwords or {}).get(g) or secrets.token_urlsafe(18) for g in gates}
@@ -175,15 +197,18 @@ def write_station(
     topics = Topics(prefix)
     addresses = [centre, *more_centres]
     user = bridge_user(station_id)
+    remote_clean = (not centre_is_mosquitto) if remote_cleansession is None else remote_cleansession
+    in_qos = (1 if centre_is_mosquitto else 0) if downlink_qos is None else downlink_qos
     bridge = [
         f"connection {user}",
         "address " + " ".join(f"{host}:{port}" for host, port in addresses),
         f"remote_clientid {user}",
         f"remote_username {user}",
         f"remote_password {bridge_password}",
-        # Persistent sessions on both ends: the centre keeps what is queued for the station (acks,
-        # commands) and the station what is queued for the centre (taps), across outages and restarts.
-        "cleansession false",
+        # The station keeps what is queued for the centre (taps) across outages and restarts
+        # (local_cleansession false). On a Mosquitto centre the session there is persistent too (acks,
+        # commands queued for the station); on a clustered centre it is clean (see NATS_BRIDGE).
+        f"cleansession {'true' if remote_clean else 'false'}",
         "local_cleansession false",
         "bridge_protocol_version mqttv311",
         # Mosquitto to Mosquitto: the centre knows the bridge, and retained flags cross as published
@@ -193,7 +218,8 @@ def write_station(
         "keepalive_interval 10",
         "notifications true",
         "notifications_local_only true",
-        *(f"topic {topic} {direction} 1" for direction, topic in bridge_topics(topics, station_id, gate_nos)),
+        *(f"topic {topic} {direction} {1 if direction == 'out' else in_qos}"
+          for direction, topic in bridge_topics(topics, station_id, gate_nos)),
     ]
     conf = [
         f"# station server {station_id}: written by faregate.city.station",
