@@ -15,12 +15,12 @@ At the end the database is counted: lost (made, not stored), duplicated (stored 
 The same-run baseline is today's path: the same gates, rate and blocks, every gate logged in to the
 central Mosquitto directly, no station servers.
 
-Where the clustered centre plugs in (faregate/city/cluster.py, workers.py): `scenario` takes its centre
-from `run_city` (one Mosquitto) and `run_centre` (ingest worker processes on its shared subscription).
-For the cluster, start the NatsCluster, write each station with `write_station(..., centre=(first
-node's MQTT port), more_centres=[the others], centre_is_mosquitto=False)`, run the IngestWorkers with
-`--ingest-from cluster.ingest_url`, and let the operator's Publisher and `Outage.broker` point at a
-node; `_drive` and the figures stay as they are.
+`--centre cluster` (cluster_scenario): the station servers bridge to a 3-node NATS JetStream cluster
+(faregate.city.cluster; each bridge lists the three MQTT gateways, downlink at QoS 0: see
+faregate.city.station's NATS_BRIDGE), `--workers` ingest processes (faregate.city.workers) pull its stream
+into PostgreSQL, and while the gates tap one node (the stream's leader by default) and one worker are
+killed -9 (Kills); `_drive` and the figures are the same. The baseline is then one Mosquitto and one
+worker. docs/deployment.md, "City bench", has the figures.
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def _station_probes(specs: list[GateSpec], prefix: str) -> list[ArrivalProbe]:
 
 @dataclass
 class Kills:
-    """kill -9 one NATS node (0.4 into the taps) and one ingest worker (0.7 into them). Each counts as
+    """kill -9 one NATS node (half way into the taps) and one ingest worker (0.75 into them). Each counts as
     killed mid-stream only if the process was alive and is dead after, taps were stored before it and
     more were made after it (the latter checked at the end)."""
 
@@ -316,7 +316,7 @@ class Kills:
     figures: dict[str, Any] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    NODE_AT, WORKER_AT = 0.4, 0.7  # fractions of the tap phase (the first taps take a while to be stored)
+    NODE_AT, WORKER_AT = 0.5, 0.75  # fractions of the tap phase (at 2,000 gates nothing was stored at 0.4)
 
     def schedule(self, started: float, live: float) -> None:
         if self.node is not None:

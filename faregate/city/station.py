@@ -64,10 +64,10 @@ BRIDGE_RETRY_S = (1, 2)
 # NATS_BRIDGE: on nats-server 2.9's MQTT gateway every QoS 1 subscription is a JetStream consumer (made
 # through the JetStream API on every connection, R1 on the $MQTT_msgs stream) and a persistent session a
 # record in a replicated stream. A station subscribes 3 topics a gate plus 3, so a bridge that lost its
-# node had to remake hundreds of consumers while the cluster elected leaders; the API calls timed out
-# (4 s), the node closed the bridge, and it went round the nodes without ever staying connected
+# node had to remake one consumer a topic (63 for 20 gates) while the cluster elected leaders; the API
+# calls timed out (4 s), the node closed the bridge, and it went round the nodes without staying up
 # (measured, 60 gates on 3 stations, the stream's leader killed -9: cleansession false with QoS 1 never
-# recovered within 60 s, cleansession true with QoS 1 cycled through the nodes every 6-7 s).
+# recovered within 120 s, cleansession true with QoS 1 cycled through the nodes every 6-7 s).
 # Subscribing the downlink at QoS 0 makes them plain NATS subscriptions: the bridge on the killed node
 # was on the next one within 2 s and every tap was stored once (with cleansession true or false; clean
 # is kept, since a QoS 0 subscriber has nothing queued at the centre to keep). Nothing is lost by QoS 0
