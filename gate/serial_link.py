@@ -24,8 +24,20 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from protocol.serial import Frame, FrameDecoder, Kind, Message, Nak, NakReason, UnknownCommand, kind_of, parse
-from protocol.serial.messages import OpenSession, PayloadError, SessionOpened
+from protocol.serial import (
+    Frame,
+    FrameDecoder,
+    Kind,
+    Message,
+    Nak,
+    NakReason,
+    OpenSession,
+    PayloadError,
+    SessionOpened,
+    UnknownCommand,
+    kind_of,
+    parse,
+)
 from protocol.serial.timing import DEFAULT_BAUD, RETRIES
 from protocol.serial.transactions import (
     SESSION_ATTEMPTS,
