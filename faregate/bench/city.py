@@ -538,7 +538,8 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str, 
     try:
         await publisher.mqtt.wait_connected(30)
         for ready in readies:
-            await asyncio.wait_for(asyncio.to_thread(ready.wait), 120)
+            async with asyncio.timeout(120):
+                await asyncio.to_thread(ready.wait)
         rng = random.Random(16)
         blocks: dict[int, float] = {}
         published: list[float] = []  # how long each block call took (commit, delta and snapshot PUBACKed)
