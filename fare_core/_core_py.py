@@ -35,8 +35,9 @@ from .table_data import (
     OVERDRAFT_BOARDING,
     OVERDRAFT_EXIT,
     TableData,
-    utc_offset_at,
-    weekday_of,
+    local_minute_of_week,
+    local_seconds,
+    minute_of_local_week,
 )
 from .tapcheck import check_tap
 
@@ -277,16 +278,6 @@ def _service_day(local: int, day_start_min: int) -> int:
     return (local - day_start_min * 60) // 86400
 
 
-def _local(d: TableData, utc: int) -> int:
-    """Local seconds since 1970 of a UTC time: the offset in force then (summer time compiled in)."""
-    return utc + utc_offset_at(d, utc) * 60
-
-
-def _minute_of_week(d: TableData, local: int) -> int:
-    """Local minute of the week, Monday 00:00 = 0, a date override's weekday for its date."""
-    return weekday_of(d, local // 86400) * 1440 + (local % 86400) // 60
-
-
 class _Counts:
     """What the day, week and month have counted before this leg (the record's, or 0 in a new period)."""
 
@@ -302,7 +293,8 @@ class _Counts:
 
 def _week(d: TableData, rec: CardRecord, day_number: int) -> tuple[int, int]:
     """(week_start, week_spent before this tap): Monday to Sunday, or 7 days from the period's first
-    charged tap (a new period starts today when the last one has run out)."""
+    priced tap, an exit or a boarding, charged or not (a new period starts today when the last one has
+    run out)."""
     if d.week_rolling:
         if 0 <= day_number - rec.week_start < 7:
             return rec.week_start, rec.week_spent
@@ -463,7 +455,7 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
         return deny(Reason.WRONG_CATEGORY)
 
     time = tap.time
-    local = _local(d, time)
+    local = local_seconds(d, time)
     days = _service_day(local, d.day_start_min)
     day_number = days - DAYS_1970_TO_2000
     if rec_work.expiry_day and day_number > rec_work.expiry_day:
@@ -509,7 +501,7 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
         return write(new, Reason.MISSING_EXIT_CHARGED if penalty else Reason.OK, flags, penalty, topup)
 
     if d.network_flat[network]:  # boarding a flat-fare vehicle: one tap, charged now
-        band = d.band_of_minute[_minute_of_week(d, local)]
+        band = d.band_of_minute[minute_of_local_week(d, local)]
         base = d.flat_fares[(band * d.n_categories + category) * n_net + network]
         transfer_from = _transfer_origin(d, rec_work, network, time)
         fare, extra, capped = _discounted(d, base, transfer_from, network, category, counts)
@@ -527,7 +519,7 @@ def decide(wallet: bytes, tap: Tap, table: FareTable, denylist: Container[int], 
             base = d.same_station_fare[category]
             flags |= Flag.SAME_STATION
         else:
-            band = d.band_of_minute[_minute_of_week(d, _local(d, rec_work.entry_time))]
+            band = d.band_of_minute[local_minute_of_week(d, rec_work.entry_time)]
             base = d.fares[((band * d.n_categories + category) * d.n_stations + origin) * d.n_stations
                            + station]
         transfer_from = rec_work.transfer_from if rec_work.transfer_from < n_net else NO_NETWORK

@@ -234,7 +234,10 @@ def _priced(category: RiderCategory, values: list[int], network_of: list[str]) -
     out: list[int] = []
     for i, network in enumerate(network_of):
         row = values[i * n:(i + 1) * n]
-        out.extend(cache[v] for v in row) if category.discounts(network) else out.extend(row)
+        if category.discounts(network):
+            out.extend(cache[v] for v in row)
+        else:
+            out.extend(row)
     return out
 
 

@@ -52,6 +52,7 @@ from pydantic import (
     model_validator,
 )
 
+from fare_core.record import U8_MAX
 from fare_core.rules_problem import (
     METRES_HINT,
     MINUTES_HINT,
@@ -62,6 +63,7 @@ from fare_core.rules_problem import (
     format_path,
 )
 from fare_core.rules_source import SourceMap
+from fare_core.table_data import MAX_CAP_FEN
 
 MINUTES_PER_DAY = 24 * 60
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -76,7 +78,7 @@ Minutes = Annotated[int, Field(ge=0, le=MAX_U32 // 60)]
 Name = Annotated[str, Field(min_length=1, max_length=100)]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 #: A daily or weekly cap: the card keeps the day's and the week's spend in 16 bits.
-CapFen = Annotated[int, Field(ge=0, le=0xFFFF)]
+CapFen = Annotated[int, Field(ge=0, le=MAX_CAP_FEN)]
 
 
 def _date_text(value: Any) -> Any:
@@ -199,7 +201,7 @@ class MonthlyTier(_Model):
     leg), percent_off holds until the next tier's count (0 ends a discount)."""
 
     from_fen: Fen | None = None  # basis "spend"
-    from_rides: Annotated[int, Field(ge=0, le=255)] | None = None  # basis "rides" (the card counts to 255)
+    from_rides: Annotated[int, Field(ge=0, le=U8_MAX)] | None = None  # basis "rides" (the card counts to 255)
     percent_off: Percent
 
 
@@ -783,11 +785,11 @@ class _Checker:
                          "e.g. { from_fen = 10000, percent_off = 20 }: 20% off once ¥100 is spent"
                          if key == "from_fen" else
                          "e.g. { from_rides = 15, percent_off = 40 }: 40% off once 15 rides are taken")
-                return
+                break
             if previous is not None and value <= previous:
                 self.add((*at, key), f"{value} must be above the previous tier's {previous}",
                          "tiers are listed in rising order of the month's count")
-                return
+                break
             previous = value
         self.check_network_list((*where, "counted_networks"), scheme.counted_networks)
         self.check_network_list((*where, "discounted_networks"), scheme.discounted_networks)

@@ -240,10 +240,20 @@ def weekday_of(table: TableData, local_date: int) -> int:
     return (local_date + 3) % 7  # 1970-01-01 was a Thursday
 
 
-def local_minute_of_week(table: TableData, utc_seconds: int) -> int:
-    """The minute of the week (Monday 00:00 = 0) band_of_minute is indexed by, at a UTC time."""
-    local = utc_seconds + utc_offset_at(table, utc_seconds) * 60
+def local_seconds(table: TableData, utc_seconds: int) -> int:
+    """Local seconds since 1970 of a UTC time: the offset in force then (summer time compiled in)."""
+    return utc_seconds + utc_offset_at(table, utc_seconds) * 60
+
+
+def minute_of_local_week(table: TableData, local: int) -> int:
+    """The minute of the week (Monday 00:00 = 0) of local seconds, a date override's weekday for its
+    date: what band_of_minute is indexed by."""
     return weekday_of(table, local // 86400) * 1440 + (local % 86400) // 60
+
+
+def local_minute_of_week(table: TableData, utc_seconds: int) -> int:
+    """The minute of the week band_of_minute is indexed by, at a UTC time."""
+    return minute_of_local_week(table, local_seconds(table, utc_seconds))
 
 
 def single_tier_schemes(thresholds: list[int], percents: list[int]) -> tuple[array[int], array[int], bytes]:

@@ -94,7 +94,8 @@ def bench_table_variant(tiers: bool) -> TableData:
 
 def _exit_tap_inputs(core: Any, table: TableData) -> tuple[bytes, Any, Any, Any]:
     """A wallet with an open entry and the exit tap that closes it: the most work decide() does. The
-    month has 17,000 fen spent and the week 1,000, so a table's tiers and weekly cap are all looked at."""
+    month has 17,000 fen spent and the week 1,000: a table's tier lookup walks past its first tiers
+    and its weekly cap is checked (tiers above 17,000 are not reached)."""
     sam = core.Sam(MASTER_KEY)
     ids = list(table.station_ids)
     origin, dest = ids[0], ids[len(ids) // 2]
