@@ -35,7 +35,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import aiomqtt
 from pydantic import ValidationError
@@ -298,14 +297,3 @@ async def run_gates(gates: list[CityGate], stop: asyncio.Event, connect_spread_s
 
     await asyncio.gather(*(one(i, gate) for i, gate in enumerate(gates)))
 
-
-def summary(reports: list[GateReport]) -> dict[str, Any]:
-    """Totals over gate reports."""
-    return {
-        "gates": len(reports),
-        "made": sum(r.made for r in reports),
-        "committed": sum(min(r.committed, r.made) for r in reports),
-        "publishes": sum(r.publishes for r in reports),
-        "refused": sum(r.refused for r in reports),
-        "snapshot_requests": sum(r.snapshot_requests for r in reports),
-    }

@@ -104,12 +104,6 @@ mqtt {{
 }}
 """
 
-    def varz(self) -> dict[str, object]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/varz", timeout=2) as answer:
-            data = json.load(answer)
-        assert isinstance(data, dict)
-        return data
-
     def rss_bytes(self) -> int:
         """Resident memory of the node's process (from /proc, as `ps` reads it)."""
         if self.process is None:

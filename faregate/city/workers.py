@@ -43,7 +43,6 @@ class IngestWorkers:
     ack_wait_s: float | None = None
     mqtt_version: str = "3.1.1"
     group: str = "faregate"
-    extra_env: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
 
     def command(self) -> list[str]:
@@ -69,7 +68,6 @@ class IngestWorkers:
             FAREGATE_INGEST_CLIENT_ID=f"{self.prefix}-{name}",
             FAREGATE_INGEST_BATCH_WAIT_MS="5",
             FAREGATE_INGEST_GROUP=self.group,
-            **self.extra_env,
         )
         if self.schema:
             env["FAREGATE_DATABASE_SCHEMA"] = self.schema
