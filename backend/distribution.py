@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
 from sqlalchemy import Exists, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -189,10 +188,7 @@ class Distributor:
                 async with self._file_lock:
                     if self._file is None or self._file.version < built.version:
                         self._file = built
-            try:
-                await self.publish_denylist_snapshot()  # none past MQTT's limit (the delta is out)
-            except ValidationError as error:  # a list MQTT cannot carry: HTTP's, never the call's failure
-                log.warning("deny-list version %d: no MQTT snapshot (%s)", version, error)
+            await self.publish_denylist_snapshot()  # past MQTT's limit its reference instead
             return row
 
     async def publish_denylist_delta(

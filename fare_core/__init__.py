@@ -13,6 +13,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from ._denylist_py import SNAPSHOT_HEADER_SIZE  # the snapshot file's format, the same for both cores
 from .errors import (
     DenyListBaseMismatch,
     DenyListChecksumMismatch,
@@ -107,6 +108,7 @@ def implementations() -> dict[str, tuple[ModuleType, ModuleType]]:
 __all__ = [
     "DEVELOPMENT_SAM_KEY",
     "IMPLEMENTATION",
+    "SNAPSHOT_HEADER_SIZE",
     "CardRecord",
     "Decision",
     "DenyList",

@@ -529,14 +529,13 @@ class GateController:
         closed = self.state.mode in (GateMode.CLOSED, GateMode.MAINTENANCE)
         allowed = pending.allowed and not closed
         reason = Reason.OK if allowed else Reason.GATE_CLOSED if closed else Reason(pending.reason)
-        balance = record.balance
         return TapMessage(
             tap_id=tap_id(self.station_id, self.gate_no, seq), station_id=self.station_id,
             gate_no=self.gate_no, seq=seq, card_id=pending.card_id,
             time=datetime.fromtimestamp(int(self.clock()), UTC), direction=self.direction,
             mode=GateMode(self.state.mode), allowed=allowed,
             reason=reason, flags=int(Flag.RECOVERED), fare=0,
-            balance_before=balance, balance_after=balance, counter_before=record.counter,
+            balance_before=record.balance, balance_after=record.balance, counter_before=record.counter,
             counter_after=record.counter, wallet_before=bytes(wallet).hex(),
             fare_table_version=pending.fare_table_version, denylist_version=self.state.denylist.version,
             min_counter=self.state.min_counter(pending.card_id), latency_us=decision_us)

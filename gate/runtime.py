@@ -58,9 +58,6 @@ class GateRuntime:
                     mac_key=config.uplink_key, clock=clock, jitter_s=config.backend.fetch_jitter_s,
                     retry_s=config.backend.fetch_retry_s, retry_max_s=config.backend.fetch_retry_max_s,
                     timeout_s=config.backend.fetch_timeout_s, verify=verify)
-            else:
-                log.info("gate %s: no [backend] url: a deny-list too big for MQTT will not be fetched",
-                         config.gate_id)
             self.uplink = Uplink(
                 gate_id=config.gate_id, host=host, port=port, prefix=config.mqtt.prefix,
                 journal=self.journal, state=self.state, final_seq=lambda: self.controller.final_seq,

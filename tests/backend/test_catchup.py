@@ -278,18 +278,16 @@ async def test_a_flood_of_requests_at_many_versions_stays_bounded(migrated: Any,
         requests = SnapshotRequests(distributor.resend, window_s=2.0, versions_per_window=8)
         async with watching(broker, topics) as seen:
             try:
-                asked = 0
                 for gate_no in range(1, 41):
                     for n in range(10):  # 10 each, over the 6 a gate may ask in a window
                         have = (gate_no * 10 + n) % 60  # 0..59: 30 real versions, 29 never made
                         await handle_control_message(settings, migrated[2], request(topics, gate_no, have),
                                                      requests)
-                        asked += 1
                 await wait_for(lambda: seen.snapshots and len(seen.deltas) == 8, 15)
                 await asyncio.sleep(3.0)  # a window and more: nothing else follows
             finally:
                 await requests.aclose()
-        assert asked == 400 and requests.dropped == 40 * 4
+        assert requests.dropped == 40 * 4
         assert len(seen.deltas) == 8 and len({d.base_version for d in seen.deltas}) == 8
         assert sum(requests.answers.values()) == 8  # catch-ups computed: the bound, not 60
         assert len(seen.snapshots) == 1 and requests.capped > 0
