@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ingest-downlink",
         metavar="URLS",
         help="with --ingest-from: the cluster's MQTT gateways the acks to the gates go through, "
-        "mqtt://host:port[,...] (default: the --mqtt URL)",
+        "mqtt://host:port[,...] (default: the --mqtt URL), or 'nats': plain NATS publishes on the "
+        "worker's own connection, not retained and not stored by the cluster (docs/deployment.md)",
     )
     parser.add_argument(
         "--ingest-ack-wait",
@@ -108,11 +109,10 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update=login)
     stream = None
     if args.ingest_from:
-        from .ingest.stream import StreamSource
+        from .ingest.stream import StreamSource, split_urls
 
         try:
-            downlink = (args.ingest_downlink or settings.mqtt_url).split(",")
-            stream = StreamSource(args.ingest_from, [url.strip() for url in downlink if url.strip()],
+            stream = StreamSource(args.ingest_from, split_urls(args.ingest_downlink or settings.mqtt_url),
                                   ack_wait_s=args.ingest_ack_wait)
         except ValueError as error:
             print(f"faregate backend: configuration error: {error}")

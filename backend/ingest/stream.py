@@ -11,8 +11,12 @@ taps table's unique key stores each tap once whoever stores it first.
 
 This class is only the transport: IngestWorker keeps the whole pipeline (each message authenticated by
 its gate's MAC, dead letters, the store, Committed and ResendRequest). What the worker sends the gates
-(Committed, retained; ResendRequest) goes through an ordinary MQTT client to a node's MQTT gateway, so the
-gates receive it exactly as from Mosquitto.
+(Committed, retained; ResendRequest) goes either through an ordinary MQTT client to a node's MQTT gateway,
+so the gates receive it exactly as from Mosquitto, or (`--ingest-downlink nats`) as a plain NATS publish
+on the topic's subject: the gateway hands it to the MQTT subscribers (station bridges, gates) at QoS 0,
+not retained, and the cluster writes nothing for it. Through the gateway every retained QoS 1 ack is a
+replicated write (the gateway's retained-message stream, and its QoS 1 message stream), one for nearly
+every tap; a lost plain ack costs one stall replay of the gate, stored once (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ DURABLE = "ingest"
 UPLINK_KINDS = ("taps", "status", "request")  # what gates publish; acks and commands go the other way
 FETCH_TIMEOUT_S = 1.0
 RETRY_S = 1.0
+NATS_DOWNLINK = "nats"  # --ingest-downlink nats: acks to the gates as plain NATS publishes
 
 
 def subjects(prefix: str) -> list[str]:
@@ -54,6 +59,12 @@ def subjects(prefix: str) -> list[str]:
 def topic_of(subject: str) -> str:
     """The MQTT topic a subject came from (nats-server maps topic levels to subject tokens)."""
     return subject.replace(".", "/")
+
+
+def subject_of(topic: str) -> str:
+    """The subject nats-server's MQTT gateway gives a topic (our topics hold no dots nor wildcards:
+    protocol.mqtt.Topics and the gate ids keep to letters, digits, '-' and '_')."""
+    return topic.replace("/", ".")
 
 
 def stream_config(prefix: str, replicas: int) -> StreamConfig:
@@ -70,18 +81,40 @@ def stream_config(prefix: str, replicas: int) -> StreamConfig:
 @dataclass(frozen=True)
 class StreamSource:
     """Where a worker pulls from instead of subscribing: the cluster's NATS URLs (comma-separated; the
-    client fails over between them) and the MQTT gateways its acks to the gates go through."""
+    client fails over between them) and the MQTT gateways its acks to the gates go through, or
+    [NATS_DOWNLINK] for plain NATS publishes on the worker's own connection."""
 
     url: str
     downlink: list[str]
     ack_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
-        servers = [part.strip() for part in self.url.split(",") if part.strip()]
-        if not servers or not all(s.startswith(("nats://", "tls://")) for s in servers):
-            raise ValueError(f"--ingest-from takes nats://host:port[,nats://...], not {self.url!r}")
+        nats_servers(self.url)
         if not self.downlink:
             raise ValueError("a stream source needs the MQTT gateway(s) its acks to the gates go through")
+        if NATS_DOWNLINK in self.downlink and self.downlink != [NATS_DOWNLINK]:
+            raise ValueError("--ingest-downlink takes either 'nats' or the MQTT gateways' URLs, not both")
+
+    @property
+    def servers(self) -> list[str]:
+        return split_urls(self.url)
+
+    @property
+    def downlink_over_nats(self) -> bool:
+        return self.downlink == [NATS_DOWNLINK]
+
+
+def split_urls(text: str) -> list[str]:
+    """A comma-separated URL list as the command line takes it (blanks and empty items dropped)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def nats_servers(text: str) -> list[str]:
+    """The cluster's node URLs from a comma-separated list; ValueError naming what is expected."""
+    servers = split_urls(text)
+    if not servers or not all(s.startswith(("nats://", "tls://")) for s in servers):
+        raise ValueError(f"a NATS cluster is given as nats://host:port[,nats://...], not {text!r}")
+    return servers
 
 
 class Downlink:
@@ -142,14 +175,16 @@ class JetStreamSource:
     """Delivers the stream's messages to `on_message` as `Delivery` tuples and acks them on request.
 
     Drop-in for the MqttClient the worker otherwise uses: `start`, `aclose`, `connected`, `ack` and
-    `publish_nowait` (the downlink, through `downlink`, an MQTT client to the cluster's gateway).
+    `publish_nowait` (the downlink: through `downlink`, MQTT clients to the cluster's gateways, or with
+    `downlink=None` as plain NATS publishes on this connection). Acks and plain publishes are written by
+    one flusher task as soon as they are asked for, not when the next fetch returns (up to a second).
     """
 
     def __init__(
         self,
         settings: Settings,
         url: str,
-        downlink: Downlink,
+        downlink: Downlink | None,
         *,
         on_message: Callable[[Delivery], None],
         on_ready: Callable[[], None] | None = None,
@@ -159,7 +194,7 @@ class JetStreamSource:
         backlog: Callable[[], int] = lambda: 0,
     ) -> None:
         self.settings = settings
-        self.servers = [part.strip() for part in url.split(",") if part.strip()]
+        self.servers = split_urls(url)
         self.downlink = downlink
         self.on_message = on_message
         self.on_ready = on_ready
@@ -173,14 +208,17 @@ class JetStreamSource:
         self.connected = asyncio.Event()
         self._unacked: dict[int, Any] = {}  # our id -> nats Msg
         self._acks: list[Any] = []
+        self._outbox: list[tuple[str, bytes]] = []  # plain NATS publishes (subject, payload)
+        self._flusher: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._nc: Any = None
         self._closed = False
-        self.stats = {"fetched": 0, "acked": 0, "redelivered": 0}
+        self.stats = {"fetched": 0, "acked": 0, "redelivered": 0, "published": 0, "unsent": 0}
 
     def start(self) -> None:
-        self.downlink.start()
+        if self.downlink is not None:
+            self.downlink.start()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="jetstream source")
 
@@ -189,31 +227,61 @@ class JetStreamSource:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         if self._nc is not None:
             try:
-                await self._flush_acks()
+                await self._flush()
                 async with asyncio.timeout(2.0):
                     await self._nc.flush()
                 await self._nc.close()
             except Exception as error:  # closing: what is not acked is redelivered after ack_wait
                 log.debug("closing the NATS connection: %s", error)
-        await self.downlink.aclose()
+        if self.downlink is not None:
+            await self.downlink.aclose()
 
     def ack(self, message: Delivery) -> bool:
         msg = self._unacked.pop(message.mid, None)
         if msg is None:
             return False
         self._acks.append(msg)
+        self._wake_flusher()
         return True
 
     def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> bool:
-        return self.downlink.publish_nowait(topic, payload, qos=qos, retain=retain)
+        if self.downlink is not None:
+            return self.downlink.publish_nowait(topic, payload, qos=qos, retain=retain)
+        if not self.connected.is_set():
+            return False  # as an MQTT client without a connection: nothing sent, nothing queued
+        self._outbox.append((subject_of(topic), payload))
+        self._wake_flusher()
+        return True
 
-    async def _flush_acks(self) -> None:
-        acks, self._acks = self._acks, []
-        for msg in acks:
-            await msg.ack()  # buffered by the client, written on its next flush
-        self.stats["acked"] += len(acks)
+    def _wake_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="jetstream flush")
+
+    async def _flush(self) -> None:
+        """Hand the acks and publishes asked for so far to the client, which writes them at once
+        (nats-py's pending buffer, flushed by its own task). On a lost connection they are dropped:
+        an unacked message is redelivered after ack_wait, a gate without its ack replays; both are
+        stored once."""
+        while self._acks or self._outbox:
+            acks, self._acks = self._acks, []
+            outbox, self._outbox = self._outbox, []
+            if self._nc is None:
+                self.stats["unsent"] += len(acks) + len(outbox)
+                continue
+            try:
+                for msg in acks:
+                    await msg.ack()
+                self.stats["acked"] += len(acks)
+                for subject, payload in outbox:
+                    await self._nc.publish(subject, payload)
+                self.stats["published"] += len(outbox)
+            except NatsError as error:
+                self.stats["unsent"] += len(acks) + len(outbox)
+                log.info("acks and acks to gates not sent (%s); redelivered and replayed later", error)
 
     async def _connect(self) -> Any:
         async def disconnected() -> None:
@@ -221,7 +289,10 @@ class JetStreamSource:
             log.warning("NATS connection lost; reconnecting")
 
         async def reconnected() -> None:
+            # the client reconnected by itself (another node): the durable pull subscription goes on
             log.info("NATS reconnected to %s", self._nc.connected_url.netloc if self._nc else "?")
+            if self._nc is not None and not self._closed:
+                self.connected.set()
 
         return await nats.connect(
             servers=self.servers,
@@ -271,11 +342,11 @@ class JetStreamSource:
                 await asyncio.gather(nc.close(), return_exceptions=True)
             self._unacked.clear()  # their acks cannot be sent on another connection's behalf anyway
             self._acks.clear()
+            self._outbox.clear()
             await asyncio.sleep(RETRY_S)
 
     async def _pull(self, subscription: Any) -> None:
         while not self._closed:
-            await self._flush_acks()
             room = self.window - len(self._unacked)
             if room <= 0 or self.backlog() >= self.batch:
                 await asyncio.sleep(0.002)  # the worker is behind: let it store and ack first

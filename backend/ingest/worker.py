@@ -136,7 +136,8 @@ class IngestWorker:
         self._incoming: deque[Delivery] = deque()
         self.mqtt: MqttClient | JetStreamSource
         if stream is not None:  # a broker cluster's stream (ingest/stream.py), not a subscription
-            downlink = Downlink(settings, stream.downlink, client_id or settings.ingest_client_id)
+            downlink = (None if stream.downlink_over_nats
+                        else Downlink(settings, stream.downlink, client_id or settings.ingest_client_id))
             self.mqtt = JetStreamSource(
                 settings, stream.url, downlink,
                 on_message=self._on_message, on_ready=self._on_ready, ack_wait_s=stream.ack_wait_s,

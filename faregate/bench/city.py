@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import queue
 import random
+import secrets
 import statistics
 import tempfile
 import time
@@ -80,9 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kill-node", choices=("leader", "follower"), default="leader",
                         help="cluster: kill the uplink stream's RAFT leader or a follower (default leader)")
     parser.add_argument("--database", default=POSTGRES_URL, help=f"database URL (default {POSTGRES_URL})")
-    parser.add_argument("--stall-max", type=float, default=0.0,
-                        help="a proposal, not today's gate: double the stall wait after each replay that "
-                        "brought no ack, up to this many seconds (default 0: off, as gate/uplink.py)")
+    parser.add_argument("--stall-max", type=float, default=300.0,
+                        help="double the stall wait after each replay that brought no ack, up to this many "
+                        "seconds (default 300, as gate/uplink.py's [mqtt] stall_max_s; 0: replay at a "
+                        "fixed pace, the gates before session 6)")
+    parser.add_argument("--uplink", choices=("relay", "bridge"), default="relay",
+                        help="cluster: how taps reach the stream: a relay per station publishing into "
+                        "JetStream with its acknowledgement (default; backend/relay.py), or the station's "
+                        "Mosquitto bridge into the nodes' MQTT gateways")
     parser.add_argument("--status-interval", type=float, default=60.0,
                         help="seconds between one gate's status messages (default 60, as a gate)")
     parser.add_argument("--stall", type=float, default=10.0,
@@ -364,8 +370,9 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
     """The city through the cluster: station servers bridged to a 3-node NATS JetStream cluster (each
     station's bridge lists the three MQTT gateways, first nodes spread round the stations), `workers`
     ingest processes pulling the stream into PostgreSQL; one node and one worker killed -9 mid-stream."""
+    from backend.relay import RELAY_USER
     from faregate.city.cluster import NatsCluster
-    from faregate.city.workers import IngestWorkers
+    from faregate.city.workers import IngestWorkers, StationRelays
 
     stations = layout(args.gates, args.stations)
     prefix = f"city{uuid.uuid4().hex[:8]}"
@@ -379,24 +386,33 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
         probes: list[ArrivalProbe] = []
         try:
             specs: list[GateSpec] = []
+            relay = args.uplink == "relay"
+            relay_password = secrets.token_urlsafe(12)
             for index, (station, nos) in enumerate(stations.items()):
                 order = nodes[index % len(nodes):] + nodes[: index % len(nodes)]
                 files = write_station(Path(tmp) / f"station-{station}", prefix, station, nos, free_port(),
                                       ("127.0.0.1", order[0].mqtt_port), "no-auth-on-this-cluster",
                                       more_centres=[("127.0.0.1", n.mqtt_port) for n in order[1:]],
-                                      centre_is_mosquitto=False)
+                                      centre_is_mosquitto=False,
+                                      relay_password=relay_password if relay else None)
                 broker = Mosquitto(files)
                 brokers.append(broker)
                 broker.start()
                 specs += [(station, no, files.port, files.passwords[gate_id(station, no)]) for no in nos]
+            relays = StationRelays(
+                Path(tmp) / "relays",
+                [f"mqtt://{RELAY_USER}:{relay_password}@127.0.0.1:{b.files.port}" for b in brokers],
+                cluster.ingest_url, prefix) if relay else None
             values = ingest_values(args.database, nodes[0].mqtt_url, prefix)
             values["mqtt_version"] = "3.1.1"  # nats-server's MQTT gateway speaks 3.1.1 only
             async with database(values):
                 ingest = IngestWorkers(Path(tmp) / "workers", cluster.ingest_url, cluster.mqtt_urls,
                                        args.database, prefix, count=workers, schema=values["database_schema"],
-                                       ack_wait_s=args.ack_wait)
+                                       ack_wait_s=args.ack_wait, downlink="nats" if relay else None)
                 try:
                     await asyncio.to_thread(ingest.start)
+                    if relays is not None:
+                        await asyncio.to_thread(relays.start)
                     leader = await _stream_leader(cluster)
                     if args.kill_node == "leader":
                         victim = next(n for n in nodes if n.name == leader)
@@ -426,6 +442,8 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
                 finally:
                     for probe in probes:
                         probe.close()
+                    if relays is not None:
+                        await asyncio.to_thread(relays.stop)
                     await asyncio.to_thread(ingest.stop)
         finally:
             for broker in reversed(brokers):
@@ -436,6 +454,7 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
         figures[f"{kill}_killed"] = bool(figures.get(f"{kill}_killed")) and at is not None and at < made
     figures.update({
         "centre": "nats-cluster",
+        "uplink": args.uplink,
         "stations": len(stations),
         "brokers": len(stations) + len(nodes),
         "workers": workers,
@@ -650,11 +669,20 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def _first_at_or_after(applied: dict[int, float], version: int) -> float | None:
+    """When a gate first held deny-list version `version` or a later one (None: never)."""
+    times = [at for v, at in applied.items() if v >= version]
+    return min(times) if times else None
+
+
 def _figures(args: argparse.Namespace, reports: list[GateReport], blocks: dict[int, float], snapshot: int,
              snapshot_bytes: int, snapshot_sent: float, tapped: float, span: float) -> dict[str, Any]:
-    latencies = [(r.applied[v] - called) * 1000 for v, called in blocks.items() for r in reports
-                 if v in r.applied]
-    missed = sum(1 for v in blocks for r in reports if v not in r.applied)
+    # A gate holds block v from the first deny-list version >= v it applied: the delta of v itself, or a
+    # later delta or snapshot when it missed v's (every version carries every block before it).
+    held = [(_first_at_or_after(r.applied, v), called) for v, called in blocks.items() for r in reports]
+    latencies = [(at - called) * 1000 for at, called in held if at is not None]
+    missed = sum(1 for at, _ in held if at is None)
+    missed_delta = sum(1 for v in blocks for r in reports if v not in r.applied)
     arrivals = [(r.received[v] - called) * 1000 for v, called in blocks.items() for r in reports
                 if v in r.received]
     verify = [(r.applied[v] - r.received[v]) * 1000 for v in blocks for r in reports
@@ -677,7 +705,8 @@ def _figures(args: argparse.Namespace, reports: list[GateReport], blocks: dict[i
         "deny_propagation_ms_p99": round(_percentile(latencies, 0.99), 1),
         "deny_propagation_ms_max": round(max(latencies), 1) if latencies else None,
         "deny_propagation_ms_mean": round(statistics.fmean(latencies), 1) if latencies else None,
-        "deny_missed": missed,
+        "deny_missed": missed,  # block x gate never held by the end (the final snapshot included)
+        "deny_delta_missed": missed_delta,  # ... whose own delta the gate never applied
         # where the time goes: the delta's arrival at the gate's process (broker path and the
         # simulating process's queue), then the gate's own parse, verify and apply
         "deny_arrival_ms_p50": round(_percentile(arrivals, 0.5), 1),

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from backend.deploy.acl import acl_rules
 from backend.deploy.mosquitto_config import write_config
+from backend.relay import RELAY_USER
 from protocol.mqtt import Topics, gate_id
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -170,6 +171,7 @@ def write_station(
     more_centres: Sequence[tuple[str, int]] = (),
     remote_cleansession: bool | None = None,
     downlink_qos: int | None = None,
+    relay_password: str | None = None,
 ) -> BrokerFiles:
     """A station server's mosquitto.conf, password file and ACL in `out`; returns its gates' passwords.
 
@@ -182,19 +184,27 @@ def write_station(
     `remote_cleansession` and `downlink_qos` (the centre's side of the bridge session, and the QoS the
     bridge subscribes the centre's topics at) default to the settings for the centre's engine: for
     Mosquitto a persistent session at QoS 1; for a clustered centre (NATS) a clean session and QoS 0
-    downlink: with QoS 1 downlink a bridge did not survive the loss of its node (see NATS_BRIDGE)."""
+    downlink: with QoS 1 downlink a bridge did not survive the loss of its node (see NATS_BRIDGE).
+
+    `relay_password`: the uplink goes through a relay (backend/relay.py, `faregate relay`) straight into
+    the cluster's stream, not over the bridge: the station gets the account RELAY_USER, which may read
+    its gates' taps, statuses and requests and nothing else, and the bridge carries only the downlink."""
     out.mkdir(parents=True, exist_ok=True)
     gates = _gate_ids(station_id, gate_nos)
     passwords = {g: (gate_passwords or {}).get(g) or secrets.token_urlsafe(18) for g in gates}
     passwd = out / "faregate.passwd"
     passwd.touch(0o600)
     passwd.chmod(0o600)
-    passwd.write_text("".join(f"{user}:{password}\n" for user, password in passwords.items()))
+    accounts = {**passwords, **({RELAY_USER: relay_password} if relay_password else {})}
+    passwd.write_text("".join(f"{user}:{password}\n" for user, password in accounts.items()))
     subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
-    acl = out / "faregate.acl"
-    acl.write_text("# written by faregate.city.station: every user is a gate of this station\n"
-                   + "\n".join(gate_pattern_lines(prefix)) + "\n")
     topics = Topics(prefix)
+    acl = out / "faregate.acl"
+    relay_lines = ([f"user {RELAY_USER}", f"topic read {topics.all_taps}", f"topic read {topics.all_status}",
+                    f"topic read {topics.all_requests}", ""] if relay_password else [])
+    acl.write_text("# written by faregate.city.station: every user is a gate of this station"
+                   + (f", but {RELAY_USER}" if relay_password else "") + "\n"
+                   + "\n".join([*relay_lines, *gate_pattern_lines(prefix)]) + "\n")
     addresses = [centre, *more_centres]
     user = bridge_user(station_id)
     remote_clean = (not centre_is_mosquitto) if remote_cleansession is None else remote_cleansession
@@ -219,7 +229,8 @@ def write_station(
         "notifications true",
         "notifications_local_only true",
         *(f"topic {topic} {direction} {1 if direction == 'out' else in_qos}"
-          for direction, topic in bridge_topics(topics, station_id, gate_nos)),
+          for direction, topic in bridge_topics(topics, station_id, gate_nos)
+          if not (relay_password and direction == "out")),
     ]
     conf = [
         f"# station server {station_id}: written by faregate.city.station",
