@@ -328,6 +328,7 @@ class Kills:
     NODE_AT, WORKER_AT = 0.5, 0.75
 
     def schedule(self, started: float, live: float) -> None:
+        self.figures["_started"] = started
         if self.node is not None:
             self._tasks.append(asyncio.create_task(self._kill_node(started + self.NODE_AT * live)))
         if self.kill_worker:
@@ -357,9 +358,12 @@ class Kills:
         """After the taps: each kill happened, and before the taps stopped."""
         await asyncio.gather(*self._tasks)
         f = self.figures
+        started = f.pop("_started", None)
         for kill in ("node", "worker"):
             ok, at = bool(f.pop(f"_{kill}_ok", False)), f.pop(f"_{kill}_at", None)
             f[f"{kill}_killed"] = ok and at is not None and at < stopped_tapping
+            if at is not None and started is not None:
+                f[f"{kill}_killed_at_s"] = round(at - started, 2)  # seconds into the taps
 
     def cancel(self) -> None:
         for task in self._tasks:
@@ -628,7 +632,28 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str, 
                   if v in probe.arrived]
     figures["deny_at_brokers_ms_p50"] = round(_percentile(at_brokers, 0.5), 1)
     figures["deny_at_brokers_ms_max"] = round(max(at_brokers), 1) if at_brokers else None
+    figures["deny_by_block"] = _by_block(reports, blocks, probes, started)
     return figures
+
+
+def _by_block(reports: list[GateReport], blocks: dict[int, float], probes: list[ArrivalProbe],
+              started: float) -> list[dict[str, Any]]:
+    """Each block on its own: when it was called (seconds into the taps; the kills' times are beside),
+    its propagation to the gates, and how many station servers' subscribers saw its delta."""
+    rows = []
+    for version, called in sorted(blocks.items()):
+        held = [_first_at_or_after(r.applied, version) for r in reports]
+        ms = [(at - called) * 1000 for at in held if at is not None]
+        rows.append({
+            "version": version,
+            "called_s": round(called - started, 2),
+            "p50_ms": round(_percentile(ms, 0.5), 1),
+            "p99_ms": round(_percentile(ms, 0.99), 1),
+            "max_ms": round(max(ms), 1) if ms else None,
+            "delta_missed": sum(1 for r in reports if version not in r.applied),
+            "brokers_with_delta": sum(1 for probe in probes if version in probe.arrived),
+        })
+    return rows
 
 
 async def _republish_denylist(distributor: Any) -> int:
