@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import socket
@@ -26,13 +25,13 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from backend.mqtt import BrokerAddress
+from faregate.city.launch import Launched, kill_group, open_group, rss_bytes, terminate_group, wait_group
 from faregate.simgate import SimGate, SimUplink
 from protocol.mqtt import Topics
 
@@ -106,17 +105,11 @@ mqtt {{
 
     def rss_bytes(self) -> int:
         """Resident memory of the node's process (from /proc, as `ps` reads it)."""
-        if self.process is None:
-            return 0
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        return 0 if self.process is None else rss_bytes(self.process.pid)
 
 
 @dataclass
-class NatsCluster:
+class NatsCluster(Launched):
     """Three (or `size`) nats-server nodes clustered on loopback with JetStream and the MQTT gateway.
     Ports are free ones from the kernel, or from `base_port` up: node n (1..) takes base + 4(n-1) for
     clients, + 1 for routes, + 2 for MQTT, + 3 for monitoring."""
@@ -160,14 +153,8 @@ class NatsCluster:
         routes = [other.cluster_port for other in self.nodes if other is not node]
         conf = node.directory / "nats.conf"
         conf.write_text(node.config(routes, min(3, self.size)))
-        log = open(node.directory / "nats.log", "ab")  # noqa: SIM115 - the child holds it
-        try:
-            node.process = subprocess.Popen(
-                [NATS_SERVER, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # a process group of its own: killed alone, never with the test
-            )
-        finally:
-            log.close()
+        # a process group of its own: killed alone, never with the test
+        node.process = open_group([NATS_SERVER, "-c", str(conf)], node.directory / "nats.log")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until every live node answers /healthz with JetStream ready (a meta leader elected)."""
@@ -191,38 +178,16 @@ class NatsCluster:
 
     def kill(self, node: NatsNode) -> None:
         """kill -9 the node's process group (no shutdown, no flush: a power cut)."""
-        if node.process is not None and node.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.process.pid, signal.SIGKILL)
-            node.process.wait(10)
+        if node.process is not None:
+            kill_group(node.process)
 
     def stop(self) -> None:
-        for node in self.nodes:
-            if node.process is None or node.process.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.process.pid, signal.SIGTERM)
-        for node in self.nodes:
-            if node.process is None:
-                continue
-            try:
-                node.process.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(node.process.pid, signal.SIGKILL)
-                node.process.wait(10)
-
-    def __enter__(self) -> NatsCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self.stop()
+        """SIGTERM every node at once, then wait 10 s for each (kill -9 past that)."""
+        running = [node.process for node in self.nodes if node.process is not None]
+        for process in running:
+            terminate_group(process)
+        for process in running:
+            wait_group(process, 10)
 
 
 class FailoverUplink(SimUplink):

@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -43,6 +42,7 @@ from typing import Any
 import asyncpg
 
 from faregate.city.cluster import FailoverUplink, NatsCluster, free_ports
+from faregate.city.launch import Launched, kill_group, open_group, rss_bytes, wait_port
 from faregate.city.rabbit import RabbitCluster
 from faregate.city.workers import IngestWorkers
 from faregate.simgate import SimGate
@@ -53,7 +53,7 @@ PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-class Mosquitto:
+class Mosquitto(Launched):
     """Today's single broker, our own instance: a free port, its own configuration, no persistence."""
 
     def __init__(self, directory: Path) -> None:
@@ -65,37 +65,26 @@ class Mosquitto:
     def mqtt_urls(self) -> list[str]:
         return [f"mqtt://127.0.0.1:{self.port}"]
 
-    def start(self) -> None:
+    def start(self, timeout: float = 15.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = self.directory / "mosquitto.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
                         "max_inflight_messages 0\n")
-        log = open(self.directory / "mosquitto.log", "ab")  # noqa: SIM115 - the child holds it
-        try:
-            self.process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()
-        time.sleep(0.3)
+        log = self.directory / "mosquitto.log"
+        self.process = open_group([MOSQUITTO, "-c", str(conf)], log)
+        if not wait_port(self.process, self.port, timeout):
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"mosquitto on port {self.port} did not start: {tail}")
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        if self.process is not None:
+            kill_group(self.process)
 
     def stop(self) -> None:
         self.kill()
 
     def rss(self) -> list[int]:
-        return [_rss(self.process.pid)] if self.process is not None else []
-
-
-def _rss(pid: int) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+        return [rss_bytes(self.process.pid)] if self.process is not None else []
 
 
 async def _schema() -> str:
@@ -147,12 +136,8 @@ def _wait(uplinks: list[FailoverUplink], timeout: float) -> bool:
 @contextlib.contextmanager
 def _engine(kind: str, directory: Path) -> Iterator[Any]:
     if kind == "mosquitto":
-        broker = Mosquitto(directory)
-        broker.start()
-        try:
+        with Mosquitto(directory) as broker:
             yield broker
-        finally:
-            broker.stop()
     elif kind == "nats":
         with NatsCluster(directory) as cluster:
             yield cluster

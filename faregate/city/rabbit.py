@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from faregate.city.cluster import free_ports
+from faregate.city.launch import Launched, kill_group, open_group, session_rss_bytes
 
 SBIN = Path("/usr/lib/rabbitmq/lib/rabbitmq_server-3.10.8/sbin")
 COOKIE = "faregatecitycomparisoncookie"
@@ -85,16 +84,14 @@ class RabbitNode:
         return done.stdout.decode()
 
     def rss_bytes(self) -> int:
-        """Resident memory of the node's process group (the Erlang VM and its helpers), as ps reads it."""
+        """Resident memory of the node's session (the Erlang VM and its helpers), as `ps -g` reads it."""
         if not self.alive or self.process is None:
             return 0
-        command = ["ps", "-o", "rss=", "-g", str(self.process.pid)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        return sum(int(value) for value in done.stdout.split()) * 1024
+        return session_rss_bytes(self.process.pid)
 
 
 @dataclass
-class RabbitCluster:
+class RabbitCluster(Launched):
     directory: Path
     size: int = 3
     nodes: list[RabbitNode] = field(default_factory=list)
@@ -115,12 +112,8 @@ class RabbitCluster:
     def start(self, timeout: float = 120.0) -> None:
         for node in self.nodes:
             node.write_files()
-            log = open(node.directory / "out.log", "wb")  # noqa: SIM115 - the child holds it
-            try:
-                node.process = subprocess.Popen([str(SBIN / "rabbitmq-server")], env=node.env(), stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
-            finally:
-                log.close()
+            node.process = open_group([str(SBIN / "rabbitmq-server")], node.directory / "out.log", node.env(),
+                                      append=False)
         for node in self.nodes:
             self._wait(node, timeout)
         first = self.nodes[0]
@@ -144,27 +137,11 @@ class RabbitCluster:
                 time.sleep(1)
 
     def kill(self, node: RabbitNode) -> None:
-        if node.process is not None and node.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.process.pid, signal.SIGKILL)
-            node.process.wait(10)
+        if node.process is not None:
+            kill_group(node.process)
 
     def stop(self) -> None:
         for node in self.nodes:
             if node.process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(node.process.pid, signal.SIGKILL)  # a comparison's throwaway data
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    node.process.wait(10)
-
-    def __enter__(self) -> RabbitCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self.stop()
+                    kill_group(node.process)  # a comparison's throwaway data: no orderly shutdown

@@ -36,7 +36,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from pathlib import Path
 from backend.deploy.acl import acl_rules
 from backend.deploy.mosquitto_config import write_config
 from backend.relay import RELAY_USER
+from faregate.city.launch import kill_group, open_group, stop_group, wait_port
 from protocol.mqtt import Topics, gate_id
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -265,12 +265,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 class Mosquitto:
     """One Mosquitto process on a written configuration: start, stop (saves its queue), kill -9."""
 
@@ -284,33 +278,22 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.files.port}"
 
     def start(self, timeout: float = 15.0) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.files.conf)],
-                                            stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not _port_open(self.files.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = self.log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"mosquitto on port {self.files.port} did not start: {tail}")
-            time.sleep(0.05)
+        self.process = open_group([MOSQUITTO, "-c", str(self.files.conf)], self.log)
+        if not wait_port(self.process, self.files.port, timeout):
+            self.stop()
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"mosquitto on port {self.files.port} did not start: {tail}")
 
     def stop(self) -> None:
         """SIGTERM: Mosquitto writes its persistence file (retained messages, sessions, queues) first."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            stop_group(self.process, 15, kill_wait=5)
         self.process = None
 
     def kill(self) -> None:
         """SIGKILL: whatever was not yet saved is gone (the gates' journals still hold their taps)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(5)
+        if self.process is not None:
+            kill_group(self.process, 5)
         self.process = None
 
     @property

@@ -5,69 +5,19 @@ can kill -9 one mid-stream and stop the rest even when it failed."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+
+from faregate.city.launch import Launched, Worker, spawn
 
 READY_LINE = b"ingest connected"  # IngestWorker logs it once subscribed, or bound to the durable consumer
 RELAY_READY_LINE = b"forwarding into"  # a StationRelay logs it once the cluster and the stream answer
 
 
 @dataclass
-class Worker:
-    name: str
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """kill -9 the process group: nothing flushed, nothing acknowledged on the way out."""
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self) -> None:
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-
-    def wait_stopped(self, timeout: float = 15.0) -> None:
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
-def spawn(name: str, command: list[str], env: dict[str, str], log: Path, ready: bytes, *, count: int = 1,
-          timeout: float = 60.0) -> Worker:
-    """Start `command` in a process group of its own and wait until its log holds `ready` `count` times."""
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
-    worker = Worker(name, log, process)
-    deadline = time.monotonic() + timeout
-    while log.read_bytes().count(ready) < count:
-        if not worker.alive:
-            raise RuntimeError(f"{name} exited:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            worker.kill()
-            raise TimeoutError(f"{name} not ready within {timeout} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return worker
-
-
-@dataclass
-class IngestWorkers:
+class IngestWorkers(Launched):
     """`count` ingest worker processes on `database_url` (schema optional) pulling from `nats_urls`, or
     without them subscribed to `mqtt_urls[0]` (MQTT `mqtt_version`, shared subscription group `group`)."""
 
@@ -124,21 +74,9 @@ class IngestWorkers:
         for worker in self.workers:
             worker.wait_stopped()
 
-    def __enter__(self) -> IngestWorkers:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self.stop()
-
 
 @dataclass
-class StationRelays:
+class StationRelays(Launched):
     """One `faregate relay` process forwarding every listed station server's uplink into the stream
     (a deployment runs one beside each station; the bench saves processes)."""
 
@@ -161,15 +99,3 @@ class StationRelays:
         if self.process is not None:
             self.process.terminate()
             self.process.wait_stopped()
-
-    def __enter__(self) -> StationRelays:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self.stop()
