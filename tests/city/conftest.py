@@ -1,18 +1,22 @@
 """City fixtures: private Mosquitto processes (centre, station servers) on free loopback ports with their
-own directories, and a PostgreSQL schema of their own; every process a test starts, it stops."""
+own directories, a 3-node NATS cluster, and a PostgreSQL schema of their own; every process a test
+starts, it stops. The helpers the tests share are in citytools.py."""
 
 from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from faregate.city.centre import POSTGRES_URL
+from faregate.city.cluster import NatsCluster
 from faregate.city.station import MOSQUITTO
 from tests.backend.conftest import require_service
+from tests.city.citytools import PG, require_nats
 from tests.gate.brokers import require
 
 
@@ -31,3 +35,23 @@ def postgres_url() -> str:
 @pytest.fixture
 def city_prefix() -> Iterator[str]:
     yield f"city{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    require_nats()
+    with NatsCluster(tmp_path / "nats") as running:
+        yield running
+
+
+@pytest.fixture
+async def pg_schema() -> AsyncIterator[str]:
+    require_service("PostgreSQL", 5432)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(PG)
+    try:
+        await connection.execute(f"CREATE SCHEMA {schema}")
+        yield schema
+    finally:
+        await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await connection.close()

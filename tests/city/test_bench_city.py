@@ -7,7 +7,7 @@ import pytest
 
 from faregate.bench.city import bench, layout
 from faregate.cli import build_parser
-from tests.city.test_cluster import require_nats
+from tests.city.citytools import require_nats
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.postgres]
 

@@ -20,9 +20,6 @@ from backend.tables import AlarmRow, DeadLetterRow, TapRow
 from faregate.city.cluster import NatsCluster
 from faregate.simgate import tap_payload
 from tests.backend.conftest import Database, make_settings
-from tests.city.test_cluster import cluster
-
-__all__ = ["cluster"]
 
 
 @pytest.mark.security

@@ -11,7 +11,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -28,7 +28,7 @@ from faregate.city.station import BrokerFiles, Mosquitto, free_port, write_stati
 from faregate.city.workers import StationRelays
 from faregate.simgate import tap_payload
 from protocol.mqtt import Topics, gate_id
-from tests.city.test_cluster import stream_leader
+from tests.city.citytools import stream_leader, until
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -76,15 +76,6 @@ class Station:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    from tests.city.test_cluster import require_nats
-
-    require_nats()
-    with NatsCluster(tmp_path / "nats") as running:
-        yield running
-
-
-@pytest.fixture
 def station(tmp_path: Path, mosquitto_tools: None, cluster: NatsCluster,
             city_prefix: str) -> Iterator[Station]:
     server = Station(tmp_path / "station", city_prefix, cluster)
@@ -111,14 +102,6 @@ async def stream_taps(cluster: NatsCluster) -> list[str]:
         return ids
     finally:
         await connection.close()
-
-
-async def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def stream_count(cluster: NatsCluster) -> int:

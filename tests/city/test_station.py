@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,9 @@ from faregate.city.citygates import CityGate, run_gates
 from faregate.city.station import bridge_topics, bridge_user, centre_station_acl, run_city
 from faregate.simgate import SimUplink
 from protocol.mqtt import DEVELOPMENT_PUBLIC_KEY, Topics, Verifier
+from tests.city.citytools import until
 
 pytestmark = [pytest.mark.mosquitto]
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def test_a_station_bridge_carries_its_own_gates_only() -> None:

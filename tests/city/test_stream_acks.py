@@ -23,9 +23,6 @@ from faregate.city.cluster import NatsCluster
 from faregate.simgate import tap_payload
 from protocol.mqtt import DEVELOPMENT_PUBLIC_KEY, Committed, Topics, Verifier
 from tests.backend.conftest import Database, make_settings
-from tests.city.test_cluster import cluster
-
-__all__ = ["cluster"]
 
 
 class AckListener:

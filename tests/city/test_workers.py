@@ -14,9 +14,7 @@ from faregate.city.cluster import FailoverUplink, NatsCluster
 from faregate.city.workers import IngestWorkers
 from faregate.simgate import SimGate
 from protocol.mqtt import Topics
-from tests.city.test_cluster import PG_URL, Feeder, cluster, pg_schema, run_gates, stored, wait_committed
-
-__all__ = ["cluster", "pg_schema"]
+from tests.city.citytools import PG_URL, Feeder, run_gates, stored, wait_committed
 
 
 @pytest.mark.slow

@@ -19,9 +19,8 @@ from backend.migrate import upgrade
 from backend.tables import AlarmRow, DeadLetterRow, TapRow
 from protocol.mqtt import Topics, encode
 from tests.backend.conftest import POSTGRES_URL, Database, database, make_settings, make_tap, migrated
-from tests.city.test_cluster import pg_schema
 
-__all__ = ["database", "migrated", "pg_schema"]
+__all__ = ["database", "migrated"]
 
 TOPICS = Topics("faregate")
 BEIJING = ServiceDay(480, 240)  # the settings' defaults: UTC+8, the day starts at 04:00
