@@ -30,7 +30,14 @@ from typing import Any
 import fare_core
 from backend.catchup import Answer, NetChange, catch_up, net_change
 from backend.distribution import Distributor
-from protocol.mqtt import MAX_LIST_ITEMS, DenyListDeltaMessage, DenyListSnapshotMessage, encode
+from protocol.mqtt import (
+    DEVELOPMENT_SIGNING_SEED,
+    MAX_LIST_ITEMS,
+    DenyListDeltaMessage,
+    DenyListSnapshotMessage,
+    Signer,
+    encode,
+)
 
 __all__ = ["Answer", "NetChange", "answer_denylist_request", "catch_up", "list_figures", "net_change"]
 
@@ -61,7 +68,9 @@ def list_figures(phones: int, changed: int, gates: int, stations: int, seed: int
     machine with fare_core: the whole list (binary snapshot over HTTP, or the MQTT JSON snapshot when
     within MAX_LIST_ITEMS) against one net delta of `changed` ids (half added, half removed; a week of
     blocks and unblocks). The per-gate seconds are the gate's own work (parse and verify a checksum,
-    or apply a delta on a copy of the list), the transfer being the link's."""
+    or apply a delta on a copy of the list), the transfer being the link's. The JSON messages are
+    measured signed, as the backend sends them (key id and Ed25519 signature, development key)."""
+    signer = Signer(DEVELOPMENT_SIGNING_SEED)
     rng = random.Random(seed)
     ids = _random_ids(phones, rng)
     built = time.perf_counter()
@@ -76,12 +85,12 @@ def list_figures(phones: int, changed: int, gates: int, stations: int, seed: int
     change = old.diff(fare_core.DenyList(ids[len(removed):] + added, version=2))
     delta = DenyListDeltaMessage(version=2, base_version=1, add=list(change.add), remove=list(change.remove),
                                  checksum=change.checksum, time=datetime.now(UTC))
-    delta_bytes = len(encode(delta)) + 160  # + key_id and the signature a real one carries
+    delta_bytes = len(encode(signer.sign(delta)))
     copy = fare_core.DenyList.from_bytes(binary)
     applied = time.perf_counter()
     copy.apply_delta(change)  # what gate/state.py does: all or nothing, checksum checked
     apply_s = time.perf_counter() - applied
-    json_bytes = _snapshot_json_bytes(phones)
+    json_bytes = _snapshot_json_bytes(phones, signer)
     return {
         "phones": phones,
         "snapshot_binary_bytes": len(binary),
@@ -102,11 +111,11 @@ def list_figures(phones: int, changed: int, gates: int, stations: int, seed: int
     }
 
 
-def _snapshot_json_bytes(phones: int) -> int:
-    """The size of the JSON snapshot message for `phones` ids (each `"<16 hex>",`), measured on a
-    sample and scaled: the message itself is over MAX_LIST_ITEMS past a million phones."""
+def _snapshot_json_bytes(phones: int, signer: Signer) -> int:
+    """The size of the signed JSON snapshot message for `phones` ids (each `"<16 hex>",`), measured on
+    a sample and scaled: the message itself is over MAX_LIST_ITEMS past a million phones."""
     sample = min(phones, 10_000)
     ids = list(range(1, sample + 1))
     message = DenyListSnapshotMessage(version=1, card_ids=ids, checksum="0" * 16, time=datetime.now(UTC))
     per_id = 19  # '"' + 16 hex + '"' + ','
-    return len(encode(message)) - sample * per_id + phones * per_id + 160
+    return len(encode(signer.sign(message))) - sample * per_id + phones * per_id

@@ -7,7 +7,6 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,16 +34,9 @@ from protocol.mqtt import (
     encode,
 )
 from protocol.mqtt.auth import mac_valid
+from tests.city.citytools import until
 
 pytestmark = [pytest.mark.mosquitto]
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def test_net_change_turns_the_list_at_one_version_into_the_list_at_another() -> None:
@@ -75,7 +67,27 @@ def test_a_week_of_changes_costs_a_gate_far_less_than_the_whole_list() -> None:
     figures = list_figures(phones=200_000, changed=2_000, gates=2000, stations=20)
     assert figures["snapshot_binary_bytes"] >= 8 * 200_000  # the whole list, every gate
     assert figures["week_delta_bytes"] * 20 < figures["snapshot_binary_bytes"]
-    assert figures["snapshot_to_every_station_bytes"] * 100 == figures["snapshot_to_every_gate_bytes"]
+
+
+def test_the_fan_out_figures_are_the_real_messages_times_their_receivers() -> None:
+    """Against sizes computed here: fare_core's binary snapshot of as many ids, and a delta of as many
+    changes signed by the development key, each times 30 gates and 3 stations."""
+    figures = list_figures(phones=1_000, changed=10, gates=30, stations=3)
+    snapshot = len(fare_core.DenyList(range(1, 1_001), version=1).to_bytes())
+    old = fare_core.DenyList(range(1, 1_001), version=1)
+    change = old.diff(fare_core.DenyList([*range(6, 1_001), *range(2_001, 2_006)], version=2))
+    stamped = datetime(2026, 1, 5, 8, 0, 0, 123_456, tzinfo=UTC)
+    delta = DenyListDeltaMessage(version=2, base_version=1, add=list(change.add), remove=list(change.remove),
+                                 checksum=change.checksum, time=stamped)
+    signed = len(encode(Signer(DEVELOPMENT_SIGNING_SEED).sign(delta)))
+    # list_figures stamps its delta now(): at a whole second the wire time has no ".ffffff"
+    assert figures["week_delta_bytes"] in (signed, signed - len(".123456"))
+    delta_bytes = figures["week_delta_bytes"]
+    assert figures["snapshot_binary_bytes"] == snapshot
+    assert figures["snapshot_to_every_gate_bytes"] == snapshot * 30
+    assert figures["snapshot_to_every_station_bytes"] == snapshot * 3
+    assert figures["delta_to_every_gate_bytes"] == delta_bytes * 30
+    assert figures["delta_to_every_station_bytes"] == delta_bytes * 3
 
 
 class HttpOnlyList(Distributor):
