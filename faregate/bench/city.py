@@ -85,10 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="double the stall wait after each replay that brought no ack, up to this many "
                         "seconds (default 300, as gate/uplink.py's [mqtt] stall_max_s; 0: replay at a "
                         "fixed pace, the gates before session 6)")
-    parser.add_argument("--uplink", choices=("relay", "bridge"), default="relay",
-                        help="cluster: how taps reach the stream: a relay per station publishing into "
-                        "JetStream with its acknowledgement (default; backend/relay.py), or the station's "
-                        "Mosquitto bridge into the nodes' MQTT gateways")
+    parser.add_argument("--station-link", choices=("relay", "bridge"), default="relay",
+                        help="cluster: how each station server is linked to the centre: a relay publishing "
+                        "taps into JetStream with its acknowledgement and taking the downlink by plain NATS "
+                        "(default; backend/relay.py), or a Mosquitto bridge into the nodes' MQTT gateways")
     parser.add_argument("--status-interval", type=float, default=60.0,
                         help="seconds between one gate's status messages (default 60, as a gate)")
     parser.add_argument("--stall", type=float, default=10.0,
@@ -390,7 +390,7 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
         probes: list[ArrivalProbe] = []
         try:
             specs: list[GateSpec] = []
-            relay = args.uplink == "relay"
+            relay = args.station_link == "relay"
             relay_password = secrets.token_urlsafe(12)
             for index, (station, nos) in enumerate(stations.items()):
                 order = nodes[index % len(nodes):] + nodes[: index % len(nodes)]
@@ -458,7 +458,7 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
         figures[f"{kill}_killed"] = bool(figures.get(f"{kill}_killed")) and at is not None and at < made
     figures.update({
         "centre": "nats-cluster",
-        "uplink": args.uplink,
+        "station_link": args.station_link,
         "stations": len(stations),
         "brokers": len(stations) + len(nodes),
         "workers": workers,

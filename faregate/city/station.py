@@ -102,6 +102,14 @@ def bridge_topics(topics: Topics, station_id: int, gate_nos: Sequence[int]) -> l
     return lines
 
 
+def relay_acl(topics: Topics) -> list[str]:
+    """A station relay's ACL lines at its station: the gates' uplink read, their downlink written."""
+    uplink = [topics.all_taps, topics.all_status, topics.all_requests]
+    downlink = [topics.committed("+"), topics.resend("+"), topics.command("+"), f"{topics.prefix}/denylist/#",
+                topics.fare_table, topics.actions]
+    return [f"topic read {t}" for t in uplink] + [f"topic write {t}" for t in downlink]
+
+
 def centre_station_acl(topics: Topics, station_id: int, gate_nos: Sequence[int]) -> str:
     """The centre's ACL lines for one station's bridge account: its own gates' topics and nothing else."""
     lines = [f"user {bridge_user(station_id)}"]
@@ -186,9 +194,9 @@ def write_station(
     Mosquitto a persistent session at QoS 1; for a clustered centre (NATS) a clean session and QoS 0
     downlink: with QoS 1 downlink a bridge did not survive the loss of its node (see NATS_BRIDGE).
 
-    `relay_password`: the uplink goes through a relay (backend/relay.py, `faregate relay`) straight into
-    the cluster's stream, not over the bridge: the station gets the account RELAY_USER, which may read
-    its gates' taps, statuses and requests and nothing else, and the bridge carries only the downlink."""
+    `relay_password`: the station is linked to a clustered centre by a relay (backend/relay.py,
+    `faregate relay`), both ways, and has no bridge: the station gets the account RELAY_USER, which may
+    read its gates' taps, statuses and requests and write their downlink topics, nothing else."""
     out.mkdir(parents=True, exist_ok=True)
     gates = _gate_ids(station_id, gate_nos)
     passwords = {g: (gate_passwords or {}).get(g) or secrets.token_urlsafe(18) for g in gates}
@@ -200,8 +208,7 @@ def write_station(
     subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
     topics = Topics(prefix)
     acl = out / "faregate.acl"
-    relay_lines = ([f"user {RELAY_USER}", f"topic read {topics.all_taps}", f"topic read {topics.all_status}",
-                    f"topic read {topics.all_requests}", ""] if relay_password else [])
+    relay_lines = ([f"user {RELAY_USER}", *relay_acl(topics), ""] if relay_password else [])
     acl.write_text("# written by faregate.city.station: every user is a gate of this station"
                    + (f", but {RELAY_USER}" if relay_password else "") + "\n"
                    + "\n".join([*relay_lines, *gate_pattern_lines(prefix)]) + "\n")
@@ -229,8 +236,7 @@ def write_station(
         "notifications true",
         "notifications_local_only true",
         *(f"topic {topic} {direction} {1 if direction == 'out' else in_qos}"
-          for direction, topic in bridge_topics(topics, station_id, gate_nos)
-          if not (relay_password and direction == "out")),
+          for direction, topic in bridge_topics(topics, station_id, gate_nos)),
     ]
     conf = [
         f"# station server {station_id}: written by faregate.city.station",
@@ -249,7 +255,7 @@ def write_station(
         "max_packet_size 34603008",  # as the centre: protocol.mqtt.MAX_MESSAGE_BYTES + 1 MiB
         f"user {run_as or getpass.getuser()}",
         "",
-        *bridge,
+        *([] if relay_password else bridge),
         "",
     ]
     (out / "mosquitto.conf").write_text("\n".join(conf))
