@@ -1,8 +1,9 @@
-"""The station relay (backend/relay.py) for real: a station server (Mosquitto) whose uplink a relay
-publishes into the 3-node NATS cluster's stream with JetStream's acknowledgement. Taps taken by the
-station while the relay is away wait there; the stream's leader killed -9 mid-stream costs nothing; a
-relay killed -9 leaves its unacknowledged messages at the station; the relay's account at the station
-reads the uplink and nothing else."""
+"""The station relay (backend/relay.py) for real: a station server (Mosquitto) linked to the 3-node NATS
+cluster by a relay. Uplink: taps taken by the station while the relay is away wait there; the stream's
+leader killed -9 mid-stream costs nothing; a relay killed -9 leaves its unacknowledged messages at the
+station. Downlink: a gate's ack and a block reach the gate through its station, state published while
+the relay was away reaches it when it is back, and the node the relay was on killed -9 does not stop
+the next block. The relay's account at the station reads the uplink and writes the downlink only."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nats
+import nats.errors
 import paho.mqtt.client as mqtt
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -37,7 +39,7 @@ GATES = [1, 2, 3]
 
 
 class Station:
-    """A station server with a relay account, bridged (downlink only) to the cluster's gateways."""
+    """A station server with a relay account and no bridge: the relay links it to the cluster."""
 
     def __init__(self, directory: Path, prefix: str, cluster: NatsCluster) -> None:
         self.prefix = prefix
@@ -87,27 +89,40 @@ def station(tmp_path: Path, mosquitto_tools: None, cluster: NatsCluster,
 
 
 async def stream_taps(cluster: NatsCluster) -> list[str]:
-    """Every tap id in the uplink stream (read without acknowledging: the stream keeps them)."""
-    connection = await nats.connect(cluster.urls)
-    try:
-        js = connection.jetstream()
-        total = (await js.stream_info(STREAM)).state.messages
-        consumer = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, inactive_threshold=30.0)
-        subscription = await js.pull_subscribe(">", stream=STREAM, config=consumer)
-        ids: list[str] = []
-        while len(ids) < total:
-            for message in await subscription.fetch(min(500, total - len(ids)), timeout=5):
-                ids.append(json.loads(message.data)["tap_id"])
-        await subscription.unsubscribe()
-        return ids
-    finally:
-        await connection.close()
+    """Every tap id in the uplink stream (read without acknowledging: the stream keeps them). A read
+    that times out (a busy machine, a stream that just changed leader) is made again, three times."""
+    for attempt in range(3):
+        connection = await nats.connect(cluster.urls)
+        try:
+            js = connection.jetstream()
+            total = (await js.stream_info(STREAM)).state.messages
+            consumer = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, inactive_threshold=30.0)
+            subscription = await js.pull_subscribe(">", stream=STREAM, config=consumer)
+            ids: list[str] = []
+            while len(ids) < total:
+                for message in await subscription.fetch(min(500, total - len(ids)), timeout=5):
+                    ids.append(json.loads(message.data)["tap_id"])
+            await subscription.unsubscribe()
+            return ids
+        except nats.errors.TimeoutError:
+            if attempt == 2:
+                raise
+        finally:
+            await connection.close()
+    raise AssertionError("unreachable")
 
 
 async def stream_count(cluster: NatsCluster) -> int:
+    """Messages in the uplink stream; an info request that times out (a busy machine, a node just
+    lost) is asked again, for up to 20 s."""
     connection = await nats.connect(cluster.urls)
     try:
-        return int((await connection.jetstream().stream_info(STREAM)).state.messages)
+        for _ in range(20):
+            try:
+                return int((await connection.jetstream(timeout=1).stream_info(STREAM)).state.messages)
+            except nats.errors.TimeoutError:
+                await asyncio.sleep(0.2)
+        raise AssertionError("the uplink stream did not answer for 20 s")
     finally:
         await connection.close()
 
@@ -184,8 +199,9 @@ async def test_a_relay_killed_mid_stream_leaves_what_it_had_not_acknowledged_at_
 
 @pytest.mark.security
 async def test_the_relay_account_reads_the_uplink_and_cannot_publish_as_a_gate(station: Station) -> None:
-    """A stolen relay password lets its holder read the station's uplink, never publish as a gate nor
-    on a gate's downlink: the station's ACL drops both; the genuine tap after them is the one seen."""
+    """A stolen relay password lets its holder read the station's uplink and write its downlink (which
+    the gates check against the backend's signature), never publish as a gate nor read a gate's acks:
+    the station's ACL drops both; the genuine tap after them is the one seen."""
     topics = Topics(station.prefix)
     gate = gate_id(STATION, 1)
     seen: list[tuple[str, bytes]] = []
@@ -208,3 +224,99 @@ async def test_the_relay_account_reads_the_uplink_and_cannot_publish_as_a_gate(s
             client.loop_stop()
             client.disconnect()
     assert seen == [(topics.taps(gate), tap_payload(STATION, 1, 1))]
+
+
+class GateListener:
+    """One gate at its station, subscribed to what a gate subscribes to (its own acks, the deny-list)."""
+
+    def __init__(self, station: Station, gate_no: int) -> None:
+        self.topics = Topics(station.prefix)
+        gate = gate_id(STATION, gate_no)
+        self.seen: list[tuple[str, bytes, bool]] = []
+        self.client = station.client(gate, station.files.passwords[gate])
+        self.client.on_message = lambda _c, _u, m: self.seen.append((m.topic, bytes(m.payload), m.retain))
+        self.client.subscribe([(self.topics.committed(gate), 1), (f"{self.topics.prefix}/denylist/#", 1)])
+
+    def payloads(self, topic: str) -> list[bytes]:
+        return [payload for t, payload, _ in self.seen if t == topic]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def relay_connected(station: Station, cluster: NatsCluster) -> StationRelay:
+    relay = StationRelay(Settings(mqtt_prefix=station.prefix), station.relay_url, cluster.ingest_url)
+    await relay.start()
+    await until(lambda: relay.connected, 30, "the relay connected to its station and the cluster")
+    return relay
+
+
+@pytest.mark.slow
+async def test_acks_and_blocks_come_down_through_the_relay_and_state_missed_is_fetched_on_return(
+    cluster: NatsCluster, station: Station
+) -> None:
+    topics = Topics(station.prefix)
+    gate = gate_id(STATION, 1)
+    relay = await relay_connected(station, cluster)
+    listener = GateListener(station, 1)
+    nc = await nats.connect(cluster.urls)
+    try:
+        station.tap(1, range(1, 2))  # the relay learns the gate from its uplink and subscribes its acks
+        await until(lambda: gate in relay.gates, 10, "the relay knows the gate")
+        await asyncio.sleep(0.3)  # its subscriptions reach the other nodes
+        await nc.publish(f"{topics.prefix}.gates.{gate}.committed", b"ack-1")  # as a worker (plain NATS)
+        await nc.publish(f"{topics.prefix}.denylist.delta", b"delta-1")  # as the backend
+        await nc.flush()
+        await until(lambda: listener.payloads(topics.committed(gate)) == [b"ack-1"], 10, "the ack")
+        await until(lambda: listener.payloads(topics.denylist_delta) == [b"delta-1"], 10, "the delta")
+        await relay.aclose()
+
+        # while the relay is away, the backend publishes a new snapshot (stored in FAREGATE_STATE)
+        await nc.jetstream().publish(f"{topics.prefix}.denylist.snapshot", b"snapshot-2")
+        await nc.publish(f"{topics.prefix}.denylist.delta", b"delta-2")  # live only: missed, as it is
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        assert listener.payloads(topics.denylist_snapshot) == []
+        relay = await relay_connected(station, cluster)
+        await until(lambda: listener.payloads(topics.denylist_snapshot) == [b"snapshot-2"], 10,
+                    "the snapshot published while the relay was away")
+        assert listener.payloads(topics.denylist_delta) == [b"delta-1"]
+        late = GateListener(station, 2)  # a gate connecting now gets the state retained at its station
+        try:
+            await until(lambda: late.payloads(topics.denylist_snapshot) == [b"snapshot-2"], 10, "retained")
+            assert late.seen[-1][2] is True
+        finally:
+            late.close()
+    finally:
+        listener.close()
+        await relay.aclose()
+        await nc.close()
+    assert relay.stats["state_fetched"] >= 1
+
+
+@pytest.mark.slow
+async def test_a_block_reaches_the_station_soon_after_the_relays_node_is_killed(
+    cluster: NatsCluster, station: Station
+) -> None:
+    topics = Topics(station.prefix)
+    relay = await relay_connected(station, cluster)
+    listener = GateListener(station, 1)
+    home_port = relay._nc.connected_url.port
+    home = next(node for node in cluster.nodes if node.client_port == home_port)
+    nc = await nats.connect([node.url for node in cluster.nodes if node is not home])
+    try:
+        await asyncio.sleep(0.3)
+        cluster.kill(home)  # the relay's client reconnects to another node by itself
+        killed = time.monotonic()
+        deadline = killed + 10
+        while not listener.payloads(topics.denylist_delta) and time.monotonic() < deadline:
+            await nc.publish(f"{topics.prefix}.denylist.delta", b"delta-after-kill")
+            await asyncio.sleep(0.1)
+        reached = time.monotonic() - killed
+    finally:
+        listener.close()
+        await relay.aclose()
+        await nc.close()
+    assert listener.payloads(topics.denylist_delta)[:1] == [b"delta-after-kill"]
+    assert reached < 5.0  # no JetStream on this path: no election to wait for (measured about 1 s)
