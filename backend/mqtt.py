@@ -549,6 +549,12 @@ class MqttClient:
             return False
         return conn.client.publish(topic, payload, qos=qos, retain=retain).rc == mqtt.MQTT_ERR_SUCCESS
 
+    def is_current(self, message: Delivery) -> bool:
+        """Whether the connection that delivered `message` is still up (only it can acknowledge it;
+        otherwise a persistent session's broker delivers it again)."""
+        conn = self._current  # (a persistent session's queue arrives before `connected` is set)
+        return conn is not None and conn.number == message.connection and not conn.closed
+
     def ack(self, message: Delivery) -> bool:
         """Acknowledge a message received in manual-ack mode. False when the connection that delivered
         it has ended: the broker then redelivers it to a persistent session, never acked twice."""

@@ -48,9 +48,10 @@ import time
 from typing import Any
 
 import nats
+from nats.errors import BadSubjectError, MaxPayloadError
 from nats.errors import Error as NatsError
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from protocol.mqtt import Topics
 
@@ -62,7 +63,9 @@ log = logging.getLogger("faregate.relay")
 
 RELAY_USER = "faregate-relay"  # the relay's account at its station server
 STATE_STREAM = "FAREGATE_STATE"  # the last message of each state subject, for a relay back from away
-IN_FLIGHT = 128  # publishes awaiting the stream's acknowledgement at once (the station sends up to 1000)
+LANES = 128  # publishes awaiting the stream's acknowledgement at once, one at a time a lane (a gate)
+# JetStream API answers no retry changes: a bad request, a message over the stream's limits
+PERMANENT_API_CODES = frozenset({400, 413})
 PUBLISH_TIMEOUT_S = 5.0  # a leader election takes a few seconds; past this the publish is tried again
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
 
@@ -96,40 +99,46 @@ class StationRelay:
         self.servers = nats_servers(nats_url)
         self.replicas = replicas
         self.topics = topics = Topics(settings.mqtt_prefix)
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        # one lane a gate (by hash): a gate's messages reach the stream in the order it sent them
+        self._lanes: list[asyncio.Queue[Delivery]] = [asyncio.Queue() for _ in range(LANES)]
         self.mqtt = MqttClient(
             settings, client_id, url=station_url, version="3.1.1", manual_ack=True, persistent=True,
             subscriptions=[(topics.all_taps, 1), (topics.all_status, 1), (topics.all_requests, 1)],
             on_message=self._on_uplink, on_ready=self._station_ready,
         )
-        self._retained = {topics.denylist_snapshot, topics.denylist_snapshot_ref, topics.fare_table,
-                          topics.actions}  # and each gate's committed and command (docs/mqtt.md)
         self.gates: set[str] = set()  # learnt from their uplink
+        self._subscribed: set[str] = set()  # gates whose downlink subjects are subscribed
+        self._live: dict[str, int] = {}  # live messages handed down, by topic (a fetch older than them loses)
         self._nc: Any = None
         self._js: Any = None
         self._ready = asyncio.Event()  # a NATS connection and the streams are there
+        self._closing = False
+        self._said_ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
-        self.stats = {"forwarded": 0, "retried": 0, "unacked_at_station": 0, "down": 0, "down_dropped": 0,
-                      "state_fetched": 0}
+        self._catching_up: asyncio.Task[None] | None = None
+        self.stats = {"forwarded": 0, "retried": 0, "refused": 0, "unacked_at_station": 0, "stale": 0,
+                      "down": 0, "down_dropped": 0, "state_fetched": 0, "state_stale": 0}
 
     @property
     def connected(self) -> bool:
         return self.mqtt.connected.is_set() and self._ready.is_set()
 
     async def start(self) -> None:
-        """Connect to the cluster (retrying until it answers), make sure the stream exists, then start
-        taking the station's messages."""
+        """Connect to the cluster (retrying until it answers), make sure the streams exist, then take
+        the station's messages."""
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._connect(), name="relay nats"))
-        self._tasks += [loop.create_task(self._forwarder(), name=f"relay {n}") for n in range(IN_FLIGHT)]
+        self._tasks += [loop.create_task(self._forwarder(lane), name=f"relay lane {n}")
+                        for n, lane in enumerate(self._lanes)]
         self.mqtt.start()
 
     async def aclose(self) -> None:
+        self._closing = True  # nothing new is spawned from here
+        await self.mqtt.aclose()  # what was not acknowledged stays in the station's session
         for task in [*self._tasks, *self._background]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
-        await self.mqtt.aclose()  # what was not acknowledged stays in the station's session
         if self._nc is not None:
             await asyncio.gather(self._nc.close(), return_exceptions=True)
 
@@ -139,7 +148,8 @@ class StationRelay:
             try:
                 self._nc = await nats.connect(
                     servers=self.servers, name=self.mqtt.client_id, max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5, connect_timeout=5, reconnected_cb=self._reconnected)
+                    reconnect_time_wait=0.5, connect_timeout=5, reconnected_cb=self._reconnected,
+                    disconnected_cb=self._disconnected)
                 self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
                 # they may exist (the workers or another relay made them): then their configuration stays
                 with contextlib.suppress(BadRequestError):
@@ -148,12 +158,10 @@ class StationRelay:
                     await self._js.add_stream(state_stream_config(self.topics, self.replicas))
                 for topic in [self.topics.denylist_delta, *state_topics(self.topics)]:
                     await self._nc.subscribe(subject_of(topic), cb=self._on_downlink)
-                for gate in sorted(self.gates):
-                    await self._subscribe_gate(gate)
                 self._ready.set()
-                self._catch_up(sorted(self.gates), shared=True)
-                log.info("relay %s: forwarding into %s on %s", self.mqtt.client_id, STREAM,
-                         ",".join(self.servers))
+                await self._subscribe_new_gates()  # those learnt meanwhile too
+                self._catch_up()
+                self._say_ready()
                 return
             except (NatsError, OSError) as error:
                 log.warning("relay %s: cluster not reachable (%s); retrying in %.1f s",
@@ -164,6 +172,13 @@ class StationRelay:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
 
+    def _say_ready(self) -> None:
+        """The line a launcher waits for: both sides up, the station's session subscribed."""
+        if self.connected and not self._said_ready:
+            self._said_ready = True
+            log.info("relay %s: forwarding into %s on %s", self.mqtt.client_id, STREAM,
+                     ",".join(self.servers))
+
     # --- downlink ------------------------------------------------------------------------------------
 
     def _on_uplink(self, message: Delivery) -> None:
@@ -171,84 +186,151 @@ class StationRelay:
         if gate not in self.gates:
             self.gates.add(gate)
             if self._ready.is_set():
-                self._spawn(self._learnt(gate))
-        self._queue.put_nowait(message)
+                self._spawn(self._subscribe_new_gates(fetch=True))
+        self._lanes[hash(gate) % LANES].put_nowait(message)
 
-    async def _learnt(self, gate: str) -> None:
-        await self._subscribe_gate(gate)
-        await self._fetch_state([self.topics.command(gate)])
-
-    async def _subscribe_gate(self, gate: str) -> None:
-        for topic in (self.topics.committed(gate), self.topics.resend(gate), self.topics.command(gate)):
-            await self._nc.subscribe(subject_of(topic), cb=self._on_downlink)
+    async def _subscribe_new_gates(self, *, fetch: bool = False) -> None:
+        for gate in sorted(self.gates - self._subscribed):
+            self._subscribed.add(gate)
+            try:
+                for topic in (self.topics.committed(gate), self.topics.resend(gate),
+                              self.topics.command(gate)):
+                    await self._nc.subscribe(subject_of(topic), cb=self._on_downlink)
+            except NatsError as error:  # not subscribed: the gate's next message tries again
+                self._subscribed.discard(gate)
+                self.gates.discard(gate)
+                log.warning("relay %s: gate %s's downlink not subscribed (%s)", self.mqtt.client_id, gate,
+                            error)
+                continue
+            if fetch:
+                await self._fetch_state([self.topics.command(gate)])
 
     async def _on_downlink(self, msg: Any) -> None:
-        self._down(topic_of(msg.subject), msg.data)
+        topic = topic_of(msg.subject)
+        self._live[topic] = self._live.get(topic, 0) + 1
+        self._down(topic, msg.data)
 
     def _down(self, topic: str, payload: bytes) -> None:
-        leaf = topic.rsplit("/", 1)[-1]
-        retain = topic in self._retained or leaf in ("committed", "command")
-        if self.mqtt.publish_nowait(topic, payload, qos=1, retain=retain):
+        if not payload:  # an empty retained publish would clear the station's state: never ours to send
+            self.stats["down_dropped"] += 1
+            return
+        if self.mqtt.publish_nowait(topic, payload, qos=1, retain=self.topics.retained(topic)):
             self.stats["down"] += 1
         else:  # the station is away: what is state is fetched again when it is back
             self.stats["down_dropped"] += 1
 
+    async def _disconnected(self) -> None:
+        self._ready.clear()
+
     async def _reconnected(self) -> None:
         """nats-py re-made the subscriptions on another node; what was published meanwhile is fetched."""
-        self._catch_up(sorted(self.gates), shared=True)
+        self._ready.set()
+        self._catch_up()
 
     def _station_ready(self) -> None:
         if self._ready.is_set():
-            self._catch_up(sorted(self.gates), shared=True)
+            self._catch_up()
+        self._say_ready()
 
-    def _catch_up(self, gates: list[str], *, shared: bool) -> None:
-        topics = (state_topics(self.topics) if shared else []) + [self.topics.command(g) for g in gates]
-        self._spawn(self._fetch_state(topics))
+    def _catch_up(self) -> None:
+        """Fetch every state topic again, in one task that retries until each is answered; a catch-up
+        already running is replaced (it fetched what may be older)."""
+        if self._catching_up is not None:
+            self._catching_up.cancel()
+        topics = state_topics(self.topics) + [self.topics.command(g) for g in sorted(self.gates)]
+        self._catching_up = self._spawn(self._fetch_state(topics, retry=True))
 
-    async def _fetch_state(self, topics: list[str]) -> None:
-        """The last message of each state topic, from FAREGATE_STATE, handed down (retained)."""
-        for topic in topics:
-            try:
-                message = await self._js.get_last_msg(STATE_STREAM, subject_of(topic))
-            except NotFoundError:
-                continue  # nothing was ever published there
-            except NatsError as error:  # electing, or away again: the next (re)connection fetches it
-                log.info("relay %s: state of %s not fetched (%s)", self.mqtt.client_id, topic, error)
-                continue
-            if message.data:
+    async def _fetch_state(self, topics: list[str], *, retry: bool = False) -> None:
+        """The last message of each state topic, from FAREGATE_STATE, handed down (retained) unless a
+        live message on that topic came while it was being fetched (the stream may lag the live path)."""
+        pending, delay = list(topics), RETRY_MIN_S
+        while pending:
+            failed = []
+            for topic in pending:
+                before = self._live.get(topic, 0)
+                try:
+                    message = await self._js.get_last_msg(STATE_STREAM, subject_of(topic))
+                except NotFoundError:
+                    continue  # nothing was ever published there
+                except NatsError as error:  # electing, or away: tried again below
+                    log.info("relay %s: state of %s not fetched yet (%s)", self.mqtt.client_id, topic, error)
+                    failed.append(topic)
+                    continue
+                if self._live.get(topic, 0) != before:
+                    self.stats["state_stale"] += 1  # a newer one came live meanwhile
+                    continue
                 self.stats["state_fetched"] += 1
                 self._down(topic, message.data)
+            if not retry:
+                return
+            pending = failed
+            if pending:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
 
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+    def _spawn(self, work: Any) -> asyncio.Task[None] | None:
+        if self._closing:
+            work.close()
+            return None
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("relay %s: background work failed", self.mqtt.client_id, exc_info=task.exception())
 
     # --- uplink --------------------------------------------------------------------------------------
 
-    async def _forwarder(self) -> None:
+    async def _forwarder(self, lane: asyncio.Queue[Delivery]) -> None:
         while True:
-            message = await self._queue.get()
-            await self._ready.wait()
-            await self._publish(message)
+            message = await lane.get()
+            if not self.mqtt.is_current(message):
+                self.stats["stale"] += 1  # from a station connection that is gone: it comes again
+                continue
+            try:
+                await self._ready.wait()
+                stored = await self._publish(message)
+            except Exception:  # never let one message stop the lane
+                log.exception("relay %s: forwarding %s failed", self.mqtt.client_id, message.topic)
+                continue
+            if not stored:
+                self.stats["refused"] += 1  # never storable: dropped at the station, the gate replays
             if self.mqtt.ack(message):
-                self.stats["forwarded"] += 1
+                self.stats["forwarded"] += int(stored)
             else:  # that connection is gone: the station delivers it again, stored once by tap id
                 self.stats["unacked_at_station"] += 1
 
-    async def _publish(self, message: Delivery) -> None:
+    async def _publish(self, message: Delivery) -> bool:
+        """Publish into the stream until it acknowledges (True), or the cluster refuses the message
+        itself (False: too large, a subject the stream does not take), which no retry would change."""
         subject = subject_of(message.topic)
         delay = RETRY_MIN_S
         said = 0.0
         while True:
             try:
                 await self._js.publish(subject, message.payload, timeout=PUBLISH_TIMEOUT_S, stream=STREAM)
-                return
+                return True
+            except (MaxPayloadError, BadSubjectError) as error:
+                log.warning("relay %s: %s refused (%s); dropped", self.mqtt.client_id, subject, error)
+                return False
+            except APIError as error:
+                if error.code in PERMANENT_API_CODES:
+                    log.warning("relay %s: %s refused by the stream (%s); dropped", self.mqtt.client_id,
+                                subject, error)
+                    return False
+                self._retrying(subject, error, said)
             except NatsError as error:  # no leader yet, a node lost, a timeout: the stream may hold it
-                self.stats["retried"] += 1
-                if time.monotonic() - said > 10:
-                    said = time.monotonic()
-                    log.warning("relay %s: publish on %s not acknowledged (%s: %s); trying again",
-                                self.mqtt.client_id, subject, type(error).__name__, error)
+                self._retrying(subject, error, said)
+            if time.monotonic() - said > 10:
+                said = time.monotonic()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
+
+    def _retrying(self, subject: str, error: Exception, said: float) -> None:
+        self.stats["retried"] += 1
+        if time.monotonic() - said > 10:
+            log.warning("relay %s: publish on %s not acknowledged (%s: %s); trying again",
+                        self.mqtt.client_id, subject, type(error).__name__, error)

@@ -85,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="double the stall wait after each replay that brought no ack, up to this many "
                         "seconds (default 300, as gate/uplink.py's [mqtt] stall_max_s; 0: replay at a "
                         "fixed pace, the gates before session 6)")
+    parser.add_argument("--relay-processes", type=int, default=4,
+                        help="cluster: processes the station relays share (default 4; a deployment runs "
+                        "one beside each station)")
     parser.add_argument("--station-link", choices=("relay", "bridge"), default="relay",
                         help="cluster: how each station server is linked to the centre: a relay publishing "
                         "taps into JetStream with its acknowledgement and taking the downlink by plain NATS "
@@ -128,8 +131,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.gates < 1 or args.stations < 1 or args.per_process < 1:
-        raise SystemExit("--gates, --stations and --per-process must be at least 1")
+    if args.gates < 1 or args.stations < 1 or args.per_process < 1 or args.relay_processes < 1:
+        raise SystemExit("--gates, --stations, --per-process and --relay-processes must be at least 1")
     if -(-args.gates // args.stations) > MAX_GATES_PER_STATION:
         raise SystemExit(f"at most {MAX_GATES_PER_STATION} gates a station: give more --stations")
     if not 0 <= args.outage < args.seconds:
@@ -406,7 +409,7 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
             relays = StationRelays(
                 Path(tmp) / "relays",
                 [f"mqtt://{RELAY_USER}:{relay_password}@127.0.0.1:{b.files.port}" for b in brokers],
-                cluster.ingest_url, prefix) if relay else None
+                cluster.ingest_url, prefix, processes=args.relay_processes) if relay else None
             values = ingest_values(args.database, nodes[0].mqtt_url, prefix)
             values["mqtt_version"] = "3.1.1"  # nats-server's MQTT gateway speaks 3.1.1 only
             async with database(values):
@@ -459,6 +462,7 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
     figures.update({
         "centre": "nats-cluster",
         "station_link": args.station_link,
+        "relay_processes": args.relay_processes if args.station_link == "relay" else 0,
         "stations": len(stations),
         "brokers": len(stations) + len(nodes),
         "workers": workers,
@@ -632,17 +636,17 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str, 
                   if v in probe.arrived]
     figures["deny_at_brokers_ms_p50"] = round(_percentile(at_brokers, 0.5), 1)
     figures["deny_at_brokers_ms_max"] = round(max(at_brokers), 1) if at_brokers else None
-    figures["deny_by_block"] = _by_block(reports, blocks, probes, started)
+    figures["deny_by_block"] = _by_block(reports, blocks, probes, started, snapshot)
     return figures
 
 
 def _by_block(reports: list[GateReport], blocks: dict[int, float], probes: list[ArrivalProbe],
-              started: float) -> list[dict[str, Any]]:
+              started: float, final: int) -> list[dict[str, Any]]:
     """Each block on its own: when it was called (seconds into the taps; the kills' times are beside),
     its propagation to the gates, and how many station servers' subscribers saw its delta."""
     rows = []
     for version, called in sorted(blocks.items()):
-        held = [_first_at_or_after(r.applied, version) for r in reports]
+        held = [_first_at_or_after(r.applied, version, final) for r in reports]
         ms = [(at - called) * 1000 for at in held if at is not None]
         rows.append({
             "version": version,
@@ -694,17 +698,20 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def _first_at_or_after(applied: dict[int, float], version: int) -> float | None:
-    """When a gate first held deny-list version `version` or a later one (None: never)."""
-    times = [at for v, at in applied.items() if v >= version]
+def _first_at_or_after(applied: dict[int, float], version: int, final: int) -> float | None:
+    """When a gate first held deny-list version `version` or a later one below `final` (None: never;
+    the final snapshot sent after the taps would hold every block, so it does not count)."""
+    times = [at for v, at in applied.items() if version <= v < final]
     return min(times) if times else None
 
 
 def _figures(args: argparse.Namespace, reports: list[GateReport], blocks: dict[int, float], snapshot: int,
              snapshot_bytes: int, snapshot_sent: float, tapped: float, span: float) -> dict[str, Any]:
     # A gate holds block v from the first deny-list version >= v it applied: the delta of v itself, or a
-    # later delta or snapshot when it missed v's (every version carries every block before it).
-    held = [(_first_at_or_after(r.applied, v), called) for v, called in blocks.items() for r in reports]
+    # later delta or snapshot when it missed v's (every later version carries the block: the bench
+    # never unblocks). The final snapshot, sent after the taps, does not count.
+    held = [(_first_at_or_after(r.applied, v, snapshot), called) for v, called in blocks.items()
+            for r in reports]
     latencies = [(at - called) * 1000 for at, called in held if at is not None]
     missed = sum(1 for at, _ in held if at is None)
     missed_delta = sum(1 for v in blocks for r in reports if v not in r.applied)
@@ -730,7 +737,7 @@ def _figures(args: argparse.Namespace, reports: list[GateReport], blocks: dict[i
         "deny_propagation_ms_p99": round(_percentile(latencies, 0.99), 1),
         "deny_propagation_ms_max": round(max(latencies), 1) if latencies else None,
         "deny_propagation_ms_mean": round(statistics.fmean(latencies), 1) if latencies else None,
-        "deny_missed": missed,  # block x gate never held by the end (the final snapshot included)
+        "deny_missed": missed,  # block x gate not held before the final snapshot
         "deny_delta_missed": missed_delta,  # ... whose own delta the gate never applied
         # where the time goes: the delta's arrival at the gate's process (broker path and the
         # simulating process's queue), then the gate's own parse, verify and apply

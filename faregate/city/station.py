@@ -107,7 +107,10 @@ def relay_acl(topics: Topics) -> list[str]:
     uplink = [topics.all_taps, topics.all_status, topics.all_requests]
     downlink = [topics.committed("+"), topics.resend("+"), topics.command("+"), f"{topics.prefix}/denylist/#",
                 topics.fare_table, topics.actions]
-    return [f"topic read {t}" for t in uplink] + [f"topic write {t}" for t in downlink]
+    # the gates' `pattern` lines apply to every user: with %u = the relay's name they would let it
+    # publish as a gate of that name, which its own uplink subscription would then forward
+    own = f"topic deny {topics.prefix}/gates/{RELAY_USER}/#"
+    return [own] + [f"topic read {t}" for t in uplink] + [f"topic write {t}" for t in downlink]
 
 
 def centre_station_acl(topics: Topics, station_id: int, gate_nos: Sequence[int]) -> str:
@@ -196,7 +199,9 @@ def write_station(
 
     `relay_password`: the station is linked to a clustered centre by a relay (backend/relay.py,
     `faregate relay`), both ways, and has no bridge: the station gets the account RELAY_USER, which may
-    read its gates' taps, statuses and requests and write their downlink topics, nothing else."""
+    read its gates' taps, statuses and requests and write their downlink topics (so whoever holds its
+    password can also clear or replace what the station retains for its gates, as the station server
+    itself could; the gates check every message against the backend's key)."""
     out.mkdir(parents=True, exist_ok=True)
     gates = _gate_ids(station_id, gate_nos)
     passwords = {g: (gate_passwords or {}).get(g) or secrets.token_urlsafe(18) for g in gates}

@@ -77,25 +77,37 @@ class IngestWorkers(Launched):
 
 @dataclass
 class StationRelays(Launched):
-    """One `faregate relay` process forwarding every listed station server's uplink into the stream
-    (a deployment runs one beside each station; the bench saves processes)."""
+    """`faregate relay` processes linking the listed station servers to the cluster, the stations shared
+    round the `processes` (a deployment runs one beside each station; the bench saves processes)."""
 
     directory: Path
     station_urls: list[str]
     nats_urls: str
     prefix: str
-    process: Worker | None = None
+    processes: int = 1
+    running: list[Worker] = field(default_factory=list)
+
+    @property
+    def process(self) -> Worker | None:
+        """The first relay process (tests kill it)."""
+        return self.running[0] if self.running else None
 
     def start(self, timeout: float = 60.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "faregate.cli", "relay", "--nats", self.nats_urls,
-                   "--prefix", self.prefix, "--log-level", "info"]
-        for url in self.station_urls:
-            command += ["--station", url]
-        self.process = spawn("station relays", command, dict(os.environ), self.directory / "relays.log",
-                             RELAY_READY_LINE, count=len(self.station_urls), timeout=timeout)
+        self.running = []
+        count = max(1, min(self.processes, len(self.station_urls)))
+        for index in range(count):
+            urls = self.station_urls[index::count]
+            command = [sys.executable, "-m", "faregate.cli", "relay", "--nats", self.nats_urls,
+                       "--prefix", self.prefix, "--log-level", "info"]
+            for url in urls:
+                command += ["--station", url]
+            self.running.append(spawn(f"station relays {index + 1}", command, dict(os.environ),
+                                      self.directory / f"relays-{index + 1}.log", RELAY_READY_LINE,
+                                      count=len(urls), timeout=timeout))
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait_stopped()
+        for worker in self.running:
+            worker.terminate()
+        for worker in self.running:
+            worker.wait_stopped()

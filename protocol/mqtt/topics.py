@@ -89,6 +89,15 @@ class Topics:
     def actions(self) -> str:  # backend -> gates, QoS 1, retained
         return f"{self.prefix}/actions"
 
+    def retained(self, topic: str) -> bool:
+        """Whether the backend publishes on this topic retained (the state a gate connecting needs; the
+        comments above): its acks and commands, the deny-list snapshot and its reference, the fare
+        table, the action list. Relays and bridges hand them on the same way."""
+        if topic in (self.denylist_snapshot, self.denylist_snapshot_ref, self.fare_table, self.actions):
+            return True
+        return topic.startswith(f"{self.prefix}/gates/") and topic.rsplit("/", 1)[-1] in ("committed",
+                                                                                           "command")
+
     @staticmethod
     def gate_of(topic: str) -> str:
         """The gate id inside a per-gate topic ("<prefix>/gates/<gate>/<leaf>")."""

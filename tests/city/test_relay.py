@@ -8,8 +8,10 @@ the next block. The relay's account at the station reads the uplink and writes t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.config import Settings
 from backend.ingest.stream import STREAM
-from backend.relay import RELAY_USER, StationRelay
+from backend.relay import RELAY_USER, STATE_STREAM, StationRelay
 from faregate.city.cluster import NatsCluster
 from faregate.city.station import BrokerFiles, Mosquitto, free_port, write_station
 from faregate.city.workers import StationRelays
@@ -207,8 +209,10 @@ async def test_the_relay_account_reads_the_uplink_and_cannot_publish_as_a_gate(s
     seen: list[tuple[str, bytes]] = []
     reader = station.client(RELAY_USER, station.relay_password)
     reader.on_message = lambda _c, _u, message: seen.append((message.topic, bytes(message.payload)))
+    subscribed = threading.Event()
+    reader.on_subscribe = lambda *_: subscribed.set()
     reader.subscribe([(topics.all_taps, 1), (topics.committed(gate), 1)])
-    time.sleep(0.3)
+    assert subscribed.wait(10)  # the SUBACK: whatever is published from here on is the reader's to see
     forger = station.client(RELAY_USER, station.relay_password)
     try:
         forged = tap_payload(STATION, 1, 7, key=b"\x00" * 32)
@@ -264,16 +268,35 @@ async def test_acks_and_blocks_come_down_through_the_relay_and_state_missed_is_f
     try:
         station.tap(1, range(1, 2))  # the relay learns the gate from its uplink and subscribes its acks
         await until(lambda: gate in relay.gates, 10, "the relay knows the gate")
-        await asyncio.sleep(0.3)  # its subscriptions reach the other nodes
-        await nc.publish(f"{topics.prefix}.gates.{gate}.committed", b"ack-1")  # as a worker (plain NATS)
-        await nc.publish(f"{topics.prefix}.denylist.delta", b"delta-1")  # as the backend
-        await nc.flush()
-        await until(lambda: listener.payloads(topics.committed(gate)) == [b"ack-1"], 10, "the ack")
-        await until(lambda: listener.payloads(topics.denylist_delta) == [b"delta-1"], 10, "the delta")
+        # as a worker (plain NATS) and the backend; again until the relay's new subscriptions are known
+        # on the node this publisher is on
+        for topic, payload in ((topics.committed(gate), b"ack-1"), (topics.denylist_delta, b"delta-1")):
+            subject = topic.replace("/", ".")
+            async with asyncio.timeout(10):
+                while not listener.payloads(topic):
+                    await nc.publish(subject, payload)
+                    await asyncio.sleep(0.1)
+        assert set(listener.payloads(topics.committed(gate))) == {b"ack-1"}
         await relay.aclose()
 
-        # while the relay is away, the backend publishes a new snapshot (stored in FAREGATE_STATE)
-        await nc.jetstream().publish(f"{topics.prefix}.denylist.snapshot", b"snapshot-2")
+        # while the relay is away, the backend publishes a new snapshot, as Distributor does: retained,
+        # QoS 1, through a node's MQTT gateway (FAREGATE_STATE captures its subject)
+        backend = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"backend-{uuid.uuid4().hex[:8]}")
+        backend.connect("127.0.0.1", cluster.nodes[0].mqtt_port)
+        backend.loop_start()
+        try:
+            backend.publish(topics.denylist_snapshot, b"snapshot-2", qos=1, retain=True).wait_for_publish(10)
+        finally:
+            backend.loop_stop()
+            backend.disconnect()
+        async with asyncio.timeout(10):
+            while True:
+                with contextlib.suppress(nats.errors.Error):
+                    last = await nc.jetstream().get_last_msg(STATE_STREAM,
+                                                             f"{topics.prefix}.denylist.snapshot")
+                    if last.data == b"snapshot-2":
+                        break
+                await asyncio.sleep(0.1)
         await nc.publish(f"{topics.prefix}.denylist.delta", b"delta-2")  # live only: missed, as it is
         await nc.flush()
         await asyncio.sleep(0.3)
@@ -281,7 +304,7 @@ async def test_acks_and_blocks_come_down_through_the_relay_and_state_missed_is_f
         relay = await relay_connected(station, cluster)
         await until(lambda: listener.payloads(topics.denylist_snapshot) == [b"snapshot-2"], 10,
                     "the snapshot published while the relay was away")
-        assert listener.payloads(topics.denylist_delta) == [b"delta-1"]
+        assert set(listener.payloads(topics.denylist_delta)) == {b"delta-1"}
         late = GateListener(station, 2)  # a gate connecting now gets the state retained at its station
         try:
             await until(lambda: late.payloads(topics.denylist_snapshot) == [b"snapshot-2"], 10, "retained")

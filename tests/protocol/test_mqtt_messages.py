@@ -96,6 +96,18 @@ def test_topics_and_gate_ids() -> None:
             Topics(prefix)
 
 
+def test_the_state_topics_are_the_retained_ones() -> None:
+    """What a relay or bridge hands on retained: a gate's ack and command and the shared state, not a
+    resend request nor a delta (each names the version it applies to)."""
+    topics = Topics("city/metro")
+    retained = [topics.committed("12-3"), topics.command("12-3"), topics.denylist_snapshot,
+                topics.denylist_snapshot_ref, topics.fare_table, topics.actions]
+    not_retained = [topics.resend("12-3"), topics.denylist_delta, topics.taps("12-3"), topics.request("12-3"),
+                    "other/gates/12-3/committed"]
+    assert [topics.retained(t) for t in retained] == [True] * len(retained)
+    assert [topics.retained(t) for t in not_retained] == [False] * len(not_retained)
+
+
 def test_default_secrets_are_refused_outside_development() -> None:
     assert Settings(environment="development").admin_password == "changethis"
     with pytest.raises(ValidationError, match="ADMIN_PASSWORD"):
