@@ -42,21 +42,27 @@ writes that ACL).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import logging
-import time
 from typing import Any
 
-import nats
 from nats.errors import BadSubjectError, MaxPayloadError
 from nats.errors import Error as NatsError
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from protocol.mqtt import Topics
 
 from .config import Settings
-from .ingest.stream import STREAM, nats_servers, stream_config, subject_of, topic_of
+from .ingest.stream import (
+    STREAM,
+    connect_cluster,
+    ensure_stream,
+    nats_servers,
+    stream_config,
+    subject_of,
+    topic_of,
+)
 from .mqtt import Delivery, MqttClient
 
 log = logging.getLogger("faregate.relay")
@@ -112,7 +118,7 @@ class StationRelay:
         )
         self.gates: set[str] = set()  # learnt from their uplink
         self._subscribed: set[str] = set()  # gates whose downlink subjects are subscribed
-        self._live: dict[str, int] = {}  # live messages handed down, by topic (a fetch older than them loses)
+        self._live: dict[str, int] = {}  # live state messages handed down, by topic (an older fetch loses)
         self._nc: Any = None
         self._js: Any = None
         self._ready = asyncio.Event()  # a NATS connection and the streams are there
@@ -121,6 +127,7 @@ class StationRelay:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._catching_up: asyncio.Task[None] | None = None
+        self._subscribing: asyncio.Task[None] | None = None
         self.stats = {"forwarded": 0, "retried": 0, "refused": 0, "unacked_at_station": 0, "stale": 0,
                       "down": 0, "down_dropped": 0, "state_fetched": 0, "state_stale": 0}
 
@@ -149,16 +156,12 @@ class StationRelay:
         delay = RETRY_MIN_S
         while True:
             try:
-                self._nc = await nats.connect(
-                    servers=self.servers, name=self.mqtt.client_id, max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5, connect_timeout=5, reconnected_cb=self._reconnected,
-                    disconnected_cb=self._disconnected)
+                self._nc = await connect_cluster(self.servers, self.mqtt.client_id,
+                                                 reconnected_cb=self._reconnected,
+                                                 disconnected_cb=self._disconnected)
                 self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
-                # they may exist (the workers or another relay made them): then their configuration stays
-                with contextlib.suppress(BadRequestError):
-                    await self._js.add_stream(stream_config(self.settings.mqtt_prefix, self.replicas))
-                with contextlib.suppress(BadRequestError):
-                    await self._js.add_stream(state_stream_config(self.topics, self.replicas))
+                await ensure_stream(self._js, stream_config(self.settings.mqtt_prefix, self.replicas))
+                await ensure_stream(self._js, state_stream_config(self.topics, self.replicas))
                 for topic in [self.topics.denylist_delta, *state_topics(self.topics)]:
                     await self._nc.subscribe(subject_of(topic), cb=self._on_downlink)
                 self._ready.set()
@@ -188,12 +191,15 @@ class StationRelay:
         gate = Topics.gate_of(message.topic)
         if gate not in self.gates:
             self.gates.add(gate)
-            if self._ready.is_set():
-                self._spawn(self._subscribe_new_gates(fetch=True))
+            if self._ready.is_set() and (self._subscribing is None or self._subscribing.done()):
+                self._subscribing = self._spawn(self._subscribe_new_gates(fetch=True))
         self._queue.put_nowait(message)
 
     async def _subscribe_new_gates(self, *, fetch: bool = False) -> None:
-        for gate in sorted(self.gates - self._subscribed):
+        """Subscribe the downlink of every gate learnt and not yet subscribed, until none is left (one
+        task at a time: a station's retained statuses teach a relay a hundred gates at once)."""
+        while unsubscribed := self.gates - self._subscribed:
+            gate = min(unsubscribed)
             self._subscribed.add(gate)
             try:
                 for topic in (self.topics.committed(gate), self.topics.resend(gate),
@@ -210,7 +216,8 @@ class StationRelay:
 
     async def _on_downlink(self, msg: Any) -> None:
         topic = topic_of(msg.subject)
-        self._live[topic] = self._live.get(topic, 0) + 1
+        if self.topics.retained(topic):  # what a catch-up may fetch: it must not overwrite a newer one
+            self._live[topic] = self._live.get(topic, 0) + 1
         self._down(topic, msg.data)
 
     def _down(self, topic: str, payload: bytes) -> None:
@@ -308,32 +315,23 @@ class StationRelay:
 
     async def _publish(self, message: Delivery) -> bool:
         """Publish into the stream until it acknowledges (True), or the cluster refuses the message
-        itself (False: too large, a subject the stream does not take), which no retry would change."""
+        itself (False: too large, a bad subject, a 400/413 answer), which no retry would change."""
         subject = subject_of(message.topic)
         delay = RETRY_MIN_S
-        said = 0.0
-        while True:
+        for attempt in itertools.count():
             try:
                 await self._js.publish(subject, message.payload, timeout=PUBLISH_TIMEOUT_S, stream=STREAM)
                 return True
-            except (MaxPayloadError, BadSubjectError) as error:
-                log.warning("relay %s: %s refused (%s); dropped", self.mqtt.client_id, subject, error)
-                return False
-            except APIError as error:
-                if error.code in PERMANENT_API_CODES:
-                    log.warning("relay %s: %s refused by the stream (%s); dropped", self.mqtt.client_id,
-                                subject, error)
+            except NatsError as error:
+                if isinstance(error, (MaxPayloadError, BadSubjectError)) or (
+                        isinstance(error, APIError) and error.code in PERMANENT_API_CODES):
+                    log.warning("relay %s: %s refused (%s); dropped", self.mqtt.client_id, subject, error)
                     return False
-                self._retrying(subject, error, said)
-            except NatsError as error:  # no leader yet, a node lost, a timeout: the stream may hold it
-                self._retrying(subject, error, said)
-            if time.monotonic() - said > 10:
-                said = time.monotonic()
+                # no leader yet, a node lost, a timeout: the stream may hold it; said once in ten
+                self.stats["retried"] += 1
+                if attempt % 10 == 0:
+                    log.warning("relay %s: publish on %s not acknowledged (%s: %s); trying again",
+                                self.mqtt.client_id, subject, type(error).__name__, error)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_S)
-
-    def _retrying(self, subject: str, error: Exception, said: float) -> None:
-        self.stats["retried"] += 1
-        if time.monotonic() - said > 10:
-            log.warning("relay %s: publish on %s not acknowledged (%s: %s); trying again",
-                        self.mqtt.client_id, subject, type(error).__name__, error)
+        raise AssertionError("unreachable")

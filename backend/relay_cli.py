@@ -1,4 +1,4 @@
-"""`faregate relay`: forward station servers' uplinks into the centre's JetStream stream (backend/relay.py).
+"""`faregate relay`: link station servers to the centre's NATS cluster, both ways (backend/relay.py).
 
 One relay runs beside each station server; several `--station` URLs in one process serve several
 (the city bench runs its twenty in one). Stops on SIGINT or SIGTERM; what a station delivered and the

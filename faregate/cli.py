@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("firmware_sim.cli", "emulate an RF-SIM reader and gate mechanism on a pseudo-terminal"),
     "gate": ("gate.main", "run a gate controller on a serial port"),
     "backend": ("backend.cli", "run the backend: MQTT ingest, REST API, dashboard"),
-    "relay": ("backend.relay_cli", "forward station servers' uplinks into the centre's JetStream stream"),
+    "relay": ("backend.relay_cli", "link station servers to the NATS cluster, both ways"),
     "fares": ("fare_core.cli", "validate and compile fare rules into a fare table artefact"),
 }
 

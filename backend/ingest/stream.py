@@ -52,8 +52,7 @@ NATS_DOWNLINK = "nats"  # --ingest-downlink nats: acks to the gates as plain NAT
 
 def subjects(prefix: str) -> list[str]:
     """The stream's subjects: every gate's taps, status and requests under the topic prefix."""
-    base = prefix.replace("/", ".")
-    return [f"{base}.gates.*.{kind}" for kind in UPLINK_KINDS]
+    return [f"{subject_of(prefix)}.gates.*.{kind}" for kind in UPLINK_KINDS]
 
 
 def topic_of(subject: str) -> str:
@@ -96,10 +95,6 @@ class StreamSource:
             raise ValueError("--ingest-downlink takes either 'nats' or the MQTT gateways' URLs, not both")
 
     @property
-    def servers(self) -> list[str]:
-        return split_urls(self.url)
-
-    @property
     def downlink_over_nats(self) -> bool:
         return self.downlink == [NATS_DOWNLINK]
 
@@ -107,6 +102,22 @@ class StreamSource:
 def split_urls(text: str) -> list[str]:
     """A comma-separated URL list as the command line takes it (blanks and empty items dropped)."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+async def connect_cluster(servers: list[str], name: str, **callbacks: Any) -> Any:
+    """A nats-py connection to the cluster that fails over between the nodes for ever (its own
+    reconnection: 0.5 s between attempts); `callbacks` are nats-py's (disconnected_cb, ...)."""
+    return await nats.connect(servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                              connect_timeout=5, **callbacks)
+
+
+async def ensure_stream(js: Any, config: StreamConfig) -> None:
+    """Make the stream unless it exists (a worker or a relay made it first): then its configuration,
+    replicas included, stays as the first one made it."""
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        log.debug("stream %s exists", config.name)
 
 
 def nats_servers(text: str) -> list[str]:
@@ -294,22 +305,11 @@ class JetStreamSource:
             if self._nc is not None and not self._closed:
                 self.connected.set()
 
-        return await nats.connect(
-            servers=self.servers,
-            name=self.settings.ingest_client_id,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-        )
+        return await connect_cluster(self.servers, self.settings.ingest_client_id,
+                                     disconnected_cb=disconnected, reconnected_cb=reconnected)
 
     async def _ensure(self, js: Any) -> Any:
-        config = stream_config(self.settings.mqtt_prefix, self.replicas)
-        try:
-            await js.add_stream(config)
-        except BadRequestError:  # it exists (another worker made it): keep its configuration
-            log.debug("stream %s exists", STREAM)
+        await ensure_stream(js, stream_config(self.settings.mqtt_prefix, self.replicas))
         consumer = ConsumerConfig(
             durable_name=DURABLE,
             ack_policy=AckPolicy.EXPLICIT,
@@ -317,8 +317,8 @@ class JetStreamSource:
             max_ack_pending=100_000,
             max_deliver=-1,  # a message is never given up: a database outage can last
         )
-        base = self.settings.mqtt_prefix.replace("/", ".")
-        return await js.pull_subscribe(f"{base}.gates.>", durable=DURABLE, stream=STREAM, config=consumer)
+        return await js.pull_subscribe(f"{subject_of(self.settings.mqtt_prefix)}.gates.>", durable=DURABLE,
+                                       stream=STREAM, config=consumer)
 
     async def _run(self) -> None:
         while not self._closed:

@@ -8,7 +8,7 @@ synthetic ones (faregate.simgate.tap_payload, MACed under the gate's key). What 
 - taps are journaled in memory and published from the journal, a lone tap at once, several as arrays of
   at most `batch_max`; they stay until the backend's signed `Committed` covers them; a `ResendRequest`
   republishes its range; when no ack has moved for `stall_s` everything uncommitted goes again
-  (`stall_max_s` above `stall_s` is a proposal the real gate does not have: the wait doubles after
+  (with `stall_max_s` above `stall_s`, as the real gate's `[mqtt] stall_max_s`: the wait doubles after
   each replay that brought no ack, up to `stall_max_s`, and starts again at `stall_s` on an ack);
 - a retained, MACed `GateStatus` on connect and every `status_s` (60 s), the last will "offline";
 - every downlink message is verified against the backend's public key (protocol.mqtt.Verifier) before

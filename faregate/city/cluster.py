@@ -265,3 +265,14 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def wait_committed(uplinks: list[FailoverUplink], timeout: float, poll: float = 0.05) -> bool:
+    """Until every uplink's gates hold the backend's ack for every tap they made (True), or `timeout`
+    seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(uplink.all_committed() for uplink in uplinks):
+            return True
+        time.sleep(poll)
+    return False

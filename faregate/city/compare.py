@@ -41,7 +41,7 @@ from typing import Any
 
 import asyncpg
 
-from faregate.city.cluster import FailoverUplink, NatsCluster, free_ports
+from faregate.city.cluster import FailoverUplink, NatsCluster, free_ports, wait_committed
 from faregate.city.launch import Launched, kill_group, open_group, rss_bytes, wait_port
 from faregate.city.rabbit import RabbitCluster
 from faregate.city.workers import IngestWorkers
@@ -124,15 +124,6 @@ def _uplinks(urls: list[str], prefix: str, gates: list[SimGate], downlink_qos: i
                            record=False, stall_s=10.0, downlink_qos=downlink_qos) for n in range(2)]
 
 
-def _wait(uplinks: list[FailoverUplink], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(uplink.all_committed() for uplink in uplinks):
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @contextlib.contextmanager
 def _engine(kind: str, directory: Path) -> Iterator[Any]:
     if kind == "mosquitto":
@@ -182,7 +173,7 @@ def throughput(kind: str, taps: int, workers: int, gates: int = 50) -> dict[str,
                 started = time.perf_counter()
                 for uplink in uplinks:
                     uplink.start()
-                done = _wait(uplinks, 300)
+                done = wait_committed(uplinks, 300, poll=0.02)
                 elapsed = time.perf_counter() - started
                 for uplink in uplinks:
                     uplink.close()
@@ -221,7 +212,7 @@ def kill_run(kind: str, taps: int, workers: int, gates: int = 50, feed_s: float 
                 killed_at = time.perf_counter()
                 victim = _kill(kind, engine)
                 feeder.join()
-                done = _wait(uplinks, 120)
+                done = wait_committed(uplinks, 120, poll=0.02)
                 recovered = time.perf_counter() - killed_at
                 for uplink in uplinks:
                     uplink.close()

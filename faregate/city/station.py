@@ -1,4 +1,6 @@
-"""Station servers: a Mosquitto per station, bridged to the centre with a persistent queue.
+"""Station servers: a Mosquitto per station, bridged to the centre with a persistent queue (or, to the
+NATS cluster, linked by a relay instead of a bridge: `write_station(..., relay_password=...)`,
+backend/relay.py; what follows about the bridge's account then holds for the relay's at its station).
 
     gates of station 12 ──(own login, own topics)──► station server 12 ──bridge "station-12"──► centre
                                                      (persistence, queue)    (cleansession false, QoS 1)

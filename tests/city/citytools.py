@@ -98,10 +98,3 @@ def run_gates(uplinks: list[FailoverUplink], timeout: float) -> None:
         uplink.wait_ready(timeout)
 
 
-def wait_committed(uplinks: list[FailoverUplink], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(uplink.all_committed() for uplink in uplinks):
-            return True
-        time.sleep(0.1)
-    return False

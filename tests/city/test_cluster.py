@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from faregate.city.cluster import FailoverUplink, NatsCluster
+from faregate.city.cluster import FailoverUplink, NatsCluster, wait_committed
 from faregate.city.workers import IngestWorkers
 from faregate.simgate import SimGate
 from protocol.mqtt import Topics
-from tests.city.citytools import PG_URL, Feeder, run_gates, stored, stream_leader, wait_committed
+from tests.city.citytools import PG_URL, Feeder, run_gates, stored, stream_leader
 
 
 @pytest.mark.slow
