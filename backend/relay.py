@@ -263,7 +263,8 @@ class StationRelay:
                 except NotFoundError:
                     continue  # nothing was ever published there
                 except NatsError as error:  # electing, or away: tried again below
-                    log.info("relay %s: state of %s not fetched yet (%s)", self.mqtt.client_id, topic, error)
+                    log.warning("relay %s: state of %s not fetched yet (%s)", self.mqtt.client_id, topic,
+                                error)
                     failed.append(topic)
                     continue
                 if self._live.get(topic, 0) != before:
