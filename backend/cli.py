@@ -57,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "worker's own connection, not retained and not stored by the cluster (docs/deployment.md)",
     )
     parser.add_argument(
+        "--publish-nats",
+        metavar="URLS",
+        help="send the messages to the gates (deny-list, fare table, actions, commands) as NATS publishes "
+        "on the cluster, nats://host:port[,...], for stations linked by `faregate relay` (default: with "
+        "--ingest-downlink nats, the --ingest-from cluster; else through --mqtt)",
+    )
+    parser.add_argument(
         "--ingest-ack-wait",
         type=float,
         default=30.0,
@@ -77,6 +84,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["mqtt_version"] = args.mqtt_version
     if args.prefix:
         overrides["mqtt_prefix"] = args.prefix
+    if args.publish_nats:
+        overrides["publish_nats_url"] = args.publish_nats
+    elif args.ingest_from and args.ingest_downlink == "nats":  # the whole downlink on one path
+        overrides["publish_nats_url"] = args.ingest_from
     if args.embedded_broker:
         overrides.update(
             mqtt_url=f"mqtt://127.0.0.1:{args.embedded_broker}", mqtt_version="3.1.1", ingest_group=""

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # TLS to the broker: on with an mqtts:// URL (port 8883 by default) or when a CA file is given;
     # the broker's certificate is verified against this CA (the system's CAs when unset)
     mqtt_ca_file: str | None = None
+    # a city behind station relays: the backend's messages to the gates go as NATS publishes on the
+    # cluster, nats://host:port[,...], instead of through mqtt_url (backend/nats_publisher.py)
+    publish_nats_url: str = ""
 
     # ingest
     ingest: bool = True  # run the MQTT ingest inside `faregate backend`
@@ -118,6 +121,14 @@ class Settings(BaseSettings):
                 )
             if len(self.admin_password) < 12:
                 raise ValueError("FAREGATE_ADMIN_PASSWORD must have at least 12 characters")
+        return self
+
+    @model_validator(mode="after")
+    def _publish_nats_url_is_a_cluster(self) -> Settings:
+        parts = [part.strip() for part in self.publish_nats_url.split(",") if part.strip()]
+        if not all(part.startswith(("nats://", "tls://")) for part in parts):
+            raise ValueError("FAREGATE_PUBLISH_NATS_URL is nats://host:port[,nats://...], not "
+                             f"{self.publish_nats_url!r}")
         return self
 
     @model_validator(mode="after")

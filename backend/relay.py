@@ -48,7 +48,6 @@ from typing import Any
 
 from nats.errors import BadSubjectError, MaxPayloadError
 from nats.errors import Error as NatsError
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
 from protocol.mqtt import Topics
@@ -64,11 +63,11 @@ from .ingest.stream import (
     topic_of,
 )
 from .mqtt import Delivery, MqttClient
+from .state_stream import STATE_STREAM, state_stream_config, state_topics
 
 log = logging.getLogger("faregate.relay")
 
 RELAY_USER = "faregate-relay"  # the relay's account at its station server
-STATE_STREAM = "FAREGATE_STATE"  # the last message of each state subject, for a relay back from away
 # publishes awaiting the stream's acknowledgement at once, from one queue. One lane a gate (to keep a
 # gate's order) was tried: its one 2,000-gate bench run stored 161 taps/s of 400 against 368-398 for this
 # shape, not yet understood (a publish timing out holds its gate's later messages behind it). So a
@@ -79,22 +78,6 @@ IN_FLIGHT = 128
 PERMANENT_API_CODES = frozenset({400, 413})
 PUBLISH_TIMEOUT_S = 5.0  # a leader election takes a few seconds; past this the publish is tried again
 RETRY_MIN_S, RETRY_MAX_S = 0.2, 5.0
-
-
-def state_topics(topics: Topics) -> list[str]:
-    """The shared topics whose last message is the state a gate needs (retained at every broker)."""
-    return [topics.denylist_snapshot, topics.denylist_snapshot_ref, topics.fare_table, topics.actions]
-
-
-def state_stream_config(topics: Topics, replicas: int) -> StreamConfig:
-    return StreamConfig(
-        name=STATE_STREAM,
-        subjects=[subject_of(t) for t in state_topics(topics)] + [subject_of(topics.command("*"))],
-        retention=RetentionPolicy.LIMITS,
-        max_msgs_per_subject=1,  # the state, not its history
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-    )
 
 
 class StationRelay:

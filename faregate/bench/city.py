@@ -412,6 +412,8 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
                 cluster.ingest_url, prefix, processes=args.relay_processes) if relay else None
             values = ingest_values(args.database, nodes[0].mqtt_url, prefix)
             values["mqtt_version"] = "3.1.1"  # nats-server's MQTT gateway speaks 3.1.1 only
+            if relay:  # the operator's blocks and state as NATS publishes, as the relays take them
+                values["publish_nats_url"] = cluster.ingest_url
             async with database(values):
                 ingest = IngestWorkers(Path(tmp) / "workers", cluster.ingest_url, cluster.mqtt_urls,
                                        args.database, prefix, count=workers, schema=values["database_schema"],
@@ -566,7 +568,7 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str, 
     distributor = Distributor(make_sessionmaker(engine), publisher)
     reports: list[GateReport] = []
     try:
-        await publisher.mqtt.wait_connected(30)
+        await publisher.wait_connected(30)
         for ready in readies:
             async with asyncio.timeout(120):
                 await asyncio.to_thread(ready.wait)
@@ -605,7 +607,7 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str, 
         drain_ends = [await asyncio.to_thread(drained.get, True, args.timeout + 60) for _ in processes]
         span = max(drain_ends) - started
         # the snapshot a new gate starts from: signed, retained, `snapshot_ids` phones
-        await publisher.mqtt.wait_connected(60)  # back after an outage
+        await publisher.wait_connected(60)  # back after an outage
         snapshot, snapshot_bytes, snapshot_sent = await _send_snapshot(
             distributor, prefix, args.snapshot_ids, rng, wanted_snapshot)
         deadline = time.monotonic() + 60

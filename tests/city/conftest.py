@@ -17,6 +17,7 @@ from faregate.city.cluster import NatsCluster
 from faregate.city.station import MOSQUITTO
 from tests.backend.conftest import require_service
 from tests.city.citytools import PG, require_nats
+from tests.city.stationtools import Station
 from tests.gate.brokers import require
 
 
@@ -55,3 +56,15 @@ async def pg_schema() -> AsyncIterator[str]:
     finally:
         await connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await connection.close()
+
+
+@pytest.fixture
+def station(tmp_path: Path, mosquitto_tools: None, cluster: NatsCluster,
+            city_prefix: str) -> Iterator[Station]:
+    """A station server with a relay account (tests/city/stationtools.py), started and stopped."""
+    server = Station(tmp_path / "station", city_prefix, cluster)
+    server.broker.start()
+    try:
+        yield server
+    finally:
+        server.broker.stop()

@@ -10,107 +10,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import nats
 import nats.errors
 import paho.mqtt.client as mqtt
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig
 from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.config import Settings
 from backend.ingest.stream import STREAM
-from backend.relay import RELAY_USER, STATE_STREAM, StationRelay
+from backend.relay import RELAY_USER, StationRelay
+from backend.state_stream import STATE_STREAM
 from faregate.city.cluster import NatsCluster
-from faregate.city.station import BrokerFiles, Mosquitto, free_port, write_station
 from faregate.city.workers import StationRelays
 from faregate.simgate import tap_payload
 from protocol.mqtt import Topics, gate_id
 from tests.city.citytools import stream_leader, until
+from tests.city.stationtools import GATES, STATION, GateListener, Station, relay_connected
 
 pytestmark = [pytest.mark.mosquitto]
 
-STATION = 31
-GATES = [1, 2, 3]
-
-
-class Station:
-    """A station server with a relay account and no bridge: the relay links it to the cluster."""
-
-    def __init__(self, directory: Path, prefix: str, cluster: NatsCluster) -> None:
-        self.prefix = prefix
-        self.relay_password = secrets.token_urlsafe(12)
-        nodes = [("127.0.0.1", node.mqtt_port) for node in cluster.nodes]
-        self.files: BrokerFiles = write_station(
-            directory, prefix, STATION, GATES, free_port(), nodes[0], "no-auth-on-this-cluster",
-            more_centres=nodes[1:], centre_is_mosquitto=False, relay_password=self.relay_password)
-        self.broker = Mosquitto(self.files)
-
-    @property
-    def relay_url(self) -> str:
-        return f"mqtt://{RELAY_USER}:{self.relay_password}@127.0.0.1:{self.files.port}"
-
-    def client(self, user: str, password: str) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
-        client.username_pw_set(user, password)
-        client.connect("127.0.0.1", self.files.port)
-        client.loop_start()
-        return client
-
-    def tap(self, gate_no: int, seqs: range, seconds: float = 0.0) -> None:
-        """The gate publishes these taps to its station, QoS 1, each PUBACKed by the station, spread
-        evenly over `seconds`."""
-        gate = gate_id(STATION, gate_no)
-        client = self.client(gate, self.files.passwords[gate])
-        try:
-            for seq in seqs:
-                payload = tap_payload(STATION, gate_no, seq)
-                client.publish(Topics(self.prefix).taps(gate), payload, qos=1).wait_for_publish(10)
-                if seconds:
-                    time.sleep(seconds / len(seqs))
-        finally:
-            client.loop_stop()
-            client.disconnect()
-
-
-@pytest.fixture
-def station(tmp_path: Path, mosquitto_tools: None, cluster: NatsCluster,
-            city_prefix: str) -> Iterator[Station]:
-    server = Station(tmp_path / "station", city_prefix, cluster)
-    server.broker.start()
-    try:
-        yield server
-    finally:
-        server.broker.stop()
+T = TypeVar("T")
 
 
 async def stream_taps(cluster: NatsCluster) -> list[str]:
-    """Every tap id in the uplink stream (read without acknowledging: the stream keeps them). A read
-    that times out (a busy machine, a stream that just changed leader) is made again, three times."""
-    for attempt in range(3):
-        connection = await nats.connect(cluster.urls)
+    """Every tap id in the uplink stream, read message by message (no consumer: a work-queue stream
+    takes one consumer a subject filter, so a read made again after a timeout could not make its own).
+    A request that times out (a busy machine, a stream that just changed leader) is made again."""
+    connection = await nats.connect(cluster.urls)
+    try:
+        js = connection.jetstream(timeout=5)
+        state = (await answered(lambda: js.stream_info(STREAM))).state
+        ids = []
+        for seq in range(state.first_seq, state.last_seq + 1):
+            message = await answered(lambda seq=seq: js.get_msg(STREAM, seq))
+            ids.append(json.loads(message.data)["tap_id"])
+        return ids
+    finally:
+        await connection.close()
+
+
+async def answered(request: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    for attempt in range(attempts):
         try:
-            js = connection.jetstream()
-            total = (await js.stream_info(STREAM)).state.messages
-            consumer = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, inactive_threshold=30.0)
-            subscription = await js.pull_subscribe(">", stream=STREAM, config=consumer)
-            ids: list[str] = []
-            while len(ids) < total:
-                for message in await subscription.fetch(min(500, total - len(ids)), timeout=5):
-                    ids.append(json.loads(message.data)["tap_id"])
-            await subscription.unsubscribe()
-            return ids
+            return await request()
         except nats.errors.TimeoutError:
-            if attempt == 2:
+            if attempt == attempts - 1:
                 raise
-        finally:
-            await connection.close()
     raise AssertionError("unreachable")
 
 
@@ -228,32 +180,6 @@ async def test_the_relay_account_reads_the_uplink_and_cannot_publish_as_a_gate(s
             client.loop_stop()
             client.disconnect()
     assert seen == [(topics.taps(gate), tap_payload(STATION, 1, 1))]
-
-
-class GateListener:
-    """One gate at its station, subscribed to what a gate subscribes to (its own acks, the deny-list)."""
-
-    def __init__(self, station: Station, gate_no: int) -> None:
-        self.topics = Topics(station.prefix)
-        gate = gate_id(STATION, gate_no)
-        self.seen: list[tuple[str, bytes, bool]] = []
-        self.client = station.client(gate, station.files.passwords[gate])
-        self.client.on_message = lambda _c, _u, m: self.seen.append((m.topic, bytes(m.payload), m.retain))
-        self.client.subscribe([(self.topics.committed(gate), 1), (f"{self.topics.prefix}/denylist/#", 1)])
-
-    def payloads(self, topic: str) -> list[bytes]:
-        return [payload for t, payload, _ in self.seen if t == topic]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-async def relay_connected(station: Station, cluster: NatsCluster) -> StationRelay:
-    relay = StationRelay(Settings(mqtt_prefix=station.prefix), station.relay_url, cluster.ingest_url)
-    await relay.start()
-    await until(lambda: relay.connected, 30, "the relay connected to its station and the cluster")
-    return relay
 
 
 @pytest.mark.slow
