@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ingest-from",
         metavar="URLS",
+        default=os.environ.get("FAREGATE_INGEST_FROM"),
         help="pull the gates' messages from a broker cluster's JetStream stream instead of the MQTT "
-        "subscription: nats://host:port[,nats://host:port...] (docs/deployment.md, \"Central broker\")",
+        "subscription: nats://[user:password@]host:port[,...] (docs/deployment.md, \"Central broker\"; "
+        "else FAREGATE_INGEST_FROM, which keeps a password off the command line)",
     )
     parser.add_argument(
         "--ingest-downlink",

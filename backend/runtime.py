@@ -85,6 +85,8 @@ async def serve(
         wake_processor = asyncio.Event()
         publisher = Publisher(settings)
         stack.push_async_callback(publisher.aclose)
+        if settings.publish_nats_url:  # connected now: it makes FAREGATE_STATE, which relays only read
+            publisher.start()
         distributor = Distributor(sessions, publisher)
         if ingest:
             from .control import SnapshotRequests, handle_control_message

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 from nats.errors import ConnectionClosedError, NoServersError
@@ -106,14 +107,32 @@ def split_urls(text: str) -> list[str]:
 
 async def connect_cluster(servers: list[str], name: str, **callbacks: Any) -> Any:
     """A nats-py connection to the cluster that fails over between the nodes for ever (its own
-    reconnection: 0.5 s between attempts); `callbacks` are nats-py's (disconnected_cb, ...)."""
+    reconnection: 0.5 s between attempts); `callbacks` are nats-py's (disconnected_cb, ...). Its
+    errors (a node gone, a refused reconnection) are one log line each, not nats-py's tracebacks."""
+
+    async def one_line(error: Exception) -> None:
+        log.warning("nats %s: %s", name, error or type(error).__name__)
+
+    callbacks.setdefault("error_cb", one_line)
     return await nats.connect(servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                              connect_timeout=5, **callbacks)
+                              connect_timeout=5, inbox_prefix=inbox_prefix(servers), **callbacks)
+
+
+def inbox_prefix(servers: list[str]) -> str:
+    """Where this client takes its replies: `_INBOX_<user>` when it logs in as a user (a cluster that
+    gives each relay its own account lets each subscribe to its own replies only), else nats-py's."""
+    user = urlsplit(servers[0]).username if servers else None
+    return f"_INBOX_{user}" if user else "_INBOX"
 
 
 async def ensure_stream(js: Any, config: StreamConfig) -> None:
     """Make the stream unless it exists (a worker or a relay made it first): then its configuration,
     replicas included, stays as the first one made it."""
+    try:  # asked first: an account that may read the stream's description and not make it is enough
+        await js.stream_info(config.name)
+        return
+    except NotFoundError:
+        pass
     try:
         await js.add_stream(config)
     except BadRequestError:

@@ -51,6 +51,7 @@ from protocol.mqtt import DEVELOPMENT_PUBLIC_KEY, DenyListSnapshotMessage, Topic
 
 if TYPE_CHECKING:
     from faregate.city.cluster import NatsCluster, NatsNode
+    from faregate.city.cluster_auth import ClusterAccounts
     from faregate.city.workers import IngestWorkers
 
 MAX_GATES_PER_STATION = 255  # gate_no is a u8 (docs/mqtt.md)
@@ -373,6 +374,20 @@ class Kills:
             task.cancel()
 
 
+def relay_accounts(prefix: str, stations: dict[int, list[int]], processes: int) -> ClusterAccounts:
+    """The cluster's accounts: the backend's, and one for each relay process with the gates of the
+    stations it serves (station i of the list to process i % count, as StationRelays shares them)."""
+    from faregate.city.cluster_auth import ClusterAccounts
+
+    accounts = ClusterAccounts(prefix)
+    ordered = list(stations.items())
+    count = max(1, min(processes, len(ordered)))
+    for index in range(count):
+        gates = [gate_id(station, no) for station, nos in ordered[index::count] for no in nos]
+        accounts.add_relay(f"relay-{index + 1}", gates)
+    return accounts
+
+
 async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, Any]:
     """The city through the cluster: station servers bridged to a 3-node NATS JetStream cluster (each
     station's bridge lists the three MQTT gateways, first nodes spread round the stations), `workers`
@@ -384,16 +399,17 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
     stations = layout(args.gates, args.stations)
     prefix = f"city{uuid.uuid4().hex[:8]}"
     all_gates = [gate_id(s, no) for s, nos in stations.items() for no in nos]
+    relay = args.station_link == "relay"
+    accounts = relay_accounts(prefix, stations, args.relay_processes) if relay else None
     with (
         tempfile.TemporaryDirectory(prefix="faregate-city-") as tmp,
-        NatsCluster(Path(tmp) / "nats") as cluster,
+        NatsCluster(Path(tmp) / "nats", accounts=accounts) as cluster,
     ):
         nodes = cluster.nodes
         brokers: list[Mosquitto] = []
         probes: list[ArrivalProbe] = []
         try:
             specs: list[GateSpec] = []
-            relay = args.station_link == "relay"
             relay_password = secrets.token_urlsafe(12)
             for index, (station, nos) in enumerate(stations.items()):
                 order = nodes[index % len(nodes):] + nodes[: index % len(nodes)]
@@ -409,7 +425,8 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
             relays = StationRelays(
                 Path(tmp) / "relays",
                 [f"mqtt://{RELAY_USER}:{relay_password}@127.0.0.1:{b.files.port}" for b in brokers],
-                cluster.ingest_url, prefix, processes=args.relay_processes) if relay else None
+                [",".join(cluster.urls_as(a.user, a.password)) for a in accounts.relays.values()] if accounts
+                else cluster.ingest_url, prefix, processes=args.relay_processes) if relay else None
             values = ingest_values(args.database, nodes[0].mqtt_url, prefix)
             values["mqtt_version"] = "3.1.1"  # nats-server's MQTT gateway speaks 3.1.1 only
             if relay:  # the operator's blocks and state as NATS publishes, as the relays take them

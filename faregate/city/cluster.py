@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from backend.mqtt import BrokerAddress
+from faregate.city.cluster_auth import BACKEND_USER, ClusterAccounts
 from faregate.city.launch import Launched, kill_group, open_group, rss_bytes, terminate_group, wait_group
 from faregate.simgate import SimGate, SimUplink
 from protocol.mqtt import Topics
@@ -75,14 +76,19 @@ class NatsNode:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def config(self, routes: list[int], replicas: int) -> str:
-        route_list = ", ".join(f'"nats-route://127.0.0.1:{port}"' for port in routes)
+    def config(self, routes: list[int], replicas: int, accounts: ClusterAccounts | None = None) -> str:
+        route_urls = [accounts.route_url(port) if accounts else f"nats-route://127.0.0.1:{port}"
+                      for port in routes]
+        route_list = ", ".join(json.dumps(url) for url in route_urls)
         store = json.dumps(str(self.directory / "jetstream"))
+        users = accounts.authorization() if accounts else ""
+        route_auth = accounts.route_authorization() if accounts else ""
         return f"""
 server_name: {self.name}
 listen: 127.0.0.1:{self.client_port}
 http: 127.0.0.1:{self.http_port}
 max_payload: 2MB
+{users}
 jetstream {{
   store_dir: {store}
   max_memory_store: 64MB
@@ -91,6 +97,7 @@ jetstream {{
 cluster {{
   name: {CLUSTER_NAME}
   listen: 127.0.0.1:{self.cluster_port}
+  {route_auth}
   routes: [{route_list}]
 }}
 mqtt {{
@@ -117,6 +124,7 @@ class NatsCluster(Launched):
     directory: Path
     size: int = 3
     base_port: int | None = None
+    accounts: ClusterAccounts | None = None  # passwords and permissions; None: anyone may connect
     nodes: list[NatsNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -132,7 +140,13 @@ class NatsCluster(Launched):
 
     @property
     def urls(self) -> list[str]:
-        return [node.url for node in self.nodes]
+        """Every node's client URL, as the backend logs in (its password in it when accounts are on)."""
+        if self.accounts is None:
+            return [node.url for node in self.nodes]
+        return self.urls_as(BACKEND_USER, self.accounts.backend_password)
+
+    def urls_as(self, user: str, password: str) -> list[str]:
+        return [f"nats://{user}:{password}@127.0.0.1:{node.client_port}" for node in self.nodes]
 
     @property
     def mqtt_urls(self) -> list[str]:
@@ -152,7 +166,7 @@ class NatsCluster(Launched):
         node.directory.mkdir(parents=True, exist_ok=True)
         routes = [other.cluster_port for other in self.nodes if other is not node]
         conf = node.directory / "nats.conf"
-        conf.write_text(node.config(routes, min(3, self.size)))
+        conf.write_text(node.config(routes, min(3, self.size), self.accounts))
         # a process group of its own: killed alone, never with the test
         node.process = open_group([NATS_SERVER, "-c", str(conf)], node.directory / "nats.log")
 

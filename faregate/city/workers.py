@@ -35,8 +35,8 @@ class IngestWorkers(Launched):
     workers: list[Worker] = field(default_factory=list)
 
     def command(self) -> list[str]:
-        stream = [] if self.nats_urls is None else [
-            "--ingest-from", self.nats_urls, "--ingest-downlink", self.downlink or ",".join(self.mqtt_urls)]
+        stream = [] if self.nats_urls is None else [  # the cluster's URLs in FAREGATE_INGEST_FROM
+            "--ingest-downlink", self.downlink or ",".join(self.mqtt_urls)]
         if self.nats_urls is not None and self.ack_wait_s is not None:
             stream += ["--ingest-ack-wait", str(self.ack_wait_s)]
         return [
@@ -60,6 +60,8 @@ class IngestWorkers(Launched):
         )
         if self.schema:
             env["FAREGATE_DATABASE_SCHEMA"] = self.schema
+        if self.nats_urls is not None:  # with the backend's password: not on the command line
+            env["FAREGATE_INGEST_FROM"] = self.nats_urls
         log = self.directory / f"{name}.log"
         worker = spawn(f"ingest worker {name}", self.command(), env, log, READY_LINE, timeout=timeout)
         self.workers.append(worker)
@@ -82,10 +84,15 @@ class StationRelays(Launched):
 
     directory: Path
     station_urls: list[str]
-    nats_urls: str
+    nats_urls: str | list[str]  # the cluster's URLs; or one for each process (its own account)
     prefix: str
     processes: int = 1
     running: list[Worker] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """Relay processes: `processes`, at most one a station; station i goes to process i % count."""
+        return max(1, min(self.processes, len(self.station_urls)))
 
     @property
     def process(self) -> Worker | None:
@@ -95,14 +102,15 @@ class StationRelays(Launched):
     def start(self, timeout: float = 60.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.running = []
-        count = max(1, min(self.processes, len(self.station_urls)))
+        count = self.count
         for index in range(count):
             urls = self.station_urls[index::count]
-            command = [sys.executable, "-m", "faregate.cli", "relay", "--nats", self.nats_urls,
-                       "--prefix", self.prefix, "--log-level", "info"]
-            for url in urls:
-                command += ["--station", url]
-            self.running.append(spawn(f"station relays {index + 1}", command, dict(os.environ),
+            nats_urls = self.nats_urls if isinstance(self.nats_urls, str) else self.nats_urls[index]
+            command = [sys.executable, "-m", "faregate.cli", "relay", "--prefix", self.prefix,
+                       "--log-level", "info"]
+            # the passwords in the environment, not on a command line every local user can read
+            env = dict(os.environ, FAREGATE_RELAY_NATS=nats_urls, FAREGATE_RELAY_STATIONS=",".join(urls))
+            self.running.append(spawn(f"station relays {index + 1}", command, env,
                                       self.directory / f"relays-{index + 1}.log", RELAY_READY_LINE,
                                       count=len(urls), timeout=timeout))
 
