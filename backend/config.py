@@ -8,7 +8,7 @@ that is printed in this file.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, model_validator
@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fare_core import DEVELOPMENT_SAM_KEY
 from protocol.mqtt import DEVELOPMENT_SIGNING_SEED, DEVELOPMENT_UPLINK_MASTER_KEY
+
+if TYPE_CHECKING:
+    from .ledger import ServiceDay
 
 DEV_SECRET = "changethis"
 DEV_PAYMENT_SECRET = "changethis-payments"
@@ -102,6 +105,14 @@ class Settings(BaseSettings):
     payment_webhook_tolerance_s: int = Field(default=300, ge=10, le=3600)  # timestamp skew accepted
     topup_max_fen: int = Field(default=50_000, ge=1, le=100_000_00)  # per top-up (500 yuan)
     topup_max_fen_per_day: int = Field(default=200_000, ge=1)  # per phone, any rolling 24 hours
+
+    @property
+    def service_day(self) -> ServiceDay:
+        """The network's service day from its two settings (revenue, the board's "today", TIDES, the
+        taps' partitions all date by it)."""
+        from .ledger import ServiceDay  # ledger loads the tables (SQLAlchemy): only when asked
+
+        return ServiceDay(self.service_utc_offset_min, self.service_day_start_min)
 
     @model_validator(mode="after")
     def _no_default_secrets(self) -> Settings:

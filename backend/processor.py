@@ -89,7 +89,7 @@ class Processor:
         self.tables: dict[int, fare_core.FareTable] = {}
         self.on_block = on_block
         self.on_action_applied = on_action_applied
-        self.service_day = ledger.ServiceDay(settings.service_utc_offset_min, settings.service_day_start_min)
+        self.service_day = settings.service_day
 
     async def run_once(self) -> int:
         """Process one batch of pending taps; returns how many were processed."""

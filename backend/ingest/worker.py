@@ -31,7 +31,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from protocol.mqtt import Committed, ResendRequest, Topics, encode
 
 from ..config import Settings
-from ..ledger import ServiceDay
 from ..mqtt import Delivery, MqttClient
 from . import authn, partitions
 from .store import BatchResult, GateProgress, RawMessage, Refused, TapStore, parse
@@ -184,7 +183,7 @@ class IngestWorker:
         stays unacknowledged, for the broker to redeliver)."""
         self.mqtt.start()
         gap_task = asyncio.create_task(self._gap_sweeper(stop))
-        day = ServiceDay(self.settings.service_utc_offset_min, self.settings.service_day_start_min)
+        day = self.settings.service_day
         partition_task = asyncio.create_task(partitions.maintain(self.store.sessions, day, stop))
         try:
             while not stop.is_set():

@@ -43,9 +43,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backend.broker import free_port
 from faregate.city.centre import POSTGRES_URL, CentreBackend, database, ingest_values, run_centre
 from faregate.city.citygates import CityGate, GateReport, run_gates
-from faregate.city.station import Mosquitto, free_port, run_city, write_station
+from faregate.city.launch import rss_bytes
+from faregate.city.station import Mosquitto, run_city, write_station
 from faregate.simgate import SimUplink
 from protocol.mqtt import DEVELOPMENT_PUBLIC_KEY, DenyListSnapshotMessage, Topics, Verifier, gate_id
 
@@ -493,14 +495,6 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
     return figures
 
 
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 @dataclass
 class Outage:
     """What a centre outage needs: the centre broker to stop and start, the database to count."""
@@ -516,8 +510,8 @@ class Outage:
 
     def _station_rss_mb(self) -> float | None:
         """The largest resident memory of a station server (its queue lives there), in MB."""
-        sizes = [_rss_kb(b.process.pid) for b in self.stations if b.process is not None]
-        return round(max(sizes) / 1024, 1) if sizes else None
+        sizes = [rss_bytes(b.process.pid) for b in self.stations if b.process is not None]
+        return round(max(sizes) / 2**20, 1) if sizes else None
 
     async def cut(self) -> None:
         self.figures["station_rss_mb_before"] = self._station_rss_mb()

@@ -17,7 +17,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import socket
 import tempfile
 import time
 import uuid
@@ -30,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.config import Settings
 from backend.mqtt import BrokerAddress
+from faregate.city.launch import port_open
 from faregate.simgate import SimGate, SimUplink, tap_payload
 from protocol.mqtt import MAX_TAPS_PER_MESSAGE, Topics, encode_taps
 
@@ -74,12 +74,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the raw broker baseline")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex((host, port)) == 0
 
 
 def _client(url: str, version: str, client_id: str) -> tuple[mqtt.Client, BrokerAddress]:
@@ -351,7 +345,7 @@ def _broker(args: argparse.Namespace, ctx: Any) -> Iterator[tuple[str, str, str]
     if args.mqtt:
         yield "given", args.mqtt, args.mqtt_version or "5"
         return
-    if _port_open("127.0.0.1", 1883):
+    if port_open(1883):
         yield "mosquitto", "mqtt://127.0.0.1:1883", args.mqtt_version or "5"
         return
     from backend.broker import free_port

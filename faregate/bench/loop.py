@@ -44,6 +44,7 @@ from typing import Any
 import serial
 
 import fare_core
+from backend.broker import free_port
 from fare_core import artefact, compiler, read_wallet, rules
 from firmware_sim.config import BarrierConfig, DeviceConfig, LinkConfig
 from firmware_sim.population import Phone, Population
@@ -124,12 +125,6 @@ def plain_loop(url: str, baud: int, master_key: bytes, taps: int) -> None:
         request(Display(DisplayStyle.OK, 3000, decision.display_zh, decision.display_en))
         served += 1
     port.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape_recent(port: int) -> dict[tuple[str, str], float]:

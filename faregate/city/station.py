@@ -36,12 +36,12 @@ import contextlib
 import getpass
 import secrets
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.broker import free_port
 from backend.deploy.acl import acl_rules
 from backend.deploy.mosquitto_config import write_config
 from backend.relay import RELAY_USER
@@ -270,12 +270,6 @@ def write_station(
 
 
 # --- running them --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Mosquitto:

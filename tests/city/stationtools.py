@@ -12,10 +12,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from backend.broker import free_port
 from backend.config import Settings
 from backend.relay import RELAY_USER, StationRelay
 from faregate.city.cluster import NatsCluster
-from faregate.city.station import BrokerFiles, Mosquitto, free_port, write_station
+from faregate.city.station import BrokerFiles, Mosquitto, write_station
 from faregate.simgate import tap_payload
 from protocol.mqtt import Topics, gate_id
 from tests.city.citytools import until

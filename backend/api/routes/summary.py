@@ -155,7 +155,7 @@ async def revenue_today(session: AsyncSession, now: datetime, settings: Settings
     """The sum of today's revenue accounts (`revenue:<network>:<service day>`, service day as the
     processor dates it): money from writes known to have landed, never an unconfirmed write's. The
     accounts are named in full so the query reads the day's postings by the account index only."""
-    service_day = ledger.ServiceDay(settings.service_utc_offset_min, settings.service_day_start_min)
+    service_day = settings.service_day
     day = service_day.of(now).isoformat()
     accounts = sorted(ledger.revenue(network, day) for network in await networks(session))
     total = await session.scalar(

@@ -138,7 +138,7 @@ async def export_tides(
     refunds, adjustments and transfers the ledger delivered to wallets (docs/tides.md). Amounts in
     yuan; the service day starts at 04:00 local."""
     query = tap_filters(tides.export_query(), gate_id, station_id, None, since, until, None, None)
-    day = tides.ServiceDay(settings.service_utc_offset_min, settings.service_day_start_min)
+    day = settings.service_day
     return StreamingResponse(
         tides.fare_transactions_csv(session, query, day, EXPORT_MAX),
         media_type="text/csv",

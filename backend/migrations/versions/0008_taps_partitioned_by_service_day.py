@@ -42,7 +42,7 @@ def _service_day() -> ServiceDay:
     settings = context.config.attributes.get("settings")
     if not isinstance(settings, Settings):
         settings = Settings()
-    return ServiceDay(settings.service_utc_offset_min, settings.service_day_start_min)
+    return settings.service_day
 
 
 def _indexes(bind: Connection, indexes: dict[str, str]) -> None:
