@@ -220,17 +220,20 @@ def _gates_process(specs: list[GateSpec], prefix: str, options: dict[str, float]
 
 class ArrivalProbe(SimUplink):
     """One plain subscriber at a broker (a station server, or the centre in the baseline), logged in as
-    one of its gates: when each deny-list delta reached that broker's subscribers, apart from the
-    simulated gates' own processing (hundreds of gates share a core here; a real gate has its own)."""
+    one of its gates: when each deny-list delta and snapshot reached that broker's subscribers, apart
+    from the simulated gates' own processing (hundreds of gates share a core here; a real gate has its
+    own)."""
 
     def __init__(self, url: str, topics: Topics, username: str, password: str) -> None:
-        super().__init__(url, topics, username=username, password=password, subscribe=[topics.denylist_delta],
-                         record=False, client_id=f"probe-{uuid.uuid4().hex[:8]}")
+        super().__init__(url, topics, username=username, password=password,
+                         subscribe=[topics.denylist_delta, topics.denylist_snapshot], record=False,
+                         client_id=f"probe-{uuid.uuid4().hex[:8]}")
         self.arrived: dict[int, float] = {}
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        at = time.monotonic()  # before a megabyte snapshot is parsed
         with contextlib.suppress(ValueError, KeyError, TypeError):
-            self.arrived.setdefault(int(json.loads(message.payload)["version"]), time.monotonic())
+            self.arrived.setdefault(int(json.loads(message.payload)["version"]), at)
 
 
 # --- one scenario ----------------------------------------------------------------------------------------
@@ -650,6 +653,10 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str, 
     figures["deny_at_brokers_ms_p50"] = round(_percentile(at_brokers, 0.5), 1)
     figures["deny_at_brokers_ms_max"] = round(max(at_brokers), 1) if at_brokers else None
     figures["deny_by_block"] = _by_block(reports, blocks, probes, started, snapshot)
+    # the snapshot at every broker the gates log in to: the network's part of its fan-out
+    at_brokers_s = [probe.arrived[snapshot] - snapshot_sent for probe in probes if snapshot in probe.arrived]
+    figures["snapshot_at_brokers_s_max"] = round(max(at_brokers_s), 3) if len(at_brokers_s) == len(probes) \
+        else None
     return figures
 
 

@@ -33,6 +33,7 @@ def test_bench_city_short_run_loses_and_doubles_nothing(mosquitto_tools: None, p
         assert run["blocks"] == 2 and run["deny_missed"] == 0  # every gate applied both blocks
         assert run["deny_propagation_ms_max"] is not None
         assert run["snapshot_missing"] == 0 and run["snapshot_fanout_s"] is not None
+        assert run["snapshot_at_brokers_s_max"] >= 0  # every broker's probe had the snapshot (else None)
         assert run["refused"] == 0 and run["snapshot_requests"] == 0
         assert run["statuses"] >= 200  # every gate's status on connect, MACed and retained
     assert result["stations"] == 4 and baseline["stations"] == 0
@@ -64,3 +65,4 @@ def test_bench_city_through_the_cluster_survives_a_node_and_a_worker_killed(
     assert run["station_link"] == "relay"
     assert run["blocks"] == 2 and run["deny_missed"] == 0 and run["deny_delta_missed"] == 0
     assert run["snapshot_missing"] == 0 and run["refused"] == 0
+    assert run["snapshot_at_brokers_s_max"] >= 0  # every station server's probe had it (else None)
