@@ -18,7 +18,7 @@ import pytest
 from backend.config import Settings
 from backend.ingest.stream import STREAM, connect_cluster, ensure_stream, stream_config
 from backend.relay import StationRelay
-from backend.state_stream import state_stream_config
+from backend.state_stream import STATE_STREAM, state_stream_config
 from faregate.city.cluster import NatsCluster
 from faregate.city.cluster_auth import ClusterAccounts
 from faregate.simgate import tap_payload
@@ -170,10 +170,14 @@ async def test_a_relay_on_its_own_account_forwards_taps_and_hands_down_blocks(
     relay = StationRelay(Settings(mqtt_prefix=city_prefix), station.relay_url,
                          ",".join(relay_urls(guarded, "relay-31")))
     listener: GateListener | None = None
-    try:
+    try:  # state published before the relay runs: it fetches it on its account when it connects
+        await backend.jetstream().publish(f"{city_prefix}.denylist.snapshot", b"snapshot-1",
+                                          stream=STATE_STREAM)
         await relay.start()
         await until(lambda: relay.connected, 30, "the relay connected on its account")
         listener = GateListener(station, 1)
+        await until(lambda: listener.payloads(topics.denylist_snapshot) == [b"snapshot-1"], 30,
+                    "the fetched state retained at the station")
         await asyncio.to_thread(station.tap, 1, range(1, 4))
         js = backend.jetstream()
         await until_async(lambda: _messages(js), 3, 20, "the three taps in the stream")
@@ -182,6 +186,7 @@ async def test_a_relay_on_its_own_account_forwards_taps_and_hands_down_blocks(
                 await backend.publish(f"{city_prefix}.denylist.delta", b"delta-1")
                 await asyncio.sleep(0.2)
         assert relay.stats["forwarded"] >= 3 and relay.stats["refused"] == 0
+        assert relay.stats["state_fetched"] >= 1
     finally:
         if listener is not None:
             listener.close()
