@@ -66,3 +66,6 @@ def test_bench_city_through_the_cluster_survives_a_node_and_a_worker_killed(
     assert run["blocks"] == 2 and run["deny_missed"] == 0 and run["deny_delta_missed"] == 0
     assert run["snapshot_missing"] == 0 and run["refused"] == 0
     assert run["snapshot_at_brokers_s_max"] >= 0  # every station server's probe had it (else None)
+    for block in run["deny_by_block"]:  # each station: when its server's probe had the delta, its gates'
+        assert [row[0] for row in block["by_station"]] == list(layout(150, 3))
+        assert all(row[1] is not None and row[2] > 0 for row in block["by_station"])
