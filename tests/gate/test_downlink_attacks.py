@@ -309,3 +309,29 @@ async def test_key_rotation_accepts_the_next_key_and_refuses_a_retired_one(
         assert "retired" in gate.uplink.auth_alarm
         await publish(broker, topics.command("1-1"), encode(following.sign(command(3))))
         await eventually(lambda: gate.state.command_id == 3)
+
+
+async def test_a_snapshot_not_newer_is_skipped_unverified_and_a_newer_forgery_still_refused(
+        station: SimStation, broker: Broker) -> None:
+    """Each block republishes the list's snapshot after its delta; a gate already holding that version
+    drops it before checking its signature (the check re-serialises the whole list). Skipping is safe:
+    a skipped snapshot is never applied. A newer one is checked as ever: forged, it is refused."""
+    gate = station.gates[0]
+    uplink, state = gate.uplink, gate.state
+    assert uplink is not None
+    topics = Topics(station.prefix)
+    now = datetime.now(UTC)
+
+    def snapshot(version: int, ids: list[int]) -> DenyListSnapshotMessage:
+        return DenyListSnapshotMessage(version=version, card_ids=ids, checksum=DenyList(ids, version=version)
+                                       .checksum, time=now)
+
+    await publish(broker, topics.denylist_snapshot, encode(BACKEND.sign(snapshot(5, [CARD]))))
+    await eventually(lambda: state.denylist.version == 5)
+    for message in (BACKEND.sign(snapshot(5, [CARD])), ATTACKER.sign(snapshot(4, []))):  # not newer
+        await publish(broker, topics.denylist_snapshot, encode(message))
+    await eventually(lambda: uplink.snapshots_skipped == 2)
+    assert uplink.auth_refused == 0 and state.denylist.version == 5 and CARD in state.denylist
+    await publish(broker, topics.denylist_snapshot, encode(ATTACKER.sign(snapshot(6, []))))  # newer
+    await eventually(lambda: uplink.auth_refused == 1)
+    assert state.denylist.version == 5 and CARD in state.denylist
