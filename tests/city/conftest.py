@@ -4,6 +4,7 @@ starts, it stops. The helpers the tests share are in citytools.py."""
 
 from __future__ import annotations
 
+import gc
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,27 @@ from tests.backend.conftest import require_service
 from tests.city.citytools import PG, require_nats
 from tests.city.stationtools import Station
 from tests.gate.brokers import require
+
+# nats-py 2.16, reconnecting while a killed node's cluster elects, can drop a half-made connection's
+# StreamWriter without closing it (its reconnect loop opens the next transport over the last one after a
+# handshake timed out); the socket is closed when it is collected, and Python reports the writer as an
+# unraisable ResourceWarning, which `filterwarnings = error` would fail whichever test it lands in. The
+# city tests (the only ones with nats-py connections across node kills) collect at their own teardown,
+# with that one report ignored.
+NATS_PY_DROPPED_WRITER = ("ignore:Exception ignored in. <function StreamWriter.__del__"
+                          ":pytest.PytestUnraisableExceptionWarning")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/city/" in str(item.path).replace("\\", "/"):
+            item.add_marker(pytest.mark.filterwarnings(NATS_PY_DROPPED_WRITER))
+
+
+@pytest.fixture(autouse=True)
+def collect_dropped_writers() -> Iterator[None]:
+    yield
+    gc.collect()  # here, under the filter above, not in a later test elsewhere
 
 
 @pytest.fixture
