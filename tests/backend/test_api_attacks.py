@@ -146,9 +146,13 @@ async def test_report_lost_moves_the_balance_exactly_once(api: Api) -> None:
             for card in targets
         )
     )
-    codes = sorted(r.status_code for r in responses)
-    assert codes == [200, 409, 409, 409, 409], [r.text for r in responses]
-    winner = next(r.json()["card_id"] for r in responses if r.status_code == 200)
+    assert all(r.status_code in (200, 409) for r in responses), [r.text for r in responses]
+    ok = [r.json()["card_id"] for r in responses if r.status_code == 200]
+    assert ok, [r.text for r in responses]
+    winner = ok[0]
+    # one move; a second 200 can only be the same call again: the other request naming FRESH, served
+    # after the first had committed, is a retry and answered like one (CI saw that order once)
+    assert ok == [winner] or ok == [FRESH, FRESH], [r.text for r in responses]
     # a client that lost the answer retries the same call: the same phone, nothing moved again
     retry = await api.client.post("/api/v1/me/report-lost", headers=alice, json={"new_card_id": winner})
     assert retry.status_code == 200 and retry.json()["card_id"] == winner, retry.text
