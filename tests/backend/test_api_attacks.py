@@ -151,11 +151,17 @@ async def test_report_lost_moves_the_balance_exactly_once(api: Api) -> None:
     assert ok, [r.text for r in responses]
     winner = ok[0]
     # one move; a second 200 can only be the same call again: the other request naming FRESH, served
-    # after the first had committed, is a retry and answered like one (CI saw that order once)
+    # after the first had committed, is a retry and answered like one; the others, served after it,
+    # find the new phone with the money on its way and are refused (CI saw both orders)
     assert ok == [winner] or ok == [FRESH, FRESH], [r.text for r in responses]
     # a client that lost the answer retries the same call: the same phone, nothing moved again
     retry = await api.client.post("/api/v1/me/report-lost", headers=alice, json={"new_card_id": winner})
     assert retry.status_code == 200 and retry.json()["card_id"] == winner, retry.text
+    # the new phone, the balance still on its way to it, cannot be reported lost in turn meanwhile: the
+    # transfer would stay addressed to a blocked phone (a late one of the concurrent calls did just that)
+    chained = await api.client.post("/api/v1/me/report-lost", headers=alice,
+                                    json={"new_card_id": "00000000f2e5f2e9"})
+    assert chained.status_code == 409 and "on its way" in chained.text, chained.text
     actions = await api.rows(select(ActionRow))
     assert [(a.card_id, a.topup) for a in actions] == [(winner, 1000)]
     assert [(a.card_id, a.kind, a.topup) for a in actions] == [(winner, "transfer", 1000)]

@@ -154,6 +154,13 @@ async def report_lost(
         return phone
     if phone.status != "active" or phone.replaced_by is not None:
         raise HTTPException(409, f"phone is {phone.status}")
+    # money still on its way to this phone (a top-up, or the balance of the phone it replaced) would
+    # stay addressed to a blocked phone: only the delivered balance moves here
+    on_its_way = (await session.execute(select(ActionRow.id).where(
+        ActionRow.card_id == phone.card_id, ActionRow.state == "pending").limit(1))).scalar()
+    if on_its_way is not None:
+        raise HTTPException(409, f"money is still on its way to this phone (action {on_its_way}); report it "
+                                 "lost once it has arrived (its next tap), or ask the operator to move it")
     if not await unused(session, new_card):
         raise HTTPException(409, "the new phone must be a phone never used before")
     old_card, balance, owner = phone.card_id, phone.balance, phone.commuter_token_hash
