@@ -303,5 +303,9 @@ async def test_commuter_page_shows_balance_tops_up_and_reports_a_lost_phone(
         await commuter.wait_for_selector(f"#card:text-is('{new_card}')")
         lost = (await system.api.get(f"{API}/phones/{card}")).json()
         assert (lost["status"], lost["replaced_by"]) == ("lost", new_card)
+        # the top-up still on its way follows the owner to the new phone, not left on the blocked one
+        moved = (await system.api.get(f"{API}/actions", params={"card_id": new_card})).json()
+        assert [(a["topup"], a["state"]) for a in moved] == [(1250, "pending")]
+        assert (await system.api.get(f"{API}/actions", params={"card_id": card})).json() == []
         assert card in (await system.api.get(f"{API}/denylist/snapshot")).json()["card_ids"]
     assert errors == []

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ... import ledger
-from ...distribution import Conflict, Distributor
+from ...distribution import Conflict, Distributor, held
 from ...tables import (
     ActionRow,
     DenyListEntryRow,
@@ -154,13 +154,23 @@ async def report_lost(
         return phone
     if phone.status != "active" or phone.replaced_by is not None:
         raise HTTPException(409, f"phone is {phone.status}")
-    # money still on its way to this phone (a top-up, or the balance of the phone it replaced) would
-    # stay addressed to a blocked phone: only the delivered balance moves here
-    on_its_way = (await session.execute(select(ActionRow.id).where(
-        ActionRow.card_id == phone.card_id, ActionRow.state == "pending").limit(1))).scalar()
-    if on_its_way is not None:
-        raise HTTPException(409, f"money is still on its way to this phone (action {on_its_way}); report it "
-                                 "lost once it has arrived (its next tap), or ask the operator to move it")
+    # money on its way to this phone whose write a gate may have made (an unsettled tap applied it) can
+    # neither move nor stay: refused until the processor settles that write
+    unsettled = (await session.execute(select(ActionRow.id).where(
+        ActionRow.card_id == phone.card_id, ActionRow.state == "pending", held()).limit(1))).scalar()
+    if unsettled is not None:
+        raise HTTPException(409, f"a gate may have just written action {unsettled} to this phone; try again "
+                                 "in a minute, once that write is settled")
+    # a phone the balance of a lost one is still on its way to is itself reported lost only once that
+    # has arrived: otherwise a late one of several concurrent reports (the token already follows the new
+    # phone) would chain it, and report a phone its owner still holds
+    arriving = (await session.execute(select(ActionRow.id).where(
+        ActionRow.card_id == phone.card_id, ActionRow.state == "pending", ActionRow.kind == "transfer")
+        .limit(1))).scalar()
+    if arriving is not None:
+        raise HTTPException(409, "the balance of the phone this one replaced is still on its way to it "
+                                 f"(action {arriving}); report it lost once it has arrived, or ask the "
+                                 "operator")
     if not await unused(session, new_card):
         raise HTTPException(409, "the new phone must be a phone never used before")
     old_card, balance, owner = phone.card_id, phone.balance, phone.commuter_token_hash
@@ -198,6 +208,15 @@ async def report_lost(
         commuter_token_hash=owner,
     )
     session.add(new)
+    # money still on its way to the lost phone (a paid top-up, the balance of the phone it replaced)
+    # follows the owner to the new one, or it would stay addressed to a blocked phone
+    await session.flush()
+    followed = cast(CursorResult[Any], await session.execute(
+        update(ActionRow)
+        .where(ActionRow.card_id == old_card, ActionRow.state == "pending", ~held())
+        .values(card_id=new_card)
+        .execution_options(synchronize_session=False)
+    )).rowcount
     action: ActionRow | None = None
     if balance > 0:  # the new wallet gets it by an action; the ledger holds it as undelivered meanwhile
         action = ActionRow(
@@ -222,17 +241,18 @@ async def report_lost(
             "phone.report_lost",
             old_card,
             f"from {old_card} to {new_card}: {balance} fen moved"
-            + (f" by action {action.id}" if action is not None else ""),
+            + (f" by action {action.id}" if action is not None else "")
+            + (f"; {followed} pending action(s) moved with it" if followed else ""),
         )
         await session.commit()
     except IntegrityError as error:  # the new card id was taken meanwhile
         await session.rollback()
         raise HTTPException(409, "the new phone must be a phone never used before") from error
     await _deny_list_lost(distributor, old_card)
-    if action is not None:
+    if action is not None or followed:
         try:
             await distributor.publish_actions()
         except TimeoutError as error:
-            raise HTTPException(503, f"saved as action {action.id}, but not published: {error}") from error
+            raise HTTPException(503, f"saved, but the action list was not published: {error}") from error
     await session.refresh(new)
     return new
