@@ -122,7 +122,12 @@ def inbox_prefix(servers: list[str]) -> str:
     """Where this client takes its replies: `_INBOX_<user>` when it logs in as a user (a cluster that
     gives each relay its own account lets each subscribe to its own replies only), else nats-py's."""
     user = urlsplit(servers[0]).username if servers else None
-    return f"_INBOX_{user}" if user else "_INBOX"
+    return user_inbox(user) if user else "_INBOX"
+
+
+def user_inbox(user: str) -> str:
+    """The reply subjects of a client logged in as `user` (what its account may subscribe to)."""
+    return f"_INBOX_{user}"
 
 
 async def ensure_stream(js: Any, config: StreamConfig) -> None:

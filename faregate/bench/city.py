@@ -49,7 +49,14 @@ from faregate.city.citygates import CityGate, GateReport, run_gates
 from faregate.city.launch import rss_bytes
 from faregate.city.station import Mosquitto, run_city, write_station
 from faregate.simgate import SimUplink
-from protocol.mqtt import DEVELOPMENT_PUBLIC_KEY, DenyListSnapshotMessage, Topics, Verifier, gate_id
+from protocol.mqtt import (
+    DEVELOPMENT_PUBLIC_KEY,
+    DenyListSnapshotMessage,
+    Topics,
+    Verifier,
+    gate_id,
+    parse_gate_id,
+)
 
 if TYPE_CHECKING:
     from faregate.city.cluster import NatsCluster, NatsNode
@@ -228,7 +235,7 @@ class ArrivalProbe(SimUplink):
         super().__init__(url, topics, username=username, password=password,
                          subscribe=[topics.denylist_delta, topics.denylist_snapshot], record=False,
                          client_id=f"probe-{uuid.uuid4().hex[:8]}")
-        self.station = int(username.split("-")[0])  # logged in as this station's first gate
+        self.station = parse_gate_id(username)[0]  # logged in as this station's first gate
         self.arrived: dict[int, float] = {}
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
@@ -384,12 +391,11 @@ def relay_accounts(prefix: str, stations: dict[int, list[int]], processes: int) 
     """The cluster's accounts: the backend's, and one for each relay process with the gates of the
     stations it serves (station i of the list to process i % count, as StationRelays shares them)."""
     from faregate.city.cluster_auth import ClusterAccounts
+    from faregate.city.workers import share
 
     accounts = ClusterAccounts(prefix)
-    ordered = list(stations.items())
-    count = max(1, min(processes, len(ordered)))
-    for index in range(count):
-        gates = [gate_id(station, no) for station, nos in ordered[index::count] for no in nos]
+    for index, served in enumerate(share(list(stations.items()), processes)):
+        gates = [gate_id(station, no) for station, nos in served for no in nos]
         accounts.add_relay(f"relay-{index + 1}", gates)
     return accounts
 
@@ -435,8 +441,6 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
                 else cluster.ingest_url, prefix, processes=args.relay_processes) if relay else None
             values = ingest_values(args.database, nodes[0].mqtt_url, prefix)
             values["mqtt_version"] = "3.1.1"  # nats-server's MQTT gateway speaks 3.1.1 only
-            if relay:  # the operator's blocks and state as NATS publishes, as the relays take them
-                values["publish_nats_url"] = cluster.ingest_url
             async with database(values):
                 ingest = IngestWorkers(Path(tmp) / "workers", cluster.ingest_url, cluster.mqtt_urls,
                                        args.database, prefix, count=workers, schema=values["database_schema"],
@@ -454,7 +458,7 @@ async def cluster_scenario(args: argparse.Namespace, workers: int) -> dict[str, 
                     # nats-py, failing over from the killed node, can leave one dead socket unclosed, a
                     # ResourceWarning the tests would take for this process's own leak)
                     values["mqtt_url"] = next(n for n in nodes if n is not victim).mqtt_url
-                    if relay:
+                    if relay:  # the operator's blocks and state as NATS publishes, as the relays take them
                         values["publish_nats_url"] = ",".join(
                             url for url, node in zip(cluster.urls, nodes, strict=True) if node is not victim)
                     backend = CentreBackend(values, workers)
@@ -695,7 +699,7 @@ def _by_station(reports: list[GateReport], held: list[float | None], called: flo
     by_station: dict[int, list[float]] = {}
     for report, at in zip(reports, held, strict=True):
         if at is not None:
-            by_station.setdefault(int(report.gate_id.split("-")[0]), []).append((at - called) * 1000)
+            by_station.setdefault(parse_gate_id(report.gate_id)[0], []).append((at - called) * 1000)
     at_server = {p.station: round((p.arrived[version] - called) * 1000, 1)
                  for p in probes if version in p.arrived}
     return [[station, at_server.get(station), round(_percentile(ms, 0.5), 1), round(_percentile(ms, 0.99), 1)]

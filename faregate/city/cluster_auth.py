@@ -23,17 +23,12 @@ import json
 import secrets
 from dataclasses import dataclass, field
 
-from backend.ingest.stream import STREAM, subject_of
+from backend.ingest.stream import STREAM, subject_of, user_inbox
 from backend.state_stream import STATE_STREAM, state_topics
 from protocol.mqtt import Topics
 
 BACKEND_USER = "faregate-backend"
 ROUTE_USER = "faregate-route"
-
-
-def inbox_prefix(user: str) -> str:
-    """The reply subjects a client of `user` takes its answers on (nats-py's `inbox_prefix`)."""
-    return f"_INBOX_{user}"
 
 
 @dataclass
@@ -51,7 +46,7 @@ class RelayAccount:
         api = [f"$JS.API.STREAM.INFO.{STREAM}", f"$JS.API.STREAM.INFO.{STATE_STREAM}",
                f"$JS.API.STREAM.MSG.GET.{STATE_STREAM}"]
         return {"publish": {"allow": uplink + api},
-                "subscribe": {"allow": downlink + shared + [f"{inbox_prefix(self.user)}.>"]}}
+                "subscribe": {"allow": downlink + shared + [f"{user_inbox(self.user)}.>"]}}
 
 
 @dataclass

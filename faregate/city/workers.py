@@ -9,11 +9,14 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from faregate.city.launch import Launched, Worker, spawn
 
 READY_LINE = b"ingest connected"  # IngestWorker logs it once subscribed, or bound to the durable consumer
 RELAY_READY_LINE = b"forwarding into"  # a StationRelay logs it once the cluster and the stream answer
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -77,6 +80,13 @@ class IngestWorkers(Launched):
             worker.wait_stopped()
 
 
+def share(stations: list[T], processes: int) -> list[list[T]]:
+    """The stations each relay process serves: `processes` of them at most one a station, station i
+    to process i % count (the cluster's relay accounts are written from the same shares)."""
+    count = max(1, min(processes, len(stations)))
+    return [stations[index::count] for index in range(count)]
+
+
 @dataclass
 class StationRelays(Launched):
     """`faregate relay` processes linking the listed station servers to the cluster, the stations shared
@@ -90,11 +100,6 @@ class StationRelays(Launched):
     running: list[Worker] = field(default_factory=list)
 
     @property
-    def count(self) -> int:
-        """Relay processes: `processes`, at most one a station; station i goes to process i % count."""
-        return max(1, min(self.processes, len(self.station_urls)))
-
-    @property
     def process(self) -> Worker | None:
         """The first relay process (tests kill it)."""
         return self.running[0] if self.running else None
@@ -102,9 +107,7 @@ class StationRelays(Launched):
     def start(self, timeout: float = 60.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.running = []
-        count = self.count
-        for index in range(count):
-            urls = self.station_urls[index::count]
+        for index, urls in enumerate(share(self.station_urls, self.processes)):
             nats_urls = self.nats_urls if isinstance(self.nats_urls, str) else self.nats_urls[index]
             command = [sys.executable, "-m", "faregate.cli", "relay", "--prefix", self.prefix,
                        "--log-level", "info"]

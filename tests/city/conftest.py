@@ -31,9 +31,12 @@ NATS_PY_DROPPED_WRITER = ("ignore:Exception ignored in. <function StreamWriter._
                           ":pytest.PytestUnraisableExceptionWarning")
 
 
+CITY_TESTS = Path(__file__).parent
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/city/" in str(item.path).replace("\\", "/"):
+        if item.path.parent == CITY_TESTS:
             item.add_marker(pytest.mark.filterwarnings(NATS_PY_DROPPED_WRITER))
 
 
