@@ -53,6 +53,7 @@ CRITICAL_FINDINGS = CLONE_FINDINGS | {"recovered_unproven"}
 TAP_MONEY_KINDS = ("fare", "missing_exit", ledger.OVERDRAFT_RECOVERY, *ledger.ACTION_KINDS)
 PENDING = Landing.PENDING.value  # TapRow.reconciled of a tap whose write is not yet known to have landed
 OPEN_LANDINGS = (Landing.PENDING.value, Landing.LANDED.value)  # resolutions a later link may still change
+VOIDED = Landing.VOIDED.value  # final, unless a proof that the write landed arrives (_voided_provable)
 
 OnBlock = Callable[[list[str], str], Awaitable[None]]
 
@@ -266,6 +267,7 @@ class CardChain:
             )).scalars()
         )
         candidates += [tap for tap in new if is_unconfirmed(tap) and tap not in candidates]
+        candidates += await self._voided_provable(new)
         if not candidates:
             return False
         lowest = min(tap.counter_before for tap in candidates)
@@ -288,18 +290,66 @@ class CardChain:
                 continue
             if outcome == Landing.PENDING:  # a landing is never taken back to "unknown"
                 continue
+            if before == VOIDED and outcome != Landing.LANDED:
+                continue  # a void is final unless a proof comes: reads at its counter do not reopen it
             changed = True
             unconfirmed.reconciled = outcome.value
             if outcome == Landing.LANDED:
+                if before == VOIDED:
+                    await self._unvoid(unconfirmed)
                 await self.p.table(session, unconfirmed.fare_table_version)  # its revenue's network
                 await ledger.landed(session, unconfirmed, self.p.revenue_account(unconfirmed), why)
                 await self._apply_action(unconfirmed)
+                await self._fork_of_landed(unconfirmed, evidence)
             else:
                 await self._unland(unconfirmed)
                 await ledger.voided(session, unconfirmed, why)
                 if unconfirmed.action_id is not None:  # its action, still pending, is free again
                     self.outcome.actions_applied = True
         return changed
+
+    async def _voided_provable(self, new: Sequence[TapRow]) -> list[TapRow]:
+        """Writes settled as not landed that a new tap may yet prove landed: a RECOVERED re-tap at
+        their gate, or a link reading their counter_after. A void from "another write from that
+        counter" is wrong when that write was a clone's (another handset): the proof, a wallet holding
+        the very record stamped with station and second, outranks it (chain.landing)."""
+        gates = {tap.gate_id for tap in new if is_recovered(tap)}
+        counters = {tap.counter_before for tap in new if is_link(tap)}
+        if not gates and not counters:
+            return []
+        voided = (await self.session.execute(
+            select(TapRow).where(TapRow.card_id == self.card_id, TapRow.reconciled == VOIDED)
+        )).scalars()
+        return [tap for tap in voided if tap.gate_id in gates or tap.counter_after in counters]
+
+    async def _unvoid(self, tap: TapRow) -> None:
+        """A write settled as not landed proves to have landed after all: its `voided` entry comes out
+        (the `landed` one goes in); an action it carried is delivered again by it (_apply_action)."""
+        entry = await self.session.scalar(
+            select(LedgerEntryRow).where(LedgerEntryRow.kind == "voided", LedgerEntryRow.tap_id == tap.tap_id)
+        )
+        if entry is not None:
+            await ledger.remove(self.session, entry)
+
+    async def _fork_of_landed(self, unconfirmed: TapRow, evidence: Sequence[TapRow]) -> None:
+        """A write that landed while another write from the same counter stands (chain.landing lets a
+        proof outrank it only when the records differ): two handsets wrote one counter, a clone. The
+        alarm `_tap` raises for two confirmed writes, raised here for a fork whose write was
+        unconfirmed (its gate lost power mid-write, say)."""
+        twin = next((tap for tap in evidence if tap.tap_id != unconfirmed.tap_id
+                     and tap.counter_before == unconfirmed.counter_before and writes(tap)
+                     and (not is_unconfirmed(tap) or tap.reconciled == Landing.LANDED.value)), None)
+        if twin is None:
+            return
+        await self._mark_fork(twin.tap_id)
+        await self._mark_fork(unconfirmed.tap_id)
+        self.outcome.block = True
+        self.session.add(AlarmRow(
+            created_at=datetime.now(UTC), kind="counter_reused", severity="critical",
+            gate_id=unconfirmed.gate_id, card_id=unconfirmed.card_id, tap_id=unconfirmed.tap_id,
+            detail=(f"counter {unconfirmed.counter_before} also written by tap {twin.tap_id}; this fork "
+                    f"(found landed): {ledger.handset(unconfirmed)}")[:2000],
+        ))
 
     def _proves_landed(self, tap: TapRow, unconfirmed: TapRow) -> bool:
         """A RECOVERED re-tap at the same gate, or the next tap of a handset (counter_after), whose
@@ -342,7 +392,8 @@ class CardChain:
         )).scalars(), key=chain_key)
         if writes(tap):
             twin = next((other.tap_id for other in near if other.counter_before == tap.counter_before
-                         and writes(other) and not is_unconfirmed(other)), None)
+                         and writes(other)
+                         and (not is_unconfirmed(other) or other.reconciled == Landing.LANDED.value)), None)
             if twin is not None:
                 findings.add("counter_reused", f"counter {tap.counter_before} also written by tap {twin}; "
                                                f"this fork: {ledger.handset(tap)}")

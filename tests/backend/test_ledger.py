@@ -480,6 +480,54 @@ async def test_a_clones_write_from_the_same_counter_does_not_void_a_write_that_l
     assert found["totals"]["revenue"] == exit_.fare + cloned_exit.fare > 0
 
 
+async def test_a_write_voided_by_a_clones_write_lands_when_its_proof_comes_later(migrated: Any) -> None:
+    """As above, but the genuine handset's next tap reaches the back office after the clone's confirmed
+    write had voided the unconfirmed exit (soak seed 7: the proof, a RECOVERED re-tap, came seconds
+    later). The proof still outranks the void: the `voided` entry comes out, `landed` goes in, and the
+    fork (two records written from one counter) raises the clone alarm the confirmed forks would."""
+    sessions, store, processor = await setup(migrated, reconcile=False)
+    alpha, delta, bravo, echo = SimGate(1), SimGate(4), SimGate(2), SimGate(3)
+    entry, wallet = alpha.tap(new_phone(CARD, balance=2000), CARD, ENTRY, at(2, 0))
+    clone = wallet
+    exit_, wallet = delta.tap(wallet, CARD, EXIT, at(2, 30))
+    lost = unconfirmed(delta, exit_)
+    cloned_exit, clone = echo.tap(clone, CARD, EXIT, at(2, 40))
+    genuine_next, wallet = bravo.tap(wallet, CARD, ENTRY, at(4, 0))
+    await ingest(store, processor, entry, lost, cloned_exit)
+    async with sessions() as session:
+        assert (await session.get(TapRow, lost.tap_id)).reconciled == "unconfirmed_not_landed"  # type: ignore[union-attr]
+        assert (await session.execute(select(AlarmRow))).scalars().all() == []
+    await ingest(store, processor, genuine_next)
+    async with sessions() as session:
+        assert (await session.get(TapRow, lost.tap_id)).reconciled == "unconfirmed_landed"  # type: ignore[union-attr]
+        alarms = [(a.kind, a.tap_id) for a in (await session.execute(select(AlarmRow))).scalars()]
+    assert ("counter_reused", lost.tap_id) in alarms
+    kinds = await entries(sessions)
+    assert ("landed", lost.tap_id) in kinds and ("voided", lost.tap_id) not in kinds
+    found = await checks(sessions)
+    assert found["totals"]["suspense"] == 0
+    assert found["totals"]["revenue"] == exit_.fare + cloned_exit.fare > 0
+
+
+async def test_a_clones_confirmed_write_after_a_landed_one_raises_the_clone_alarm(migrated: Any) -> None:
+    """The other order: the unconfirmed exit is proven landed first, the clone's confirmed write from
+    the same counter arrives afterwards. Two records from one counter: the clone alarm."""
+    sessions, store, processor = await setup(migrated, reconcile=False)
+    alpha, delta, bravo, echo = SimGate(1), SimGate(4), SimGate(2), SimGate(3)
+    entry, wallet = alpha.tap(new_phone(CARD, balance=2000), CARD, ENTRY, at(2, 0))
+    clone = wallet
+    exit_, wallet = delta.tap(wallet, CARD, EXIT, at(2, 30))
+    lost = unconfirmed(delta, exit_)
+    cloned_exit, clone = echo.tap(clone, CARD, EXIT, at(2, 40))
+    genuine_next, wallet = bravo.tap(wallet, CARD, ENTRY, at(4, 0))
+    await ingest(store, processor, entry, lost, genuine_next)
+    await ingest(store, processor, cloned_exit)
+    async with sessions() as session:
+        assert (await session.get(TapRow, lost.tap_id)).reconciled == "unconfirmed_landed"  # type: ignore[union-attr]
+        alarms = [(a.kind, a.tap_id) for a in (await session.execute(select(AlarmRow))).scalars()]
+    assert ("counter_reused", cloned_exit.tap_id) in alarms
+
+
 async def test_a_retry_leaving_the_identical_record_still_voids_the_unconfirmed_write(migrated: Any) -> None:
     """The exit's write did not land and the rider's retry in the same second at the same gate wrote the
     same counter to the identical record: the next tap's wallet cannot tell which write it holds, and
