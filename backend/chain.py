@@ -65,8 +65,8 @@ def same_write(a: TapRow, b: TapRow) -> bool:
             and int(a.time.timestamp()) == int(b.time.timestamp()))
 
 
-def landing(unconfirmed: TapRow, taps: Iterable[TapRow],
-            proof: TapRow | None = None) -> tuple[Landing, str]:
+def landing(unconfirmed: TapRow, taps: Iterable[TapRow], proof: TapRow | None = None,
+            proven: Iterable[TapRow] = ()) -> tuple[Landing, str]:
     """Whether an unconfirmed write landed, from the card's other taps, and the tap that tells.
 
     Landed, first: `proof`, a tap whose wallet was checked under the SAM key to hold the very record
@@ -76,7 +76,11 @@ def landing(unconfirmed: TapRow, taps: Iterable[TapRow],
     Not landed: a wallet seen at the unconfirmed tap's counter_before afterwards — a confirmed write
     from that counter (it could not have read the old counter had the write landed), or a read there
     after it. This wins over the last rule, because a retry that wrote the same counter is what a later
-    tap then reads. Landed: a later tap read counter_after or above."""
+    tap then reads. Not landed either: another unconfirmed write from that counter, with another record,
+    is `proven` landed (its own proof): a handset moves past a counter once, so the later read that
+    would count for this write is that one's (two gates' clocks may not order the two writes; a clone's
+    fork, if that is what it was, still lands by its own proof when one comes). Landed: a later tap
+    read counter_after or above."""
     voided_by: list[TapRow] = []
     seen: TapRow | None = None
     for tap in taps:
@@ -96,6 +100,12 @@ def landing(unconfirmed: TapRow, taps: Iterable[TapRow],
     if voided_by:
         tap = voided_by[0]
         return Landing.VOIDED, f"tap {tap.tap_id} read counter {tap.counter_before} after it"
+    sibling = next((tap for tap in proven if tap.tap_id != unconfirmed.tap_id
+                    and tap.counter_before == unconfirmed.counter_before
+                    and not same_write(tap, unconfirmed)), None)
+    if sibling is not None:
+        return Landing.VOIDED, (f"tap {sibling.tap_id}, written from counter {sibling.counter_before} too, "
+                                "is the write found on the wallet")
     if seen is not None:
         return Landing.LANDED, f"tap {seen.tap_id} read counter {seen.counter_before}"
     return Landing.PENDING, ""

@@ -277,9 +277,13 @@ class CardChain:
             )).scalars()
         )
         changed = False
+        proofs = {u.tap_id: next((tap for tap in evidence if self._proves_landed(tap, u)), None)
+                  for u in candidates}
+        proven = [u for u in candidates if proofs[u.tap_id] is not None]
+        landed_now: list[TapRow] = []
         for unconfirmed in sorted(candidates, key=chain_key):
-            proof = next((tap for tap in evidence if self._proves_landed(tap, unconfirmed)), None)
-            outcome, why = landing(unconfirmed, evidence, proof)
+            proof = proofs[unconfirmed.tap_id]
+            outcome, why = landing(unconfirmed, evidence, proof, proven)
             before = unconfirmed.reconciled or PENDING
             if unconfirmed.reconciled is None:  # new: its provisional write goes to suspense
                 await ledger.unconfirmed(session, unconfirmed)
@@ -300,12 +304,14 @@ class CardChain:
                 await self.p.table(session, unconfirmed.fare_table_version)  # its revenue's network
                 await ledger.landed(session, unconfirmed, self.p.revenue_account(unconfirmed), why)
                 await self._apply_action(unconfirmed)
-                await self._fork_of_landed(unconfirmed, evidence)
+                landed_now.append(unconfirmed)
             else:
                 await self._unland(unconfirmed)
                 await ledger.voided(session, unconfirmed, why)
                 if unconfirmed.action_id is not None:  # its action, still pending, is free again
                     self.outcome.actions_applied = True
+        for unconfirmed in landed_now:  # once every write of the card is settled: a fork is two that stand
+            await self._fork_of_landed(unconfirmed, evidence)
         return changed
 
     async def _voided_provable(self, new: Sequence[TapRow]) -> list[TapRow]:

@@ -668,10 +668,10 @@ class Soak:
         if not await self._drain(settings):
             return  # the backend is not taking the gates' taps: settling taps would not be heard either
         log.info("quiet: settling taps")
-        for card in await self._unconfirmed_cards(settings):
+        for card, gate in (await self._unconfirmed_cards(settings)).items():
             for rider in self.riders:
                 if rider.card_id == card:
-                    self.suspects.setdefault((card, rider.handset), -1)
+                    self.suspects.setdefault((card, rider.handset), gate)
         await self._settle()
         log.info("quiet: draining the settling taps")
         await self._drain(settings)
@@ -695,13 +695,18 @@ class Soak:
         await asyncio.gather(*(one_gate(g, rs) for g, rs in by_gate.items()))
         self.phases["quiet:settling_taps"] = sum(len(rs) for rs in by_gate.values())
 
-    async def _unconfirmed_cards(self, settings: Settings) -> set[int]:
+    async def _unconfirmed_cards(self, settings: Settings) -> dict[int, int]:
+        """Cards with an unconfirmed write -> the gate (index) of their latest one, where the rider taps
+        again, as a rider whose barrier stayed shut does: that gate's own seq orders the new tap after
+        the write, while a read at another gate is ordered by two gates' clocks (which the soak turns
+        wrong on purpose: such a read cannot settle the write, docs/ledger.md)."""
+        index = {gate_id(spec.station_id, spec.gate_no): i for i, spec in enumerate(self.specs)}
         engine = make_engine(settings)
         try:
             async with engine.connect() as db:
-                rows = await db.execute(select(TapRow.card_id).where(
-                    TapRow.flags.bitwise_and(int(Flag.UNCONFIRMED)) != 0).distinct())
-                return {int(card, 16) for (card,) in rows.all()}
+                rows = await db.execute(select(TapRow.card_id, TapRow.gate_id).where(
+                    TapRow.flags.bitwise_and(int(Flag.UNCONFIRMED)) != 0).order_by(TapRow.received_at))
+                return {int(card, 16): index.get(gate, -1) for card, gate in rows.all()}
         finally:
             await engine.dispose()
 

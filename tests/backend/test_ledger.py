@@ -528,6 +528,41 @@ async def test_a_clones_confirmed_write_after_a_landed_one_raises_the_clone_alar
     assert ("counter_reused", cloned_exit.tap_id) in alarms
 
 
+async def test_of_two_unconfirmed_writes_from_one_counter_only_the_proven_one_lands(migrated: Any) -> None:
+    """Soak seed 7: a top-up's write at gate A went unanswered (did not land); the rider tapped at gate B,
+    whose clock ran an hour slow, and that write landed, unanswered too. B's clock puts its write before
+    A's, so nothing ordered them; the rider's next tap read counter+1 and counted for both: the top-up
+    delivered twice, the back office 1,000 above the wallet. B's re-tap found B's very record on the
+    wallet: B's write is the one that landed, A's is voided, the top-up delivered once, no clone alarm."""
+    sessions, store, processor = await setup(migrated, reconcile=False)
+    async with sessions.begin() as session:
+        action = ActionRow(card_id=card(0), kind="topup", topup=1000, state="pending", created_at=at(1))
+        session.add(action)
+        await session.flush()
+        await ledger.payment(session, card(0), 1000, "provider", action.id, at(1))
+    alpha, bravo, charlie = SimGate(1), SimGate(2), SimGate(3)
+    wallet = new_phone(CARD, balance=500)
+    first, _lost = alpha.tap(wallet, CARD, ENTRY, at(2, 0), topup=1000, action_id=action.id)
+    at_a = unconfirmed(alpha, first)
+    second, wallet = bravo.tap(wallet, CARD, ENTRY, at(1, 10), topup=1000, action_id=action.id)  # slow clock
+    at_b = unconfirmed(bravo, second)
+    assert at_b.counter_before == at_a.counter_before and at_b.time < at_a.time
+    retap = recovered(bravo, second, wallet)
+    later, wallet = charlie.tap(wallet, CARD, EXIT, at(2, 40))
+    await ingest(store, processor, at_a, at_b)
+    await ingest(store, processor, retap)
+    await ingest(store, processor, later)
+    async with sessions() as session:
+        states = {tap_id: (await session.get(TapRow, tap_id)).reconciled  # type: ignore[union-attr]
+                  for tap_id in (at_a.tap_id, at_b.tap_id)}
+        alarms = [a.kind for a in (await session.execute(select(AlarmRow))).scalars()]
+    assert states == {at_a.tap_id: "unconfirmed_not_landed", at_b.tap_id: "unconfirmed_landed"}
+    assert "counter_reused" not in alarms
+    found = await checks(sessions)
+    assert found["positions"][card(0)] == held(wallet, CARD)
+    assert (found["totals"]["undelivered"], found["totals"]["suspense"]) == (0, 0)
+
+
 async def test_a_retry_leaving_the_identical_record_still_voids_the_unconfirmed_write(migrated: Any) -> None:
     """The exit's write did not land and the rider's retry in the same second at the same gate wrote the
     same counter to the identical record: the next tap's wallet cannot tell which write it holds, and
