@@ -183,12 +183,7 @@ class Distributor:
                         phone.status = status if card in add_ids else "active"
                         phone.status_reason = reason[:200]
             await self.publish_denylist_delta(row, add_ids, remove_ids)  # first: the block itself
-            if len(new_list) > MAX_LIST_ITEMS:  # its binary snapshot from the list in hand, not reloaded
-                built = await asyncio.to_thread(_snapshot_file, new_list)
-                async with self._file_lock:
-                    if self._file is None or self._file.version < built.version:
-                        self._file = built
-            await self.publish_denylist_snapshot()  # past MQTT's limit its reference instead
+            await self.publish_denylist_snapshot(new_list)  # and its reference, the gates' beacon
             return row
 
     async def publish_denylist_delta(
@@ -232,25 +227,28 @@ class Distributor:
                 lambda: _snapshot_file(fare_core.DenyList(ids, version=version)))
             return self._file
 
-    async def publish_denylist_snapshot(self) -> None:
-        """The whole list as the retained MQTT snapshot, unless it holds more than MAX_LIST_ITEMS ids,
-        which no MQTT message may carry: then the retained, signed `DenyListSnapshotRef` instead (said
-        once in the log, and again whenever the list crosses the limit), and gates catch up by delta
-        or download the binary snapshot it names over HTTP (GET DENYLIST_FETCH_PATH with the gate's
-        MAC). The size is read from the latest version first, so a list past the limit is loaded
-        only for its binary snapshot."""
-        async with self.sessions() as session:
-            size = await session.scalar(
-                select(DenyListVersionRow.size).order_by(DenyListVersionRow.version.desc()).limit(1)
-            )
-            if not self._fits_mqtt(int(size or 0)):
-                await self.publish_denylist_ref()
-                return
-            version, ids = await current_denylist(session)
-        if not self._fits_mqtt(len(ids)):  # grew in between
-            await self.publish_denylist_ref()
+    async def publish_denylist_snapshot(self, denylist: fare_core.DenyList | None = None) -> None:
+        """The whole list as the retained MQTT snapshot, then its retained, signed `DenyListSnapshotRef`:
+        the beacon every gate keeps, which makes a gate behind it take the snapshot
+        (protocol.mqtt.follow; a current gate is not subscribed to the whole list). Past MAX_LIST_ITEMS
+        ids, which no MQTT message may carry, the reference alone (said once in the log, and again
+        whenever the list crosses the limit): gates catch up by delta or download the binary snapshot
+        it names over HTTP (GET DENYLIST_FETCH_PATH with the gate's MAC). `denylist`: the current list
+        when the caller holds it; otherwise the size is read from the latest version first, so a list
+        past the limit is loaded only for its binary snapshot."""
+        if denylist is None:
+            async with self.sessions() as session:
+                size = await session.scalar(
+                    select(DenyListVersionRow.size).order_by(DenyListVersionRow.version.desc()).limit(1)
+                )
+                if not self._fits_mqtt(int(size or 0)):
+                    await self.publish_denylist_ref()
+                    return
+                version, ids = await current_denylist(session)
+            denylist = fare_core.DenyList(ids, version=version)
+        if not self._fits_mqtt(len(denylist)):  # grew in between, or handed in past the limit
+            await self.publish_denylist_ref(denylist)
             return
-        denylist = fare_core.DenyList(ids, version=version)
         message = DenyListSnapshotMessage(
             version=denylist.version,
             card_ids=list(denylist.ids()),
@@ -258,10 +256,17 @@ class Distributor:
             time=datetime.now(UTC),
         )
         await self.publisher.publish(self.topics.denylist_snapshot, message, retain=True)
+        await self.publish_denylist_ref(denylist)  # after the snapshot: a gate it sends there finds it
 
-    async def publish_denylist_ref(self) -> SnapshotFile:
+    async def publish_denylist_ref(self, denylist: fare_core.DenyList | None = None) -> SnapshotFile:
         """The retained `DenyListSnapshotRef` of the current version (its binary snapshot built, or
-        taken from the cache, for the SHA-256 the gates check the download against)."""
+        taken from the cache, for the SHA-256 the gates check the download against); `denylist`: the
+        current list when the caller holds it (not loaded again)."""
+        if denylist is not None and (self._file is None or self._file.version < denylist.version):
+            file = await asyncio.to_thread(_snapshot_file, denylist)
+            async with self._file_lock:
+                if self._file is None or self._file.version < file.version:
+                    self._file = file
         built = await self.snapshot_file()
         ref = DenyListSnapshotRef(version=built.version, checksum=built.checksum, size=built.size,
                                   sha256=built.sha256, time=datetime.now(UTC))

@@ -25,7 +25,10 @@ ack must name this gate and may not go past the highest seq this gate can have h
 (`_ack_bound`); one that does is refused and reported the same way. Everything the gate sends carries
 its MAC.
 
-A deny-list past MQTT's size comes as a signed reference (`DenyListSnapshotRef`) instead of a snapshot;
+Every deny-list change also brings the retained, signed reference (`DenyListSnapshotRef`), the beacon
+the gate keeps; the retained snapshot, the whole list, it takes only while it holds an older version
+than the newest reference (protocol.mqtt.follow), so a current gate never receives the whole list again.
+A deny-list past MQTT's size comes as the reference alone, with no snapshot;
 `DenyListFetcher` downloads the binary snapshot it names from the backend over HTTP (the gate's MAC in
 the headers), after a random delay so a station's gates do not all ask at once, and applies it only if
 it is exactly the referenced file. Without a backend URL the gate says so once and catches up by delta.
@@ -84,6 +87,7 @@ from protocol.mqtt import (
     with_mac,
 )
 from protocol.mqtt.auth import AuthError
+from protocol.mqtt.follow import DELTA_GRACE_S, SnapshotNeed, Take
 
 from .journal import Journal
 from .state import LocalState, Outcome, UpdateResult
@@ -300,6 +304,10 @@ class Uplink:
         self.stall_replays = 0  # republishes for want of a commit
         self.rejected_updates = 0
         self.snapshots_skipped = 0  # deny-list snapshots not newer than the list held: not verified
+        # the retained snapshot only while behind the newest reference (protocol.mqtt.follow)
+        self.snapshot_need = SnapshotNeed()
+        self.snapshot_subscriptions = 0  # times this gate subscribed to the snapshot: it was behind
+        self._grace: asyncio.Task[None] | None = None  # waiting DELTA_GRACE_S for a delta
         self.connects = 0
 
     # ---------------------------------------------------------------------------- running
@@ -317,6 +325,8 @@ class Uplink:
         without a timeout) cannot hold the gate's shutdown: a second cancel ends that wait."""
         if self.fetcher is not None:
             await self.fetcher.stop()
+        if self._grace is not None:
+            self._grace.cancel()
         if self._task is not None:
             for attempt in range(3):
                 self._task.cancel()
@@ -360,9 +370,10 @@ class Uplink:
             self.connects += 1
             for topic in (self.topics.committed(self.gate_id), self.topics.resend(self.gate_id),
                           self.topics.command(self.gate_id), self.topics.denylist_delta,
-                          self.topics.denylist_snapshot, self.topics.denylist_snapshot_ref,
-                          self.topics.fare_table, self.topics.actions):
+                          self.topics.denylist_snapshot_ref, self.topics.fare_table, self.topics.actions):
                 await client.subscribe(topic, qos=1)
+            if self.snapshot_need.at_connect(self.state.denylist.version):
+                await self._follow_snapshot()  # no list yet, or behind: the retained snapshot comes now
             self.connected.set()
             self._cursor = self.journal.committed_through  # resend everything not yet committed
             self._last_progress = time.monotonic()
@@ -517,19 +528,23 @@ class Uplink:
                 delta = DenyListDeltaMessage.model_validate_json(payload)
                 delta = await asyncio.to_thread(self._trusted, delta)  # a big list: off the tap loop
                 result = await asyncio.to_thread(self.state.apply_denylist_delta, delta)
+                if result.outcome is Outcome.REFUSED:
+                    self.snapshot_need.announced(delta.version)  # the retained snapshot will do
                 await self._updated(result, UpdateKind.DENYLIST, self.state.denylist.version)
+                await self._follow_snapshot()
             elif topic == t.denylist_snapshot:
                 snapshot = DenyListSnapshotMessage.model_validate_json(payload)
                 if snapshot.version <= self.state.denylist.version:
-                    # each block republishes the list's snapshot after its delta: not newer, it is never
-                    # applied, so its signature is not worth checking (the whole list, off the tap loop)
+                    # not newer (a delta came first, or a retained copy older than the reference): it
+                    # is never applied, so its signature is not worth checking (the whole list)
                     self.snapshots_skipped += 1
-                    return
-                snapshot = await asyncio.to_thread(self._trusted, snapshot)
-                result = await asyncio.to_thread(self.state.apply_denylist_snapshot, snapshot)
-                await self._updated(result, UpdateKind.DENYLIST, self.state.denylist.version)
+                else:
+                    snapshot = await asyncio.to_thread(self._trusted, snapshot)
+                    result = await asyncio.to_thread(self.state.apply_denylist_snapshot, snapshot)
+                    await self._updated(result, UpdateKind.DENYLIST, self.state.denylist.version)
+                await self._follow_snapshot()
             elif topic == t.denylist_snapshot_ref:
-                self._on_ref(self._trusted(DenyListSnapshotRef.model_validate_json(payload)))
+                await self._on_ref(self._trusted(DenyListSnapshotRef.model_validate_json(payload)))
             elif topic == t.fare_table:
                 table = FareTableMessage.model_validate_json(payload)
                 table = await asyncio.to_thread(self._trusted, table)  # up to 64 MiB: off the tap loop
@@ -547,16 +562,43 @@ class Uplink:
             errors = exc.errors()
             await self._refuse(topic, f"malformed: {errors[0].get('msg') if errors else exc}")
 
-    def _on_ref(self, ref: DenyListSnapshotRef) -> None:
-        if ref.version <= self.state.denylist.version:
+    async def _on_ref(self, ref: DenyListSnapshotRef) -> None:
+        """The beacon: a verified reference newer than the list held means a delta was missed (or is
+        still on its way: one version behind waits DELTA_GRACE_S for it); the list comes from the
+        retained snapshot, or past MQTT's size over HTTP."""
+        take = self.snapshot_need.on_ref(ref.version, ref.size, self.state.denylist.version)
+        if take is Take.SUBSCRIBE:
+            await self._follow_snapshot()
+        elif take is Take.SUBSCRIBE_AFTER_GRACE:
+            if self._grace is None or self._grace.done():
+                self._grace = asyncio.get_running_loop().create_task(self._follow_after_grace())
+        elif take is not Take.FETCH:
             return
-        if self.fetcher is not None:
+        elif self.fetcher is not None:
             self.fetcher.offer(ref)
         elif not self._fetch_off_said:
             self._fetch_off_said = True
             log.warning("gate %s: deny-list version %d (%d ids) is only on HTTP and this gate has no "
                         "[backend] url: not fetched (said once); catching up by delta only",
                         self.gate_id, ref.version, ref.size)
+
+    async def _follow_snapshot(self) -> None:
+        """Subscribe to the retained deny-list snapshot while behind the newest announced version,
+        unsubscribe once current (protocol.mqtt.follow): a current gate never receives the whole list."""
+        client, held = self._client, self.state.denylist.version
+        change = self.snapshot_need.step(held) if client is not None else None
+        if change is True and client is not None:
+            self.snapshot_subscriptions += 1
+            log.info("gate %s: deny-list %d held, %d announced: taking the retained snapshot", self.gate_id,
+                     held, self.snapshot_need.wanted)
+            await client.subscribe(self.topics.denylist_snapshot, qos=1)
+        elif change is False and client is not None:
+            await client.unsubscribe(self.topics.denylist_snapshot)
+
+    async def _follow_after_grace(self) -> None:
+        await asyncio.sleep(DELTA_GRACE_S)
+        with contextlib.suppress(aiomqtt.MqttError):  # the connection went: the next one decides again
+            await self._follow_snapshot()
 
     @property
     def _ack_bound(self) -> int:

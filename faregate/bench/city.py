@@ -719,10 +719,14 @@ async def _republish_denylist(distributor: Any) -> int:
 
 async def _send_snapshot(distributor: Any, prefix: str, count: int, rng: random.Random, wanted: Any
                          ) -> tuple[int, int, float]:
-    """Publish a signed deny-list snapshot of `count` phones, a version above every block; returns
-    (version, payload bytes, monotonic time of the call)."""
+    """Publish a signed deny-list snapshot of `count` phones, a version above every block, then its
+    signed reference (the beacon that sends the gates, all behind it now, to the retained snapshot, as
+    the backend's publish_denylist_snapshot does); returns (version, snapshot payload bytes, monotonic
+    time of the call)."""
+    import hashlib
+
     import fare_core
-    from protocol.mqtt import encode
+    from protocol.mqtt import DenyListSnapshotRef, encode
 
     current = (await distributor.snapshot()).version
     version = current + 1000
@@ -734,6 +738,9 @@ async def _send_snapshot(distributor: Any, prefix: str, count: int, rng: random.
     wanted.value = version
     sent = time.monotonic()
     await distributor.publisher.publish(Topics(prefix).denylist_snapshot, payload, retain=True)
+    ref = DenyListSnapshotRef(version=version, checksum=denylist.checksum, size=len(denylist),
+                              sha256=hashlib.sha256(denylist.to_bytes()).hexdigest(), time=datetime.now(UTC))
+    await distributor.publisher.publish(Topics(prefix).denylist_snapshot_ref, ref, retain=True)
     return version, len(payload), sent
 
 
@@ -797,5 +804,8 @@ def _figures(args: argparse.Namespace, reports: list[GateReport], blocks: dict[i
         "snapshot_missing": len(reports) - len(have_snapshot),
         "refused": sum(r.refused for r in reports),
         "snapshot_requests": sum(r.snapshot_requests for r in reports),
+        # times a gate took the retained snapshot: at connect with no list, behind the final one's
+        # reference, after a missed delta; never for a block it got by delta (protocol.mqtt.follow)
+        "snapshot_subscriptions": sum(r.snapshot_subscriptions for r in reports),
         "reconnects": sum(max(0, r.connects - 1) for r in reports),
     }

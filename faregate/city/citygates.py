@@ -16,11 +16,16 @@ synthetic ones (faregate.simgate.tap_payload, MACed under the gate's key). What 
   all or nothing), snapshots replace the list when newer and their checksum matches, and a verified
   delta that cannot be applied makes the gate ask for a snapshot (SnapshotRequest, MACed).
 
-One difference from gate/uplink.py, to keep the simulator's CPU for the gates' real work: a deny-list
-message whose version is not above the one held is ignored before its signature is checked (the real
-gate checks first, then ignores it, and counts a forged old one in `auth_refused`). Either way nothing
-is applied; a newer one is always verified first. Each block sends a delta and then the snapshot at
-the same version, so this halves the signature checks a block costs the simulating process.
+As the real gate, it keeps the signed deny-list reference (the beacon) and takes the retained snapshot
+only while the reference says it is behind (protocol.mqtt.follow): a block costs a current gate its
+delta and a reference, never the whole list.
+
+One difference from gate/uplink.py, to keep the simulator's CPU for what it measures: the messages every
+gate gets alike (delta, snapshot, reference) are parsed and their signatures checked once per distinct
+payload in the simulating process (`SharedDownlink`), not once per gate; each gate still decides and
+applies on its own. On 2 shared cores, 400 gates a process each parsing and verifying the same delta
+made the last gate's apply wait most of a second behind the others; a real gate does its own check on
+its own CPU (gate/uplink.py). A forged message is refused by every gate it reaches, as before.
 
 When each deny-list version was applied is recorded (time.monotonic(), one clock for every process on
 the machine), so the bench can measure a block's propagation from the operator's call to the last gate.
@@ -33,8 +38,11 @@ import contextlib
 import json
 import logging
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import ClassVar, TypeVar
 
 import aiomqtt
 from pydantic import ValidationError
@@ -45,8 +53,10 @@ from protocol.mqtt import (
     Committed,
     DenyListDeltaMessage,
     DenyListSnapshotMessage,
+    DenyListSnapshotRef,
     GateState,
     GateStatus,
+    Payload,
     ResendRequest,
     SnapshotRequest,
     Topics,
@@ -56,8 +66,50 @@ from protocol.mqtt import (
     encode_with_mac,
 )
 from protocol.mqtt.auth import AuthError
+from protocol.mqtt.follow import DELTA_GRACE_S, SnapshotNeed, Take
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Payload)
+
+
+class SharedDownlink:
+    """The backend's messages every gate of a process gets alike, parsed and verified once per distinct
+    payload (the last `keep`), for every gate holding the same Verifier; a refusal is remembered too."""
+
+    _by_verifier: ClassVar[weakref.WeakKeyDictionary[Verifier, SharedDownlink]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, verifier: Verifier, keep: int = 64) -> None:
+        self.verifier = verifier
+        self.keep = keep
+        self._seen: OrderedDict[tuple[str, bytes], Payload | Exception] = OrderedDict()
+        self.checks = 0  # parses and signature checks actually made
+
+    @classmethod
+    def of(cls, verifier: Verifier) -> SharedDownlink:
+        shared = cls._by_verifier.get(verifier)
+        if shared is None:
+            shared = cls._by_verifier[verifier] = cls(verifier)
+        return shared
+
+    def take(self, model: type[M], payload: bytes) -> M:
+        """`payload` as a verified `model`; raises the ValidationError or AuthError it raised first."""
+        key = (model.__name__, payload)
+        found = self._seen.get(key)
+        if found is None:
+            self.checks += 1
+            try:
+                found = model.model_validate_json(payload)
+                self.verifier.check(found)
+            except (ValidationError, AuthError) as exc:
+                found = exc
+            self._seen[key] = found
+            while len(self._seen) > self.keep:
+                self._seen.popitem(last=False)
+        else:
+            self._seen.move_to_end(key)
+        if isinstance(found, Exception):
+            raise found
+        return found  # type: ignore[return-value]
 
 
 @dataclass
@@ -73,6 +125,7 @@ class GateReport:
     snapshot_requests: int
     denylist_version: int
     statuses: int = 0
+    snapshot_subscriptions: int = 0  # times it took the retained snapshot (behind the reference)
     applied: dict[int, float] = field(default_factory=dict)  # deny-list version -> monotonic time
     received: dict[int, float] = field(default_factory=dict)  # when that version's message came in
 
@@ -101,6 +154,10 @@ class CityGate:
         self.host, self.port, self.password = host, port, password
         self.topics = topics
         self.verifier = verifier
+        self.downlink = SharedDownlink.of(verifier)
+        self.snapshot_need = SnapshotNeed()
+        self.snapshot_subscriptions = 0
+        self._grace: asyncio.Task[None] | None = None
         self.stall_s = stall_s
         self.stall_max_s = stall_max_s
         self._stall_now = stall_s
@@ -132,7 +189,7 @@ class CityGate:
     def report(self) -> GateReport:
         return GateReport(self.id, self.sim.seq, self.sim.committed, self.publishes, self.connects,
                           self.refused, self.snapshot_requests, self.denylist.version, self.statuses,
-                          dict(self.applied), dict(self.received))
+                          self.snapshot_subscriptions, dict(self.applied), dict(self.received))
 
     # ------------------------------------------------------------------------------ connection
     async def run(self, stop: asyncio.Event) -> None:
@@ -166,7 +223,9 @@ class CityGate:
             self._client = client
             self.connects += 1
             await client.subscribe([(t.committed(self.id), 1), (t.resend(self.id), 1),
-                                    (t.denylist_delta, 1), (t.denylist_snapshot, 1)])
+                                    (t.denylist_delta, 1), (t.denylist_snapshot_ref, 1)])
+            if self.snapshot_need.at_connect(self.denylist.version):
+                await self._follow_snapshot()
             self._cursor = self.sim.committed  # publish again everything not yet committed
             self._last_progress = time.monotonic()
             self.connected.set()
@@ -247,33 +306,55 @@ class CityGate:
                 self._cursor = min(self._cursor, max(resend.from_seq - 1, self.sim.committed))
                 self._wake.set()
             elif topic == t.denylist_delta:
-                delta = DenyListDeltaMessage.model_validate_json(payload)
+                delta = self.downlink.take(DenyListDeltaMessage, payload)
                 if delta.version <= self.denylist.version:
-                    return  # not newer: ignored, verified or not (see the module's docstring)
+                    return
                 self.received.setdefault(delta.version, arrived)
-                self.verifier.check(delta)
                 try:
                     self.denylist.apply_delta(fare_core.DenyListDelta(
                         version=delta.version, base_version=delta.base_version, add=tuple(delta.add),
                         remove=tuple(delta.remove), checksum=delta.checksum))
                 except (fare_core.DenyListError, ValueError, TypeError):
+                    self.snapshot_need.announced(delta.version)
                     await self._ask_snapshot()
-                    return
-                self.applied[delta.version] = time.monotonic()
+                else:
+                    self.applied[delta.version] = time.monotonic()
+                await self._follow_snapshot()
             elif topic == t.denylist_snapshot:
-                snapshot = DenyListSnapshotMessage.model_validate_json(payload)
-                if snapshot.version <= self.denylist.version:
-                    return
-                self.received.setdefault(snapshot.version, arrived)
-                self.verifier.check(snapshot)
-                candidate = fare_core.DenyList(snapshot.card_ids, version=snapshot.version)
-                if candidate.checksum != snapshot.checksum:
-                    await self._ask_snapshot()
-                    return
-                self.denylist = candidate
-                self.applied[snapshot.version] = time.monotonic()
+                snapshot = self.downlink.take(DenyListSnapshotMessage, payload)
+                if snapshot.version > self.denylist.version:
+                    self.received.setdefault(snapshot.version, arrived)
+                    candidate = fare_core.DenyList(snapshot.card_ids, version=snapshot.version)
+                    if candidate.checksum != snapshot.checksum:
+                        await self._ask_snapshot()
+                        return
+                    self.denylist = candidate
+                    self.applied[snapshot.version] = time.monotonic()
+                await self._follow_snapshot()
+            elif topic == t.denylist_snapshot_ref:
+                ref = self.downlink.take(DenyListSnapshotRef, payload)
+                take = self.snapshot_need.on_ref(ref.version, ref.size, self.denylist.version)
+                if take is Take.SUBSCRIBE:
+                    await self._follow_snapshot()
+                elif take is Take.SUBSCRIBE_AFTER_GRACE and (self._grace is None or self._grace.done()):
+                    self._grace = asyncio.get_running_loop().create_task(self._follow_after_grace())
         except (AuthError, ValidationError, json.JSONDecodeError):
             self.refused += 1  # unverified: never applied, never answered with a request
+
+    async def _follow_snapshot(self) -> None:
+        """On the snapshot topic while behind the newest announced version, off it once current."""
+        client = self._client
+        change = self.snapshot_need.step(self.denylist.version) if client is not None else None
+        if change is True and client is not None:
+            self.snapshot_subscriptions += 1
+            await client.subscribe(self.topics.denylist_snapshot, qos=1)
+        elif change is False and client is not None:
+            await client.unsubscribe(self.topics.denylist_snapshot)
+
+    async def _follow_after_grace(self) -> None:
+        await asyncio.sleep(DELTA_GRACE_S)
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._follow_snapshot()
 
     async def _ask_snapshot(self) -> None:
         client = self._client

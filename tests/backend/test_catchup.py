@@ -214,7 +214,7 @@ class Unpublished(Distributor):
     async def publish_denylist_delta(self, row: Any, add: list[int], remove: list[int]) -> None:
         return None
 
-    async def publish_denylist_snapshot(self) -> None:
+    async def publish_denylist_snapshot(self, denylist: Any = None) -> None:
         return None
 
 

@@ -93,7 +93,7 @@ def test_the_fan_out_figures_are_the_real_messages_times_their_receivers() -> No
 class HttpOnlyList(Distributor):
     """A deny-list past MQTT sizes (over protocol.mqtt.MAX_LIST_ITEMS): no retained MQTT snapshot."""
 
-    async def publish_denylist_snapshot(self) -> None:
+    async def publish_denylist_snapshot(self, denylist: object = None) -> None:
         return None
 
 

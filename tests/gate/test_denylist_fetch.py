@@ -29,7 +29,7 @@ from fare_core.table_data import TableData
 from faregate.station import GateSpec, SimStation
 from firmware_sim.config import BarrierConfig, DeviceConfig
 from firmware_sim.population import Phone, Population
-from protocol.mqtt import DEVELOPMENT_SIGNING_SEED, DenyListSnapshotRef, Signer, Topics, encode
+from protocol.mqtt import DEVELOPMENT_SIGNING_SEED, DenyListSnapshotRef, Signer, Topics, encode, follow
 from tests.backend.conftest import BrokerInfo as BackendBroker
 from tests.backend.conftest import Database, make_settings
 
@@ -92,9 +92,46 @@ def station(tmp_path: Path, broker: Broker, prefix: str, url: str | None, table:
                       gate_overrides={"backend": backend})
 
 
+def mqtt_limit(monkeypatch: pytest.MonkeyPatch, ids: int) -> None:
+    """MAX_LIST_ITEMS as both ends read it: the backend choosing HTTP, the gate expecting it there."""
+    monkeypatch.setattr(distribution, "MAX_LIST_ITEMS", ids)
+    monkeypatch.setattr(follow, "MAX_LIST_ITEMS", ids)
+
+
+async def test_a_current_gate_gets_blocks_by_delta_only_and_a_missed_delta_by_the_beacon(
+        tmp_path: Path, broker: Broker, table: TableData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot storm gone (protocol.mqtt.follow): every block republishes the retained snapshot and
+    its reference, but a gate holding the list before the block gets the delta alone. One that missed a
+    delta learns it from the reference and takes the retained snapshot, then leaves the topic again."""
+    async with running_backend(tmp_path, broker) as (settings, _url, distributor):
+        await distributor.change_denylist([f"{LISTED[0]:016x}"], [], "stolen")  # version 1
+        async with station(tmp_path, broker, settings.mqtt_prefix, None, table) as st:
+            gate = st.gates[0]
+            uplink = gate.uplink
+            assert uplink is not None
+            await eventually(lambda: gate.state.denylist.version == 1, 15)  # a new gate: the snapshot
+            await eventually(lambda: not uplink.snapshot_need.subscribed)
+            assert uplink.snapshot_subscriptions == 1
+            for n, card in enumerate(LISTED[1:4], start=2):  # blocks while current: deltas only
+                await distributor.change_denylist([f"{card:016x}"], [], "stolen")
+                await eventually(lambda n=n: gate.state.denylist.version == n, 15)  # type: ignore[misc]
+            await asyncio.sleep(0.5)
+            assert uplink.snapshot_subscriptions == 1 and uplink.snapshots_skipped == 0
+            with monkeypatch.context() as lost:  # the next delta never reaches the gate
+                lost.setattr(distributor, "publish_denylist_delta", _no_delta)
+                await distributor.change_denylist([f"{LISTED[4]:016x}"], [], "stolen")  # version 5
+            await eventually(lambda: gate.state.denylist.version == 5, 15)
+            assert LISTED[4] in gate.state.denylist and uplink.snapshot_subscriptions == 2
+            await eventually(lambda: not uplink.snapshot_need.subscribed)
+
+
+async def _no_delta(*_args: object) -> None:
+    return None
+
+
 async def test_a_new_gate_fetches_a_list_past_mqtt_sizes_and_denies_a_listed_phone(
         tmp_path: Path, broker: Broker, table: TableData, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(distribution, "MAX_LIST_ITEMS", 3)
+    mqtt_limit(monkeypatch, 3)
     async with running_backend(tmp_path, broker) as (settings, url, distributor):
         await distributor.change_denylist([f"{c:016x}" for c in LISTED], [], "stolen")  # version 1, 6 ids
         current = await distributor.snapshot()
@@ -123,7 +160,7 @@ async def test_a_ref_whose_file_does_not_match_is_not_applied_and_the_genuine_on
         tmp_path: Path, broker: Broker, table: TableData, monkeypatch: pytest.MonkeyPatch) -> None:
     """A genuinely signed reference whose SHA-256 (or checksum) is not that of the file the backend
     serves: downloaded, refused, the empty list kept; the genuine reference then applies."""
-    monkeypatch.setattr(distribution, "MAX_LIST_ITEMS", 3)
+    mqtt_limit(monkeypatch, 3)
     async with running_backend(tmp_path, broker) as (settings, url, distributor):
         await distributor.change_denylist([f"{c:016x}" for c in LISTED], [], "stolen")
         genuine = await distributor.snapshot_file()
@@ -170,7 +207,9 @@ async def test_a_forged_ref_is_refused_and_nothing_is_fetched(
 
 
 async def test_without_a_backend_url_the_gate_says_so_once(
-        tmp_path: Path, broker: Broker, table: TableData, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, broker: Broker, table: TableData, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    mqtt_limit(monkeypatch, 2)  # the list the reference names is past MQTT's size: HTTP only
     prefix = f"nu{uuid.uuid4().hex[:10]}"
     ref = DenyListSnapshotRef(version=7, checksum="0" * 48, size=3, sha256="1" * 64, time=datetime.now(UTC))
     async with station(tmp_path, broker, prefix, None, table) as st:

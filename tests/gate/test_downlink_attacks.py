@@ -34,6 +34,7 @@ from protocol.mqtt import (
     Committed,
     DenyListDeltaMessage,
     DenyListSnapshotMessage,
+    DenyListSnapshotRef,
     FareTableMessage,
     GateCommand,
     GateStatus,
@@ -46,6 +47,7 @@ from protocol.mqtt import (
     encode,
 )
 from protocol.mqtt.auth import mac_valid
+from protocol.mqtt.follow import DELTA_GRACE_S
 from tests.backend.conftest import make_tap
 from tests.gate.test_gate_updates import EXAMPLES
 
@@ -311,11 +313,13 @@ async def test_key_rotation_accepts_the_next_key_and_refuses_a_retired_one(
         await eventually(lambda: gate.state.command_id == 3)
 
 
-async def test_a_snapshot_not_newer_is_skipped_unverified_and_a_newer_forgery_still_refused(
+async def test_a_current_gate_takes_no_snapshot_and_a_behind_one_still_refuses_forgeries(
         station: SimStation, broker: Broker) -> None:
-    """Each block republishes the list's snapshot after its delta; a gate already holding that version
-    drops it before checking its signature (the check re-serialises the whole list). Skipping is safe:
-    a skipped snapshot is never applied. A newer one is checked as ever: forged, it is refused."""
+    """A gate takes the retained snapshot (the whole list) only while a verified reference says it is
+    behind (protocol.mqtt.follow): current, it is not subscribed, so neither the backend's republished
+    snapshot nor a stranger's forgery reaches it. A forged reference makes it take nothing. Behind, it
+    skips a snapshot not newer than its list before checking the signature (never applied) and
+    refuses a newer forgery, then applies the genuine one and leaves the snapshot topic again."""
     gate = station.gates[0]
     uplink, state = gate.uplink, gate.state
     assert uplink is not None
@@ -326,12 +330,31 @@ async def test_a_snapshot_not_newer_is_skipped_unverified_and_a_newer_forgery_st
         return DenyListSnapshotMessage(version=version, card_ids=ids, checksum=DenyList(ids, version=version)
                                        .checksum, time=now)
 
-    await publish(broker, topics.denylist_snapshot, encode(BACKEND.sign(snapshot(5, [CARD]))))
+    def ref(version: int, ids: list[int]) -> DenyListSnapshotRef:
+        listed = DenyList(ids, version=version)
+        return DenyListSnapshotRef(version=version, checksum=listed.checksum, size=len(listed),
+                                   sha256="0" * 64, time=now)
+
+    await publish(broker, topics.denylist_snapshot, encode(BACKEND.sign(snapshot(5, [CARD]))))  # no list yet
     await eventually(lambda: state.denylist.version == 5)
-    for message in (BACKEND.sign(snapshot(5, [CARD])), ATTACKER.sign(snapshot(4, []))):  # not newer
+    await eventually(lambda: not uplink.snapshot_need.subscribed)  # current: off the snapshot topic
+    taken = uplink.snapshot_subscriptions
+    for message in (BACKEND.sign(snapshot(5, [CARD])), ATTACKER.sign(snapshot(6, []))):
         await publish(broker, topics.denylist_snapshot, encode(message))
-    await eventually(lambda: uplink.snapshots_skipped == 2)
-    assert uplink.auth_refused == 0 and state.denylist.version == 5 and CARD in state.denylist
-    await publish(broker, topics.denylist_snapshot, encode(ATTACKER.sign(snapshot(6, []))))  # newer
+    await publish(broker, topics.denylist_snapshot_ref, encode(ATTACKER.sign(ref(9, []))))  # forged beacon
     await eventually(lambda: uplink.auth_refused == 1)
-    assert state.denylist.version == 5 and CARD in state.denylist
+    await asyncio.sleep(DELTA_GRACE_S + 0.5)
+    assert uplink.snapshot_subscriptions == taken and not uplink.snapshot_need.subscribed
+    assert uplink.snapshots_skipped == 0 and state.denylist.version == 5 and CARD in state.denylist
+    # a genuine beacon two versions ahead: behind, the gate takes the snapshot topic at once
+    await publish(broker, topics.denylist_snapshot, encode(ATTACKER.sign(snapshot(7, []))), retain=True)
+    await publish(broker, topics.denylist_snapshot_ref, encode(BACKEND.sign(ref(7, [CARD, 42]))))
+    await eventually(lambda: uplink.auth_refused == 2)  # the retained forgery, refused
+    assert uplink.snapshot_subscriptions == taken + 1 and state.denylist.version == 5
+    await publish(broker, topics.denylist_snapshot, encode(BACKEND.sign(snapshot(5, [CARD]))))  # not newer
+    await eventually(lambda: uplink.snapshots_skipped == 1)
+    assert uplink.auth_refused == 2
+    genuine = BACKEND.sign(snapshot(7, [CARD, 42]))
+    await publish(broker, topics.denylist_snapshot, encode(genuine), retain=True)
+    await eventually(lambda: state.denylist.version == 7 and 42 in state.denylist)
+    await eventually(lambda: not uplink.snapshot_need.subscribed)
