@@ -35,6 +35,7 @@ import queue
 import random
 import secrets
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -216,7 +217,16 @@ async def _gates_main(specs: list[GateSpec], prefix: str, options: dict[str, flo
         await _poll(events["stop"], 0.05)
     finally:
         stop.set()
-        await runner
+        try:
+            await asyncio.wait({runner}, timeout=30)
+            if not runner.done():
+                raise TimeoutError
+        except TimeoutError:  # say what still runs, and report anyway: the counts are what matters
+            stuck = [g.id for g in gates if g.connected.is_set()]
+            print(f"bench city: {len(stuck)} gates of this process still closing after 30 s: {stuck[:10]}",
+                  file=sys.stderr, flush=True)
+            for task in list(asyncio.all_tasks())[:5]:
+                task.print_stack(limit=6, file=sys.stderr)
     results.put([asdict(g.report()) for g in gates])
 
 

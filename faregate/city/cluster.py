@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterable
@@ -31,10 +33,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from backend.mqtt import BrokerAddress
+from backend.relay_cli import NATS_ENV
 from faregate.city.cluster_auth import BACKEND_USER, ClusterAccounts
 from faregate.city.launch import Launched, kill_group, open_group, rss_bytes, terminate_group, wait_group
 from faregate.simgate import SimGate, SimUplink
-from protocol.mqtt import Topics
+from protocol.mqtt import Topics, gate_id, parse_gate_id
 
 NATS_SERVER = "nats-server"
 CLUSTER_NAME = "faregate"
@@ -253,15 +256,78 @@ class FailoverUplink(SimUplink):
                 self.client.connect(address.host, address.port, keepalive=self.keepalive)
 
 
+def expand_gates(spec: str) -> list[str]:
+    """"101-1..8,102-3" -> ["101-1", ..., "101-8", "102-3"]: a relay's gates on the command line."""
+    gates: list[str] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        first, _, last = part.partition("..")
+        station, gate_no = parse_gate_id(first)
+        stop = int(last) if last else gate_no
+        if not gate_no <= stop <= 0xFF:
+            raise ValueError(f"not a gate range: {part!r}")
+        gates += [gate_id(station, no) for no in range(gate_no, stop + 1)]
+    return gates
+
+
+def _private(path: Path, text: str) -> None:
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
+def write_credentials(cluster: NatsCluster, directory: Path) -> Path:
+    """Every account's login, for the processes that start next (mode 0600: passwords belong in files
+    and the environment, never on a command line or a screen): `directory`/accounts.json, all of them;
+    backend.env, the workers' and backend's environment (FAREGATE_INGEST_FROM, FAREGATE_MQTT_URL: the
+    first MQTT gateway); relay-<name>.env, each relay's FAREGATE_RELAY_NATS."""
+    accounts = cluster.accounts
+    assert accounts is not None
+    backend_mqtt = [f"mqtt://{BACKEND_USER}:{accounts.backend_password}@127.0.0.1:{node.mqtt_port}"
+                    for node in cluster.nodes]
+    doc = {"backend": {"user": BACKEND_USER, "nats": cluster.ingest_url, "mqtt": backend_mqtt},
+           "relays": {name: {"gates": relay.gates,
+                             "nats": ",".join(cluster.urls_as(relay.user, relay.password))}
+                      for name, relay in accounts.relays.items()}}
+    _private(directory / "backend.env",
+             f"FAREGATE_INGEST_FROM={cluster.ingest_url}\nFAREGATE_MQTT_URL={backend_mqtt[0]}\n")
+    for name, relay in accounts.relays.items():
+        _private(directory / f"relay-{name}.env",
+                 f"{NATS_ENV}={','.join(cluster.urls_as(relay.user, relay.password))}\n")
+    path = directory / "accounts.json"
+    _private(path, json.dumps(doc, indent=1))
+    return path
+
+
 def main() -> int:
-    """`python3 -m faregate.city.cluster --dir DIR [--base-port P]`: run the three nodes until Ctrl-C."""
+    """`python3 -m faregate.city.cluster --dir DIR [--base-port P] [--relay NAME=GATES ...] [--open]`:
+    run the three nodes until Ctrl-C, with accounts unless `--open` (docs/deployment.md)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python3 -m faregate.city.cluster")
     parser.add_argument("--dir", type=Path, required=True, help="configuration, JetStream data and logs")
     parser.add_argument("--base-port", type=int, help="ports from here up (default: free ones)")
+    parser.add_argument("--prefix", default="faregate", help="the topic prefix the accounts are for")
+    parser.add_argument("--relay", action="append", default=[], metavar="NAME=GATES",
+                        help="a station relay's account and the gates it serves, e.g. r1=101-1..8,102-1..8 "
+                             "(repeat for each relay)")
+    parser.add_argument("--open", action="store_true",
+                        help="no accounts: any client and any node may connect (the station-bridge path "
+                             "through the MQTT gateways, whose logins are not done, needs it)")
     args = parser.parse_args()
-    cluster = NatsCluster(args.dir, base_port=args.base_port)
+    accounts = None
+    if not args.open:
+        accounts = ClusterAccounts(args.prefix)
+        for relay in args.relay:
+            name, _, gates = relay.partition("=")
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name.strip()):
+                parser.error(f"--relay {relay!r}: a name of letters, digits, - and _, then =GATES")
+            try:
+                accounts.add_relay(name.strip(), expand_gates(gates))
+            except ValueError as exc:
+                parser.error(f"--relay {relay!r}: {exc}")
+    elif args.relay:
+        parser.error("--relay needs accounts: leave out --open")
+    cluster = NatsCluster(args.dir, base_port=args.base_port, accounts=accounts)
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
@@ -269,8 +335,14 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job inherits it ignored
         signal.signal(signum, interrupt)
     with cluster:
-        print("nats (ingest --ingest-from):", cluster.ingest_url)
-        print("mqtt gateways (gates, --ingest-downlink):", ",".join(cluster.mqtt_urls), flush=True)
+        nodes = ",".join(f"nats://127.0.0.1:{node.client_port}" for node in cluster.nodes)
+        print("nats (ingest --ingest-from):", nodes)
+        print("mqtt gateways (gates, --ingest-downlink):", ",".join(cluster.mqtt_urls))
+        if accounts is not None:
+            print("logins (the backend's, each relay's):", write_credentials(cluster, args.dir))
+        else:
+            print("open: no accounts, anyone who reaches these ports may connect")
+        sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
             while any(node.alive for node in cluster.nodes):
                 time.sleep(1)

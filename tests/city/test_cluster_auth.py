@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import nats
 import nats.errors
 import pytest
 
 from backend.config import Settings
 from backend.ingest.stream import STREAM, connect_cluster, ensure_stream, stream_config
+from backend.mqtt import BrokerAddress
 from backend.relay import StationRelay
 from backend.state_stream import STATE_STREAM, state_stream_config
 from faregate.city.cluster import NatsCluster
@@ -206,3 +212,70 @@ async def until_async(read: Any, want: int, timeout: float, what: str) -> None:
                 await asyncio.sleep(0.1)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def test_the_cluster_command_starts_with_accounts_and_keeps_their_passwords_in_a_private_file(
+    tmp_path: Path, city_prefix: str
+) -> None:
+    """`python3 -m faregate.city.cluster`, as docs/deployment.md runs it by hand: accounts on unless
+    `--open`; the logins in <dir>/accounts.json (mode 0600), none on the screen; a client without one
+    refused on NATS and on the MQTT gateway, the backend's login taken on both; a relay's range of
+    gates expanded into its account."""
+    require_nats()
+    directory = tmp_path / "nats"
+    directory.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "faregate.city.cluster", "--dir", str(directory), "--prefix", city_prefix,
+         "--relay", f"r1={STATION}-1..3,{OTHER_STATION}-2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        assert lines[2].startswith("logins"), "".join(lines) + process.stdout.read(2000)
+        path = directory / "accounts.json"
+        for private in (path, directory / "backend.env", directory / "relay-r1.env"):
+            assert (private.stat().st_mode & 0o777) == 0o600, private
+        assert (directory / "backend.env").read_text().startswith("FAREGATE_INGEST_FROM=nats://")
+        logins = json.loads(path.read_text())
+        secrets = [logins["backend"]["nats"], *logins["relays"]["r1"]["nats"].split(",")]
+        assert not any(secret.split("@")[0] in "".join(lines) for secret in secrets)
+        assert logins["relays"]["r1"]["gates"] == sorted(
+            [gate_id(STATION, n) for n in (1, 2, 3)] + [gate_id(OTHER_STATION, 2)])
+        mqtt_port = int(lines[1].split(": ")[1].split(",")[0].rsplit(":", 1)[1])
+        asyncio.run(_logins(lines[0].split(": ")[1].split(",")[0].strip(), logins["backend"]["nats"],
+                            mqtt_port, logins["backend"]["mqtt"][0]))
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+async def _logins(open_url: str, backend_urls: str, mqtt_port: int, backend_mqtt: str) -> None:
+    host, port = open_url.removeprefix("nats://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        await reader.readline()
+        writer.write(b'CONNECT {"verbose": false, "pedantic": false}\r\nPING\r\n')
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"-ERR 'Authorization Violation'")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    nc = await connect_cluster(backend_urls.split(","), "backend")
+    await nc.close()
+    for url, accepted in ((f"mqtt://127.0.0.1:{mqtt_port}", False), (backend_mqtt, True)):
+        address = BrokerAddress.parse(url)
+        client = aiomqtt.Client(address.host, address.port, username=address.username,
+                                password=address.password, protocol=aiomqtt.ProtocolVersion.V311)
+        if accepted:
+            async with client:
+                pass
+        else:
+            with pytest.raises(aiomqtt.MqttError):
+                async with client:
+                    pass
