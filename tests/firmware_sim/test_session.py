@@ -30,7 +30,7 @@ from protocol.serial.messages import OpenSession, SessionOpened
 from .conftest import ALICE, CAROL
 
 
-def _answer(client: SerialClient, seq: int, timeout: float = 3.0) -> Message:
+def _answer(client: SerialClient, seq: int, timeout: float = 10.0) -> Message:
     """The response carrying `seq`, read off the line (raw frames: no transaction rules)."""
     deadline = time.monotonic() + timeout
     while seq not in client._responses:
