@@ -49,6 +49,12 @@ class Landing(StrEnum):
     VOIDED = "unconfirmed_not_landed"
 
 
+def stands(tap: TapRow) -> bool:
+    """A write the wallet took, as far as the back office knows: confirmed, or unconfirmed and settled
+    as landed. Two that stand on one counter with different records are two handsets (a clone)."""
+    return writes(tap) and (not is_unconfirmed(tap) or tap.reconciled == Landing.LANDED.value)
+
+
 def _after(tap: TapRow, unconfirmed: TapRow) -> bool:
     """Did this read happen after the unconfirmed tap? The same gate says so by its seq; another gate
     only by its clock (a read at the old counter is the one fact the counter cannot order)."""

@@ -30,7 +30,7 @@ import fare_core
 from fare_core.reasons import Flag
 
 from . import ledger
-from .chain import Landing, chain_key, is_link, is_recovered, is_unconfirmed, landing, writes
+from .chain import Landing, chain_key, is_link, is_recovered, is_unconfirmed, landing, stands, writes
 from .config import Settings
 from .reconcile import compare, expected_decision
 from .tables import (
@@ -343,8 +343,7 @@ class CardChain:
         alarm `_tap` raises for two confirmed writes, raised here for a fork whose write was
         unconfirmed (its gate lost power mid-write, say)."""
         twin = next((tap for tap in evidence if tap.tap_id != unconfirmed.tap_id
-                     and tap.counter_before == unconfirmed.counter_before and writes(tap)
-                     and (not is_unconfirmed(tap) or tap.reconciled == Landing.LANDED.value)), None)
+                     and tap.counter_before == unconfirmed.counter_before and stands(tap)), None)
         if twin is None:
             return
         await self._mark_fork(twin.tap_id)
@@ -397,9 +396,8 @@ class CardChain:
                                  TapRow.tap_id != tap.tap_id)
         )).scalars(), key=chain_key)
         if writes(tap):
-            twin = next((other.tap_id for other in near if other.counter_before == tap.counter_before
-                         and writes(other)
-                         and (not is_unconfirmed(other) or other.reconciled == Landing.LANDED.value)), None)
+            twin = next((other.tap_id for other in near
+                         if other.counter_before == tap.counter_before and stands(other)), None)
             if twin is not None:
                 findings.add("counter_reused", f"counter {tap.counter_before} also written by tap {twin}; "
                                                f"this fork: {ledger.handset(tap)}")

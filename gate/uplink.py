@@ -569,14 +569,11 @@ class Uplink:
         take = self.snapshot_need.on_ref(ref.version, ref.size, self.state.denylist.version)
         if take is Take.SUBSCRIBE:
             await self._follow_snapshot()
-        elif take is Take.SUBSCRIBE_AFTER_GRACE:
-            if self._grace is None or self._grace.done():
-                self._grace = asyncio.get_running_loop().create_task(self._follow_after_grace())
-        elif take is not Take.FETCH:
-            return
-        elif self.fetcher is not None:
+        elif take is Take.SUBSCRIBE_AFTER_GRACE and (self._grace is None or self._grace.done()):
+            self._grace = asyncio.get_running_loop().create_task(self._follow_after_grace())
+        elif take is Take.FETCH and self.fetcher is not None:
             self.fetcher.offer(ref)
-        elif not self._fetch_off_said:
+        elif take is Take.FETCH and not self._fetch_off_said:
             self._fetch_off_said = True
             log.warning("gate %s: deny-list version %d (%d ids) is only on HTTP and this gate has no "
                         "[backend] url: not fetched (said once); catching up by delta only",
@@ -586,13 +583,15 @@ class Uplink:
         """Subscribe to the retained deny-list snapshot while behind the newest announced version,
         unsubscribe once current (protocol.mqtt.follow): a current gate never receives the whole list."""
         client, held = self._client, self.state.denylist.version
-        change = self.snapshot_need.step(held) if client is not None else None
-        if change is True and client is not None:
+        if client is None:
+            return
+        change = self.snapshot_need.step(held)
+        if change is True:
             self.snapshot_subscriptions += 1
             log.info("gate %s: deny-list %d held, %d announced: taking the retained snapshot", self.gate_id,
                      held, self.snapshot_need.wanted)
             await client.subscribe(self.topics.denylist_snapshot, qos=1)
-        elif change is False and client is not None:
+        elif change is False:
             await client.unsubscribe(self.topics.denylist_snapshot)
 
     async def _follow_after_grace(self) -> None:

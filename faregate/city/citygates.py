@@ -344,11 +344,13 @@ class CityGate:
     async def _follow_snapshot(self) -> None:
         """On the snapshot topic while behind the newest announced version, off it once current."""
         client = self._client
-        change = self.snapshot_need.step(self.denylist.version) if client is not None else None
-        if change is True and client is not None:
+        if client is None:
+            return
+        change = self.snapshot_need.step(self.denylist.version)
+        if change is True:
             self.snapshot_subscriptions += 1
             await client.subscribe(self.topics.denylist_snapshot, qos=1)
-        elif change is False and client is not None:
+        elif change is False:
             await client.unsubscribe(self.topics.denylist_snapshot)
 
     async def _follow_after_grace(self) -> None:

@@ -480,19 +480,26 @@ async def test_a_clones_write_from_the_same_counter_does_not_void_a_write_that_l
     assert found["totals"]["revenue"] == exit_.fare + cloned_exit.fare > 0
 
 
+def clone_fork() -> tuple[TapMessage, TapMessage, TapMessage, TapMessage, TapMessage]:
+    """A cloned card's fork: the entry; the genuine handset's exit (landed) and its UNCONFIRMED report;
+    the clone's confirmed exit from the same counter; the genuine handset's next tap, reading what its
+    exit wrote."""
+    alpha, delta, bravo, echo = SimGate(1), SimGate(4), SimGate(2), SimGate(3)
+    entry, wallet = alpha.tap(new_phone(CARD, balance=2000), CARD, ENTRY, at(2, 0))
+    clone = wallet
+    exit_, wallet = delta.tap(wallet, CARD, EXIT, at(2, 30))
+    cloned_exit, clone = echo.tap(clone, CARD, EXIT, at(2, 40))
+    genuine_next, wallet = bravo.tap(wallet, CARD, ENTRY, at(4, 0))
+    return entry, exit_, unconfirmed(delta, exit_), cloned_exit, genuine_next
+
+
 async def test_a_write_voided_by_a_clones_write_lands_when_its_proof_comes_later(migrated: Any) -> None:
     """As above, but the genuine handset's next tap reaches the back office after the clone's confirmed
     write had voided the unconfirmed exit (soak seed 7: the proof, a RECOVERED re-tap, came seconds
     later). The proof still outranks the void: the `voided` entry comes out, `landed` goes in, and the
     fork (two records written from one counter) raises the clone alarm the confirmed forks would."""
     sessions, store, processor = await setup(migrated, reconcile=False)
-    alpha, delta, bravo, echo = SimGate(1), SimGate(4), SimGate(2), SimGate(3)
-    entry, wallet = alpha.tap(new_phone(CARD, balance=2000), CARD, ENTRY, at(2, 0))
-    clone = wallet
-    exit_, wallet = delta.tap(wallet, CARD, EXIT, at(2, 30))
-    lost = unconfirmed(delta, exit_)
-    cloned_exit, clone = echo.tap(clone, CARD, EXIT, at(2, 40))
-    genuine_next, wallet = bravo.tap(wallet, CARD, ENTRY, at(4, 0))
+    entry, exit_, lost, cloned_exit, genuine_next = clone_fork()
     await ingest(store, processor, entry, lost, cloned_exit)
     async with sessions() as session:
         assert (await session.get(TapRow, lost.tap_id)).reconciled == "unconfirmed_not_landed"  # type: ignore[union-attr]
@@ -513,13 +520,7 @@ async def test_a_clones_confirmed_write_after_a_landed_one_raises_the_clone_alar
     """The other order: the unconfirmed exit is proven landed first, the clone's confirmed write from
     the same counter arrives afterwards. Two records from one counter: the clone alarm."""
     sessions, store, processor = await setup(migrated, reconcile=False)
-    alpha, delta, bravo, echo = SimGate(1), SimGate(4), SimGate(2), SimGate(3)
-    entry, wallet = alpha.tap(new_phone(CARD, balance=2000), CARD, ENTRY, at(2, 0))
-    clone = wallet
-    exit_, wallet = delta.tap(wallet, CARD, EXIT, at(2, 30))
-    lost = unconfirmed(delta, exit_)
-    cloned_exit, clone = echo.tap(clone, CARD, EXIT, at(2, 40))
-    genuine_next, wallet = bravo.tap(wallet, CARD, ENTRY, at(4, 0))
+    entry, _exit, lost, cloned_exit, genuine_next = clone_fork()
     await ingest(store, processor, entry, lost, genuine_next)
     await ingest(store, processor, cloned_exit)
     async with sessions() as session:
