@@ -4,9 +4,10 @@ Why not aiomqtt, which gate/ and backend/ use: the city bench measures a block's
 2,000 gates that share two cores with the whole city, so what the simulator itself spends on a message
 delays every gate behind it in its process. Measured here (400 connections in one process, one QoS 1
 message to each, idle machine): aiomqtt about 110 us a message (paho's parsing, aiomqtt's Message and a
-cross-thread wake-up for every write), gmqtt about 60 us, this client about 15 us (benchmarks/
-test_city_client_bench.py measures it beside aiomqtt in the same run). Profiled in the 2,000-gate bench, the
-client library was most of the simulating processes' time and those processes a third of the machine.
+cross-thread wake-up for every write), gmqtt about 60 us, this client about 15 us
+(benchmarks/test_city_client_bench.py measures it beside aiomqtt in the same run). Profiled in the
+2,000-gate bench, the client library was most of the simulating processes' time and those processes
+a third of the machine.
 
 It does only what a gate does: CONNECT with a login, a will and a keepalive; SUBSCRIBE and UNSUBSCRIBE;
 PUBLISH at QoS 0 or 1 both ways (its own awaited until PUBACKed, the broker's answered with a PUBACK at
