@@ -89,15 +89,15 @@ async def serve(
             publisher.start()
         distributor = Distributor(sessions, publisher)
         if ingest:
-            from .control import SnapshotRequests, handle_control_message
+            from .control import SnapshotRequests, handle_control_messages
             from .ingest.worker import IngestWorker
 
             # gates' snapshot requests and the ingest's own (re)connections: coalesced republishes
             snapshots = SnapshotRequests(distributor.resend)
             stack.push_async_callback(snapshots.aclose)
 
-            async def on_other(message: Any) -> None:
-                await handle_control_message(settings, sessions, message, snapshots)
+            async def on_other(messages: list[Any]) -> None:
+                await handle_control_messages(settings, sessions, messages, snapshots)
 
             worker = IngestWorker(
                 settings,

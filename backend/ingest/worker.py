@@ -117,7 +117,7 @@ class IngestWorker:
         sessions: async_sessionmaker[AsyncSession],
         *,
         client_id: str | None = None,
-        on_other: Callable[[RawMessage], Awaitable[None]] | None = None,
+        on_other: Callable[[list[RawMessage]], Awaitable[None]] | None = None,
         on_stored: Callable[[BatchResult], None] | None = None,
         on_connected: Callable[[], None] | None = None,
         dead_letter_alarm: tuple[int, float] = (DEAD_LETTER_ALARM_COUNT, DEAD_LETTER_ALARM_WINDOW_S),
@@ -127,7 +127,7 @@ class IngestWorker:
         self.topics = Topics(settings.mqtt_prefix)
         self.store = TapStore(sessions, authn.gate_keys(settings))  # taps need their gate's MAC
         self.signer = authn.signer(settings)  # what it sends gates is signed (docs/security.md)
-        self.on_other = on_other  # status and request messages (control plane)
+        self.on_other = on_other  # a batch's status and request messages (control plane)
         self.on_stored = on_stored
         self.on_connected = on_connected  # every (re)connection: the backend republishes its state
         self.dead_letter_alarm = dead_letter_alarm  # (count, window in seconds)
@@ -233,12 +233,12 @@ class IngestWorker:
                 await self._count_dead_letters(result)
             if self.on_stored is not None:
                 self.on_stored(result)
+        if others and self.on_other is not None:
+            try:  # the batch's statuses and requests together (backend.control.handle_control_messages)
+                await self.on_other([_raw(m) for m in others])
+            except Exception:  # a control message must never stop the tap ingest
+                log.exception("%d control message(s) failed", len(others))
         for message in others:
-            if self.on_other is not None:
-                try:
-                    await self.on_other(_raw(message))
-                except Exception:  # a control message must never stop the tap ingest
-                    log.exception("control message on %s failed", message.topic)
             self.mqtt.ack(message)
 
     async def _store_until_done(self, taps: list[RawMessage]) -> BatchResult:

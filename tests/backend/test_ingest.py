@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from backend.control import handle_control_message
+from backend.control import handle_control_messages
 from backend.db import make_engine, make_sessionmaker
 from backend.ingest.store import RawMessage
 from backend.ingest.worker import IngestWorker
@@ -54,8 +54,8 @@ async def ingest(database: Database, broker: BrokerInfo) -> AsyncIterator[Runnin
     await upgrade(engine, settings)
     sessions = make_sessionmaker(engine)
 
-    async def control(message: RawMessage) -> None:
-        await handle_control_message(settings, sessions, message)
+    async def control(messages: list[RawMessage]) -> None:
+        await handle_control_messages(settings, sessions, messages)
 
     worker = IngestWorker(settings, sessions, on_other=control)
     stop = asyncio.Event()
