@@ -25,6 +25,7 @@ from typing import Any
 from nats.errors import Error as NatsError
 
 from protocol.mqtt import Topics
+from protocol.mqtt.address import for_log
 
 from .ingest.stream import connect_cluster, ensure_stream, nats_servers, subject_of
 from .state_stream import STATE_STREAM, is_stored_state, state_stream_config
@@ -101,7 +102,8 @@ class NatsPublisherLink:
                 self._js = self._nc.jetstream(timeout=10.0)
                 await ensure_stream(self._js, state_stream_config(self.topics, self.replicas))
                 self.connected.set()
-                log.info("publisher %s: publishing to the gates on %s", self.name, ",".join(self.servers))
+                log.info("publisher %s: publishing to the gates on %s", self.name,
+                         for_log(",".join(self.servers)))
                 return
             except (NatsError, OSError) as error:
                 log.warning("publisher %s: cluster not reachable (%s); retrying in %.1f s", self.name, error,

@@ -51,6 +51,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import APIError, NotFoundError
 
 from protocol.mqtt import Topics
+from protocol.mqtt.address import for_log
 
 from .config import Settings
 from .ingest.stream import (
@@ -166,7 +167,7 @@ class StationRelay:
         if self.connected and not self._said_ready:
             self._said_ready = True
             log.info("relay %s: forwarding into %s on %s", self.mqtt.client_id, STREAM,
-                     ",".join(self.servers))
+                     for_log(",".join(self.servers)))
 
     # --- downlink ------------------------------------------------------------------------------------
 

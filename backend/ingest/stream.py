@@ -38,6 +38,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
+from protocol.mqtt.address import for_log
+
 from ..config import Settings
 from ..mqtt import Delivery, MqttClient
 
@@ -325,7 +327,7 @@ class JetStreamSource:
 
         async def reconnected() -> None:
             # the client reconnected by itself (another node): the durable pull subscription goes on
-            log.info("NATS reconnected to %s", self._nc.connected_url.netloc if self._nc else "?")
+            log.info("NATS reconnected to %s", for_log(self._nc.connected_url.geturl()) if self._nc else "?")
             if self._nc is not None and not self._closed:
                 self.connected.set()
 
@@ -350,7 +352,7 @@ class JetStreamSource:
                 self._nc = await self._connect()
                 subscription = await self._ensure(self._nc.jetstream())
                 self.connected.set()
-                log.info("ingest pulling %s/%s from %s", STREAM, DURABLE, ",".join(self.servers))
+                log.info("ingest pulling %s/%s from %s", STREAM, DURABLE, for_log(",".join(self.servers)))
                 if self.on_ready is not None:
                     self.on_ready()
                 await self._pull(subscription)

@@ -45,3 +45,17 @@ def parse_mqtt_url(url: str) -> MqttUrl:
         password=unquote(parts.password) if parts.password else None,
         tls=SCHEMES[parts.scheme],
     )
+
+
+def for_log(urls: str) -> str:
+    """`urls` (one, or several comma-separated: a cluster's nodes) as a log line may show them: each
+    password replaced by `***`. The backend's and relays' broker URLs carry their login."""
+    shown = []
+    for url in urls.split(","):
+        parts = urlsplit(url.strip())
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.netloc.rsplit("@", 1)[1]
+            url = parts._replace(netloc=f"{user}:***@{host}").geturl()
+        shown.append(url)
+    return ",".join(shown)

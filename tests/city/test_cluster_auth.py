@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -167,8 +168,10 @@ async def test_a_relay_account_reads_its_own_gates_downlink_and_replies_only(
 @pytest.mark.mosquitto
 @pytest.mark.slow
 async def test_a_relay_on_its_own_account_forwards_taps_and_hands_down_blocks(
-    guarded: NatsCluster, city_prefix: str, tmp_path: Path, mosquitto_tools: None
+    guarded: NatsCluster, city_prefix: str, tmp_path: Path, mosquitto_tools: None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     topics = Topics(city_prefix)
     backend = await backend_ready(guarded, city_prefix)
     station = Station(tmp_path / "station", city_prefix, guarded)
@@ -193,6 +196,9 @@ async def test_a_relay_on_its_own_account_forwards_taps_and_hands_down_blocks(
                 await asyncio.sleep(0.2)
         assert relay.stats["forwarded"] >= 3 and relay.stats["refused"] == 0
         assert relay.stats["state_fetched"] >= 1
+        said = caplog.text  # what it logged names its nodes, never its password (logs are read widely)
+        assert "forwarding into" in said
+        assert guarded.accounts is not None and guarded.accounts.relays["relay-31"].password not in said
     finally:
         if listener is not None:
             listener.close()

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from backend.mqtt import BrokerAddress
 from gate.config import MqttConfig
-from protocol.mqtt.address import MqttUrl, NotAnMqttUrl, parse_mqtt_url
+from protocol.mqtt.address import MqttUrl, NotAnMqttUrl, for_log, parse_mqtt_url
 
 CASES = [
     ("mqtt://broker:1884", MqttUrl("broker", 1884, None, None, False)),
@@ -65,3 +65,14 @@ def test_the_backend_still_accepts_a_bare_host() -> None:
         BrokerAddress.parse("http://broker")
     with pytest.raises(ValueError, match="Port"):
         BrokerAddress.parse("mqtt://broker:99999")
+
+
+@pytest.mark.security
+def test_a_log_line_shows_a_cluster_s_urls_without_their_passwords() -> None:
+    urls = ("nats://faregate-backend:s3cret-A@127.0.0.1:4222,nats://relay-31:p%40ss@127.0.0.1:4223,"
+            "nats://127.0.0.1:4224")
+    shown = for_log(urls)
+    assert shown == ("nats://faregate-backend:***@127.0.0.1:4222,nats://relay-31:***@127.0.0.1:4223,"
+                     "nats://127.0.0.1:4224")
+    assert "s3cret" not in shown and "p%40ss" not in shown
+    assert for_log("mqtt://gate-31-1@broker:1883") == "mqtt://gate-31-1@broker:1883"  # no password, as is
