@@ -33,8 +33,12 @@ cluster or its station is fetched from FAREGATE_STATE, a stream holding the last
 subject (the deny-list snapshot and its reference, the fare table, the action list, each gate's
 command), at every (re)connection; a missed ack costs the gate one stall replay, stored once.
 
-The relay holds no key and needs none: taps carry their gate's MAC end to end, and everything it hands
-down is signed by the backend and checked by the gate. At the station it logs in as RELAY_USER, which may
+The relay holds no secret: taps carry their gate's MAC end to end, and everything it hands down is
+signed by the backend and checked by the gate. It holds the backend's public key(s), and hands down no
+state message (deny-list snapshot and reference, fare table, action list, a gate's command) that is not
+signed by one: the station keeps those retained for every gate that connects, and a forgery there, which
+the gates would refuse, would stand in for the genuine state until the backend next published it. At
+the station it logs in as RELAY_USER, which may
 read the gates' uplink topics and write their downlink topics, nothing else (faregate/city/station.py
 writes that ACL).
 """
@@ -50,8 +54,18 @@ from nats.errors import BadSubjectError, MaxPayloadError
 from nats.errors import Error as NatsError
 from nats.js.errors import APIError, NotFoundError
 
-from protocol.mqtt import Topics
+from protocol.mqtt import (
+    ActionListMessage,
+    DenyListSnapshotMessage,
+    DenyListSnapshotRef,
+    FareTableMessage,
+    GateCommand,
+    Payload,
+    Topics,
+    Verifier,
+)
 from protocol.mqtt.address import for_log
+from protocol.mqtt.auth import AuthError, public_key_of
 
 from .config import Settings
 from .ingest.stream import (
@@ -89,8 +103,10 @@ class StationRelay:
     nodes, comma-separated (nats-py fails over between them)."""
 
     def __init__(self, settings: Settings, station_url: str, nats_url: str, *,
-                 client_id: str = RELAY_USER, replicas: int = 3) -> None:
+                 client_id: str = RELAY_USER, replicas: int = 3, verifier: Verifier | None = None) -> None:
         self.settings = settings
+        # the backend's public key(s): what it keeps at the station as state must be signed by one
+        self.verifier = verifier or Verifier([public_key_of(bytes.fromhex(settings.downlink_signing_key))])
         self.servers = nats_servers(nats_url)
         self.replicas = replicas
         self.topics = topics = Topics(settings.mqtt_prefix)
@@ -113,7 +129,13 @@ class StationRelay:
         self._catching_up: asyncio.Task[None] | None = None
         self._subscribing: asyncio.Task[None] | None = None
         self.stats = {"forwarded": 0, "retried": 0, "refused": 0, "unacked_at_station": 0, "stale": 0,
-                      "down": 0, "down_dropped": 0, "state_fetched": 0, "state_stale": 0}
+                      "down": 0, "down_dropped": 0, "state_fetched": 0, "state_stale": 0, "forged": 0}
+        self._state_models: dict[str, type[Payload]] = {
+            topics.denylist_snapshot: DenyListSnapshotMessage,
+            topics.denylist_snapshot_ref: DenyListSnapshotRef,
+            topics.fare_table: FareTableMessage,
+            topics.actions: ActionListMessage,
+        }
 
     @property
     def connected(self) -> bool:
@@ -208,10 +230,33 @@ class StationRelay:
         if not payload:  # an empty retained publish would clear the station's state: never ours to send
             self.stats["down_dropped"] += 1
             return
+        if not self._signed_if_state(topic, payload):
+            return
         if self.mqtt.publish_nowait(topic, payload, qos=1, retain=self.topics.retained(topic)):
             self.stats["down"] += 1
         else:  # the station is away: what is state is fetched again when it is back
             self.stats["down_dropped"] += 1
+
+    def _signed_if_state(self, topic: str, payload: bytes) -> bool:
+        """False, counted and logged, for a state message (the deny-list snapshot and its reference, the
+        fare table, the action list, a gate's command) not signed by the backend. The station keeps those
+        retained for every gate that connects, so a forgery handed down would stand in for the genuine
+        state until the backend next published it: the gates would refuse it, and go without. Acks and
+        deltas are checked by the gates alone (a forged one replaces nothing for long); checking them here
+        would cost the relay a signature check on every tap's ack."""
+        model = self._state_models.get(topic)
+        if model is None and topic.rsplit("/", 1)[-1] == "command":
+            model = GateCommand
+        if model is None:
+            return True
+        try:
+            self.verifier.check(model.model_validate_json(payload))
+        except (ValueError, AuthError) as error:  # pydantic's ValidationError is a ValueError
+            self.stats["forged"] += 1
+            log.warning("relay %s: %s not handed down, not the backend's (%s)", self.mqtt.client_id, topic,
+                        str(error).splitlines()[0])
+            return False
+        return True
 
     async def _disconnected(self) -> None:
         self._ready.clear()

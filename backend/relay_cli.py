@@ -12,6 +12,8 @@ import asyncio
 import logging
 import os
 
+from protocol.mqtt import Verifier
+
 from .config import Settings
 from .ingest.stream import split_urls
 from .relay import RELAY_USER, StationRelay
@@ -19,6 +21,7 @@ from .runtime import install_stop_signals
 
 STATIONS_ENV = "FAREGATE_RELAY_STATIONS"
 NATS_ENV = "FAREGATE_RELAY_NATS"
+KEYS_ENV = "FAREGATE_RELAY_BACKEND_KEYS"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", help="MQTT topic prefix (else FAREGATE_MQTT_PREFIX)")
     parser.add_argument("--replicas", type=int, default=3,
                         help="replicas of the stream if the relay is the first to make it (default 3)")
+    parser.add_argument("--backend-key", action="append", metavar="HEX",
+                        help="the backend's downlink public key, 64 hex digits (repeat during a key "
+                        f"rotation; else {KEYS_ENV}, comma-separated); in development the development key")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -42,13 +48,46 @@ def run(args: argparse.Namespace) -> int:
         print(f"faregate relay: give --station (or {STATIONS_ENV}) and --nats (or {NATS_ENV})")
         return 2
     try:
-        settings = Settings(**({"mqtt_prefix": args.prefix} if args.prefix else {}))
-        relays = [StationRelay(settings, url, nats_urls, replicas=args.replicas) for url in stations]
+        settings, environment = relay_settings(args.prefix)
+        verifier = _backend_keys(args.backend_key or split_urls(os.environ.get(KEYS_ENV, "")), environment)
+        relays = [StationRelay(settings, url, nats_urls, replicas=args.replicas, verifier=verifier)
+                  for url in stations]
     except ValueError as error:
         print(f"faregate relay: configuration error: {error}")
         return 2
     asyncio.run(_serve(relays))
     return 0
+
+
+def relay_settings(prefix: str | None) -> tuple[Settings, str]:
+    """The relay's settings (topic prefix, MQTT options) and the environment's name. A relay holds none
+    of the backend's secrets (signing seed, master keys, admin password), so the backend's check that
+    they are not the development defaults is not asked of it: its settings are read as development's,
+    and the environment named (FAREGATE_ENVIRONMENT) decides only whether --backend-key is required."""
+    environment = os.environ.get("FAREGATE_ENVIRONMENT", "development").lower()
+    if environment not in ("development", "test", "production"):
+        raise ValueError(f"FAREGATE_ENVIRONMENT={environment!r}: development, test or production")
+    values: dict[str, str] = {"environment": "development"}
+    if prefix:
+        values["mqtt_prefix"] = prefix
+    return Settings(**values), environment  # type: ignore[arg-type]
+
+
+def _backend_keys(keys: list[str], environment: str) -> Verifier | None:
+    """The backend's public keys a relay checks the state it hands down against. Outside development
+    they must be given: a relay at a station holds no backend secret to derive them from (None: in
+    development, the key of the signing seed in the settings, as the backend's own)."""
+    if not keys:
+        if environment != "development":
+            raise ValueError(f"give the backend's downlink public key: --backend-key HEX or {KEYS_ENV}")
+        return None
+    try:
+        raw = [bytes.fromhex(key) for key in keys]
+    except ValueError:
+        raise ValueError("--backend-key: 64 hex digits each") from None
+    if any(len(key) != 32 for key in raw):
+        raise ValueError("--backend-key: 64 hex digits each (an Ed25519 public key)")
+    return Verifier(raw)
 
 
 async def _serve(relays: list[StationRelay]) -> None:

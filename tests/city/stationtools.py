@@ -7,18 +7,20 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+import fare_core
 from backend.broker import free_port
 from backend.config import Settings
 from backend.relay import RELAY_USER, StationRelay
 from faregate.city.cluster import NatsCluster
 from faregate.city.station import BrokerFiles, Mosquitto, write_station
 from faregate.simgate import tap_payload
-from protocol.mqtt import Topics, gate_id
+from protocol.mqtt import DEVELOPMENT_SIGNING_SEED, DenyListSnapshotMessage, Signer, Topics, encode, gate_id
 from tests.city.citytools import until
 
 STATION = 31
@@ -81,6 +83,14 @@ class GateListener:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def signed_snapshot(version: int, seed: bytes = DEVELOPMENT_SIGNING_SEED) -> bytes:
+    """A deny-list snapshot (one phone) signed as the backend signs it (another `seed`: a forgery)."""
+    card = 0x1000 + version
+    checksum = fare_core.DenyList([card], version=version).checksum
+    return encode(Signer(seed).sign(DenyListSnapshotMessage(
+        version=version, card_ids=[card], checksum=checksum, time=datetime.now(UTC))))
 
 
 async def relay_connected(station: Station, cluster: NatsCluster) -> StationRelay:

@@ -31,7 +31,7 @@ from faregate.city.cluster_auth import ClusterAccounts
 from faregate.simgate import tap_payload
 from protocol.mqtt import Topics, gate_id
 from tests.city.citytools import require_nats, until
-from tests.city.stationtools import GATES, STATION, GateListener, Station
+from tests.city.stationtools import GATES, STATION, GateListener, Station, signed_snapshot
 
 pytestmark = [pytest.mark.security]
 
@@ -180,12 +180,12 @@ async def test_a_relay_on_its_own_account_forwards_taps_and_hands_down_blocks(
                          ",".join(relay_urls(guarded, "relay-31")))
     listener: GateListener | None = None
     try:  # state published before the relay runs: it fetches it on its account when it connects
-        await backend.jetstream().publish(f"{city_prefix}.denylist.snapshot", b"snapshot-1",
-                                          stream=STATE_STREAM)
+        snapshot = signed_snapshot(1)
+        await backend.jetstream().publish(f"{city_prefix}.denylist.snapshot", snapshot, stream=STATE_STREAM)
         await relay.start()
         await until(lambda: relay.connected, 30, "the relay connected on its account")
         listener = GateListener(station, 1)
-        await until(lambda: listener.payloads(topics.denylist_snapshot) == [b"snapshot-1"], 30,
+        await until(lambda: listener.payloads(topics.denylist_snapshot) == [snapshot], 30,
                     "the fetched state retained at the station")
         await asyncio.to_thread(station.tap, 1, range(1, 4))
         js = backend.jetstream()

@@ -32,7 +32,7 @@ from faregate.city.workers import StationRelays
 from faregate.simgate import tap_payload
 from protocol.mqtt import Topics, gate_id
 from tests.city.citytools import stream_leader, until
-from tests.city.stationtools import GATES, STATION, GateListener, Station, relay_connected
+from tests.city.stationtools import GATES, STATION, GateListener, Station, relay_connected, signed_snapshot
 
 pytestmark = [pytest.mark.mosquitto]
 
@@ -205,13 +205,14 @@ async def test_acks_and_blocks_come_down_through_the_relay_and_state_missed_is_f
         assert set(listener.payloads(topics.committed(gate))) == {b"ack-1"}
         await relay.aclose()
 
-        # while the relay is away, the backend publishes a new snapshot, as Distributor does: retained,
-        # QoS 1, through a node's MQTT gateway (FAREGATE_STATE captures its subject)
+        # while the relay is away, the backend publishes a new snapshot, as Distributor does: signed,
+        # retained, QoS 1, through a node's MQTT gateway (FAREGATE_STATE captures its subject)
+        snapshot = signed_snapshot(2)
         backend = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"backend-{uuid.uuid4().hex[:8]}")
         backend.connect("127.0.0.1", cluster.nodes[0].mqtt_port)
         backend.loop_start()
         try:
-            backend.publish(topics.denylist_snapshot, b"snapshot-2", qos=1, retain=True).wait_for_publish(10)
+            backend.publish(topics.denylist_snapshot, snapshot, qos=1, retain=True).wait_for_publish(10)
         finally:
             backend.loop_stop()
             backend.disconnect()
@@ -220,7 +221,7 @@ async def test_acks_and_blocks_come_down_through_the_relay_and_state_missed_is_f
                 with contextlib.suppress(nats.errors.Error):
                     last = await nc.jetstream().get_last_msg(STATE_STREAM,
                                                              f"{topics.prefix}.denylist.snapshot")
-                    if last.data == b"snapshot-2":
+                    if last.data == snapshot:
                         break
                 await asyncio.sleep(0.1)
         await nc.publish(f"{topics.prefix}.denylist.delta", b"delta-2")  # live only: missed, as it is
@@ -231,14 +232,14 @@ async def test_acks_and_blocks_come_down_through_the_relay_and_state_missed_is_f
         # a fetch is retried after a JetStream request times out (5 s): on a loaded machine (CI saw
         # 10 s pass once) the answer may take two of them
         try:
-            await until(lambda: listener.payloads(topics.denylist_snapshot) == [b"snapshot-2"], 30,
+            await until(lambda: listener.payloads(topics.denylist_snapshot) == [snapshot], 30,
                         "the snapshot published while the relay was away")
         except AssertionError as error:
             raise AssertionError(f"{error}; relay stats {relay.stats}, gate saw {listener.seen}") from None
         assert set(listener.payloads(topics.denylist_delta)) == {b"delta-1"}
         late = GateListener(station, 2)  # a gate connecting now gets the state retained at its station
         try:
-            await until(lambda: late.payloads(topics.denylist_snapshot) == [b"snapshot-2"], 10, "retained")
+            await until(lambda: late.payloads(topics.denylist_snapshot) == [snapshot], 10, "retained")
             assert late.seen[-1][2] is True
         finally:
             late.close()
@@ -274,3 +275,46 @@ async def test_a_block_reaches_the_station_soon_after_the_relays_node_is_killed(
         await nc.close()
     assert listener.payloads(topics.denylist_delta)[:1] == [b"delta-after-kill"]
     assert reached < 5.0  # no JetStream on this path: no election to wait for (measured about 1 s)
+
+
+@pytest.mark.security
+async def test_state_the_backend_did_not_sign_never_replaces_the_station_s_retained_state(
+    cluster: NatsCluster, station: Station
+) -> None:
+    """A stranger able to publish on the cluster (an open one, or a stolen account) sends the relay a
+    deny-list snapshot signed by another key, an unsigned one, garbage and a forged command. The relay
+    hands none of them down: the station keeps the genuine snapshot retained, and a gate that connects
+    gets that one. Without the check the last forgery stood at the station until the backend next
+    published (the gates refusing it, so going without the list)."""
+    topics = Topics(station.prefix)
+    relay = await relay_connected(station, cluster)
+    listener = GateListener(station, 1)
+    nc = await nats.connect(cluster.urls)
+    genuine = signed_snapshot(3)
+    forged = signed_snapshot(4, seed=b"\x07" * 32)
+    unsigned = json.dumps({"version": 5, "card_ids": [], "checksum": "0" * 48,
+                           "time": "2026-12-03T08:00:00Z"}).encode()
+    try:
+        await asyncio.to_thread(station.tap, 1, range(1, 2))  # the relay learns gate 1: its command too
+        await until(lambda: gate_id(STATION, 1) in relay._subscribed, 10, "the relay subscribed gate 1")
+        subject = f"{topics.prefix}.denylist.snapshot"
+        async with asyncio.timeout(10):
+            while not listener.payloads(topics.denylist_snapshot):
+                await nc.publish(subject, genuine)
+                await asyncio.sleep(0.1)
+        for payload in (forged, unsigned, b"not json"):
+            await nc.publish(subject, payload)
+        await nc.publish(topics.command(gate_id(STATION, 1)).replace("/", "."), b'{"command_id": 1}')
+        await nc.flush()
+        await until(lambda: relay.stats["forged"] >= 4, 10, "the four forgeries refused")
+        late = GateListener(station, 2)
+        try:
+            await until(lambda: late.payloads(topics.denylist_snapshot), 10, "the retained snapshot")
+            assert late.payloads(topics.denylist_snapshot) == [genuine]
+        finally:
+            late.close()
+        assert set(listener.payloads(topics.denylist_snapshot)) == {genuine}
+    finally:
+        listener.close()
+        await relay.aclose()
+        await nc.close()
