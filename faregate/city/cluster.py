@@ -34,7 +34,7 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from backend.mqtt import BrokerAddress
 from backend.relay_cli import NATS_ENV
-from faregate.city.cluster_auth import BACKEND_USER, ClusterAccounts
+from faregate.city.cluster_auth import ADMIN_USER, BACKEND_USER, ClusterAccounts
 from faregate.city.launch import Launched, kill_group, open_group, rss_bytes, terminate_group, wait_group
 from faregate.simgate import SimGate, SimUplink
 from protocol.mqtt import Topics, gate_id, parse_gate_id
@@ -277,14 +277,17 @@ def _private(path: Path, text: str) -> None:
 
 def write_credentials(cluster: NatsCluster, directory: Path) -> Path:
     """Every account's login, for the processes that start next (mode 0600: passwords belong in files
-    and the environment, never on a command line or a screen): `directory`/accounts.json, all of them;
+    and the environment, never on a command line or a screen): `directory`/accounts.json, all of them
+    (the admin's, for maintenance, only there);
     backend.env, the workers' and backend's environment (FAREGATE_INGEST_FROM, FAREGATE_MQTT_URL: the
     first MQTT gateway); relay-<name>.env, each relay's FAREGATE_RELAY_NATS."""
     accounts = cluster.accounts
     assert accounts is not None
     backend_mqtt = [f"mqtt://{BACKEND_USER}:{accounts.backend_password}@127.0.0.1:{node.mqtt_port}"
                     for node in cluster.nodes]
-    doc = {"backend": {"user": BACKEND_USER, "nats": cluster.ingest_url, "mqtt": backend_mqtt},
+    admin = ",".join(cluster.urls_as(ADMIN_USER, accounts.admin_password))
+    doc = {"admin": {"user": ADMIN_USER, "nats": admin},
+           "backend": {"user": BACKEND_USER, "nats": cluster.ingest_url, "mqtt": backend_mqtt},
            "relays": {name: {"gates": relay.gates,
                              "nats": ",".join(cluster.urls_as(relay.user, relay.password))}
                       for name, relay in accounts.relays.items()}}

@@ -3,8 +3,11 @@
 The broker and the station network are hostile ground (docs/security.md), so a node takes no client
 without a password, and no node joins the cluster without the routes' password:
 
-- `faregate-backend`: the ingest workers and the operator's backend; the centre, trusted with
-  everything (the streams, the consumers, every subject).
+- `faregate-admin`: the operator's maintenance account, everything allowed; no process runs on it.
+- `faregate-backend`: the ingest workers and the operator's backend: every subject, making the streams
+  and the ingest's consumer, but never deleting, purging or reconfiguring a stream, deleting a
+  message or a consumer (`BACKEND_DENIED`): a compromised worker or API host cannot wipe what the
+  cluster holds (taps not yet stored, the state every station fetches).
 - one account a station relay (or a relay process serving several stations): it may publish only its
   own gates' uplink subjects (taps, status, requests), read the two streams' descriptions and the
   state stream's last messages, and subscribe only its own gates' downlink subjects, the shared state
@@ -28,7 +31,11 @@ from backend.state_stream import STATE_STREAM, state_topics
 from protocol.mqtt import Topics
 
 BACKEND_USER = "faregate-backend"
+ADMIN_USER = "faregate-admin"
 ROUTE_USER = "faregate-route"
+# the JetStream API requests the backend's account may not make (NATS permissions: publish deny)
+BACKEND_DENIED = ["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.UPDATE.>",
+                  "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.CONSUMER.DELETE.>"]
 
 
 @dataclass
@@ -55,11 +62,12 @@ class ClusterAccounts:
 
     prefix: str
     backend_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     route_password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     relays: dict[str, RelayAccount] = field(default_factory=dict)
 
     def add_relay(self, user: str, gates: list[str]) -> RelayAccount:
-        if user in (BACKEND_USER, ROUTE_USER) or user in self.relays:
+        if user in (BACKEND_USER, ADMIN_USER, ROUTE_USER) or user in self.relays:
             raise ValueError(f"account {user!r} exists")
         account = RelayAccount(user, secrets.token_urlsafe(18), sorted(gates))
         self.relays[user] = account
@@ -68,7 +76,11 @@ class ClusterAccounts:
     def authorization(self) -> str:
         """The nats-server `authorization` block (JSON is valid nats-server configuration)."""
         topics = Topics(self.prefix)
-        users: list[dict[str, object]] = [{"user": BACKEND_USER, "password": self.backend_password}]
+        users: list[dict[str, object]] = [
+            {"user": ADMIN_USER, "password": self.admin_password},
+            {"user": BACKEND_USER, "password": self.backend_password,
+             "permissions": {"publish": {"deny": BACKEND_DENIED}}},
+        ]
         users += [{"user": r.user, "password": r.password, "permissions": r.permissions(topics)}
                   for r in self.relays.values()]
         return "authorization " + json.dumps({"users": users}, indent=1)

@@ -27,7 +27,7 @@ from backend.mqtt import BrokerAddress
 from backend.relay import StationRelay
 from backend.state_stream import STATE_STREAM, state_stream_config
 from faregate.city.cluster import NatsCluster
-from faregate.city.cluster_auth import ClusterAccounts
+from faregate.city.cluster_auth import ADMIN_USER, ClusterAccounts
 from faregate.simgate import tap_payload
 from protocol.mqtt import Topics, gate_id
 from tests.city.citytools import require_nats, until
@@ -132,6 +132,43 @@ async def test_a_relay_account_publishes_its_own_gates_uplink_and_nothing_else(
         await acks.unsubscribe()
     finally:
         await relay.nc.close()
+        await backend.close()
+
+
+async def test_the_backend_account_cannot_wipe_the_streams_and_the_admin_account_can(
+    guarded: NatsCluster, city_prefix: str
+) -> None:
+    """A compromised worker or API host holds the backend's login: it must not be able to delete, purge
+    or reconfigure the uplink stream (taps not yet stored), delete a message or the ingest's consumer.
+    Each request is dropped by the node (no answer comes, the violation is reported); the stream keeps
+    its tap. The admin account, which no process runs on, can."""
+    backend = await backend_ready(guarded, city_prefix)
+    worker = await Client().connect(guarded.urls)
+    assert guarded.accounts is not None
+    admin = await connect_cluster(guarded.urls_as(ADMIN_USER, guarded.accounts.admin_password), "admin")
+    try:
+        js = worker.nc.jetstream(timeout=2)
+        await js.publish(f"{city_prefix}.gates.{gate_id(STATION, 1)}.taps", tap_payload(STATION, 1, 1))
+        await js.add_consumer(STREAM, durable_name="ingest-test", ack_policy="explicit")  # allowed: makes
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.purge_stream(STREAM)
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.delete_msg(STREAM, 1)
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.delete_consumer(STREAM, "ingest-test")
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.update_stream(stream_config(city_prefix, 3))
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.delete_stream(STREAM)
+        await until(lambda: all(worker.refused(f"$JS.API.{what}.{STREAM}") for what in
+                                ("STREAM.PURGE", "STREAM.MSG.DELETE", "CONSUMER.DELETE", "STREAM.UPDATE",
+                                 "STREAM.DELETE")), 5, "the violations reported")
+        info = await backend.jetstream().stream_info(STREAM)
+        assert info.state.messages == 1
+        assert await admin.jetstream(timeout=10).delete_stream(STREAM) is True
+    finally:
+        await worker.nc.close()
+        await admin.close()
         await backend.close()
 
 
