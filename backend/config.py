@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # a city behind station relays: the backend's messages to the gates go as NATS publishes on the
     # cluster, nats://host:port[,...], instead of through mqtt_url (backend/nats_publisher.py)
     publish_nats_url: str = ""
+    # TLS to the NATS cluster (workers, relays, the publisher): on with tls:// node URLs; the nodes'
+    # certificate is verified against this CA (the system's CAs when unset)
+    nats_ca_file: str | None = None
 
     # ingest
     ingest: bool = True  # run the MQTT ingest inside `faregate backend`

@@ -39,8 +39,10 @@ class NatsPublisherLink:
     """One nats-py connection to the cluster (failing over between `servers` by itself), made in the
     background and retried until it answers; the same calls as MqttClient's the Publisher uses."""
 
-    def __init__(self, servers: str, prefix: str, name: str, *, replicas: int = 3) -> None:
+    def __init__(self, servers: str, prefix: str, name: str, *, replicas: int = 3,
+                 ca_file: str | None = None) -> None:
         self.servers = nats_servers(servers)
+        self.ca_file = ca_file
         self.topics = Topics(prefix)
         self.name = name
         self.replicas = replicas
@@ -97,7 +99,8 @@ class NatsPublisherLink:
         delay = RETRY_MIN_S
         while True:
             try:
-                self._nc = await connect_cluster(self.servers, self.name, disconnected_cb=self._disconnected,
+                self._nc = await connect_cluster(self.servers, self.name, ca_file=self.ca_file,
+                                                 disconnected_cb=self._disconnected,
                                                  reconnected_cb=self._reconnected)
                 self._js = self._nc.jetstream(timeout=10.0)
                 await ensure_stream(self._js, state_stream_config(self.topics, self.replicas))

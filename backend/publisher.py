@@ -25,7 +25,8 @@ class Publisher:
         self.topics = Topics(settings.mqtt_prefix)
         name = client_id or f"faregate-api-{uuid.uuid4().hex[:8]}"
         self.link: MqttClient | NatsPublisherLink = (
-            NatsPublisherLink(settings.publish_nats_url, settings.mqtt_prefix, name)
+            NatsPublisherLink(settings.publish_nats_url, settings.mqtt_prefix, name,
+                              ca_file=settings.nats_ca_file)
             if settings.publish_nats_url else MqttClient(settings, name))
         self.signer = signer(settings)
 

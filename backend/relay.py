@@ -163,6 +163,7 @@ class StationRelay:
         while True:
             try:
                 self._nc = await connect_cluster(self.servers, self.mqtt.client_id,
+                                                 ca_file=self.settings.nats_ca_file,
                                                  reconnected_cb=self._reconnected,
                                                  disconnected_cb=self._disconnected)
                 self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT_S)

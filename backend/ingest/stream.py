@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -107,15 +108,19 @@ def split_urls(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-async def connect_cluster(servers: list[str], name: str, **callbacks: Any) -> Any:
+async def connect_cluster(servers: list[str], name: str, *, ca_file: str | None = None,
+                          **callbacks: Any) -> Any:
     """A nats-py connection to the cluster that fails over between the nodes for ever (its own
     reconnection: 0.5 s between attempts); `callbacks` are nats-py's (disconnected_cb, ...). Its
-    errors (a node gone, a refused reconnection) are one log line each, not nats-py's tracebacks."""
+    errors (a node gone, a refused reconnection) are one log line each, not nats-py's tracebacks.
+    tls:// URLs: TLS, the nodes' certificate verified against `ca_file` (else the system's CAs)."""
 
     async def one_line(error: Exception) -> None:
         log.warning("nats %s: %s", name, error or type(error).__name__)
 
     callbacks.setdefault("error_cb", one_line)
+    if any(server.startswith("tls://") for server in servers):
+        callbacks["tls"] = ssl.create_default_context(cafile=ca_file)
     return await nats.connect(servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                               connect_timeout=5, inbox_prefix=inbox_prefix(servers), **callbacks)
 
@@ -332,6 +337,7 @@ class JetStreamSource:
                 self.connected.set()
 
         return await connect_cluster(self.servers, self.settings.ingest_client_id,
+                                     ca_file=self.settings.nats_ca_file,
                                      disconnected_cb=disconnected, reconnected_cb=reconnected)
 
     async def _ensure(self, js: Any) -> Any:

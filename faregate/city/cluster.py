@@ -35,6 +35,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from backend.mqtt import BrokerAddress
 from backend.relay_cli import NATS_ENV
 from faregate.city.cluster_auth import ADMIN_USER, BACKEND_USER, ClusterAccounts
+from faregate.city.cluster_tls import ClusterCertificates
 from faregate.city.launch import Launched, kill_group, open_group, rss_bytes, terminate_group, wait_group
 from faregate.simgate import SimGate, SimUplink
 from protocol.mqtt import Topics, gate_id, parse_gate_id
@@ -79,9 +80,12 @@ class NatsNode:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def config(self, routes: list[int], replicas: int, accounts: ClusterAccounts | None = None) -> str:
+    def config(self, routes: list[int], replicas: int, accounts: ClusterAccounts | None = None,
+               tls: ClusterCertificates | None = None) -> str:
         route_urls = [accounts.route_url(port) if accounts else f"nats-route://127.0.0.1:{port}"
                       for port in routes]
+        client_tls = tls.block() if tls else ""  # clients must speak TLS; the nodes' cert from the CA
+        route_tls = tls.block(verify=True) if tls else ""  # each route shows the CA's certificate
         route_list = ", ".join(json.dumps(url) for url in route_urls)
         store = json.dumps(str(self.directory / "jetstream"))
         users = accounts.authorization() if accounts else ""
@@ -91,6 +95,7 @@ server_name: {self.name}
 listen: 127.0.0.1:{self.client_port}
 http: 127.0.0.1:{self.http_port}
 max_payload: 2MB
+{client_tls}
 {users}
 jetstream {{
   store_dir: {store}
@@ -101,6 +106,7 @@ cluster {{
   name: {CLUSTER_NAME}
   listen: 127.0.0.1:{self.cluster_port}
   {route_auth}
+  {route_tls}
   routes: [{route_list}]
 }}
 mqtt {{
@@ -128,6 +134,7 @@ class NatsCluster(Launched):
     size: int = 3
     base_port: int | None = None
     accounts: ClusterAccounts | None = None  # passwords and permissions; None: anyone may connect
+    tls: ClusterCertificates | None = None  # TLS on client connections and routes; None: plain TCP
     nodes: list[NatsNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -145,11 +152,15 @@ class NatsCluster(Launched):
     def urls(self) -> list[str]:
         """Every node's client URL, as the backend logs in (its password in it when accounts are on)."""
         if self.accounts is None:
-            return [node.url for node in self.nodes]
+            return [f"{self.scheme}://127.0.0.1:{node.client_port}" for node in self.nodes]
         return self.urls_as(BACKEND_USER, self.accounts.backend_password)
 
+    @property
+    def scheme(self) -> str:
+        return "tls" if self.tls else "nats"
+
     def urls_as(self, user: str, password: str) -> list[str]:
-        return [f"nats://{user}:{password}@127.0.0.1:{node.client_port}" for node in self.nodes]
+        return [f"{self.scheme}://{user}:{password}@127.0.0.1:{node.client_port}" for node in self.nodes]
 
     @property
     def mqtt_urls(self) -> list[str]:
@@ -169,7 +180,7 @@ class NatsCluster(Launched):
         node.directory.mkdir(parents=True, exist_ok=True)
         routes = [other.cluster_port for other in self.nodes if other is not node]
         conf = node.directory / "nats.conf"
-        conf.write_text(node.config(routes, min(3, self.size), self.accounts))
+        conf.write_text(node.config(routes, min(3, self.size), self.accounts, self.tls))
         # a process group of its own: killed alone, never with the test
         node.process = open_group([NATS_SERVER, "-c", str(conf)], node.directory / "nats.log")
 
@@ -280,7 +291,8 @@ def write_credentials(cluster: NatsCluster, directory: Path) -> Path:
     and the environment, never on a command line or a screen): `directory`/accounts.json, all of them
     (the admin's, for maintenance, only there);
     backend.env, the workers' and backend's environment (FAREGATE_INGEST_FROM, FAREGATE_MQTT_URL: the
-    first MQTT gateway); relay-<name>.env, each relay's FAREGATE_RELAY_NATS."""
+    first MQTT gateway); relay-<name>.env, each relay's FAREGATE_RELAY_NATS; with TLS, both with
+    FAREGATE_NATS_CA_FILE, the CA the nodes' certificate is checked against."""
     accounts = cluster.accounts
     assert accounts is not None
     backend_mqtt = [f"mqtt://{BACKEND_USER}:{accounts.backend_password}@127.0.0.1:{node.mqtt_port}"
@@ -291,11 +303,12 @@ def write_credentials(cluster: NatsCluster, directory: Path) -> Path:
            "relays": {name: {"gates": relay.gates,
                              "nats": ",".join(cluster.urls_as(relay.user, relay.password))}
                       for name, relay in accounts.relays.items()}}
+    ca = f"FAREGATE_NATS_CA_FILE={cluster.tls.ca_file}\n" if cluster.tls else ""
     _private(directory / "backend.env",
-             f"FAREGATE_INGEST_FROM={cluster.ingest_url}\nFAREGATE_MQTT_URL={backend_mqtt[0]}\n")
+             f"FAREGATE_INGEST_FROM={cluster.ingest_url}\nFAREGATE_MQTT_URL={backend_mqtt[0]}\n{ca}")
     for name, relay in accounts.relays.items():
         _private(directory / f"relay-{name}.env",
-                 f"{NATS_ENV}={','.join(cluster.urls_as(relay.user, relay.password))}\n")
+                 f"{NATS_ENV}={','.join(cluster.urls_as(relay.user, relay.password))}\n{ca}")
     path = directory / "accounts.json"
     _private(path, json.dumps(doc, indent=1))
     return path
@@ -313,6 +326,9 @@ def main() -> int:
     parser.add_argument("--relay", action="append", default=[], metavar="NAME=GATES",
                         help="a station relay's account and the gates it serves, e.g. r1=101-1..8,102-1..8 "
                              "(repeat for each relay)")
+    parser.add_argument("--tls", action="store_true",
+                        help="TLS on client connections and routes: a CA and the nodes' certificate are made "
+                             "in DIR/tls; clients trust DIR/tls/ca.pem (FAREGATE_NATS_CA_FILE)")
     parser.add_argument("--open", action="store_true",
                         help="no accounts: any client and any node may connect (the station-bridge path "
                              "through the MQTT gateways, whose logins are not done, needs it)")
@@ -330,7 +346,8 @@ def main() -> int:
                 parser.error(f"--relay {relay!r}: {exc}")
     elif args.relay:
         parser.error("--relay needs accounts: leave out --open")
-    cluster = NatsCluster(args.dir, base_port=args.base_port, accounts=accounts)
+    tls = ClusterCertificates.make(args.dir / "tls") if args.tls else None
+    cluster = NatsCluster(args.dir, base_port=args.base_port, accounts=accounts, tls=tls)
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
@@ -338,13 +355,15 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job inherits it ignored
         signal.signal(signum, interrupt)
     with cluster:
-        nodes = ",".join(f"nats://127.0.0.1:{node.client_port}" for node in cluster.nodes)
+        nodes = ",".join(f"{cluster.scheme}://127.0.0.1:{node.client_port}" for node in cluster.nodes)
         print("nats (ingest --ingest-from):", nodes)
         print("mqtt gateways (gates, --ingest-downlink):", ",".join(cluster.mqtt_urls))
         if accounts is not None:
             print("logins (the backend's, each relay's):", write_credentials(cluster, args.dir))
         else:
             print("open: no accounts, anyone who reaches these ports may connect")
+        if tls is not None:
+            print("tls: clients trust", tls.ca_file)
         sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
             while any(node.alive for node in cluster.nodes):
