@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fare_core import DEVELOPMENT_SAM_KEY
 from protocol.mqtt import DEVELOPMENT_SIGNING_SEED, DEVELOPMENT_UPLINK_MASTER_KEY
+from protocol.mqtt.address import for_log
 
 if TYPE_CHECKING:
     from .ledger import ServiceDay
@@ -142,7 +143,7 @@ class Settings(BaseSettings):
         parts = [part.strip() for part in self.publish_nats_url.split(",") if part.strip()]
         if not all(part.startswith(("nats://", "tls://")) for part in parts):
             raise ValueError("FAREGATE_PUBLISH_NATS_URL is nats://host:port[,nats://...], not "
-                             f"{self.publish_nats_url!r}")
+                             f"{for_log(self.publish_nats_url)!r}")
         return self
 
     @model_validator(mode="after")

@@ -222,11 +222,15 @@ async def handle_control_messages(
             elif leaf == "request":
                 await _request(settings, sessions, message, gate, distributor)
         except (ValidationError, ValueError) as error:
-            now = datetime.now(UTC)
-            async with sessions.begin() as session:
-                reason = f"invalid {leaf}: {error}"
-                row = dead_letter_row(message.topic, bytes(message.payload), reason, now)
-                session.add(DeadLetterRow(**row))
+            try:
+                async with sessions.begin() as session:
+                    reason = f"invalid {leaf}: {error}"
+                    row = dead_letter_row(message.topic, bytes(message.payload), reason, datetime.now(UTC))
+                    session.add(DeadLetterRow(**row))
+            except Exception:  # the others' statuses are still recorded below
+                log.exception("control message on %s not dead-lettered", message.topic)
+        except Exception:  # one message's failure (its alarm, a republish) never costs the batch's statuses
+            log.exception("control message on %s failed", message.topic)
     if statuses:
         await record_statuses(sessions, statuses, skew_alarm_s=settings.clock_skew_alarm_s)
 
@@ -340,8 +344,15 @@ async def _record_together(sessions: async_sessionmaker[AsyncSession], statuses:
         ids = sorted({status.gate_id for status, _, _ in statuses})
         found = await session.scalars(select(GateRow).where(GateRow.gate_id.in_(ids)))
         rows = {row.gate_id: row for row in found}
-        return [await _apply_status(session, rows, status, station_id, gate_no, skew_alarm_s)
-                for status, station_id, gate_no in statuses]
+        recorded = [await _apply_status(session, rows, status, station_id, gate_no, skew_alarm_s)
+                    for status, station_id, gate_no in statuses]
+    for (status, _, _), taken in zip(statuses, recorded, strict=True):  # counted once it is committed
+        if not taken:
+            stale_statuses[status.gate_id] += 1
+            log.info("gate %s: status of %s not newer than its last seen; ignored (%d so far)",
+                     status.gate_id, status.time.isoformat() if status.time else "?",
+                     stale_statuses[status.gate_id])
+    return recorded
 
 
 async def _apply_status(session: AsyncSession, rows: dict[str, GateRow], status: GateStatus,
@@ -349,11 +360,7 @@ async def _apply_status(session: AsyncSession, rows: dict[str, GateRow], status:
     row = rows.get(status.gate_id)
     if row is not None and status.time is not None and row.last_seen is not None \
             and status.time <= row.last_seen:  # a replay (or a reordered old status): ignored, counted
-        stale_statuses[status.gate_id] += 1
-        log.info("gate %s: status of %s not newer than its last seen %s; ignored (%d so far)",
-                 status.gate_id, status.time.isoformat(), row.last_seen.isoformat(),
-                 stale_statuses[status.gate_id])
-        return False
+        return False  # (counted by _record_together once the transaction is committed)
     if skew_alarm_s is not None and status.time is not None:  # after the replay check: a replayed
         await _clock_skew(session, status, skew_alarm_s, datetime.now(UTC))  # status says nothing
     if row is None:

@@ -222,17 +222,16 @@ class StationRelay:
                 await self._fetch_state([self.topics.command(gate)])
 
     async def _on_downlink(self, msg: Any) -> None:
-        topic = topic_of(msg.subject)
-        if self.topics.retained(topic):  # what a catch-up may fetch: it must not overwrite a newer one
-            self._live[topic] = self._live.get(topic, 0) + 1
-        self._down(topic, msg.data)
+        self._down(topic_of(msg.subject), msg.data, live=True)
 
-    def _down(self, topic: str, payload: bytes) -> None:
+    def _down(self, topic: str, payload: bytes, *, live: bool = False) -> None:
         if not payload:  # an empty retained publish would clear the station's state: never ours to send
             self.stats["down_dropped"] += 1
             return
         if not self._signed_if_state(topic, payload):
             return
+        if live and self.topics.retained(topic):  # a catch-up's fetch must not overwrite a newer one (a
+            self._live[topic] = self._live.get(topic, 0) + 1  # forgery, dropped above, counts for none)
         if self.mqtt.publish_nowait(topic, payload, qos=1, retain=self.topics.retained(topic)):
             self.stats["down"] += 1
         else:  # the station is away: what is state is fetched again when it is back
@@ -251,7 +250,10 @@ class StationRelay:
         if model is None:
             return True
         try:
-            self.verifier.check(model.model_validate_json(payload))
+            message = model.model_validate_json(payload)
+            self.verifier.check(message)
+            if isinstance(message, GateCommand) and message.gate_id != Topics.gate_of(topic):
+                raise AuthError(f"a command for {message.gate_id} on another gate's topic")
         except (ValueError, AuthError) as error:  # pydantic's ValidationError is a ValueError
             self.stats["forged"] += 1
             log.warning("relay %s: %s not handed down, not the backend's (%s)", self.mqtt.client_id, topic,

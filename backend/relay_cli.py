@@ -80,6 +80,9 @@ def _backend_keys(keys: list[str], environment: str) -> Verifier | None:
     if not keys:
         if environment != "development":
             raise ValueError(f"give the backend's downlink public key: --backend-key HEX or {KEYS_ENV}")
+        logging.getLogger("faregate.relay").warning(
+            "development: the state handed down is checked against the development signing key, whose "
+            "seed is public; a deployment sets FAREGATE_ENVIRONMENT=production and --backend-key")
         return None
     try:
         raw = [bytes.fromhex(key) for key in keys]

@@ -155,7 +155,7 @@ def nats_servers(text: str) -> list[str]:
     """The cluster's node URLs from a comma-separated list; ValueError naming what is expected."""
     servers = split_urls(text)
     if not servers or not all(s.startswith(("nats://", "tls://")) for s in servers):
-        raise ValueError(f"a NATS cluster is given as nats://host:port[,nats://...], not {text!r}")
+        raise ValueError(f"a NATS cluster is given as nats://host:port[,nats://...], not {for_log(text)!r}")
     return servers
 
 

@@ -681,7 +681,7 @@ async def _drive(args: argparse.Namespace, values: dict[str, Any], prefix: str, 
     figures = _figures(args, reports, blocks, snapshot, snapshot_bytes, snapshot_sent, tapped, span)
     # the simulating processes' own lateness while the gates tapped: what of the propagation is theirs
     tapping = [ms for at, ms in loop_lags if started <= at <= started + tapped]
-    figures["gates_loop_lag_ms_p99"] = round(_percentile(tapping, 0.99), 1)
+    figures["gates_loop_lag_ms_p99"] = round(_percentile(tapping, 0.99), 1) if tapping else None  # of samples
     figures["gates_loop_lag_ms_max"] = round(max(tapping), 1) if tapping else None
     figures["block_call_ms_max"] = round(max(published) * 1000, 1) if published else None
     figures["block_publish_failures"] = block_failures

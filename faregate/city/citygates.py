@@ -227,10 +227,12 @@ class CityGate:
         try:
             self._client = client
             self.connects += 1
+            # before the SUBSCRIBE: its retained reference is handled as it arrives, ahead of the SUBACK
+            behind = self.snapshot_need.at_connect(self.denylist.version)
             await client.subscribe([(t.committed(self.id), 1), (t.resend(self.id), 1),
                                     (t.denylist_delta, 1), (t.denylist_snapshot_ref, 1)])
-            if self.snapshot_need.at_connect(self.denylist.version):
-                self._follow_snapshot()
+            if behind:
+                self._follow_snapshot()  # nothing if the reference already subscribed it
             self._cursor = self.sim.committed  # publish again everything not yet committed
             self._last_progress = time.monotonic()
             self.connected.set()

@@ -303,7 +303,7 @@ def write_credentials(cluster: NatsCluster, directory: Path) -> Path:
            "relays": {name: {"gates": relay.gates,
                              "nats": ",".join(cluster.urls_as(relay.user, relay.password))}
                       for name, relay in accounts.relays.items()}}
-    ca = f"FAREGATE_NATS_CA_FILE={cluster.tls.ca_file}\n" if cluster.tls else ""
+    ca = f"FAREGATE_NATS_CA_FILE={cluster.tls.ca_file.resolve()}\n" if cluster.tls else ""
     _private(directory / "backend.env",
              f"FAREGATE_INGEST_FROM={cluster.ingest_url}\nFAREGATE_MQTT_URL={backend_mqtt[0]}\n{ca}")
     for name, relay in accounts.relays.items():

@@ -34,8 +34,11 @@ BACKEND_USER = "faregate-backend"
 ADMIN_USER = "faregate-admin"
 ROUTE_USER = "faregate-route"
 # the JetStream API requests the backend's account may not make (NATS permissions: publish deny)
+# (elections forced at will, a peer removed, a server removed from the meta group: denial of service)
 BACKEND_DENIED = ["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.UPDATE.>",
-                  "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.CONSUMER.DELETE.>"]
+                  "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.CONSUMER.DELETE.>", "$JS.API.STREAM.PEER.REMOVE.>",
+                  "$JS.API.STREAM.LEADER.STEPDOWN.>", "$JS.API.CONSUMER.LEADER.STEPDOWN.>",
+                  "$JS.API.META.LEADER.STEPDOWN", "$JS.API.SERVER.REMOVE"]
 
 
 @dataclass

@@ -135,6 +135,8 @@ class LeanMqtt(asyncio.Protocol):
         self._transport.write(data)
 
     def _packet_id(self, waiter: asyncio.Future[bytes] | None) -> int:
+        if self._transport is None or self._transport.is_closing():  # before an id is taken, not after
+            raise LinkError("connection closed")
         for _ in range(0xFFFF):
             self._next_id = self._next_id % 0xFFFF + 1
             if self._next_id not in self._acks:
@@ -181,7 +183,11 @@ class LeanMqtt(asyncio.Protocol):
 
     async def _wait(self, waiter: asyncio.Future[bytes]) -> bytes:
         lost: asyncio.Future[Any] = self._lost
-        done, _ = await asyncio.wait({waiter, lost}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({waiter, lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            waiter.cancel()  # nobody will read its answer
+            raise
         if waiter in done:
             return waiter.result()
         raise LinkError("connection lost before the broker's acknowledgement")
@@ -230,6 +236,7 @@ class LeanMqtt(asyncio.Protocol):
         for waiter in self._acks.values():
             if waiter is not None and not waiter.done():
                 waiter.set_exception(error)
+                waiter.exception()  # retrieved: its awaiter, if still there, gets it all the same
         self._acks.clear()
 
     def _abort(self, error: LinkError) -> None:

@@ -15,7 +15,7 @@ from backend.control import handle_control_messages
 from backend.ingest.store import RawMessage
 from backend.tables import DeadLetterRow, GateRow
 from faregate.simgate import development_mac_key
-from protocol.mqtt import GateState, GateStatus, Topics, encode_with_mac
+from protocol.mqtt import GateState, GateStatus, SnapshotRequest, Topics, UpdateKind, encode_with_mac
 from tests.backend.conftest import make_settings
 
 T0 = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
@@ -83,3 +83,26 @@ async def test_a_row_another_worker_made_meanwhile_costs_no_status(migrated: Any
     assert raced == ["12-4"]
     assert rows["12-3"].fare_table_version == 6
     assert rows["12-4"].fare_table_version == 6 and rows["12-4"].last_seen == T0 + timedelta(seconds=1)
+
+
+async def test_a_request_whose_answer_fails_costs_the_batch_no_status(migrated: Any) -> None:
+    """A snapshot request in the batch whose republish raises (the broker away, a bug): the statuses
+    around it, a last will among them (sent once), are recorded all the same."""
+    database, _engine, sessions = migrated
+    settings = make_settings(database)
+    topics = Topics(settings.mqtt_prefix)
+
+    class Failing:
+        async def resend(self, *_: Any) -> None:
+            raise RuntimeError("the republish failed")
+
+    request = SnapshotRequest(gate_id="12-3", kind=UpdateKind.DENYLIST, have_version=1, time=T0)
+    will = GateStatus(gate_id="12-4", state=GateState.OFFLINE)
+    await handle_control_messages(settings, sessions, [
+        RawMessage(topics.status("12-3"), status(3, 1, version=6)),
+        RawMessage(topics.request("12-3"), encode_with_mac(request, development_mac_key(12, 3))),
+        RawMessage(topics.status("12-4"), encode_with_mac(will, development_mac_key(12, 4))),
+    ], Failing())
+    rows = await gates(sessions)
+    assert rows["12-3"].fare_table_version == 6
+    assert rows["12-4"].state == GateState.OFFLINE.value

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,10 +28,11 @@ from backend.config import Settings
 from backend.ingest.stream import STREAM
 from backend.relay import RELAY_USER, StationRelay
 from backend.state_stream import STATE_STREAM
+from fare_core.reasons import GateMode
 from faregate.city.cluster import NatsCluster
 from faregate.city.workers import StationRelays
 from faregate.simgate import tap_payload
-from protocol.mqtt import Topics, gate_id
+from protocol.mqtt import DEVELOPMENT_SIGNING_SEED, GateCommand, Signer, Topics, encode, gate_id
 from tests.city.citytools import stream_leader, until
 from tests.city.stationtools import GATES, STATION, GateListener, Station, relay_connected, signed_snapshot
 
@@ -282,7 +284,8 @@ async def test_state_the_backend_did_not_sign_never_replaces_the_station_s_retai
     cluster: NatsCluster, station: Station
 ) -> None:
     """A stranger able to publish on the cluster (an open one, or a stolen account) sends the relay a
-    deny-list snapshot signed by another key, an unsigned one, garbage and a forged command. The relay
+    deny-list snapshot signed by another key, an unsigned one, garbage, a forged command and another
+    gate's genuine command on this gate's topic. The relay
     hands none of them down: the station keeps the genuine snapshot retained, and a gate that connects
     gets that one. Without the check the last forgery stood at the station until the backend next
     published (the gates refusing it, so going without the list)."""
@@ -304,9 +307,14 @@ async def test_state_the_backend_did_not_sign_never_replaces_the_station_s_retai
                 await asyncio.sleep(0.1)
         for payload in (forged, unsigned, b"not json"):
             await nc.publish(subject, payload)
-        await nc.publish(topics.command(gate_id(STATION, 1)).replace("/", "."), b'{"command_id": 1}')
+        command = topics.command(gate_id(STATION, 1)).replace("/", ".")
+        await nc.publish(command, b'{"command_id": 1}')
+        # a genuine, signed command for gate 2, put on gate 1's topic: not gate 1's to keep
+        elsewhere = Signer(DEVELOPMENT_SIGNING_SEED).sign(GateCommand(
+            gate_id=gate_id(STATION, 2), command_id=1, mode=GateMode.CLOSED, issued_at=datetime.now(UTC)))
+        await nc.publish(command, encode(elsewhere))
         await nc.flush()
-        await until(lambda: relay.stats["forged"] >= 4, 10, "the four forgeries refused")
+        await until(lambda: relay.stats["forged"] >= 5, 10, "the five forgeries refused")
         late = GateListener(station, 2)
         try:
             await until(lambda: late.payloads(topics.denylist_snapshot), 10, "the retained snapshot")
