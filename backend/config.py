@@ -8,7 +8,7 @@ that is printed in this file.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, model_validator
@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FAREGATE_", env_file=None, extra="forbid", populate_by_name=True
     )
+    #: the process holds the backend's secrets and broker login, so production refuses their
+    #: development defaults (False: a station relay, `RelaySettings`)
+    holds_backend_secrets: ClassVar[bool] = True
 
     environment: Literal["development", "test", "production"] = "development"
 
@@ -120,7 +123,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_default_secrets(self) -> Settings:
-        if self.environment != "development":
+        if self.environment != "development" and self.holds_backend_secrets:
             defaults = (
                 ("admin_password", DEV_SECRET),
                 ("sam_master_key", DEVELOPMENT_SAM_KEY.hex()),
@@ -149,7 +152,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _mqtt_credentials_outside_development(self) -> Settings:
         """An anonymous backend would mean a broker that lets anyone publish taps and commands."""
-        if self.environment != "development":
+        if self.environment != "development" and self.holds_backend_secrets:
             parts = urlsplit(self.mqtt_url if "://" in self.mqtt_url else f"mqtt://{self.mqtt_url}")
             if not ((self.mqtt_username or parts.username) and (self.mqtt_password or parts.password)):
                 raise ValueError(
@@ -157,6 +160,15 @@ class Settings(BaseSettings):
                     f"FAREGATE_MQTT_URL) must be set for environment={self.environment!r}"
                 )
         return self
+
+
+class RelaySettings(Settings):
+    """A station relay's settings (`faregate relay`): the same fields and environment, without the two
+    checks that are about the backend's own secrets and login. A relay holds none of the backend's
+    secrets (it checks signatures with the public key), and its logins are in its station and cluster
+    URLs, not in FAREGATE_MQTT_URL."""
+
+    holds_backend_secrets: ClassVar[bool] = False
 
 
 @lru_cache

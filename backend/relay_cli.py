@@ -13,8 +13,9 @@ import logging
 import os
 
 from protocol.mqtt import Verifier
+from protocol.mqtt.auth import backend_public_keys
 
-from .config import Settings
+from .config import RelaySettings, Settings
 from .ingest.stream import split_urls
 from .relay import RELAY_USER, StationRelay
 from .runtime import install_stop_signals
@@ -60,17 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def relay_settings(prefix: str | None) -> tuple[Settings, str]:
-    """The relay's settings (topic prefix, MQTT options) and the environment's name. A relay holds none
-    of the backend's secrets (signing seed, master keys, admin password), so the backend's check that
-    they are not the development defaults is not asked of it: its settings are read as development's,
-    and the environment named (FAREGATE_ENVIRONMENT) decides only whether --backend-key is required."""
-    environment = os.environ.get("FAREGATE_ENVIRONMENT", "development").lower()
-    if environment not in ("development", "test", "production"):
-        raise ValueError(f"FAREGATE_ENVIRONMENT={environment!r}: development, test or production")
-    values: dict[str, str] = {"environment": "development"}
-    if prefix:
-        values["mqtt_prefix"] = prefix
-    return Settings(**values), environment  # type: ignore[arg-type]
+    """The relay's settings (topic prefix, MQTT options; `RelaySettings`: none of the backend's secrets
+    asked for) and its environment, which decides whether --backend-key is required."""
+    settings = RelaySettings(mqtt_prefix=prefix) if prefix else RelaySettings()
+    return settings, settings.environment
 
 
 def _backend_keys(keys: list[str], environment: str) -> Verifier | None:
@@ -84,13 +78,10 @@ def _backend_keys(keys: list[str], environment: str) -> Verifier | None:
             "development: the state handed down is checked against the development signing key, whose "
             "seed is public; a deployment sets FAREGATE_ENVIRONMENT=production and --backend-key")
         return None
-    try:
-        raw = [bytes.fromhex(key) for key in keys]
-    except ValueError:
-        raise ValueError("--backend-key: 64 hex digits each") from None
-    if any(len(key) != 32 for key in raw):
-        raise ValueError("--backend-key: 64 hex digits each (an Ed25519 public key)")
-    return Verifier(raw)
+    try:  # the gates' own rule (gate/config.py): the development key refused in production
+        return Verifier(backend_public_keys(keys, production=environment == "production"))
+    except ValueError as error:
+        raise ValueError(f"--backend-key: {error}") from None
 
 
 async def _serve(relays: list[StationRelay]) -> None:

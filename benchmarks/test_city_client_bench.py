@@ -11,11 +11,6 @@ broker's fan-out is the same for both). Needs mosquitto.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from faregate.city.compare import Mosquitto
 from faregate.city.leanmqtt import LeanMqtt
 from faregate.city.station import MOSQUITTO
 
@@ -34,27 +30,10 @@ CONNECTIONS = 400
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    if not shutil.which(MOSQUITTO) and not Path(MOSQUITTO).exists():
+    if not Path(MOSQUITTO).exists():
         pytest.skip("needs mosquitto")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    conf = tmp_path_factory.mktemp("clientbench") / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n", encoding="utf-8")
-    process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("mosquitto did not start")
-            time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(10)
+    with Mosquitto(tmp_path_factory.mktemp("clientbench")) as running:  # the comparison's plain broker
+        yield running.port
 
 
 class Crowd:

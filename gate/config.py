@@ -22,6 +22,7 @@ from protocol.mqtt import (
     derive_gate_key,
 )
 from protocol.mqtt.address import PORT, TLS_PORT, MqttUrl, NotAnMqttUrl, parse_mqtt_url
+from protocol.mqtt.auth import backend_public_keys
 
 TEST_SAM_KEY = DEVELOPMENT_SAM_KEY.hex()  # the simulator's key; refused outside development
 
@@ -145,8 +146,10 @@ class GateConfig(_Section):
             development = derive_gate_key(DEVELOPMENT_UPLINK_MASTER_KEY, self.gate_id).hex()
             if self.uplink_key_hex is None or self.uplink_key_hex.lower() == development:
                 raise ValueError("uplink_key_hex: set this gate's own key (the development key is refused)")
-            if DEVELOPMENT_PUBLIC_KEY.hex() in (key.lower() for key in self.backend_keys):
-                raise ValueError("backend_keys: the development signing key is refused in production")
+            try:
+                backend_public_keys(self.backend_keys, production=True)
+            except ValueError as error:
+                raise ValueError(f"backend_keys: {error}") from None
         return self
 
     @property
@@ -170,7 +173,7 @@ class GateConfig(_Section):
 
     @property
     def backend_public_keys(self) -> list[bytes]:
-        return [bytes.fromhex(key) for key in self.backend_keys]
+        return backend_public_keys(self.backend_keys, production=self.environment == "production")
 
 
 def load_config(path: str | Path, **overrides: object) -> GateConfig:

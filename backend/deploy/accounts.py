@@ -7,13 +7,14 @@ broker alike. Without a file, `faregate demo` generates fresh passwords for ever
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.mqtt import parse_gate_id
+
+from .private import write_private
 
 BACKEND_USER = "faregate-backend"
 
@@ -60,10 +61,8 @@ class BrokerAccounts:
 
     def write(self, path: Path) -> None:
         """Write the credentials file, readable by its owner only."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write("# faregate broker accounts: username password\n")
-            out.writelines(f"{user} {password}\n" for user, password in self.passwords.items())
+        lines = [f"{user} {password}\n" for user, password in self.passwords.items()]
+        write_private(path, "# faregate broker accounts: username password\n" + "".join(lines))
 
     @property
     def backend_password(self) -> str:

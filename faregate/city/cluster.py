@@ -32,6 +32,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from backend.deploy.private import write_private
 from backend.mqtt import BrokerAddress
 from backend.relay_cli import NATS_ENV
 from faregate.city.cluster_auth import ADMIN_USER, BACKEND_USER, ClusterAccounts
@@ -152,15 +153,17 @@ class NatsCluster(Launched):
     def urls(self) -> list[str]:
         """Every node's client URL, as the backend logs in (its password in it when accounts are on)."""
         if self.accounts is None:
-            return [f"{self.scheme}://127.0.0.1:{node.client_port}" for node in self.nodes]
+            return self.urls_as()
         return self.urls_as(BACKEND_USER, self.accounts.backend_password)
 
     @property
     def scheme(self) -> str:
         return "tls" if self.tls else "nats"
 
-    def urls_as(self, user: str, password: str) -> list[str]:
-        return [f"{self.scheme}://{user}:{password}@127.0.0.1:{node.client_port}" for node in self.nodes]
+    def urls_as(self, user: str | None = None, password: str | None = None) -> list[str]:
+        """Every node's client URL, logged in as `user` (none: without a login)."""
+        login = f"{user}:{password}@" if user else ""
+        return [f"{self.scheme}://{login}127.0.0.1:{node.client_port}" for node in self.nodes]
 
     @property
     def mqtt_urls(self) -> list[str]:
@@ -280,12 +283,6 @@ def expand_gates(spec: str) -> list[str]:
     return gates
 
 
-def _private(path: Path, text: str) -> None:
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(text)
-
-
 def write_credentials(cluster: NatsCluster, directory: Path) -> Path:
     """Every account's login, for the processes that start next (mode 0600: passwords belong in files
     and the environment, never on a command line or a screen): `directory`/accounts.json, all of them
@@ -304,13 +301,13 @@ def write_credentials(cluster: NatsCluster, directory: Path) -> Path:
                              "nats": ",".join(cluster.urls_as(relay.user, relay.password))}
                       for name, relay in accounts.relays.items()}}
     ca = f"FAREGATE_NATS_CA_FILE={cluster.tls.ca_file.resolve()}\n" if cluster.tls else ""
-    _private(directory / "backend.env",
+    write_private(directory / "backend.env",
              f"FAREGATE_INGEST_FROM={cluster.ingest_url}\nFAREGATE_MQTT_URL={backend_mqtt[0]}\n{ca}")
     for name, relay in accounts.relays.items():
-        _private(directory / f"relay-{name}.env",
+        write_private(directory / f"relay-{name}.env",
                  f"{NATS_ENV}={','.join(cluster.urls_as(relay.user, relay.password))}\n{ca}")
     path = directory / "accounts.json"
-    _private(path, json.dumps(doc, indent=1))
+    write_private(path, json.dumps(doc, indent=1))
     return path
 
 
@@ -355,8 +352,7 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job inherits it ignored
         signal.signal(signum, interrupt)
     with cluster:
-        nodes = ",".join(f"{cluster.scheme}://127.0.0.1:{node.client_port}" for node in cluster.nodes)
-        print("nats (ingest --ingest-from):", nodes)
+        print("nats (ingest --ingest-from):", ",".join(cluster.urls_as()))
         print("mqtt gateways (gates, --ingest-downlink):", ",".join(cluster.mqtt_urls))
         if accounts is not None:
             print("logins (the backend's, each relay's):", write_credentials(cluster, args.dir))

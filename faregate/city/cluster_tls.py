@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from backend.deploy.private import write_private
 
 VALID_FOR = datetime.timedelta(days=30)
 
@@ -77,9 +78,7 @@ class ClusterCertificates:
         made.cert_file.write_bytes(node.public_bytes(serialization.Encoding.PEM))
         key = node_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption())
-        descriptor = os.open(made.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(key)
+        write_private(made.key_file, key)
         return made
 
     def block(self, *, verify: bool = False) -> str:

@@ -175,4 +175,22 @@ def public_key_of(seed: bytes) -> bytes:
     return Signer(seed).public_key
 
 
+def backend_public_keys(keys_hex: Iterable[str], *, production: bool) -> list[bytes]:
+    """The backend's public keys a gate or a station relay trusts, from hex: one, or two during a key
+    rotation, 32 bytes each. In production the development key is refused: its seed is public, so
+    anyone could sign with it. ValueError says what is wrong."""
+    keys = list(keys_hex)
+    if not 1 <= len(keys) <= 2:
+        raise ValueError("one backend key, or two during a rotation")
+    try:
+        raw = [bytes.fromhex(key) for key in keys]
+    except ValueError:
+        raise ValueError("64 hex digits each (an Ed25519 public key)") from None
+    if any(len(key) != 32 for key in raw):
+        raise ValueError("64 hex digits each (an Ed25519 public key)")
+    if production and DEVELOPMENT_PUBLIC_KEY in raw:
+        raise ValueError("the development signing key is refused in production")
+    return raw
+
+
 DEVELOPMENT_PUBLIC_KEY = public_key_of(DEVELOPMENT_SIGNING_SEED)

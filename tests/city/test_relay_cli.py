@@ -45,3 +45,12 @@ def test_in_development_the_relay_checks_against_the_settings_own_key() -> None:
     assert relay_cli._backend_keys([], "development") is None  # StationRelay derives it from the settings
     both = relay_cli._backend_keys([DEVELOPMENT_PUBLIC_KEY.hex(), OTHER.hex()], "development")
     assert both is not None and len(both.keys) == 2  # a key rotation: the current and the next
+
+
+def test_in_production_the_development_key_is_refused_as_the_gates_refuse_it() -> None:
+    """Its seed is public: a relay trusting it would hand down anyone's forgeries (the gates' own rule,
+    protocol.mqtt.auth.backend_public_keys)."""
+    with pytest.raises(ValueError, match="development signing key is refused"):
+        relay_cli._backend_keys([DEVELOPMENT_PUBLIC_KEY.hex()], "production")
+    with pytest.raises(ValueError, match="two during a rotation"):
+        relay_cli._backend_keys([OTHER.hex()] * 3, "production")
