@@ -210,8 +210,15 @@ async def layout_faults(page: Any) -> list[str]:
 
 
 async def assert_beside(page: Any, control: str, feedback: str) -> None:
-    """The feedback shows right below the control that caused it (not at the top of a long page)."""
-    said, by = await page.locator(feedback).bounding_box(), await page.locator(control).bounding_box()
+    """The feedback shows right below the control that caused it (not at the top of a long page). Both
+    boxes are read in one script run: read one after the other, a scroll between the two reads (the
+    page bringing the feedback into view) once put them 256 px apart that were not."""
+    boxes = await page.evaluate(
+        """([feedback, control]) => [feedback, control].map(selector => {
+             const box = document.querySelector(selector)?.getBoundingClientRect();
+             return box ? {y: box.y, height: box.height} : null;
+           })""", [feedback, control])
+    said, by = boxes
     assert said is not None and by is not None, (control, feedback)
     gap = said["y"] - (by["y"] + by["height"])
     assert 0 <= gap < 80, f"{feedback} is {gap:.0f} px from {control}"
