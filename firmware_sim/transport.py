@@ -227,15 +227,19 @@ class PtyLink:
             self._claim = -1
 
     def _close_pair(self) -> None:
+        """The link path goes before the line dies, as a pulled adapter's node does. The other way
+        round, a controller that saw the line end could follow the path to the closed pty's number
+        while it still pointed there, and the kernel hands a freed /dev/pts number to the next pty
+        opened on the machine (another simulator's): the controller would talk to the wrong device."""
         with self._lock:
             master, slave = self._master, self._slave
             self._master = self._slave = -1
-        for fd in (slave, master):
-            if fd >= 0:
-                os.close(fd)
         if master >= 0 and self.link_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.link_path.unlink()
+        for fd in (slave, master):
+            if fd >= 0:
+                os.close(fd)
 
     def __repr__(self) -> str:
         return f"PtyLink({self.name!r}, open={self.is_open})"

@@ -128,6 +128,26 @@ def test_pty_link_symlink_follows_reopen(tmp_path: os.PathLike[str]) -> None:
     assert not os.path.lexists(path)
 
 
+def test_an_unplug_removes_the_link_path_before_the_line_dies(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A controller that sees the line end reopens by the path: were the path still there, it could
+    lead to the closed pty's number, which the kernel hands to the next pty opened on the machine."""
+    path = tmp_path / "reader"
+    link = PtyLink(path)
+    master, seen = link._master, []
+    real_close = os.close
+
+    def close(fd: int) -> None:
+        if fd == master:
+            seen.append(os.path.lexists(path))
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", close)
+    link.close()
+    monkeypatch.undo()
+    assert seen == [False] and not link.is_open
+
+
 def test_tcp_link_accepts_and_echoes() -> None:
     link = TcpLink()
     try:
