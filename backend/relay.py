@@ -36,8 +36,10 @@ command), at every (re)connection; a missed ack costs the gate one stall replay,
 The relay holds no secret: taps carry their gate's MAC end to end, and everything it hands down is
 signed by the backend and checked by the gate. It holds the backend's public key(s), and hands down no
 state message (deny-list snapshot and reference, fare table, action list, a gate's command) that is not
-signed by one: the station keeps those retained for every gate that connects, and a forgery there, which
-the gates would refuse, would stand in for the genuine state until the backend next published it. At
+signed by one, nor one older than it already handed down on that topic: the station keeps those retained
+for every gate that connects, and a forgery there, which the gates would refuse, would stand in for the
+genuine state until the backend next published it (an old genuine snapshot replayed, without the phones
+blocked since). At
 the station it logs in as RELAY_USER, which may
 read the gates' uplink topics and write their downlink topics, nothing else (faregate/city/station.py
 writes that ACL).
@@ -60,9 +62,10 @@ from protocol.mqtt import (
     DenyListSnapshotRef,
     FareTableMessage,
     GateCommand,
-    Payload,
+    RetainedState,
     Topics,
     Verifier,
+    state_version,
 )
 from protocol.mqtt.address import for_log
 from protocol.mqtt.auth import AuthError, public_key_of
@@ -129,8 +132,10 @@ class StationRelay:
         self._catching_up: asyncio.Task[None] | None = None
         self._subscribing: asyncio.Task[None] | None = None
         self.stats = {"forwarded": 0, "retried": 0, "refused": 0, "unacked_at_station": 0, "stale": 0,
-                      "down": 0, "down_dropped": 0, "state_fetched": 0, "state_stale": 0, "forged": 0}
-        self._state_models: dict[str, type[Payload]] = {
+                      "down": 0, "down_dropped": 0, "state_fetched": 0, "state_stale": 0, "forged": 0,
+                      "replayed": 0}
+        self._handed_down: dict[str, int] = {}  # the newest version of each state topic handed down
+        self._state_models: dict[str, type[RetainedState]] = {
             topics.denylist_snapshot: DenyListSnapshotMessage,
             topics.denylist_snapshot_ref: DenyListSnapshotRef,
             topics.fare_table: FareTableMessage,
@@ -228,7 +233,7 @@ class StationRelay:
         if not payload:  # an empty retained publish would clear the station's state: never ours to send
             self.stats["down_dropped"] += 1
             return
-        if not self._signed_if_state(topic, payload):
+        if not self._genuine_and_current(topic, payload):
             return
         if live and self.topics.retained(topic):  # a catch-up's fetch must not overwrite a newer one (a
             self._live[topic] = self._live.get(topic, 0) + 1  # forgery, dropped above, counts for none)
@@ -237,13 +242,15 @@ class StationRelay:
         else:  # the station is away: what is state is fetched again when it is back
             self.stats["down_dropped"] += 1
 
-    def _signed_if_state(self, topic: str, payload: bytes) -> bool:
+    def _genuine_and_current(self, topic: str, payload: bytes) -> bool:
         """False, counted and logged, for a state message (the deny-list snapshot and its reference, the
-        fare table, the action list, a gate's command) not signed by the backend. The station keeps those
-        retained for every gate that connects, so a forgery handed down would stand in for the genuine
-        state until the backend next published it: the gates would refuse it, and go without. Acks and
-        deltas are checked by the gates alone (a forged one replaces nothing for long); checking them here
-        would cost the relay a signature check on every tap's ack."""
+        fare table, the action list, a gate's command) not signed by the backend, or older than one this
+        relay handed down on its topic. The station keeps those retained for every gate that connects, so
+        a forgery handed down would stand in for the genuine state until the backend next published it:
+        the gates would refuse it, and go without; and an old genuine snapshot replayed would be what a
+        new gate starts from, without the phones blocked since (until a delta or catch-up repairs it).
+        Acks and deltas are checked by the gates alone (a forged one replaces nothing for long); checking
+        them here would cost the relay a signature check on every tap's ack."""
         model = self._state_models.get(topic)
         if model is None and topic.rsplit("/", 1)[-1] == "command":
             model = GateCommand
@@ -259,6 +266,13 @@ class StationRelay:
             log.warning("relay %s: %s not handed down, not the backend's (%s)", self.mqtt.client_id, topic,
                         str(error).splitlines()[0])
             return False
+        version, newest = state_version(message), self._handed_down.get(topic, 0)
+        if version < newest:  # the same one again (a catch-up's fetch) is harmless: the gates ignore it
+            self.stats["replayed"] += 1
+            log.warning("relay %s: %s version %d not handed down, %d was", self.mqtt.client_id, topic,
+                        version, newest)
+            return False
+        self._handed_down[topic] = version
         return True
 
     async def _disconnected(self) -> None:

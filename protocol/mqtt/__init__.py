@@ -47,6 +47,7 @@ from .messages import (
     GateStatus,
     Payload,
     ResendRequest,
+    RetainedState,
     Seq,
     SnapshotRequest,
     StationId,
@@ -56,6 +57,7 @@ from .messages import (
     Version,
     encode,
     encode_taps,
+    state_version,
 )
 from .topics import Topics, gate_id, parse_gate_id, tap_id
 
@@ -95,6 +97,7 @@ __all__ = [
     "GateStatus",
     "Payload",
     "ResendRequest",
+    "RetainedState",
     "Seq",
     "Signer",
     "SnapshotRequest",
@@ -112,6 +115,7 @@ __all__ = [
     "gate_id",
     "key_id",
     "parse_gate_id",
+    "state_version",
     "tap_id",
     "with_mac",
 ]

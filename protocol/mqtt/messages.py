@@ -368,3 +368,13 @@ class ActionListMessage(Payload):
     time: UtcTime  # when published
     key_id: KeyId | None = None  # the backend key that signed (auth.py); a gate refuses it missing
     sig: Signature | None = None  # Ed25519 signature over the canonical bytes; last field
+
+
+RetainedState = (DenyListSnapshotMessage | DenyListSnapshotRef | FareTableMessage | ActionListMessage
+                 | GateCommand)
+
+
+def state_version(message: RetainedState) -> int:
+    """What orders a retained state message on its topic: a gate takes only a newer one (gate/state.py),
+    and a relay hands down none older than one it already handed down (backend/relay.py)."""
+    return message.command_id if isinstance(message, GateCommand) else message.version

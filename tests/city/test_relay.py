@@ -279,6 +279,16 @@ async def test_a_block_reaches_the_station_soon_after_the_relays_node_is_killed(
     assert reached < 5.0  # no JetStream on this path: no election to wait for (measured about 1 s)
 
 
+async def retained_for_a_new_gate(station: Station, topic: str) -> list[bytes]:
+    """What a gate connecting now gets on `topic`: the station's retained message."""
+    late = GateListener(station, 2)
+    try:
+        await until(lambda: late.payloads(topic), 10, f"the retained {topic}")
+        return late.payloads(topic)
+    finally:
+        late.close()
+
+
 @pytest.mark.security
 async def test_state_the_backend_did_not_sign_never_replaces_the_station_s_retained_state(
     cluster: NatsCluster, station: Station
@@ -315,13 +325,42 @@ async def test_state_the_backend_did_not_sign_never_replaces_the_station_s_retai
         await nc.publish(command, encode(elsewhere))
         await nc.flush()
         await until(lambda: relay.stats["forged"] >= 5, 10, "the five forgeries refused")
-        late = GateListener(station, 2)
-        try:
-            await until(lambda: late.payloads(topics.denylist_snapshot), 10, "the retained snapshot")
-            assert late.payloads(topics.denylist_snapshot) == [genuine]
-        finally:
-            late.close()
+        assert await retained_for_a_new_gate(station, topics.denylist_snapshot) == [genuine]
         assert set(listener.payloads(topics.denylist_snapshot)) == {genuine}
+    finally:
+        listener.close()
+        await relay.aclose()
+        await nc.close()
+
+
+@pytest.mark.security
+async def test_an_older_genuine_state_message_replayed_never_replaces_a_newer_one_at_the_station(
+    cluster: NatsCluster, station: Station
+) -> None:
+    """A stranger able to publish on the cluster replays the backend's own, genuinely signed snapshot of
+    an earlier version after a newer one went down. Without the relay's memory of versions, that older
+    snapshot stood retained at the station: a new gate started from it, without the phones blocked
+    since. The relay hands it down no more; the same newest one fetched again still goes."""
+    topics = Topics(station.prefix)
+    relay = await relay_connected(station, cluster)
+    listener = GateListener(station, 1)
+    nc = await nats.connect(cluster.urls)
+    older, newer = signed_snapshot(3), signed_snapshot(4)
+    subject = f"{topics.prefix}.denylist.snapshot"
+    try:
+        async with asyncio.timeout(10):
+            while newer not in listener.payloads(topics.denylist_snapshot):
+                await nc.publish(subject, older)
+                await nc.publish(subject, newer)
+                await asyncio.sleep(0.1)
+        replayed = relay.stats["replayed"]
+        await nc.publish(subject, older)
+        await nc.flush()
+        await until(lambda: relay.stats["replayed"] > replayed, 10, "the replay refused")
+        assert await retained_for_a_new_gate(station, topics.denylist_snapshot) == [newer]
+        down = relay.stats["down"]
+        relay._down(topics.denylist_snapshot, newer)  # as a catch-up's fetch hands the newest down again
+        assert relay.stats["down"] == down + 1 and relay.stats["forged"] == 0
     finally:
         listener.close()
         await relay.aclose()

@@ -15,12 +15,14 @@ from protocol.mqtt import (
     ActionListMessage,
     Committed,
     DenyListDeltaMessage,
+    DenyListSnapshotMessage,
     GateCommand,
     ResendRequest,
     TapMessage,
     Topics,
     encode,
     parse_gate_id,
+    state_version,
 )
 from tests.backend.conftest import make_tap
 
@@ -125,3 +127,11 @@ def test_default_secrets_are_refused_outside_development() -> None:
     real.update({k: v for k, v in (("payment_webhook_secret", "a-real-webhook-secret"), ("mqtt_username",
                  "backend"), ("mqtt_password", "a-real-password")) if k in fields})
     Settings(environment="production", **real)
+
+
+def test_a_state_message_is_ordered_by_its_version_and_a_command_by_its_id() -> None:
+    """What a relay compares to keep the station's retained state from going back (backend/relay.py)."""
+    command = GateCommand(gate_id="3-2", command_id=9, mode=GateMode.CLOSED, issued_at=NOW)
+    actions = ActionListMessage(version=4, actions=[Action(action_id=2, card_id=7, topup=100)], time=NOW)
+    snapshot = DenyListSnapshotMessage(version=12, card_ids=[], checksum="0" * 48, time=NOW)
+    assert [state_version(m) for m in (command, actions, snapshot)] == [9, 4, 12]
