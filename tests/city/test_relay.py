@@ -340,7 +340,8 @@ async def test_an_older_genuine_state_message_replayed_never_replaces_a_newer_on
     """A stranger able to publish on the cluster replays the backend's own, genuinely signed snapshot of
     an earlier version after a newer one went down. Without the relay's memory of versions, that older
     snapshot stood retained at the station: a new gate started from it, without the phones blocked
-    since. The relay hands it down no more; the same newest one fetched again still goes."""
+    since. The relay hands it down no more; the same newest one fetched again still goes, and an older one
+    fetched (the state stream lagging the live path) is stale, not counted as an attack."""
     topics = Topics(station.prefix)
     relay = await relay_connected(station, cluster)
     listener = GateListener(station, 1)
@@ -358,9 +359,12 @@ async def test_an_older_genuine_state_message_replayed_never_replaces_a_newer_on
         await nc.flush()
         await until(lambda: relay.stats["replayed"] > replayed, 10, "the replay refused")
         assert await retained_for_a_new_gate(station, topics.denylist_snapshot) == [newer]
-        down = relay.stats["down"]
+        before = dict(relay.stats)
         relay._down(topics.denylist_snapshot, newer)  # as a catch-up's fetch hands the newest down again
-        assert relay.stats["down"] == down + 1 and relay.stats["forged"] == 0
+        relay._down(topics.denylist_snapshot, older)  # a fetch from a lagging stream: stale, not an attack
+        assert relay.stats["down"] == before["down"] + 1 and relay.stats["forged"] == 0
+        assert relay.stats["state_stale"] == before["state_stale"] + 1
+        assert relay.stats["replayed"] == before["replayed"]
     finally:
         listener.close()
         await relay.aclose()
