@@ -39,10 +39,8 @@ state message (deny-list snapshot and reference, fare table, action list, a gate
 signed by one, nor one older than it already handed down on that topic: the station keeps those retained
 for every gate that connects, and a forgery there, which the gates would refuse, would stand in for the
 genuine state until the backend next published it (an old genuine snapshot replayed, without the phones
-blocked since). At
-the station it logs in as RELAY_USER, which may
-read the gates' uplink topics and write their downlink topics, nothing else (faregate/city/station.py
-writes that ACL).
+blocked since). At the station it logs in as RELAY_USER, which may read the gates' uplink topics and
+write their downlink topics, nothing else (faregate/city/station.py writes that ACL).
 """
 
 from __future__ import annotations
