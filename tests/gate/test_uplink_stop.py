@@ -42,6 +42,24 @@ async def test_a_publisher_woken_as_it_is_cancelled_still_stops(tmp_path: Path) 
         journal.close()
 
 
+class WaitRecordingUplink(Uplink):
+    """An Uplink that records each stall wait it sets, beside the journal's commit point at that moment
+    (the test then reads what the ack did, however many replays a slow machine ran before it looked)."""
+
+    @property
+    def _stall_wait(self) -> float:
+        return float(self.__dict__["stall_wait"])
+
+    @_stall_wait.setter
+    def _stall_wait(self, wait: float) -> None:
+        self.__dict__["stall_wait"] = wait
+        self.__dict__.setdefault("waits", []).append((wait, self.journal.committed_through))
+
+    @property
+    def waits(self) -> list[tuple[float, int]]:
+        return list(self.__dict__.get("waits", []))
+
+
 async def test_the_stall_replay_backs_off_until_an_ack_moves(broker: Broker, tmp_path: Path) -> None:
     """No commit comes (a station cut off from the centre still PUBACKs): each replay of the backlog
     doubles the wait before the next, up to stall_max_s, so the station's queue does not grow with the
@@ -51,9 +69,9 @@ async def test_the_stall_replay_backs_off_until_an_ack_moves(broker: Broker, tmp
     with Journal(tmp_path / "journal.db") as journal:
         for seq in range(1, 6):
             journal.append(seq, encode(make_tap(seq)))
-        uplink = Uplink(gate_id=gate_id, host="127.0.0.1", port=port, prefix=prefix, journal=journal,
-                        state=LocalState(tmp_path / "state", journal), final_seq=lambda: 5,
-                        stall_s=0.1, stall_max_s=0.4)
+        uplink = WaitRecordingUplink(gate_id=gate_id, host="127.0.0.1", port=port, prefix=prefix,
+                                     journal=journal, state=LocalState(tmp_path / "state", journal),
+                                     final_seq=lambda: 5, stall_s=0.1, stall_max_s=0.4)
         await uplink.start()
         try:
             await eventually(lambda: uplink.stall_replays >= 4)
@@ -61,6 +79,12 @@ async def test_the_stall_replay_backs_off_until_an_ack_moves(broker: Broker, tmp
             ack = Committed(gate_id=gate_id, through_seq=2, time=datetime.now(UTC))
             await publish(broker, Topics(prefix).committed(gate_id), encode(BACKEND.sign(ack)))
             await eventually(lambda: journal.committed_through == 2)
-            assert uplink._stall_wait in (0.1, 0.2)  # started again (one more replay may have run since)
+            # the ack started the wait again at stall_s (nothing else sets stall_s with seq 2 committed:
+            # no reconnection here), however many replays ran before this looked
+            await eventually(lambda: (0.1, 2) in uplink.waits)
         finally:
             await uplink.stop()
+    before = [wait for wait, through in uplink.waits if through == 0]
+    while before[0] == 0.1:  # set at construction and at the connection
+        before.pop(0)
+    assert before[:3] == [0.2, 0.4, 0.4] and set(before[1:]) == {0.4}  # doubled, then held at the cap
