@@ -25,6 +25,8 @@ from .uplink import DenyListFetcher, Uplink
 
 log = logging.getLogger(__name__)
 
+LINK_SETUP_RETRY_MIN_S, LINK_SETUP_RETRY_MAX_S = 0.5, 10.0  # a failed reader setup tried again
+
 
 class GateRuntime:
     """`clock` is the gate's wall clock (UTC seconds) for everything it stamps, taps and status alike:
@@ -73,6 +75,7 @@ class GateRuntime:
             self.controller.on_alarm = self._alarm
         self._metrics_server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._link_setup: asyncio.Task[None] | None = None
 
     def _alarm(self, _alarm: object) -> None:
         """Tell the backend at once (the status carries the alarm counts), not at the next heartbeat."""
@@ -82,16 +85,31 @@ class GateRuntime:
             task.add_done_callback(self._tasks.discard)
 
     def _link_state(self, up: bool) -> None:
+        if self._link_setup is not None:  # a setup of the port as it was: this one starts afresh
+            self._link_setup.cancel()
+            self._link_setup = None
         if up:  # learn the field and restore the barrier for the mode, off the reader's callback
             task = asyncio.get_running_loop().create_task(self._after_link_up())
+            self._link_setup = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _after_link_up(self) -> None:
-        try:
-            await self.controller.link_up()
-        except Exception as exc:  # the next reopen tries again
-            log.warning("gate %s: link setup failed: %s", self.config.gate_id, exc)
+        """Set the reader up, again and again with back-off while the port stays up and setup fails: a
+        reader still booting (or a controller starved of CPU) may leave every OpenSession unanswered,
+        and the port, being up, is not reopened, so nothing else would try again before a phone came."""
+        delay = LINK_SETUP_RETRY_MIN_S
+        while True:
+            try:
+                await self.controller.link_up()
+                return
+            except Exception as exc:
+                log.warning("gate %s: link setup failed: %s; trying again in %.1f s", self.config.gate_id,
+                            exc, delay)
+            await asyncio.sleep(delay)
+            if not self.link.is_up:  # down meanwhile: its reopen sets it up afresh
+                return
+            delay = min(delay * 2, LINK_SETUP_RETRY_MAX_S)
 
     async def start(self) -> None:
         await self.controller.start()

@@ -169,6 +169,31 @@ async def test_unplugged_reader_is_reopened(tmp_path: Path, table: TableData) ->
         assert st.sim.record(0xF1).entry_open
 
 
+async def test_a_reader_silent_at_the_gate_s_start_is_set_up_once_it_answers(
+        tmp_path: Path, table: TableData, caplog: pytest.LogCaptureFixture) -> None:
+    """A reader still booting (or a gate starved of CPU) leaves every OpenSession of the gate's start
+    unanswered. The port is up, so no reopen would come: the gate tries the setup again with back-off
+    and, once the reader answers, has its session, barrier and display for the mode, before any phone.
+    (The soak once stopped here: a gate that never spoke to its reader after a busy start.)"""
+    device = DeviceConfig(barrier=FAST)
+    async with SimStation(tmp_path, SPECS, phones((0xF4, 1000)), table, device=device) as st:
+        assert st.sim is not None
+        await st.gates[ENTRY_GATE].stop()
+        reader = st.sim.gate(ENTRY_GATE)
+        reader.hang(3.0)  # input lost, nothing sent: all three OpenSessions of the start go unanswered
+        since = reader.clock()
+        st.gates[ENTRY_GATE] = gate = await st.start_gate(ENTRY_GATE)
+        for _ in range(300):
+            if gate.link.session is not None and reader.records("rx", since):
+                break
+            await asyncio.sleep(0.05)
+        assert gate.link.session is not None and reader.records("rx", since)  # set up by the gate alone
+        assert any("link setup failed" in r.getMessage() and "trying again" in r.getMessage()
+                   for r in caplog.records)
+        entry = await st.tap(0xF4, ENTRY_GATE)
+        assert entry.passed_at is not None
+
+
 async def test_a_fault_while_the_write_is_on_the_wire_settles_the_write(
         tmp_path: Path, table: TableData, monkeypatch: pytest.MonkeyPatch) -> None:
     """The wallet write goes out before the tap message is built. If building it fails (a bug), the
