@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from firmware_sim.sim import Sim
+from firmware_sim.transport import PtyLink
 from gate.serial_link import LinkTimeout, ReaderLink
-from protocol.serial import Heartbeat, HeartbeatReply
+from protocol.serial import FieldChanged, Heartbeat, HeartbeatReply, PhoneSignal, encode
 
 
 def _link_and_rx(sim: Sim) -> list[tuple[str, Any]]:
@@ -73,3 +74,28 @@ async def test_a_session_unanswered_fails_the_request_and_the_next_request_asks_
             await link.close()
         history = _link_and_rx(sim)
     assert history == [("session", session.nonce), ("rx", Heartbeat())]  # the frozen firmware saw nothing
+
+
+async def test_what_the_line_held_before_the_open_is_not_served(tmp_path: Path) -> None:
+    """A phone's FieldChanged sent while no controller had the port (the previous one stopped, this one
+    not yet started) waits in the pty: served after the open, it would be a tap on a phone since gone.
+    pyserial's open discards the input buffer (the field is polled after the open instead,
+    GateController.link_up); one sent after the open is served."""
+    device = PtyLink(tmp_path / "reader")
+    try:
+        stale = encode(FieldChanged((PhoneSignal(0x5B01, -40),)).to_frame(1))
+        assert device.write(stale) == len(stale)
+        link = ReaderLink(str(tmp_path / "reader"), session=False)
+        await link.open()
+        try:
+            await asyncio.sleep(0.3)
+            assert link.events.empty()
+            fresh = encode(FieldChanged((PhoneSignal(0x5B02, -40),)).to_frame(2))
+            device.write(fresh)
+            async with asyncio.timeout(5):
+                event = await link.events.get()
+            assert isinstance(event, FieldChanged) and event.phones[0].card_id == 0x5B02
+        finally:
+            await link.close()
+    finally:
+        device.close()
