@@ -119,7 +119,6 @@ class StationRelay:
         )
         self.gates: set[str] = set()  # learnt from their uplink
         self._subscribed: set[str] = set()  # gates whose downlink subjects are subscribed
-        self._live: dict[str, int] = {}  # live state messages handed down, by topic (an older fetch loses)
         self._nc: Any = None
         self._js: Any = None
         self._ready = asyncio.Event()  # a NATS connection and the streams are there
@@ -233,8 +232,6 @@ class StationRelay:
             return
         if not self._genuine_and_current(topic, payload, live=live):
             return
-        if live and self.topics.retained(topic):  # a catch-up's fetch must not overwrite a newer one (a
-            self._live[topic] = self._live.get(topic, 0) + 1  # forgery, dropped above, counts for none)
         if self.mqtt.publish_nowait(topic, payload, qos=1, retain=self.topics.retained(topic)):
             self.stats["down"] += 1
         else:  # the station is away: what is state is fetched again when it is back
@@ -298,13 +295,13 @@ class StationRelay:
         self._catching_up = self._spawn(self._fetch_state(topics, retry=True))
 
     async def _fetch_state(self, topics: list[str], *, retry: bool = False) -> None:
-        """The last message of each state topic, from FAREGATE_STATE, handed down (retained) unless a
-        live message on that topic came while it was being fetched (the stream may lag the live path)."""
+        """The last message of each state topic, from FAREGATE_STATE, handed down (retained) unless one
+        newer came live meanwhile (the stream may lag the live path: `_genuine_and_current` counts it
+        stale)."""
         pending, delay = list(topics), RETRY_MIN_S
         while pending:
             failed = []
             for topic in pending:
-                before = self._live.get(topic, 0)
                 try:
                     message = await self._js.get_last_msg(STATE_STREAM, subject_of(topic))
                 except NotFoundError:
@@ -313,9 +310,6 @@ class StationRelay:
                     log.warning("relay %s: state of %s not fetched yet (%s)", self.mqtt.client_id, topic,
                                 error)
                     failed.append(topic)
-                    continue
-                if self._live.get(topic, 0) != before:
-                    self.stats["state_stale"] += 1  # a newer one came live meanwhile
                     continue
                 self.stats["state_fetched"] += 1
                 self._down(topic, message.data)
